@@ -1,0 +1,136 @@
+//! `headers`: add, set and remove request and response headers from the route's config.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use wasmgate_sdk::{Action, Context, Error, Filter, Headers, Request, Response, export_filter};
+
+/// One direction's edits, applied in the order remove, set, add.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Edits {
+    /// Header names to remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Headers to set, replacing any existing values.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Headers to add, keeping existing values.
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+}
+
+/// The filter's config: edits for the request (sent upstream) and the response (sent to the
+/// client).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub request: Edits,
+    #[serde(default)]
+    pub response: Edits,
+}
+
+pub struct HeadersFilter(Config);
+
+impl Edits {
+    fn validate(&self, side: &str) -> Result<(), Error> {
+        let names = self
+            .remove
+            .iter()
+            .chain(self.set.keys())
+            .chain(self.add.keys());
+        for name in names {
+            let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            if name.is_empty() || !name.bytes().all(token) {
+                return Err(Error::msg(format!("{side}: invalid header name {name:?}")));
+            }
+        }
+        for (name, value) in self.set.iter().chain(&self.add) {
+            if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                return Err(Error::msg(format!(
+                    "{side}: value of {name:?} contains a control character"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&self, headers: &mut Headers) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.set(name, value.as_bytes());
+        }
+        for (name, value) in &self.add {
+            headers.append(name, value.as_bytes());
+        }
+    }
+}
+
+impl Filter for HeadersFilter {
+    type Config = Config;
+
+    fn new(config: Config) -> Result<Self, Error> {
+        config.request.validate("request")?;
+        config.response.validate("response")?;
+        Ok(Self(config))
+    }
+
+    fn on_request(&self, mut req: Request, _ctx: &Context) -> Result<Action, Error> {
+        self.0.request.apply(req.headers_mut());
+        Ok(req.into())
+    }
+
+    fn on_response(&self, mut resp: Response, _ctx: &Context) -> Result<Response, Error> {
+        self.0.response.apply(resp.headers_mut());
+        Ok(resp)
+    }
+}
+
+export_filter!(HeadersFilter);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(json: &str) -> Result<HeadersFilter, Error> {
+        HeadersFilter::new(serde_json::from_str(json).unwrap())
+    }
+
+    #[test]
+    fn request_edits_apply_in_order_remove_set_add() {
+        let f = filter(
+            r#"{"request": {"remove": ["x-drop"], "set": {"x-set": "new"}, "add": {"x-add": "2"}}}"#,
+        )
+        .unwrap();
+        let req = Request::new("GET", "/")
+            .with_header("x-drop", "gone")
+            .with_header("x-set", "old")
+            .with_header("x-add", "1");
+        let Action::Continue(req) = f.on_request(req, &Context::default()).unwrap() else {
+            panic!("headers filter never answers early");
+        };
+        assert!(!req.headers().contains("x-drop"));
+        assert_eq!(req.header("x-set"), Some("new"));
+        let added: Vec<_> = req.headers().get_all("x-add").collect();
+        assert_eq!(added, [b"1".as_slice(), b"2".as_slice()]);
+    }
+
+    #[test]
+    fn response_edits_touch_only_the_response() {
+        let f = filter(r#"{"response": {"set": {"x-powered-by": "wasmgate"}}}"#).unwrap();
+        let resp = f
+            .on_response(Response::new(200), &Context::default())
+            .unwrap();
+        assert_eq!(resp.header("x-powered-by"), Some("wasmgate"));
+    }
+
+    #[test]
+    fn bad_names_and_values_are_rejected() {
+        assert!(filter(r#"{"request": {"set": {"bad name": "v"}}}"#).is_err());
+        assert!(filter(r#"{"response": {"add": {"x-a": "v\r\nx-b: smuggled"}}}"#).is_err());
+        assert!(serde_json::from_str::<Config>(r#"{"requets": {}}"#).is_err());
+    }
+}

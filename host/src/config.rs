@@ -1,0 +1,546 @@
+//! Gateway configuration: strict TOML, validated as it is parsed.
+//!
+//! [`Config::parse`] reports every problem it finds, each with its line and column, instead of
+//! stopping at the first. The raw serde types mirror the file (`deny_unknown_fields` throughout);
+//! the validated [`Config`] is what the rest of the gateway uses.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::router::{PathMatch, Pattern, Template};
+
+/// Default listener when the file names none.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default largest body buffered for a filter that reads it: 1 MiB.
+const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
+
+/// A problem in a config file, with its 1-based line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.line, self.column, self.message)
+    }
+}
+
+/// Every problem found in one config file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError {
+    /// The file, as given (for messages).
+    pub file: String,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.diagnostics.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}:{d}", self.file)?;
+        }
+        Ok(())
+    }
+}
+
+/// The validated gateway configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Absolute, or relative to the config file's directory as written; resolved on load.
+    pub filters_dir: PathBuf,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub services: Vec<ServiceConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+/// Timeouts towards upstreams.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// Time to establish a TCP connection to an upstream (default 2 s).
+    #[serde(default = "default_connect", with = "humantime_serde")]
+    pub connect: Duration,
+    /// Time from sending the request until the upstream's response headers arrive (default 30 s).
+    #[serde(default = "default_request", with = "humantime_serde")]
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: default_connect(),
+            request: default_request(),
+        }
+    }
+}
+
+fn default_connect() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_request() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Size limits.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest request or response body buffered for a filter that reads bodies; a larger
+    /// request body is answered with 413. Bodies no filter reads stream through unbuffered.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+fn default_max_body() -> u64 {
+    DEFAULT_MAX_BODY_BYTES
+}
+
+/// An upstream service: a name and the base URLs of its instances.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub upstreams: Vec<http::Uri>,
+}
+
+/// A route, validated.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub path: PathMatch,
+    /// Upper-case methods; empty means any.
+    pub methods: Vec<http::Method>,
+    /// Lower-case host to match (without port); `*.example.com` matches subdomains.
+    pub host: Option<String>,
+    pub strip_prefix: bool,
+    pub rewrite: Option<Template>,
+    /// Target service; `None` when the route's filters always answer themselves.
+    pub service: Option<String>,
+    pub timeout: Option<Duration>,
+    pub max_body_bytes: Option<u64>,
+    pub filters: Vec<FilterRef>,
+    pub place: Place,
+}
+
+/// One filter in a route's chain.
+#[derive(Debug, Clone)]
+pub struct FilterRef {
+    /// The filter's name: the file stem of its `.wasm` in the filters directory.
+    pub name: String,
+    /// The route's config table for this filter, as JSON (`{}` when absent).
+    pub config_json: String,
+    pub place: Place,
+}
+
+/// Where something was written in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+// ---- The file as written. ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<Spanned<String>>,
+    filters_dir: Option<Spanned<String>>,
+    timeouts: Option<Spanned<Timeouts>>,
+    limits: Option<Spanned<Limits>>,
+    #[serde(default)]
+    services: BTreeMap<String, Spanned<RawService>>,
+    #[serde(default)]
+    routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    upstreams: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Spanned<String>,
+    prefix: Option<Spanned<String>>,
+    exact: Option<Spanned<String>>,
+    pattern: Option<Spanned<String>>,
+    #[serde(default)]
+    methods: Vec<Spanned<String>>,
+    host: Option<Spanned<String>>,
+    strip_prefix: Option<Spanned<bool>>,
+    rewrite: Option<Spanned<String>>,
+    service: Option<Spanned<String>>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+    max_body_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
+    filters: Vec<Spanned<RawFilterRef>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilterRef {
+    name: Spanned<String>,
+    config: Option<toml::Table>,
+}
+
+/// Maps byte offsets in the source to lines and columns.
+struct Source<'a> {
+    text: &'a str,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Source<'_> {
+    fn place(&self, offset: usize) -> Place {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before[line_start..].chars().count() + 1;
+        Place { line, column }
+    }
+
+    fn error(&mut self, offset: usize, message: impl Into<String>) {
+        let Place { line, column } = self.place(offset);
+        self.diagnostics.push(Diagnostic {
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+
+    fn at<T>(&mut self, spanned: &Spanned<T>, message: impl Into<String>) {
+        self.error(spanned.span().start, message);
+    }
+}
+
+impl Config {
+    /// Read and validate the config file at `path`. A relative `filters_dir` is resolved
+    /// against the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            diagnostics: vec![Diagnostic {
+                line: 0,
+                column: 0,
+                message: format!("cannot read config file: {e}"),
+            }],
+        })?;
+        let mut config = Config::parse(&text).map_err(|diagnostics| ConfigError {
+            file,
+            diagnostics,
+        })?;
+        if config.filters_dir.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            config.filters_dir = base.join(&config.filters_dir);
+        }
+        Ok(config)
+    }
+
+    /// Parse and validate config text; on failure, every problem found, in file order.
+    pub fn parse(text: &str) -> Result<Config, Vec<Diagnostic>> {
+        let mut src = Source {
+            text,
+            diagnostics: Vec::new(),
+        };
+        let raw: RawConfig = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let offset = e.span().map_or(0, |s| s.start);
+                src.error(offset, e.message().trim_end().to_string());
+                return Err(src.diagnostics);
+            }
+        };
+        let config = validate(raw, &mut src);
+        if src.diagnostics.is_empty() {
+            Ok(config)
+        } else {
+            src.diagnostics
+                .sort_by_key(|d| (d.line, d.column));
+            Err(src.diagnostics)
+        }
+    }
+}
+
+fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
+    let listen = match &raw.listen {
+        None => DEFAULT_LISTEN.parse().expect("default listen address parses"),
+        Some(s) => s.get_ref().parse().unwrap_or_else(|_| {
+            src.at(s, format!("listen: {:?} is not an address like \"127.0.0.1:8080\"", s.get_ref()));
+            DEFAULT_LISTEN.parse().expect("default listen address parses")
+        }),
+    };
+    if let Some(t) = &raw.timeouts
+        && (t.get_ref().connect.is_zero() || t.get_ref().request.is_zero())
+    {
+        src.at(t, "timeouts: a timeout must be greater than zero");
+    }
+    if let Some(l) = &raw.limits
+        && l.get_ref().max_body_bytes == 0
+    {
+        src.at(l, "limits.max_body_bytes must be greater than zero");
+    }
+
+    let services = raw
+        .services
+        .iter()
+        .map(|(name, svc)| validate_service(name, svc, src))
+        .collect::<Vec<_>>();
+    let service_names: HashSet<&str> = raw.services.keys().map(String::as_str).collect();
+
+    let mut route_names = HashSet::new();
+    let routes = raw
+        .routes
+        .iter()
+        .filter_map(|route| validate_route(route, &service_names, &mut route_names, src))
+        .collect();
+
+    Config {
+        listen,
+        filters_dir: raw
+            .filters_dir
+            .map_or_else(|| PathBuf::from("filters"), |d| PathBuf::from(d.into_inner())),
+        timeouts: raw.timeouts.map(Spanned::into_inner).unwrap_or_default(),
+        limits: raw.limits.map(Spanned::into_inner).unwrap_or_default(),
+        services,
+        routes,
+    }
+}
+
+fn validate_service(name: &str, svc: &Spanned<RawService>, src: &mut Source<'_>) -> ServiceConfig {
+    if !valid_name(name) {
+        src.at(svc, format!("service {name:?}: names use letters, digits, '-' and '_'"));
+    }
+    if svc.get_ref().upstreams.is_empty() {
+        src.at(svc, format!("service {name:?}: needs at least one upstream"));
+    }
+    let upstreams = svc
+        .get_ref()
+        .upstreams
+        .iter()
+        .filter_map(|url| match parse_upstream(url.get_ref()) {
+            Ok(uri) => Some(uri),
+            Err(why) => {
+                src.at(url, format!("service {name:?}: upstream {:?}: {why}", url.get_ref()));
+                None
+            }
+        })
+        .collect();
+    ServiceConfig {
+        name: name.to_string(),
+        upstreams,
+    }
+}
+
+fn parse_upstream(url: &str) -> Result<http::Uri, &'static str> {
+    let uri: http::Uri = url.parse().map_err(|_| "not a URL")?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err("https upstreams are not supported yet; use http"),
+        _ => return Err("expected a URL like \"http://127.0.0.1:3000\""),
+    }
+    if uri.authority().is_none() {
+        return Err("missing host");
+    }
+    if uri.query().is_some() {
+        return Err("a base URL cannot have a query");
+    }
+    Ok(uri)
+}
+
+fn validate_route(
+    spanned: &Spanned<RawRoute>,
+    services: &HashSet<&str>,
+    seen: &mut HashSet<String>,
+    src: &mut Source<'_>,
+) -> Option<RouteConfig> {
+    let route = spanned.get_ref();
+    let name = route.name.get_ref().clone();
+    let errors_before = src.diagnostics.len();
+    let label = format!("route {name:?}");
+
+    if !valid_name(&name) {
+        src.at(&route.name, format!("{label}: names use letters, digits, '-' and '_'"));
+    } else if !seen.insert(name.clone()) {
+        src.at(&route.name, format!("{label}: defined twice"));
+    }
+
+    let given: Vec<_> = [
+        route.prefix.as_ref().map(|p| ("prefix", p)),
+        route.exact.as_ref().map(|p| ("exact", p)),
+        route.pattern.as_ref().map(|p| ("pattern", p)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let path = match given.as_slice() {
+        [] => {
+            src.at(&route.name, format!("{label}: needs one of `prefix`, `exact` or `pattern`"));
+            None
+        }
+        [(kind, p)] => {
+            let text = p.get_ref();
+            if !text.starts_with('/') {
+                src.at(p, format!("{label}: {kind} must start with '/'"));
+                None
+            } else {
+                match *kind {
+                    "prefix" => Some(PathMatch::Prefix(text.trim_end_matches('/').to_string())),
+                    "exact" => Some(PathMatch::Exact(text.clone())),
+                    _ => match Pattern::parse(text) {
+                        Ok(pattern) => Some(PathMatch::Pattern(pattern)),
+                        Err(why) => {
+                            src.at(p, format!("{label}: pattern {text:?}: {why}"));
+                            None
+                        }
+                    },
+                }
+            }
+        }
+        [_, (kind, p), ..] => {
+            src.at(p, format!("{label}: `{kind}` given with another path match; use only one of `prefix`, `exact` or `pattern`"));
+            None
+        }
+    };
+
+    let methods = route
+        .methods
+        .iter()
+        .filter_map(|m| {
+            let upper = m.get_ref().to_ascii_uppercase();
+            match http::Method::from_bytes(upper.as_bytes()) {
+                Ok(method) if !upper.is_empty() => Some(method),
+                _ => {
+                    src.at(m, format!("{label}: {:?} is not an HTTP method", m.get_ref()));
+                    None
+                }
+            }
+        })
+        .collect();
+
+    let host = route.host.as_ref().and_then(|h| {
+        let text = h.get_ref().to_ascii_lowercase();
+        let bare = text.strip_prefix("*.").unwrap_or(&text);
+        if bare.is_empty() || bare.contains(['/', ':', '*', ' ']) {
+            src.at(h, format!("{label}: host {:?} must be a host name, optionally starting with \"*.\"", h.get_ref()));
+            None
+        } else {
+            Some(text)
+        }
+    });
+
+    let strip_prefix = route.strip_prefix.as_ref().is_some_and(|s| *s.get_ref());
+    if let Some(s) = &route.strip_prefix
+        && *s.get_ref()
+        && route.prefix.is_none()
+    {
+        src.at(s, format!("{label}: strip_prefix needs a `prefix` match"));
+    }
+    let rewrite = route.rewrite.as_ref().and_then(|r| {
+        if strip_prefix {
+            src.at(r, format!("{label}: use either strip_prefix or rewrite, not both"));
+            return None;
+        }
+        let captured = match &path {
+            Some(PathMatch::Pattern(p)) => p.param_names(),
+            _ => Vec::new(),
+        };
+        match Template::parse(r.get_ref(), &captured) {
+            Ok(t) => Some(t),
+            Err(why) => {
+                src.at(r, format!("{label}: rewrite {:?}: {why}", r.get_ref()));
+                None
+            }
+        }
+    });
+
+    if let Some(svc) = &route.service
+        && !services.contains(svc.get_ref().as_str())
+    {
+        src.at(svc, format!("{label}: unknown service {:?}", svc.get_ref()));
+    }
+    if route.timeout.is_some_and(|t| t.is_zero()) {
+        src.at(&route.name, format!("{label}: timeout must be greater than zero"));
+    }
+    if let Some(max) = &route.max_body_bytes
+        && *max.get_ref() == 0
+    {
+        src.at(max, format!("{label}: max_body_bytes must be greater than zero"));
+    }
+
+    let filters = route
+        .filters
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let fname = f.get_ref().name.get_ref();
+            if !valid_name(fname) {
+                src.at(
+                    &f.get_ref().name,
+                    format!("{label}: filter #{}: {fname:?} is not a filter name (the .wasm file stem: letters, digits, '-' and '_')", i + 1),
+                );
+            }
+            let config = f.get_ref().config.clone().unwrap_or_default();
+            FilterRef {
+                name: fname.clone(),
+                config_json: serde_json::to_string(&config).expect("a TOML table is valid JSON"),
+                place: src.place(f.span().start),
+            }
+        })
+        .collect();
+
+    if src.diagnostics.len() > errors_before {
+        return None;
+    }
+    Some(RouteConfig {
+        name,
+        path: path?,
+        methods,
+        host,
+        strip_prefix,
+        rewrite,
+        service: route.service.as_ref().map(|s| s.get_ref().clone()),
+        timeout: route.timeout,
+        max_body_bytes: route.max_body_bytes.as_ref().map(|m| *m.get_ref()),
+        filters,
+        place: src.place(spanned.span().start),
+    })
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}

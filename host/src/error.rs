@@ -1,0 +1,108 @@
+//! The gateway's request-path error: where it came from decides the status, the client gets a
+//! fixed message that leaks nothing, and the log gets the detail.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+
+/// What went wrong, from the client's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No route matches the request.
+    NoRoute,
+    /// The client sent something we will not forward.
+    BadRequest,
+    /// The request body exceeds the route's limit.
+    BodyTooLarge,
+    /// A filter trapped, timed out, returned an error or an invalid result.
+    FilterFailed,
+    /// A filter the route needs is not loaded (never compiled, or its config was rejected).
+    FilterUnavailable,
+    /// The upstream refused the connection, reset it or sent a malformed response.
+    UpstreamUnavailable,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+    /// A bug or resource exhaustion inside the gateway.
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::NoRoute => StatusCode::NOT_FOUND,
+            ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::FilterFailed | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::FilterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The fixed text the client sees.
+    fn public_message(self) -> &'static str {
+        match self {
+            ErrorKind::NoRoute => "no route matches this request",
+            ErrorKind::BadRequest => "bad request",
+            ErrorKind::BodyTooLarge => "request body too large",
+            ErrorKind::FilterFailed => "a filter failed to process the request",
+            ErrorKind::FilterUnavailable => "a filter for this route is not available",
+            ErrorKind::UpstreamUnavailable => "upstream unavailable",
+            ErrorKind::UpstreamTimeout => "upstream timed out",
+            ErrorKind::Internal => "internal error",
+        }
+    }
+
+    /// Whether the same request could succeed against another upstream instance.
+    pub fn retryable(self) -> bool {
+        matches!(self, ErrorKind::UpstreamUnavailable)
+    }
+}
+
+/// An error on the request path: its kind and, for the log only, the detail.
+#[derive(Debug)]
+pub struct GatewayError {
+    pub kind: ErrorKind,
+    pub detail: String,
+}
+
+impl GatewayError {
+    pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    /// The small JSON body sent to the client.
+    pub fn body(&self, request_id: &str) -> Bytes {
+        let body = serde_json::json!({
+            "error": {
+                "status": self.kind.status().as_u16(),
+                "message": self.kind.public_message(),
+            },
+            "request_id": request_id,
+        });
+        Bytes::from(body.to_string())
+    }
+
+    /// Response parts for this error.
+    pub fn into_response(self, request_id: &str) -> http::Response<Bytes> {
+        let mut resp = http::Response::new(self.body(request_id));
+        *resp.status_mut() = self.kind.status();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+}
+
+impl fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.detail)
+    }
+}
+
+impl std::error::Error for GatewayError {}

@@ -1,0 +1,114 @@
+//! The `wasmgate` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use wasmgate::{Config, Gateway};
+
+#[derive(Parser)]
+#[command(name = "wasmgate", version, about = "An API gateway whose policy runs as WebAssembly filters")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The gateway config (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Use this filters directory instead of the config's `filters_dir`.
+        #[arg(long)]
+        filters_dir: Option<PathBuf>,
+    },
+    /// Validate a config and every filter it references, then exit.
+    Check {
+        /// The gateway config (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Check { config } => check(config).await,
+            Command::Serve { config, filters_dir } => match serve(config, filters_dir).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            },
+        }
+    })
+}
+
+async fn check(path: PathBuf) -> ExitCode {
+    match wasmgate::check(&path).await {
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+        Ok(report) if !report.problems.is_empty() => {
+            for line in &report.problems {
+                eprintln!("{line}");
+            }
+            ExitCode::FAILURE
+        }
+        Ok(report) => {
+            println!(
+                "{}: ok ({} routes, {} filters)",
+                path.display(),
+                report.routes,
+                report.filters
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+async fn serve(path: PathBuf, filters_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut config = Config::load(&path).map_err(|e| anyhow::anyhow!("invalid config\n{e}"))?;
+    if let Some(dir) = filters_dir {
+        config.filters_dir = dir;
+    }
+    let gateway = Gateway::new(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    tracing::info!(listen = %listener.local_addr()?, routes = config.routes.len(), "wasmgate serving");
+    gateway.serve(listener, shutdown_signal(), Duration::from_secs(30)).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

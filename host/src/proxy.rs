@@ -1,0 +1,520 @@
+//! The request path: route, run the request phases, call the upstream, run the response phases.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+
+use crate::error::{ErrorKind, GatewayError};
+use crate::gateway::{ChainEntry, Gateway, Route, Snapshot};
+use crate::router::{MatchInput, host_without_port, method_and_host_match};
+use crate::runtime::bindings::{self, RequestAction, RouteContext};
+use crate::runtime::{FilterError, FilterInstance};
+use crate::upstream::{self, Body, BoxError};
+
+/// Headers that describe one connection and are never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// A request body: still streaming from the client, or buffered (read or set by a filter).
+enum ReqBody {
+    Stream(Incoming),
+    Buffered(Bytes),
+}
+
+/// Everything about one request that the handler carries between stages.
+struct Exchange {
+    request_id: String,
+    client: SocketAddr,
+    snapshot: Arc<Snapshot>,
+}
+
+impl Gateway {
+    /// Serve one client request. Never fails: errors become small JSON responses.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        let started = Instant::now();
+        let request_id = self.next_request_id();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let ex = Exchange {
+            request_id,
+            client,
+            snapshot: self.snapshot(),
+        };
+        let mut resp = match self.route_request(req, &ex).await {
+            Ok(resp) => resp,
+            Err(err) => {
+                if err.kind.status().is_server_error() {
+                    tracing::warn!(request_id = %ex.request_id, kind = ?err.kind, detail = %err.detail, "request failed");
+                } else {
+                    tracing::debug!(request_id = %ex.request_id, kind = ?err.kind, detail = %err.detail, "request refused");
+                }
+                err.into_response(&ex.request_id).map(full)
+            }
+        };
+        if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
+            resp.headers_mut().insert(X_REQUEST_ID, id);
+        }
+        tracing::info!(
+            target: "wasmgate::access",
+            request_id = %ex.request_id,
+            client = %client,
+            %method,
+            path,
+            status = resp.status().as_u16(),
+            micros = started.elapsed().as_micros() as u64,
+        );
+        resp
+    }
+
+    async fn route_request(&self, req: Request<Incoming>, ex: &Exchange) -> Result<Response<Body>, GatewayError> {
+        let (mut parts, body) = req.into_parts();
+        let authority = request_authority(&parts.uri, &parts.headers);
+        let host = host_without_port(&authority);
+        let path = parts.uri.path();
+        let input = MatchInput {
+            method: &parts.method,
+            host: &host,
+            path,
+        };
+        let (route, params) = ex
+            .snapshot
+            .routes
+            .iter()
+            .find_map(|r| {
+                if !method_and_host_match(&r.config.methods, r.config.host.as_deref(), &input) {
+                    return None;
+                }
+                r.config.path.matches(path).map(|params| (r, params))
+            })
+            .ok_or_else(|| GatewayError::new(ErrorKind::NoRoute, format!("{} {path}", parts.method)))?;
+
+        let upstream_path = upstream_path(route, &parts.uri, &params);
+        strip_hop_by_hop(&mut parts.headers);
+
+        let body_limit = route.config.max_body_bytes.unwrap_or(ex.snapshot.limits.max_body_bytes);
+        let mut body = if route.needs_request_body {
+            ReqBody::Buffered(read_limited(body, &parts.headers, body_limit).await?)
+        } else {
+            ReqBody::Stream(body)
+        };
+
+        let mut outgoing = Outgoing {
+            method: parts.method,
+            path_and_query: upstream_path,
+            headers: parts.headers,
+        };
+        let ctx = RouteContext {
+            route: route.config.name.clone(),
+            params,
+            client_addr: ex.client.to_string(),
+            request_id: ex.request_id.clone(),
+        };
+
+        // Request phases, in chain order.
+        let mut ran: Vec<FilterInstance> = Vec::with_capacity(route.chain.len());
+        let mut early: Option<bindings::Response> = None;
+        if !route.chain.is_empty() {
+            let mut wit_req = bindings::Request {
+                method: outgoing.method.to_string(),
+                scheme: "http".into(),
+                authority: authority.clone(),
+                path_with_query: std::mem::take(&mut outgoing.path_and_query),
+                headers: to_wit_headers(&outgoing.headers),
+                body: None,
+            };
+            for entry in &route.chain {
+                let (filter, config_json) = match entry {
+                    ChainEntry::Ready { filter, config_json } => (filter, config_json),
+                    ChainEntry::Unavailable { name, reason } => {
+                        return Err(GatewayError::new(
+                            ErrorKind::FilterUnavailable,
+                            format!("route {:?}: filter {name:?} is not loaded: {reason}", route.config.name),
+                        ));
+                    }
+                };
+                let mut instance = filter
+                    .start(config_json, &ex.request_id)
+                    .await
+                    .map_err(|e| filter_failed(&filter.name, e))?;
+                wit_req.body = match (&body, filter.info.needs_request_body) {
+                    (ReqBody::Buffered(b), true) => Some(b.to_vec()),
+                    _ => None,
+                };
+                let action = instance
+                    .on_request(&ctx, &wit_req)
+                    .await
+                    .map_err(|e| filter_failed(&filter.name, e))?;
+                ran.push(instance);
+                match action {
+                    RequestAction::Continue(mut next) => {
+                        if let Some(new_body) = next.body.take() {
+                            body = ReqBody::Buffered(Bytes::from(new_body));
+                        }
+                        wit_req = next;
+                    }
+                    RequestAction::Respond(resp) => {
+                        early = Some(resp);
+                        break;
+                    }
+                }
+            }
+            if early.is_none() {
+                outgoing = Outgoing::from_wit(wit_req).map_err(|e| filter_failed(&ran.last().expect("chain ran").filter().name, e))?;
+            }
+        }
+
+        let response = match early {
+            Some(resp) => {
+                let resp_body = resp.body.clone().map(Bytes::from).unwrap_or_default();
+                ResponseState::Filter(resp, resp_body)
+            }
+            None => {
+                let resp = self.call_upstream(route, outgoing, body, ex).await?;
+                if ran.is_empty() {
+                    // No response phases: stream the upstream response straight back.
+                    let (mut parts, body) = resp.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    return Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync()));
+                }
+                ResponseState::Upstream(resp)
+            }
+        };
+        self.response_phases(route, ran, response, &ctx, ex).await
+    }
+
+    async fn call_upstream(
+        &self,
+        route: &Route,
+        outgoing: Outgoing,
+        body: ReqBody,
+        ex: &Exchange,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let service_name = route.config.service.as_deref().ok_or_else(|| {
+            GatewayError::new(
+                ErrorKind::UpstreamUnavailable,
+                format!("route {:?} has no service and no filter answered", route.config.name),
+            )
+        })?;
+        let service = ex.snapshot.services.get(service_name).ok_or_else(|| {
+            GatewayError::new(ErrorKind::Internal, format!("service {service_name:?} missing from snapshot"))
+        })?;
+        let base = service.pick();
+        let uri = upstream::join(base, &outgoing.path_and_query)
+            .map_err(|e| GatewayError::new(ErrorKind::Internal, format!("building upstream URI: {e}")))?;
+
+        let mut headers = outgoing.headers;
+        let original_host = headers.remove(header::HOST);
+        let body = match body {
+            ReqBody::Stream(incoming) => incoming.map_err(BoxError::from).boxed_unsync(),
+            ReqBody::Buffered(bytes) => {
+                headers.remove(header::TRANSFER_ENCODING);
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                full(bytes)
+            }
+        };
+        append_forwarded(&mut headers, ex.client, original_host);
+        if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
+            headers.insert(X_REQUEST_ID, id);
+        }
+
+        let mut req = Request::new(body);
+        *req.method_mut() = outgoing.method;
+        *req.uri_mut() = uri.clone();
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = headers;
+
+        let timeout = route.config.timeout.unwrap_or(ex.snapshot.timeouts.request);
+        match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Err(_) => Err(GatewayError::new(
+                ErrorKind::UpstreamTimeout,
+                format!("service {service_name:?} ({uri}) sent no response within {timeout:?}"),
+            )),
+            Ok(Err(e)) => {
+                let timed_out = std::error::Error::source(&e)
+                    .and_then(|s| s.downcast_ref::<std::io::Error>())
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+                    || format!("{e:?}").contains("ConnectTimeout");
+                let kind = if e.is_connect() && timed_out {
+                    ErrorKind::UpstreamTimeout
+                } else {
+                    ErrorKind::UpstreamUnavailable
+                };
+                Err(GatewayError::new(kind, format!("service {service_name:?} ({uri}): {e:?}")))
+            }
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+
+    async fn response_phases(
+        &self,
+        route: &Route,
+        mut ran: Vec<FilterInstance>,
+        response: ResponseState,
+        ctx: &RouteContext,
+        ex: &Exchange,
+    ) -> Result<Response<Body>, GatewayError> {
+        // What the response phases see, and the body that goes back if none replaces it.
+        let (mut wit_resp, mut body): (bindings::Response, RespBody) = match response {
+            ResponseState::Filter(resp, bytes) => (resp, RespBody::Buffered(bytes)),
+            ResponseState::Upstream(resp) => {
+                let (mut parts, incoming) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                let body = if route.needs_response_body {
+                    let limit = route.config.max_body_bytes.unwrap_or(ex.snapshot.limits.max_body_bytes);
+                    let bytes = Limited::new(incoming, usize::try_from(limit).unwrap_or(usize::MAX))
+                        .collect()
+                        .await
+                        .map_err(|e| {
+                            GatewayError::new(
+                                ErrorKind::UpstreamUnavailable,
+                                format!("reading upstream response body (limit {limit} bytes): {e}"),
+                            )
+                        })?
+                        .to_bytes();
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                    RespBody::Buffered(bytes)
+                } else {
+                    RespBody::Stream(incoming)
+                };
+                let wit = bindings::Response {
+                    status: parts.status.as_u16(),
+                    headers: to_wit_headers(&parts.headers),
+                    body: None,
+                };
+                (wit, body)
+            }
+        };
+
+        while let Some(mut instance) = ran.pop() {
+            let filter = instance.filter();
+            let name = filter.name.clone();
+            wit_resp.body = match (&body, filter.info.needs_response_body) {
+                (RespBody::Buffered(b), true) => Some(b.to_vec()),
+                _ => None,
+            };
+            let mut next = instance
+                .on_response(ctx, &wit_resp)
+                .await
+                .map_err(|e| filter_failed(&name, e))?;
+            if let Some(new_body) = next.body.take() {
+                body = RespBody::Buffered(Bytes::from(new_body));
+            }
+            wit_resp = next;
+        }
+
+        let status = StatusCode::from_u16(wit_resp.status)
+            .ok()
+            .filter(|s| s.as_u16() >= 200)
+            .ok_or_else(|| {
+                GatewayError::new(ErrorKind::FilterFailed, format!("a filter returned status {}", wit_resp.status))
+            })?;
+        let mut headers = from_wit_headers(wit_resp.headers).map_err(|e| GatewayError::new(ErrorKind::FilterFailed, e))?;
+        strip_hop_by_hop(&mut headers);
+        let body = match body {
+            RespBody::Stream(incoming) => incoming.map_err(BoxError::from).boxed_unsync(),
+            RespBody::Buffered(bytes) => {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                full(bytes)
+            }
+        };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        Ok(resp)
+    }
+}
+
+enum ResponseState {
+    /// A filter answered early: its response and body.
+    Filter(bindings::Response, Bytes),
+    Upstream(Response<Incoming>),
+}
+
+enum RespBody {
+    Stream(Incoming),
+    Buffered(Bytes),
+}
+
+/// The request as it will go upstream.
+struct Outgoing {
+    method: Method,
+    path_and_query: String,
+    headers: HeaderMap,
+}
+
+impl Outgoing {
+    fn from_wit(req: bindings::Request) -> Result<Outgoing, FilterError> {
+        let method = Method::from_bytes(req.method.as_bytes())
+            .map_err(|_| FilterError::Invalid(format!("method {:?}", req.method)))?;
+        if !req.path_with_query.starts_with('/') || req.path_with_query.parse::<http::uri::PathAndQuery>().is_err() {
+            return Err(FilterError::Invalid(format!("path {:?}", req.path_with_query)));
+        }
+        Ok(Outgoing {
+            method,
+            path_and_query: req.path_with_query,
+            headers: from_wit_headers(req.headers).map_err(FilterError::Invalid)?,
+        })
+    }
+}
+
+fn filter_failed(name: &str, err: FilterError) -> GatewayError {
+    let kind = ErrorKind::FilterFailed;
+    GatewayError::new(kind, format!("filter {name:?}: {err}"))
+}
+
+fn full(bytes: Bytes) -> Body {
+    if bytes.is_empty() {
+        return Empty::new().map_err(|never| match never {}).boxed_unsync();
+    }
+    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// Read a body up to `limit` bytes; 413 beyond, refusing early when `content-length` says so.
+async fn read_limited(body: Incoming, headers: &HeaderMap, limit: u64) -> Result<Bytes, GatewayError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(GatewayError::new(
+            ErrorKind::BodyTooLarge,
+            format!("content-length {} exceeds the limit of {limit} bytes", declared.unwrap_or_default()),
+        ));
+    }
+    match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(GatewayError::new(
+            ErrorKind::BodyTooLarge,
+            format!("request body exceeds the limit of {limit} bytes"),
+        )),
+        Err(e) => Err(GatewayError::new(ErrorKind::BadRequest, format!("reading request body: {e}"))),
+    }
+}
+
+/// The path and query the upstream receives, after prefix strip or rewrite.
+fn upstream_path(route: &Route, uri: &Uri, params: &[(String, String)]) -> String {
+    let path = uri.path();
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let new_path = if let Some(template) = &route.config.rewrite {
+        template.render(params)
+    } else if route.config.strip_prefix {
+        let prefix = match &route.config.path {
+            crate::router::PathMatch::Prefix(p) => p.as_str(),
+            _ => "",
+        };
+        let rest = path.strip_prefix(prefix).unwrap_or(path);
+        if rest.is_empty() { "/".to_string() } else { rest.to_string() }
+    } else {
+        path.to_string()
+    };
+    format!("{new_path}{query}")
+}
+
+/// The authority the client addressed: the URI's (HTTP/2, absolute-form) or the `Host` header.
+fn request_authority(uri: &Uri, headers: &HeaderMap) -> String {
+    uri.authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Remove hop-by-hop headers, including every header the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+fn append_forwarded(headers: &mut HeaderMap, client: SocketAddr, original_host: Option<HeaderValue>) {
+    let ip = client.ip().to_string();
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    match original_host {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+        None => {
+            headers.remove(X_FORWARDED_HOST);
+        }
+    }
+}
+
+fn to_wit_headers(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+    headers
+        .iter()
+        .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+fn from_wit_headers(list: Vec<(String, Vec<u8>)>) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::with_capacity(list.len());
+    for (name, value) in list {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
+        let value = HeaderValue::from_bytes(&value).map_err(|_| format!("invalid value for header {name}"))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_for_appends_to_an_existing_chain() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        append_forwarded(&mut h, "127.0.0.1:5000".parse().unwrap(), Some(HeaderValue::from_static("api.test")));
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h[&X_FORWARDED_HOST], "api.test");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+    }
+}

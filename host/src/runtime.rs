@@ -1,0 +1,336 @@
+//! The filter runtime: engine configuration, filter loading and the per-request cost, in one
+//! place.
+//!
+//! - One [`wasmtime::Engine`] for the process: pooling instance allocator, epoch interruption
+//!   (a background thread ticks every [`EPOCH_TICK`]).
+//! - A filter is compiled once per version and pre-instantiated ([`LoadedFilter`]).
+//! - Every request gets a fresh [`Store`] and instance per filter, kept for both of its phases
+//!   and then dropped: no request sees another's data, and a trapped instance is never reused.
+//! - Each call runs under a deadline (checked on every epoch tick, yielding to tokio in
+//!   between, so a looping filter cannot hold a worker thread) and a linear-memory cap.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits,
+    StoreLimitsBuilder, Trap, UpdateDeadline,
+};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Host-side bindings for `wit/filter.wit`.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "gateway-filter",
+        exports: { default: async },
+    });
+
+    pub use exports::wasmgate::filter::filter::{FilterInfo, RequestAction};
+    pub use wasmgate::filter::types::{LogLevel, Request, Response, RouteContext};
+}
+
+use bindings::{FilterInfo, GatewayFilter, GatewayFilterPre, RequestAction};
+
+/// How often the epoch advances; deadlines are checked at this granularity.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Per-call limits for filter execution.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Wall-clock budget for one phase call (instantiation and configure included).
+    pub deadline: Duration,
+    /// Cap on a filter instance's linear memory.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_millis(100),
+            memory_bytes: 32 << 20,
+        }
+    }
+}
+
+/// Most memory any filter may be granted; sizes the pooling allocator's slots.
+const MAX_MEMORY_BYTES: usize = 256 << 20;
+/// Filter instances alive at once across all requests (each in-flight request holds one per
+/// filter of its route).
+const POOL_INSTANCES: u32 = 2048;
+
+/// Why a filter call did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// The filter returned an error value (it handled the situation itself).
+    #[error("filter returned an error: {0}")]
+    Returned(String),
+    /// The instance trapped (panic, out-of-bounds, unreachable, stack overflow, out of memory)
+    /// or was interrupted at its deadline. The instance is discarded.
+    #[error("filter trapped: {0}")]
+    Trap(String),
+    /// The filter returned something the host will not use (an invalid header, status...).
+    #[error("filter returned an invalid result: {0}")]
+    Invalid(String),
+}
+
+/// Store data for one filter instance.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    filter: Arc<str>,
+    request_id: Arc<str>,
+    deadline: Instant,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::wasmgate::filter::types::Host for HostState {}
+
+impl bindings::wasmgate::filter::log::Host for HostState {
+    fn log(&mut self, level: bindings::LogLevel, message: String) {
+        use bindings::LogLevel as L;
+        let (filter, request_id) = (&*self.filter, &*self.request_id);
+        match level {
+            L::Trace => tracing::trace!(target: "wasmgate::filter", filter, request_id, "{message}"),
+            L::Debug => tracing::debug!(target: "wasmgate::filter", filter, request_id, "{message}"),
+            L::Info => tracing::info!(target: "wasmgate::filter", filter, request_id, "{message}"),
+            L::Warn => tracing::warn!(target: "wasmgate::filter", filter, request_id, "{message}"),
+            L::Error => tracing::error!(target: "wasmgate::filter", filter, request_id, "{message}"),
+        }
+    }
+}
+
+/// The process-wide filter runtime.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+}
+
+impl Runtime {
+    /// Build the engine and start the epoch ticker (it stops when the engine is dropped).
+    pub fn new() -> anyhow::Result<Runtime> {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(POOL_INSTANCES)
+            .total_core_instances(POOL_INSTANCES * 4)
+            .total_memories(POOL_INSTANCES * 2)
+            .total_tables(POOL_INSTANCES * 4)
+            .total_stacks(POOL_INSTANCES)
+            .max_memory_size(MAX_MEMORY_BYTES);
+
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .max_wasm_stack(512 << 10);
+        let engine = Engine::new(&config).map_err(|e| context(e, "configuring the wasm engine"))?;
+
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("wasmgate-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .context("starting the epoch thread")?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| context(e, "linking WASI"))?;
+        GatewayFilter::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| context(e, "linking the wasmgate host interfaces"))?;
+        Ok(Runtime {
+            engine,
+            linker: Arc::new(linker),
+        })
+    }
+
+    /// Compile and pre-instantiate the filter at `path`, and ask it what it needs.
+    ///
+    /// Fails, with a reason fit for a log line, when the file is not a component, does not
+    /// implement `wasmgate:filter/filter@0.1.0`, or its `describe` traps.
+    pub async fn load(&self, name: &str, path: &Path) -> anyhow::Result<LoadedFilter> {
+        let bytes = tokio::fs::read(path)
+            .await
+            .with_context(|| format!("reading {}", path.display()))?;
+        let engine = self.engine.clone();
+        let started = Instant::now();
+        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
+            .await
+            .context("compile task")?
+            .map_err(|e| anyhow::anyhow!("not a loadable wasm component: {e:#}"))?;
+        let compile_time = started.elapsed();
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| anyhow::anyhow!("imports something the gateway does not provide: {e:#}"))?;
+        let pre = GatewayFilterPre::new(pre).map_err(|e| {
+            anyhow::anyhow!("does not implement wasmgate:filter/filter@0.1.0: {e:#}")
+        })?;
+        let mut filter = LoadedFilter {
+            name: name.into(),
+            engine: self.engine.clone(),
+            pre,
+            info: FilterInfo {
+                needs_request_body: false,
+                needs_response_body: false,
+            },
+            limits: Limits::default(),
+            compile_time,
+        };
+        let (mut store, instance) = filter.instantiate("load").await?;
+        filter.info = instance
+            .wasmgate_filter_filter()
+            .call_describe(&mut store)
+            .await
+            .map_err(|e| anyhow::anyhow!("describe failed: {}", trap_reason(&e)))?;
+        Ok(filter)
+    }
+}
+
+/// A compiled, pre-instantiated filter version.
+pub struct LoadedFilter {
+    pub name: Arc<str>,
+    engine: Engine,
+    pre: GatewayFilterPre<HostState>,
+    pub info: FilterInfo,
+    pub limits: Limits,
+    pub compile_time: Duration,
+}
+
+impl LoadedFilter {
+    async fn instantiate(
+        &self,
+        request_id: &str,
+    ) -> Result<(Store<HostState>, GatewayFilter), FilterError> {
+        let state = HostState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.limits.memory_bytes)
+                .trap_on_grow_failure(true)
+                .build(),
+            filter: self.name.clone(),
+            request_id: request_id.into(),
+            deadline: Instant::now() + self.limits.deadline,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        let instance = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| FilterError::Trap(format!("instantiation failed: {}", trap_reason(&e))))?;
+        Ok((store, instance))
+    }
+
+    /// A fresh instance configured with `config_json`, ready for one request's phases.
+    pub async fn start(
+        self: &Arc<Self>,
+        config_json: &str,
+        request_id: &str,
+    ) -> Result<FilterInstance, FilterError> {
+        let (mut store, bindings) = self.instantiate(request_id).await?;
+        bindings
+            .wasmgate_filter_filter()
+            .call_configure(&mut store, config_json)
+            .await
+            .map_err(|e| FilterError::Trap(trap_reason(&e)))?
+            .map_err(|e| FilterError::Returned(format!("config rejected: {e}")))?;
+        Ok(FilterInstance {
+            filter: self.clone(),
+            store,
+            bindings,
+        })
+    }
+
+    /// Check that the filter accepts `config_json`; the error is the filter's own message.
+    pub async fn check_config(self: &Arc<Self>, config_json: &str) -> Result<(), String> {
+        match self.start(config_json, "check").await {
+            Ok(_) => Ok(()),
+            Err(FilterError::Returned(msg)) => Err(msg),
+            Err(other) => Err(other.to_string()),
+        }
+    }
+}
+
+/// One filter instance serving one request's request and response phases.
+pub struct FilterInstance {
+    filter: Arc<LoadedFilter>,
+    store: Store<HostState>,
+    bindings: GatewayFilter,
+}
+
+impl FilterInstance {
+    pub fn filter(&self) -> &LoadedFilter {
+        &self.filter
+    }
+
+    fn arm_deadline(&mut self) {
+        self.store.data_mut().deadline = Instant::now() + self.filter.limits.deadline;
+    }
+
+    pub async fn on_request(
+        &mut self,
+        ctx: &bindings::RouteContext,
+        req: &bindings::Request,
+    ) -> Result<RequestAction, FilterError> {
+        self.arm_deadline();
+        self.bindings
+            .wasmgate_filter_filter()
+            .call_on_request(&mut self.store, ctx, req)
+            .await
+            .map_err(|e| FilterError::Trap(trap_reason(&e)))?
+            .map_err(FilterError::Returned)
+    }
+
+    pub async fn on_response(
+        &mut self,
+        ctx: &bindings::RouteContext,
+        resp: &bindings::Response,
+    ) -> Result<bindings::Response, FilterError> {
+        self.arm_deadline();
+        self.bindings
+            .wasmgate_filter_filter()
+            .call_on_response(&mut self.store, ctx, resp)
+            .await
+            .map_err(|e| FilterError::Trap(trap_reason(&e)))?
+            .map_err(FilterError::Returned)
+    }
+}
+
+/// wasmtime 48 has its own error type; give it context as an `anyhow::Error`.
+fn context(err: wasmtime::Error, what: &str) -> anyhow::Error {
+    anyhow::anyhow!("{what}: {err:#}")
+}
+
+/// A one-line reason for a wasm error, naming deadline and memory hits plainly.
+fn trap_reason(err: &wasmtime::Error) -> String {
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => "deadline exceeded".into(),
+        Some(trap) => trap.to_string(),
+        None => format!("{err:#}"),
+    }
+}

@@ -1,0 +1,285 @@
+//! # wasmgate-sdk
+//!
+//! Write [wasmgate](https://example.invalid/wasmgate) filters in plain Rust. A filter is a type
+//! that implements [`Filter`]; one line, [`export_filter!`], turns it into a WebAssembly
+//! component the gateway loads. You never see the WIT glue.
+//!
+//! ```
+//! use serde::Deserialize;
+//! use wasmgate_sdk::{export_filter, Action, Context, Error, Filter, Request, Response};
+//!
+//! #[derive(Deserialize)]
+//! struct Config {
+//!     /// Requests without this header are refused.
+//!     required_header: String,
+//! }
+//!
+//! struct RequireHeader(Config);
+//!
+//! impl Filter for RequireHeader {
+//!     type Config = Config;
+//!
+//!     fn new(config: Config) -> Result<Self, Error> {
+//!         Ok(Self(config))
+//!     }
+//!
+//!     fn on_request(&self, req: Request, _ctx: &Context) -> Result<Action, Error> {
+//!         if req.header(&self.0.required_header).is_none() {
+//!             return Ok(Response::text(403, "forbidden\n").into());
+//!         }
+//!         Ok(req.into())
+//!     }
+//! }
+//!
+//! export_filter!(RequireHeader);
+//! # fn main() {}
+//! ```
+//!
+//! Build it with `cargo build --target wasm32-wasip2 --release` (crate type `cdylib`) and drop the
+//! `.wasm` into the gateway's filters directory.
+//!
+//! ## Unit tests without a gateway
+//! [`Request`], [`Response`] and [`Context`] are plain Rust values, so a filter's phases can be
+//! called directly in a native `cargo test`; [`log`] prints to stderr there.
+#![deny(missing_docs)]
+
+mod http;
+pub mod log;
+
+pub use http::{Action, Context, Headers, Request, Response};
+pub use serde;
+pub use serde_json;
+
+/// A filter: per-route policy run by the gateway for each request on the route.
+///
+/// Every phase has a no-op default, so implement only what you need. The gateway creates the
+/// filter with [`Filter::new`] from the route's config before running a phase; state kept in
+/// `self` lives as long as the instance and must not carry data between requests.
+pub trait Filter: Sized + 'static {
+    /// The per-route config, decoded from the table written under this filter in the route's
+    /// config. Use [`NoConfig`] when the filter takes none.
+    type Config: serde::de::DeserializeOwned;
+
+    /// Whether [`Filter::on_request`] needs the request body. When no filter on a route needs
+    /// it, the body streams to the upstream untouched and [`Request::body`] is `None`.
+    const NEEDS_REQUEST_BODY: bool = false;
+
+    /// Whether [`Filter::on_response`] needs the response body; see
+    /// [`Filter::NEEDS_REQUEST_BODY`].
+    const NEEDS_RESPONSE_BODY: bool = false;
+
+    /// Build the filter from its route config. An error rejects the config: the gateway logs
+    /// it and fails the route's requests instead of running a half-configured filter.
+    fn new(config: Self::Config) -> Result<Self, Error>;
+
+    /// The request phase, run in chain order before the upstream is called.
+    ///
+    /// Return the (possibly modified) request to continue, or a [`Response`] to answer the
+    /// client at once (the upstream and later request phases are skipped). An `Err` fails the
+    /// request with a 500. Default: continue unchanged.
+    fn on_request(&self, req: Request, ctx: &Context) -> Result<Action, Error> {
+        let _ = ctx;
+        Ok(Action::Continue(req))
+    }
+
+    /// The response phase, run in reverse chain order for every filter whose request phase ran
+    /// (also when a later filter answered early). Return the (possibly modified) response; an
+    /// `Err` fails the request with a 500. Default: unchanged.
+    fn on_response(&self, resp: Response, ctx: &Context) -> Result<Response, Error> {
+        let _ = ctx;
+        Ok(resp)
+    }
+}
+
+/// Config type for a filter that takes no config; any key given in the route is rejected.
+#[derive(Debug, Default, Clone, Copy, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoConfig {}
+
+/// A filter's error: the gateway fails the request with a plain 500 and logs this message
+/// (with the filter's name and the request id); the client never sees it.
+///
+/// Any `std::error::Error` converts with `?`; use [`Error::msg`] for a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error(String);
+
+impl Error {
+    /// An error with this message.
+    pub fn msg(message: impl std::fmt::Display) -> Self {
+        Error(message.to_string())
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<E: std::error::Error> From<E> for Error {
+    fn from(err: E) -> Self {
+        Error(err.to_string())
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Export a type implementing [`Filter`] as this component's filter. Write it once per crate.
+#[macro_export]
+macro_rules! export_filter {
+    ($filter:ty) => {
+        const _: () = {
+            ::std::thread_local! {
+                static __WASMGATE_FILTER: ::std::cell::RefCell<::std::option::Option<$filter>> =
+                    const { ::std::cell::RefCell::new(::std::option::Option::None) };
+            }
+
+            struct __WasmgateGlue;
+
+            impl $crate::__rt::Guest for __WasmgateGlue {
+                fn describe() -> $crate::__rt::FilterInfo {
+                    $crate::__rt::describe::<$filter>()
+                }
+                fn configure(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::__rt::configure::<$filter>(&__WASMGATE_FILTER, config)
+                }
+                fn on_request(
+                    ctx: $crate::__rt::RouteContext,
+                    req: $crate::__rt::WitRequest,
+                ) -> ::std::result::Result<$crate::__rt::RequestAction, ::std::string::String> {
+                    $crate::__rt::on_request::<$filter>(&__WASMGATE_FILTER, ctx, req)
+                }
+                fn on_response(
+                    ctx: $crate::__rt::RouteContext,
+                    resp: $crate::__rt::WitResponse,
+                ) -> ::std::result::Result<$crate::__rt::WitResponse, ::std::string::String> {
+                    $crate::__rt::on_response::<$filter>(&__WASMGATE_FILTER, ctx, resp)
+                }
+            }
+
+            $crate::__bindings::__export_filter_glue!(__WasmgateGlue with_types_in $crate::__bindings);
+        };
+    };
+}
+
+#[doc(hidden)]
+pub mod __bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "gateway-filter",
+        pub_export_macro: true,
+        export_macro_name: "__export_filter_glue",
+        default_bindings_module: "wasmgate_sdk::__bindings",
+    });
+}
+
+/// Glue used by [`export_filter!`]; not part of the API.
+#[doc(hidden)]
+pub mod __rt {
+    use std::cell::RefCell;
+    use std::thread::LocalKey;
+
+    pub use crate::__bindings::exports::wasmgate::filter::filter::Guest;
+    pub use crate::__bindings::wasmgate::filter::types::{
+        FilterInfo, Request as WitRequest, RequestAction, Response as WitResponse, RouteContext,
+    };
+    use crate::{Action, Context, Filter, Headers, Request, Response};
+
+    type Slot<F> = LocalKey<RefCell<Option<F>>>;
+
+    pub fn describe<F: Filter>() -> FilterInfo {
+        FilterInfo {
+            needs_request_body: F::NEEDS_REQUEST_BODY,
+            needs_response_body: F::NEEDS_RESPONSE_BODY,
+        }
+    }
+
+    pub fn configure<F: Filter>(slot: &'static Slot<F>, config: String) -> Result<(), String> {
+        let config: F::Config = serde_json::from_str(&config).map_err(|e| strip_position(&e))?;
+        let filter = F::new(config).map_err(|e| e.0)?;
+        slot.with(|s| *s.borrow_mut() = Some(filter));
+        Ok(())
+    }
+
+    pub fn on_request<F: Filter>(
+        slot: &'static Slot<F>,
+        ctx: RouteContext,
+        req: WitRequest,
+    ) -> Result<RequestAction, String> {
+        let ctx = context(ctx);
+        let req = Request {
+            method: req.method,
+            scheme: req.scheme,
+            authority: req.authority,
+            path_with_query: req.path_with_query,
+            headers: Headers::from_wire(req.headers),
+            body: req.body,
+        };
+        let action = with_filter(slot, |f| f.on_request(req, &ctx))?;
+        Ok(match action {
+            Action::Continue(req) => RequestAction::Continue(WitRequest {
+                method: req.method,
+                scheme: req.scheme,
+                authority: req.authority,
+                path_with_query: req.path_with_query,
+                headers: req.headers.into_wire(),
+                body: req.body,
+            }),
+            Action::Respond(resp) => RequestAction::Respond(wit_response(resp)),
+        })
+    }
+
+    pub fn on_response<F: Filter>(
+        slot: &'static Slot<F>,
+        ctx: RouteContext,
+        resp: WitResponse,
+    ) -> Result<WitResponse, String> {
+        let ctx = context(ctx);
+        let resp = Response {
+            status: resp.status,
+            headers: Headers::from_wire(resp.headers),
+            body: resp.body,
+        };
+        with_filter(slot, |f| f.on_response(resp, &ctx)).map(wit_response)
+    }
+
+    fn with_filter<F: Filter, T>(
+        slot: &'static Slot<F>,
+        run: impl FnOnce(&F) -> Result<T, crate::Error>,
+    ) -> Result<T, String> {
+        slot.with(|s| match s.borrow().as_ref() {
+            Some(filter) => run(filter).map_err(|e| e.0),
+            None => Err("filter called before configure".into()),
+        })
+    }
+
+    fn context(ctx: RouteContext) -> Context {
+        Context {
+            route: ctx.route,
+            params: ctx.params,
+            client_addr: ctx.client_addr,
+            request_id: ctx.request_id,
+        }
+    }
+
+    fn wit_response(resp: Response) -> WitResponse {
+        WitResponse {
+            status: resp.status,
+            headers: resp.headers.into_wire(),
+            body: resp.body,
+        }
+    }
+
+    /// serde_json reports positions in the JSON the host made from the TOML config, which the
+    /// user never saw; keep only the message.
+    fn strip_position(err: &serde_json::Error) -> String {
+        let msg = err.to_string();
+        match msg.rfind(" at line ") {
+            Some(i) => msg[..i].to_string(),
+            None => msg,
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Build every guest filter crate to a wasm component, as wasmtime's test-programs do.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let root = manifest_dir.join("../..").canonicalize().unwrap();
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+
+    for watched in ["sdk", "wit", "filters", "tests/filters", "Cargo.toml", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
+
+    let mut crates = Vec::new();
+    for group in ["filters", "tests/filters"] {
+        let Ok(entries) = std::fs::read_dir(root.join(group)) else { continue };
+        for entry in entries.flatten() {
+            if entry.path().join("Cargo.toml").is_file() {
+                crates.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    crates.sort();
+
+    // A target dir of its own: the outer cargo holds the lock on the workspace's.
+    let target_dir = out_dir.join("guest-target");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root)
+        .args(["build", "--target", "wasm32-wasip2", "--profile", "filter"])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    if std::env::var_os("CARGO_NET_OFFLINE").is_some() {
+        cmd.arg("--offline");
+    }
+    for name in &crates {
+        cmd.args(["-p", name]);
+    }
+    let status = cmd.status().expect("running cargo for the guest filters");
+    assert!(status.success(), "building the guest filters failed");
+
+    let filters_dir = out_dir.join("filters");
+    std::fs::create_dir_all(&filters_dir).unwrap();
+    let mut src = String::new();
+    src.push_str(&format!(
+        "/// Directory holding every built filter as `<name>.wasm`.\npub const FILTERS_DIR: &str = {:?};\n",
+        filters_dir.display().to_string()
+    ));
+    src.push_str("/// `(name, path)` of every built filter.\npub const ALL: &[(&str, &str)] = &[\n");
+    for name in &crates {
+        let built = target_dir
+            .join("wasm32-wasip2/filter")
+            .join(format!("{}.wasm", name.replace('-', "_")));
+        let dest = filters_dir.join(format!("{name}.wasm"));
+        copy_if_changed(&built, &dest);
+        src.push_str(&format!("    ({name:?}, {:?}),\n", dest.display().to_string()));
+    }
+    src.push_str("];\n");
+    std::fs::write(out_dir.join("artifacts.rs"), src).unwrap();
+}
+
+fn copy_if_changed(from: &Path, to: &Path) {
+    let new = std::fs::read(from).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+    if std::fs::read(to).ok().as_deref() != Some(new.as_slice()) {
+        std::fs::write(to, new).unwrap();
+    }
+}
