@@ -95,7 +95,7 @@ impl LoadedFilters {
                         );
                         Ok(Arc::new(loaded))
                     }
-                    Err(e) => Err(format!("{}: {e:#}", path.display())),
+                    Err(e) => Err(format!("{e:#}")),
                 };
                 filters.insert(f.name.clone(), loaded);
             }

@@ -164,9 +164,15 @@ impl Runtime {
     /// Fails, with a reason fit for a log line, when the file is not a component, does not
     /// implement `wasmgate:filter/filter@0.1.0`, or its `describe` traps.
     pub async fn load(&self, name: &str, path: &Path) -> anyhow::Result<LoadedFilter> {
+        self.load_inner(name, path)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))
+    }
+
+    async fn load_inner(&self, name: &str, path: &Path) -> anyhow::Result<LoadedFilter> {
         let bytes = tokio::fs::read(path)
             .await
-            .with_context(|| format!("reading {}", path.display()))?;
+            .map_err(|e| anyhow::anyhow!("cannot read: {e}"))?;
         let engine = self.engine.clone();
         let started = Instant::now();
         let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))

@@ -1,1 +1,6 @@
-fn main(){}
+//! End-to-end tests: the real gateway in front of real upstreams, with real `.wasm` filters.
+
+mod config;
+mod errors;
+mod filters;
+mod routing;

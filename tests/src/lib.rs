@@ -1,1 +1,321 @@
+//! Test harness: real upstream hyper servers on 127.0.0.1:0, the real gateway on 127.0.0.1:0
+//! with real `.wasm` filters, and a plain HTTP/1.1 client.
 
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use wasmgate::{Config, RunningGateway};
+
+pub use wasmgate_artifacts::{FILTERS_DIR, filter};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type TestBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Send test logs to the test's captured output (`RUST_LOG=debug cargo test` to see them).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// What an upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body_len: u64,
+}
+
+/// A real HTTP upstream on 127.0.0.1:0.
+///
+/// - `GET /bytes/{n}` streams `n` bytes back in 64 KiB chunks.
+/// - anything else answers JSON describing the request (`upstream`, `method`, `path`,
+///   `headers`, `body` up to 64 KiB, `body_len`), after the configured delay.
+///
+/// Bodies are read frame by frame and never held whole, so huge uploads cost no memory here.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    hits: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    pub async fn start(name: &str) -> Upstream {
+        Self::start_with_delay(name, Duration::ZERO).await
+    }
+
+    pub async fn start_with_delay(name: &str, delay: Duration) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (name_owned, seen2, hits2) = (name.to_string(), seen.clone(), hits.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (name, seen, hits) = (name_owned.clone(), seen2.clone(), hits2.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let (name, seen, hits) = (name.clone(), seen.clone(), hits.clone());
+                        async move { Ok::<_, Infallible>(upstream_handle(req, &name, delay, &seen, &hits).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            name: name.to_string(),
+            seen,
+            hits,
+        }
+    }
+
+    /// Base URL for the gateway config.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests received so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// The requests received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn upstream_handle(
+    req: Request<Incoming>,
+    name: &str,
+    delay: Duration,
+    seen: &Mutex<Vec<Seen>>,
+    hits: &AtomicUsize,
+) -> Response<TestBody> {
+    hits.fetch_add(1, Ordering::SeqCst);
+    let (parts, mut body) = req.into_parts();
+    let path = parts.uri.path_and_query().map_or("/".to_string(), |p| p.to_string());
+    let mut kept = Vec::new();
+    let mut body_len = 0u64;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        if let Ok(data) = frame.into_data() {
+            body_len += data.len() as u64;
+            if kept.len() < 64 << 10 {
+                kept.extend_from_slice(&data);
+            }
+        }
+    }
+    seen.lock().unwrap().push(Seen {
+        method: parts.method.to_string(),
+        path: path.clone(),
+        headers: parts.headers.clone(),
+        body_len,
+    });
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<u64>().ok()) {
+        return Response::new(RepeatBody::new(n).boxed_unsync());
+    }
+    let mut headers = BTreeMap::<String, Vec<String>>::new();
+    for (k, v) in &parts.headers {
+        headers
+            .entry(k.to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    let echo = json!({
+        "upstream": name,
+        "method": parts.method.as_str(),
+        "path": path,
+        "headers": headers,
+        "body": String::from_utf8_lossy(&kept),
+        "body_len": body_len,
+    });
+    Response::builder()
+        .header("content-type", "application/json")
+        .header("x-upstream", name)
+        .body(full(echo.to_string()))
+        .unwrap()
+}
+
+/// A body of `n` bytes of `x`, produced 64 KiB at a time with an exact size hint.
+pub struct RepeatBody {
+    remaining: u64,
+    chunk: Bytes,
+}
+
+impl RepeatBody {
+    pub fn new(n: u64) -> Self {
+        Self {
+            remaining: n,
+            chunk: Bytes::from(vec![b'x'; 64 << 10]),
+        }
+    }
+}
+
+impl Body for RepeatBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(self.chunk.len() as u64) as usize;
+        self.remaining -= n as u64;
+        Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+pub fn full(body: impl Into<Bytes>) -> TestBody {
+    Full::new(body.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// An address nothing listens on: connections are refused.
+pub async fn dead_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// The gateway under test, started from config text. `listen` and `filters_dir` are filled
+/// in (127.0.0.1:0 and the built filters) unless the text sets them.
+pub struct TestGateway {
+    pub running: RunningGateway,
+    client: Client<HttpConnector, TestBody>,
+}
+
+impl TestGateway {
+    pub async fn start(config_toml: &str) -> TestGateway {
+        init_logs();
+        let mut text = String::new();
+        if !config_toml.contains("listen") {
+            text.push_str("listen = \"127.0.0.1:0\"\n");
+        }
+        if !config_toml.contains("filters_dir") {
+            text.push_str(&format!("filters_dir = {FILTERS_DIR:?}\n"));
+        }
+        text.push_str(config_toml);
+        let config = Config::parse(&text).unwrap_or_else(|errors| {
+            let lines: Vec<String> = errors.iter().map(|d| d.to_string()).collect();
+            panic!("test config is invalid:\n{}\n---\n{text}", lines.join("\n"))
+        });
+        let running = RunningGateway::start(&config).await.expect("gateway starts");
+        TestGateway {
+            running,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.addr)
+    }
+
+    /// Send a request and read the whole response.
+    pub async fn send(&self, req: Request<TestBody>) -> TestResponse {
+        let resp = self.client.request(req).await.expect("gateway answers");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("response body").to_bytes();
+        TestResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> TestResponse {
+        self.request("GET", path, &[], "").await
+    }
+
+    pub async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> TestResponse {
+        let mut req = Request::builder().method(method).uri(self.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.send(req.body(full(body.to_string())).unwrap()).await
+    }
+
+    /// Send a request and return the streaming response (for large downloads).
+    pub async fn send_streaming(&self, req: Request<TestBody>) -> Response<Incoming> {
+        self.client.request(req).await.expect("gateway answers")
+    }
+}
+
+/// A whole response.
+#[derive(Debug)]
+pub struct TestResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl TestResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Every value of `name`, in order.
+    pub fn header_all(&self, name: &str) -> Vec<String> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+/// Resident set size of this process, in bytes (Linux).
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}

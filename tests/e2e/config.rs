@@ -1,0 +1,103 @@
+//! Config validation: every invalid config in tests/configs/invalid is rejected with exactly
+//! the errors in its `.err` snapshot (`UPDATE_SNAPSHOTS=1` rewrites them), and `check`
+//! reports filter problems with their place in the file.
+
+use std::path::{Path, PathBuf};
+
+use wasmgate::Config;
+use wasmgate_tests::FILTERS_DIR;
+
+fn configs(kind: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(kind);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no configs in {}", dir.display());
+    files
+}
+
+#[test]
+fn invalid_configs_are_rejected_with_their_snapshot_errors() {
+    let update = std::env::var_os("UPDATE_SNAPSHOTS").is_some();
+    let mut mismatches = Vec::new();
+    for file in configs("invalid") {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let errors = match Config::parse(&text) {
+            Ok(_) => panic!("{} was accepted", file.display()),
+            Err(errors) => errors,
+        };
+        let actual: String = errors.iter().map(|d| format!("{d}\n")).collect();
+        let snapshot = file.with_extension("err");
+        if update {
+            std::fs::write(&snapshot, &actual).unwrap();
+            continue;
+        }
+        let expected = std::fs::read_to_string(&snapshot)
+            .unwrap_or_else(|_| panic!("missing snapshot {}", snapshot.display()));
+        if actual != expected {
+            mismatches.push(format!("{}:\n--- expected\n{expected}--- actual\n{actual}", file.display()));
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+#[test]
+fn valid_configs_parse() {
+    for file in configs("valid") {
+        let config = Config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!config.routes.is_empty());
+        assert!(config.filters_dir.ends_with("filters"));
+        assert!(config.filters_dir.is_absolute() || config.filters_dir.starts_with(file.parent().unwrap()));
+    }
+}
+
+#[tokio::test]
+async fn check_reports_missing_filters_and_rejected_filter_config_with_their_place() {
+    let dir = std::env::temp_dir().join(format!("wasmgate-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"filters_dir = {FILTERS_DIR:?}
+
+[services.svc]
+upstreams = ["http://127.0.0.1:9"]
+
+[[routes]]
+name = "good"
+prefix = "/good"
+service = "svc"
+filters = [{{ name = "headers", config = {{ request = {{ set = {{ "x-a" = "1" }} }} }} }}]
+
+[[routes]]
+name = "bad"
+prefix = "/bad"
+service = "svc"
+filters = [
+    {{ name = "headers", config = {{ requets = {{}} }} }},
+    {{ name = "not-there" }},
+]
+"#
+        ),
+    )
+    .unwrap();
+
+    let report = wasmgate::check(&path).await.expect("the config itself is valid");
+    let p = path.display();
+    assert_eq!(
+        report.problems,
+        [
+            format!(
+                "{p}:17:5: route \"bad\": filter \"headers\": config rejected: unknown field `requets`, expected `request` or `response`"
+            ),
+            format!(
+                "{p}:18:5: route \"bad\": filter \"not-there\": {FILTERS_DIR}/not-there.wasm: cannot read: No such file or directory (os error 2)"
+            ),
+        ]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
