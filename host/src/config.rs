@@ -257,10 +257,8 @@ impl Config {
                 message: format!("cannot read config file: {e}"),
             }],
         })?;
-        let mut config = Config::parse(&text).map_err(|diagnostics| ConfigError {
-            file,
-            diagnostics,
-        })?;
+        let mut config =
+            Config::parse(&text).map_err(|diagnostics| ConfigError { file, diagnostics })?;
         if config.filters_dir.is_relative() {
             let base = path.parent().unwrap_or(Path::new("."));
             config.filters_dir = base.join(&config.filters_dir);
@@ -286,8 +284,7 @@ impl Config {
         if src.diagnostics.is_empty() {
             Ok(config)
         } else {
-            src.diagnostics
-                .sort_by_key(|d| (d.line, d.column));
+            src.diagnostics.sort_by_key(|d| (d.line, d.column));
             Err(src.diagnostics)
         }
     }
@@ -295,10 +292,20 @@ impl Config {
 
 fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
     let listen = match &raw.listen {
-        None => DEFAULT_LISTEN.parse().expect("default listen address parses"),
+        None => DEFAULT_LISTEN
+            .parse()
+            .expect("default listen address parses"),
         Some(s) => s.get_ref().parse().unwrap_or_else(|_| {
-            src.at(s, format!("listen: {:?} is not an address like \"127.0.0.1:8080\"", s.get_ref()));
-            DEFAULT_LISTEN.parse().expect("default listen address parses")
+            src.at(
+                s,
+                format!(
+                    "listen: {:?} is not an address like \"127.0.0.1:8080\"",
+                    s.get_ref()
+                ),
+            );
+            DEFAULT_LISTEN
+                .parse()
+                .expect("default listen address parses")
         }),
     };
     if let Some(t) = &raw.timeouts
@@ -328,9 +335,10 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
 
     Config {
         listen,
-        filters_dir: raw
-            .filters_dir
-            .map_or_else(|| PathBuf::from("filters"), |d| PathBuf::from(d.into_inner())),
+        filters_dir: raw.filters_dir.map_or_else(
+            || PathBuf::from("filters"),
+            |d| PathBuf::from(d.into_inner()),
+        ),
         timeouts: raw.timeouts.map(Spanned::into_inner).unwrap_or_default(),
         limits: raw.limits.map(Spanned::into_inner).unwrap_or_default(),
         services,
@@ -340,10 +348,16 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
 
 fn validate_service(name: &str, svc: &Spanned<RawService>, src: &mut Source<'_>) -> ServiceConfig {
     if !valid_name(name) {
-        src.at(svc, format!("service {name:?}: names use letters, digits, '-' and '_'"));
+        src.at(
+            svc,
+            format!("service {name:?}: names use letters, digits, '-' and '_'"),
+        );
     }
     if svc.get_ref().upstreams.is_empty() {
-        src.at(svc, format!("service {name:?}: needs at least one upstream"));
+        src.at(
+            svc,
+            format!("service {name:?}: needs at least one upstream"),
+        );
     }
     let upstreams = svc
         .get_ref()
@@ -352,7 +366,10 @@ fn validate_service(name: &str, svc: &Spanned<RawService>, src: &mut Source<'_>)
         .filter_map(|url| match parse_upstream(url.get_ref()) {
             Ok(uri) => Some(uri),
             Err(why) => {
-                src.at(url, format!("service {name:?}: upstream {:?}: {why}", url.get_ref()));
+                src.at(
+                    url,
+                    format!("service {name:?}: upstream {:?}: {why}", url.get_ref()),
+                );
                 None
             }
         })
@@ -391,7 +408,10 @@ fn validate_route(
     let label = format!("route {name:?}");
 
     if !valid_name(&name) {
-        src.at(&route.name, format!("{label}: names use letters, digits, '-' and '_'"));
+        src.at(
+            &route.name,
+            format!("{label}: names use letters, digits, '-' and '_'"),
+        );
     } else if !seen.insert(name.clone()) {
         src.at(&route.name, format!("{label}: defined twice"));
     }
@@ -406,7 +426,10 @@ fn validate_route(
     .collect();
     let path = match given.as_slice() {
         [] => {
-            src.at(&route.name, format!("{label}: needs one of `prefix`, `exact` or `pattern`"));
+            src.at(
+                &route.name,
+                format!("{label}: needs one of `prefix`, `exact` or `pattern`"),
+            );
             None
         }
         [(kind, p)] => {
@@ -442,7 +465,10 @@ fn validate_route(
             match http::Method::from_bytes(upper.as_bytes()) {
                 Ok(method) if !upper.is_empty() => Some(method),
                 _ => {
-                    src.at(m, format!("{label}: {:?} is not an HTTP method", m.get_ref()));
+                    src.at(
+                        m,
+                        format!("{label}: {:?} is not an HTTP method", m.get_ref()),
+                    );
                     None
                 }
             }
@@ -453,7 +479,13 @@ fn validate_route(
         let text = h.get_ref().to_ascii_lowercase();
         let bare = text.strip_prefix("*.").unwrap_or(&text);
         if bare.is_empty() || bare.contains(['/', ':', '*', ' ']) {
-            src.at(h, format!("{label}: host {:?} must be a host name, optionally starting with \"*.\"", h.get_ref()));
+            src.at(
+                h,
+                format!(
+                    "{label}: host {:?} must be a host name, optionally starting with \"*.\"",
+                    h.get_ref()
+                ),
+            );
             None
         } else {
             Some(text)
@@ -469,7 +501,10 @@ fn validate_route(
     }
     let rewrite = route.rewrite.as_ref().and_then(|r| {
         if strip_prefix {
-            src.at(r, format!("{label}: use either strip_prefix or rewrite, not both"));
+            src.at(
+                r,
+                format!("{label}: use either strip_prefix or rewrite, not both"),
+            );
             return None;
         }
         let captured = match &path {
@@ -491,12 +526,18 @@ fn validate_route(
         src.at(svc, format!("{label}: unknown service {:?}", svc.get_ref()));
     }
     if route.timeout.is_some_and(|t| t.is_zero()) {
-        src.at(&route.name, format!("{label}: timeout must be greater than zero"));
+        src.at(
+            &route.name,
+            format!("{label}: timeout must be greater than zero"),
+        );
     }
     if let Some(max) = &route.max_body_bytes
         && *max.get_ref() == 0
     {
-        src.at(max, format!("{label}: max_body_bytes must be greater than zero"));
+        src.at(
+            max,
+            format!("{label}: max_body_bytes must be greater than zero"),
+        );
     }
 
     let filters = route

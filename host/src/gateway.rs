@@ -261,7 +261,10 @@ impl Gateway {
         }
         drop(listener);
         tracing::info!("stopped accepting; draining in-flight requests");
-        if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!("drain timeout reached; closing remaining connections");
         }
     }

@@ -10,7 +10,11 @@ use tracing_subscriber::EnvFilter;
 use wasmgate::{Config, Gateway};
 
 #[derive(Parser)]
-#[command(name = "wasmgate", version, about = "An API gateway whose policy runs as WebAssembly filters")]
+#[command(
+    name = "wasmgate",
+    version,
+    about = "An API gateway whose policy runs as WebAssembly filters"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -37,11 +41,16 @@ enum Command {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -51,7 +60,10 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         match cli.command {
             Command::Check { config } => check(config).await,
-            Command::Serve { config, filters_dir } => match serve(config, filters_dir).await {
+            Command::Serve {
+                config,
+                filters_dir,
+            } => match serve(config, filters_dir).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
@@ -96,7 +108,9 @@ async fn serve(path: PathBuf, filters_dir: Option<PathBuf>) -> anyhow::Result<()
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     tracing::info!(listen = %listener.local_addr()?, routes = config.routes.len(), "wasmgate serving");
-    gateway.serve(listener, shutdown_signal(), Duration::from_secs(30)).await;
+    gateway
+        .serve(listener, shutdown_signal(), Duration::from_secs(30))
+        .await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -48,7 +48,11 @@ struct Exchange {
 
 impl Gateway {
     /// Serve one client request. Never fails: errors become small JSON responses.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<Body> {
         let started = Instant::now();
         let request_id = self.next_request_id();
         let method = req.method().clone();
@@ -84,7 +88,11 @@ impl Gateway {
         resp
     }
 
-    async fn route_request(&self, req: Request<Incoming>, ex: &Exchange) -> Result<Response<Body>, GatewayError> {
+    async fn route_request(
+        &self,
+        req: Request<Incoming>,
+        ex: &Exchange,
+    ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, body) = req.into_parts();
         let authority = request_authority(&parts.uri, &parts.headers);
         let host = host_without_port(&authority);
@@ -104,12 +112,17 @@ impl Gateway {
                 }
                 r.config.path.matches(path).map(|params| (r, params))
             })
-            .ok_or_else(|| GatewayError::new(ErrorKind::NoRoute, format!("{} {path}", parts.method)))?;
+            .ok_or_else(|| {
+                GatewayError::new(ErrorKind::NoRoute, format!("{} {path}", parts.method))
+            })?;
 
         let upstream_path = upstream_path(route, &parts.uri, &params);
         strip_hop_by_hop(&mut parts.headers);
 
-        let body_limit = route.config.max_body_bytes.unwrap_or(ex.snapshot.limits.max_body_bytes);
+        let body_limit = route
+            .config
+            .max_body_bytes
+            .unwrap_or(ex.snapshot.limits.max_body_bytes);
         let mut body = if route.needs_request_body {
             ReqBody::Buffered(read_limited(body, &parts.headers, body_limit).await?)
         } else {
@@ -142,11 +155,17 @@ impl Gateway {
             };
             for entry in &route.chain {
                 let (filter, config_json) = match entry {
-                    ChainEntry::Ready { filter, config_json } => (filter, config_json),
+                    ChainEntry::Ready {
+                        filter,
+                        config_json,
+                    } => (filter, config_json),
                     ChainEntry::Unavailable { name, reason } => {
                         return Err(GatewayError::new(
                             ErrorKind::FilterUnavailable,
-                            format!("route {:?}: filter {name:?} is not loaded: {reason}", route.config.name),
+                            format!(
+                                "route {:?}: filter {name:?} is not loaded: {reason}",
+                                route.config.name
+                            ),
                         ));
                     }
                 };
@@ -177,7 +196,8 @@ impl Gateway {
                 }
             }
             if early.is_none() {
-                outgoing = Outgoing::from_wit(wit_req).map_err(|e| filter_failed(&ran.last().expect("chain ran").filter().name, e))?;
+                outgoing = Outgoing::from_wit(wit_req)
+                    .map_err(|e| filter_failed(&ran.last().expect("chain ran").filter().name, e))?;
             }
         }
 
@@ -192,7 +212,10 @@ impl Gateway {
                     // No response phases: stream the upstream response straight back.
                     let (mut parts, body) = resp.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
-                    return Ok(Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync()));
+                    return Ok(Response::from_parts(
+                        parts,
+                        body.map_err(BoxError::from).boxed_unsync(),
+                    ));
                 }
                 ResponseState::Upstream(resp)
             }
@@ -210,15 +233,22 @@ impl Gateway {
         let service_name = route.config.service.as_deref().ok_or_else(|| {
             GatewayError::new(
                 ErrorKind::UpstreamUnavailable,
-                format!("route {:?} has no service and no filter answered", route.config.name),
+                format!(
+                    "route {:?} has no service and no filter answered",
+                    route.config.name
+                ),
             )
         })?;
         let service = ex.snapshot.services.get(service_name).ok_or_else(|| {
-            GatewayError::new(ErrorKind::Internal, format!("service {service_name:?} missing from snapshot"))
+            GatewayError::new(
+                ErrorKind::Internal,
+                format!("service {service_name:?} missing from snapshot"),
+            )
         })?;
         let base = service.pick();
-        let uri = upstream::join(base, &outgoing.path_and_query)
-            .map_err(|e| GatewayError::new(ErrorKind::Internal, format!("building upstream URI: {e}")))?;
+        let uri = upstream::join(base, &outgoing.path_and_query).map_err(|e| {
+            GatewayError::new(ErrorKind::Internal, format!("building upstream URI: {e}"))
+        })?;
 
         let mut headers = outgoing.headers;
         let original_host = headers.remove(header::HOST);
@@ -257,7 +287,10 @@ impl Gateway {
                 } else {
                     ErrorKind::UpstreamUnavailable
                 };
-                Err(GatewayError::new(kind, format!("service {service_name:?} ({uri}): {e:?}")))
+                Err(GatewayError::new(
+                    kind,
+                    format!("service {service_name:?} ({uri}): {e:?}"),
+                ))
             }
             Ok(Ok(resp)) => Ok(resp),
         }
@@ -278,17 +311,23 @@ impl Gateway {
                 let (mut parts, incoming) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 let body = if route.needs_response_body {
-                    let limit = route.config.max_body_bytes.unwrap_or(ex.snapshot.limits.max_body_bytes);
-                    let bytes = Limited::new(incoming, usize::try_from(limit).unwrap_or(usize::MAX))
-                        .collect()
-                        .await
-                        .map_err(|e| {
-                            GatewayError::new(
-                                ErrorKind::UpstreamUnavailable,
-                                format!("reading upstream response body (limit {limit} bytes): {e}"),
-                            )
-                        })?
-                        .to_bytes();
+                    let limit = route
+                        .config
+                        .max_body_bytes
+                        .unwrap_or(ex.snapshot.limits.max_body_bytes);
+                    let bytes =
+                        Limited::new(incoming, usize::try_from(limit).unwrap_or(usize::MAX))
+                            .collect()
+                            .await
+                            .map_err(|e| {
+                                GatewayError::new(
+                                    ErrorKind::UpstreamUnavailable,
+                                    format!(
+                                        "reading upstream response body (limit {limit} bytes): {e}"
+                                    ),
+                                )
+                            })?
+                            .to_bytes();
                     parts.headers.remove(header::CONTENT_LENGTH);
                     RespBody::Buffered(bytes)
                 } else {
@@ -324,9 +363,13 @@ impl Gateway {
             .ok()
             .filter(|s| s.as_u16() >= 200)
             .ok_or_else(|| {
-                GatewayError::new(ErrorKind::FilterFailed, format!("a filter returned status {}", wit_resp.status))
+                GatewayError::new(
+                    ErrorKind::FilterFailed,
+                    format!("a filter returned status {}", wit_resp.status),
+                )
             })?;
-        let mut headers = from_wit_headers(wit_resp.headers).map_err(|e| GatewayError::new(ErrorKind::FilterFailed, e))?;
+        let mut headers = from_wit_headers(wit_resp.headers)
+            .map_err(|e| GatewayError::new(ErrorKind::FilterFailed, e))?;
         strip_hop_by_hop(&mut headers);
         let body = match body {
             RespBody::Stream(incoming) => incoming.map_err(BoxError::from).boxed_unsync(),
@@ -364,8 +407,16 @@ impl Outgoing {
     fn from_wit(req: bindings::Request) -> Result<Outgoing, FilterError> {
         let method = Method::from_bytes(req.method.as_bytes())
             .map_err(|_| FilterError::Invalid(format!("method {:?}", req.method)))?;
-        if !req.path_with_query.starts_with('/') || req.path_with_query.parse::<http::uri::PathAndQuery>().is_err() {
-            return Err(FilterError::Invalid(format!("path {:?}", req.path_with_query)));
+        if !req.path_with_query.starts_with('/')
+            || req
+                .path_with_query
+                .parse::<http::uri::PathAndQuery>()
+                .is_err()
+        {
+            return Err(FilterError::Invalid(format!(
+                "path {:?}",
+                req.path_with_query
+            )));
         }
         Ok(Outgoing {
             method,
@@ -384,11 +435,17 @@ fn full(bytes: Bytes) -> Body {
     if bytes.is_empty() {
         return Empty::new().map_err(|never| match never {}).boxed_unsync();
     }
-    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// Read a body up to `limit` bytes; 413 beyond, refusing early when `content-length` says so.
-async fn read_limited(body: Incoming, headers: &HeaderMap, limit: u64) -> Result<Bytes, GatewayError> {
+async fn read_limited(
+    body: Incoming,
+    headers: &HeaderMap,
+    limit: u64,
+) -> Result<Bytes, GatewayError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -396,16 +453,25 @@ async fn read_limited(body: Incoming, headers: &HeaderMap, limit: u64) -> Result
     if declared.is_some_and(|n| n > limit) {
         return Err(GatewayError::new(
             ErrorKind::BodyTooLarge,
-            format!("content-length {} exceeds the limit of {limit} bytes", declared.unwrap_or_default()),
+            format!(
+                "content-length {} exceeds the limit of {limit} bytes",
+                declared.unwrap_or_default()
+            ),
         ));
     }
-    match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).collect().await {
+    match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+        .collect()
+        .await
+    {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(GatewayError::new(
             ErrorKind::BodyTooLarge,
             format!("request body exceeds the limit of {limit} bytes"),
         )),
-        Err(e) => Err(GatewayError::new(ErrorKind::BadRequest, format!("reading request body: {e}"))),
+        Err(e) => Err(GatewayError::new(
+            ErrorKind::BadRequest,
+            format!("reading request body: {e}"),
+        )),
     }
 }
 
@@ -421,7 +487,11 @@ fn upstream_path(route: &Route, uri: &Uri, params: &[(String, String)]) -> Strin
             _ => "",
         };
         let rest = path.strip_prefix(prefix).unwrap_or(path);
-        if rest.is_empty() { "/".to_string() } else { rest.to_string() }
+        if rest.is_empty() {
+            "/".to_string()
+        } else {
+            rest.to_string()
+        }
     } else {
         path.to_string()
     };
@@ -432,7 +502,12 @@ fn upstream_path(route: &Route, uri: &Uri, params: &[(String, String)]) -> Strin
 fn request_authority(uri: &Uri, headers: &HeaderMap) -> String {
     uri.authority()
         .map(|a| a.as_str().to_string())
-        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .or_else(|| {
+            headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
         .unwrap_or_default()
 }
 
@@ -454,7 +529,11 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     headers.remove(header::UPGRADE);
 }
 
-fn append_forwarded(headers: &mut HeaderMap, client: SocketAddr, original_host: Option<HeaderValue>) {
+fn append_forwarded(
+    headers: &mut HeaderMap,
+    client: SocketAddr,
+    original_host: Option<HeaderValue>,
+) {
     let ip = client.ip().to_string();
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) => format!("{prior}, {ip}"),
@@ -484,8 +563,10 @@ fn to_wit_headers(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
 fn from_wit_headers(list: Vec<(String, Vec<u8>)>) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::with_capacity(list.len());
     for (name, value) in list {
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
-        let value = HeaderValue::from_bytes(&value).map_err(|_| format!("invalid value for header {name}"))?;
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("invalid header name {name:?}"))?;
+        let value = HeaderValue::from_bytes(&value)
+            .map_err(|_| format!("invalid value for header {name}"))?;
         headers.append(name, value);
     }
     Ok(headers)
@@ -498,10 +579,16 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
@@ -512,7 +599,11 @@ mod tests {
     fn forwarded_for_appends_to_an_existing_chain() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
-        append_forwarded(&mut h, "127.0.0.1:5000".parse().unwrap(), Some(HeaderValue::from_static("api.test")));
+        append_forwarded(
+            &mut h,
+            "127.0.0.1:5000".parse().unwrap(),
+            Some(HeaderValue::from_static("api.test")),
+        );
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1");
         assert_eq!(h[&X_FORWARDED_HOST], "api.test");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");

@@ -38,13 +38,17 @@ impl Pattern {
         let mut names = Vec::new();
         let parts: Vec<&str> = text.trim_start_matches('/').split('/').collect();
         for (i, part) in parts.iter().enumerate() {
-            let seg = if let Some(inner) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+            let seg = if let Some(inner) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}'))
+            {
                 let (rest, name) = match inner.strip_prefix('*') {
                     Some(name) => (true, name),
                     None => (false, inner),
                 };
-                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                    return Err(format!("{{{inner}}} is not a parameter name (letters, digits, '_')"));
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    return Err(format!(
+                        "{{{inner}}} is not a parameter name (letters, digits, '_')"
+                    ));
                 }
                 if names.contains(&name) {
                     return Err(format!("parameter {{{name}}} appears twice"));
@@ -59,7 +63,9 @@ impl Pattern {
                     Segment::Param(name.to_string())
                 }
             } else if part.contains(['{', '}']) {
-                return Err(format!("segment {part:?}: a parameter must be a whole segment"));
+                return Err(format!(
+                    "segment {part:?}: a parameter must be a whole segment"
+                ));
             } else {
                 Segment::Literal(part.to_string())
             };
@@ -201,7 +207,11 @@ pub struct MatchInput<'a> {
 }
 
 /// Whether a route's method and host conditions accept the request.
-pub fn method_and_host_match(methods: &[Method], host: Option<&str>, input: &MatchInput<'_>) -> bool {
+pub fn method_and_host_match(
+    methods: &[Method],
+    host: Option<&str>,
+    input: &MatchInput<'_>,
+) -> bool {
     if !methods.is_empty() && !methods.contains(input.method) {
         return false;
     }
@@ -221,9 +231,7 @@ pub fn method_and_host_match(methods: &[Method], host: Option<&str>, input: &Mat
 pub fn host_without_port(authority: &str) -> String {
     let host = if authority.starts_with('[') {
         // IPv6 literal: keep through the closing bracket.
-        authority
-            .find(']')
-            .map_or(authority, |i| &authority[..=i])
+        authority.find(']').map_or(authority, |i| &authority[..=i])
     } else {
         authority.rsplit_once(':').map_or(authority, |(h, _)| h)
     };
@@ -244,7 +252,11 @@ mod tests {
         assert!(p.matches("/api").is_some());
         assert!(p.matches("/api/users").is_some());
         assert!(p.matches("/apix").is_none());
-        assert!(PathMatch::Prefix(String::new()).matches("/anything").is_some());
+        assert!(
+            PathMatch::Prefix(String::new())
+                .matches("/anything")
+                .is_some()
+        );
     }
 
     #[test]
@@ -259,27 +271,56 @@ mod tests {
         assert!(p.matches("/users/42/orders/7/extra").is_none());
 
         let files = pattern("/files/{*path}");
-        assert_eq!(files.matches("/files/a/b.txt").unwrap(), vec![("path".into(), "a/b.txt".into())]);
-        assert_eq!(files.matches("/files").unwrap(), vec![("path".into(), String::new())]);
+        assert_eq!(
+            files.matches("/files/a/b.txt").unwrap(),
+            vec![("path".into(), "a/b.txt".into())]
+        );
+        assert_eq!(
+            files.matches("/files").unwrap(),
+            vec![("path".into(), String::new())]
+        );
     }
 
     #[test]
     fn bad_patterns_and_templates_are_explained() {
-        assert!(Pattern::parse("/a/{*rest}/b").unwrap_err().contains("last segment"));
-        assert!(Pattern::parse("/a/{id}/{id}").unwrap_err().contains("twice"));
-        assert!(Pattern::parse("/a/x{id}").unwrap_err().contains("whole segment"));
-        assert!(Template::parse("/v2/{nope}", &["id".into()]).unwrap_err().contains("not captured"));
+        assert!(
+            Pattern::parse("/a/{*rest}/b")
+                .unwrap_err()
+                .contains("last segment")
+        );
+        assert!(
+            Pattern::parse("/a/{id}/{id}")
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert!(
+            Pattern::parse("/a/x{id}")
+                .unwrap_err()
+                .contains("whole segment")
+        );
+        assert!(
+            Template::parse("/v2/{nope}", &["id".into()])
+                .unwrap_err()
+                .contains("not captured")
+        );
     }
 
     #[test]
     fn templates_render_captures() {
         let t = Template::parse("/v2/users/{id}/profile", &["id".into()]).unwrap();
-        assert_eq!(t.render(&[("id".into(), "42".into())]), "/v2/users/42/profile");
+        assert_eq!(
+            t.render(&[("id".into(), "42".into())]),
+            "/v2/users/42/profile"
+        );
     }
 
     #[test]
     fn host_wildcards_need_a_subdomain() {
-        let input = |host| MatchInput { method: &Method::GET, host, path: "/" };
+        let input = |host| MatchInput {
+            method: &Method::GET,
+            host,
+            path: "/",
+        };
         let wild = Some("*.example.com");
         assert!(method_and_host_match(&[], wild, &input("api.example.com")));
         assert!(!method_and_host_match(&[], wild, &input("example.com")));

@@ -29,8 +29,8 @@ pub mod bindings {
         exports: { default: async },
     });
 
+    pub use self::wasmgate::filter::types::{LogLevel, Request, Response, RouteContext};
     pub use exports::wasmgate::filter::filter::{FilterInfo, RequestAction};
-    pub use wasmgate::filter::types::{LogLevel, Request, Response, RouteContext};
 }
 
 use bindings::{FilterInfo, GatewayFilter, GatewayFilterPre, RequestAction};
@@ -103,11 +103,17 @@ impl bindings::wasmgate::filter::log::Host for HostState {
         use bindings::LogLevel as L;
         let (filter, request_id) = (&*self.filter, &*self.request_id);
         match level {
-            L::Trace => tracing::trace!(target: "wasmgate::filter", filter, request_id, "{message}"),
-            L::Debug => tracing::debug!(target: "wasmgate::filter", filter, request_id, "{message}"),
+            L::Trace => {
+                tracing::trace!(target: "wasmgate::filter", filter, request_id, "{message}")
+            }
+            L::Debug => {
+                tracing::debug!(target: "wasmgate::filter", filter, request_id, "{message}")
+            }
             L::Info => tracing::info!(target: "wasmgate::filter", filter, request_id, "{message}"),
             L::Warn => tracing::warn!(target: "wasmgate::filter", filter, request_id, "{message}"),
-            L::Error => tracing::error!(target: "wasmgate::filter", filter, request_id, "{message}"),
+            L::Error => {
+                tracing::error!(target: "wasmgate::filter", filter, request_id, "{message}")
+            }
         }
     }
 }
@@ -150,7 +156,8 @@ impl Runtime {
             .context("starting the epoch thread")?;
 
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| context(e, "linking WASI"))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| context(e, "linking WASI"))?;
         GatewayFilter::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| context(e, "linking the wasmgate host interfaces"))?;
         Ok(Runtime {
@@ -180,10 +187,9 @@ impl Runtime {
             .context("compile task")?
             .map_err(|e| anyhow::anyhow!("not a loadable wasm component: {e:#}"))?;
         let compile_time = started.elapsed();
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| anyhow::anyhow!("imports something the gateway does not provide: {e:#}"))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            anyhow::anyhow!("imports something the gateway does not provide: {e:#}")
+        })?;
         let pre = GatewayFilterPre::new(pre).map_err(|e| {
             anyhow::anyhow!("does not implement wasmgate:filter/filter@0.1.0: {e:#}")
         })?;
@@ -244,11 +250,10 @@ impl LoadedFilter {
                 Ok(UpdateDeadline::Yield(1))
             }
         });
-        let instance = self
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| FilterError::Trap(format!("instantiation failed: {}", trap_reason(&e))))?;
+        let instance =
+            self.pre.instantiate_async(&mut store).await.map_err(|e| {
+                FilterError::Trap(format!("instantiation failed: {}", trap_reason(&e)))
+            })?;
         Ok((store, instance))
     }
 

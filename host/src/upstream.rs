@@ -80,8 +80,14 @@ mod tests {
     #[test]
     fn join_keeps_the_base_path() {
         let base: http::Uri = "http://127.0.0.1:3000/api/".parse().unwrap();
-        assert_eq!(join(&base, "/users?x=1").unwrap().to_string(), "http://127.0.0.1:3000/api/users?x=1");
+        assert_eq!(
+            join(&base, "/users?x=1").unwrap().to_string(),
+            "http://127.0.0.1:3000/api/users?x=1"
+        );
         let bare: http::Uri = "http://127.0.0.1:3000".parse().unwrap();
-        assert_eq!(join(&bare, "/").unwrap().to_string(), "http://127.0.0.1:3000/");
+        assert_eq!(
+            join(&bare, "/").unwrap().to_string(),
+            "http://127.0.0.1:3000/"
+        );
     }
 }

@@ -8,13 +8,23 @@ fn main() {
     let root = manifest_dir.join("../..").canonicalize().unwrap();
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
 
-    for watched in ["sdk", "wit", "filters", "tests/filters", "Cargo.toml", "Cargo.lock"] {
+    for watched in [
+        "sdk",
+        "wit",
+        "filters",
+        "tests/filters",
+        "examples/filters",
+        "Cargo.toml",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 
     let mut crates = Vec::new();
-    for group in ["filters", "tests/filters"] {
-        let Ok(entries) = std::fs::read_dir(root.join(group)) else { continue };
+    for group in ["filters", "tests/filters", "examples/filters"] {
+        let Ok(entries) = std::fs::read_dir(root.join(group)) else {
+            continue;
+        };
         for entry in entries.flatten() {
             if entry.path().join("Cargo.toml").is_file() {
                 crates.push(entry.file_name().to_string_lossy().into_owned());
@@ -50,14 +60,19 @@ fn main() {
         "/// Directory holding every built filter as `<name>.wasm`.\npub const FILTERS_DIR: &str = {:?};\n",
         filters_dir.display().to_string()
     ));
-    src.push_str("/// `(name, path)` of every built filter.\npub const ALL: &[(&str, &str)] = &[\n");
+    src.push_str(
+        "/// `(name, path)` of every built filter.\npub const ALL: &[(&str, &str)] = &[\n",
+    );
     for name in &crates {
         let built = target_dir
             .join("wasm32-wasip2/filter")
             .join(format!("{}.wasm", name.replace('-', "_")));
         let dest = filters_dir.join(format!("{name}.wasm"));
         copy_if_changed(&built, &dest);
-        src.push_str(&format!("    ({name:?}, {:?}),\n", dest.display().to_string()));
+        src.push_str(&format!(
+            "    ({name:?}, {:?}),\n",
+            dest.display().to_string()
+        ));
     }
     src.push_str("];\n");
     std::fs::write(out_dir.join("artifacts.rs"), src).unwrap();

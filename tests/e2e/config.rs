@@ -8,7 +8,9 @@ use wasmgate::Config;
 use wasmgate_tests::FILTERS_DIR;
 
 fn configs(kind: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(kind);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("configs")
+        .join(kind);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -38,7 +40,10 @@ fn invalid_configs_are_rejected_with_their_snapshot_errors() {
         let expected = std::fs::read_to_string(&snapshot)
             .unwrap_or_else(|_| panic!("missing snapshot {}", snapshot.display()));
         if actual != expected {
-            mismatches.push(format!("{}:\n--- expected\n{expected}--- actual\n{actual}", file.display()));
+            mismatches.push(format!(
+                "{}:\n--- expected\n{expected}--- actual\n{actual}",
+                file.display()
+            ));
         }
     }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
@@ -50,7 +55,10 @@ fn valid_configs_parse() {
         let config = Config::load(&file).unwrap_or_else(|e| panic!("{e}"));
         assert!(!config.routes.is_empty());
         assert!(config.filters_dir.ends_with("filters"));
-        assert!(config.filters_dir.is_absolute() || config.filters_dir.starts_with(file.parent().unwrap()));
+        assert!(
+            config.filters_dir.is_absolute()
+                || config.filters_dir.starts_with(file.parent().unwrap())
+        );
     }
 }
 
@@ -86,7 +94,9 @@ filters = [
     )
     .unwrap();
 
-    let report = wasmgate::check(&path).await.expect("the config itself is valid");
+    let report = wasmgate::check(&path)
+        .await
+        .expect("the config itself is valid");
     let p = path.display();
     assert_eq!(
         report.problems,

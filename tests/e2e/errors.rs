@@ -11,7 +11,14 @@ fn assert_clean_error(r: &wasmgate_tests::TestResponse, status: u16) {
     assert_eq!(body["error"]["status"], status);
     assert_eq!(body["request_id"].as_str(), r.header("x-request-id"));
     let text = r.text();
-    for leak in ["127.0.0.1", "hunter2", "wasm", "panicked", "Connection refused", "os error"] {
+    for leak in [
+        "127.0.0.1",
+        "hunter2",
+        "wasm",
+        "panicked",
+        "Connection refused",
+        "os error",
+    ] {
         assert!(!text.contains(leak), "error body leaks {leak:?}: {text}");
     }
 }
@@ -53,7 +60,10 @@ async fn a_slow_upstream_gives_504_after_the_route_timeout() {
     let r = gw.get("/x").await;
     let took = started.elapsed();
     assert_clean_error(&r, 504);
-    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2), "took {took:?}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+        "took {took:?}"
+    );
 }
 
 #[tokio::test]
@@ -103,7 +113,10 @@ async fn failing_filters_give_500_without_leaking_and_other_requests_carry_on() 
     }
     let started = Instant::now();
     assert_clean_error(&gw.get("/loop").await, 500);
-    assert!(started.elapsed() < Duration::from_secs(2), "the deadline stopped the loop");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the deadline stopped the loop"
+    );
     assert_eq!(up.hits(), 0, "no failing request reached the upstream");
 
     // The same filter keeps serving other requests; the trapped instances were thrown away.
@@ -139,6 +152,10 @@ async fn a_route_whose_filter_is_missing_or_rejects_its_config_answers_503() {
     .await;
     assert_clean_error(&gw.get("/missing").await, 503);
     assert_clean_error(&gw.get("/misconfigured").await, 503);
-    assert_eq!(gw.get("/fine").await.status, 200, "other routes are unaffected");
+    assert_eq!(
+        gw.get("/fine").await.status,
+        200,
+        "other routes are unaffected"
+    );
     assert_eq!(up.hits(), 1);
 }

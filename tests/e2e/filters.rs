@@ -30,13 +30,25 @@ async fn a_filter_changes_headers_the_upstream_and_client_see() {
     .await;
 
     let r = gw
-        .request("GET", "/a", &[("x-tenant", "spoofed"), ("x-internal-debug", "1")], "")
+        .request(
+            "GET",
+            "/a",
+            &[("x-tenant", "spoofed"), ("x-internal-debug", "1")],
+            "",
+        )
         .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("x-powered-by"), Some("wasmgate"));
-    assert_eq!(r.header("x-upstream"), None, "the response phase removed it");
+    assert_eq!(
+        r.header("x-upstream"),
+        None,
+        "the response phase removed it"
+    );
     let seen = &up.seen()[0];
-    assert_eq!(seen.headers["x-tenant"], "acme", "set replaces the client's value");
+    assert_eq!(
+        seen.headers["x-tenant"], "acme",
+        "set replaces the client's value"
+    );
     assert!(!seen.headers.contains_key("x-internal-debug"));
 }
 
@@ -66,7 +78,11 @@ async fn a_filter_short_circuits_with_403_and_the_upstream_is_never_called() {
     let r = gw.request("GET", "/secret", &[("x-pass", "1")], "").await;
     assert_eq!(r.status, 200);
     assert_eq!(up.hits(), 1);
-    assert_eq!(up.seen()[0].headers["x-after-deny"], "1", "later request phases ran");
+    assert_eq!(
+        up.seen()[0].headers["x-after-deny"],
+        "1",
+        "later request phases ran"
+    );
 }
 
 #[tokio::test]
@@ -91,9 +107,15 @@ async fn two_routes_share_one_wasm_with_different_config() {
     .await;
 
     let r = gw.get("/teapot").await;
-    assert_eq!((r.status.as_u16(), r.json()["denied"].clone()), (418, "short and stout".into()));
+    assert_eq!(
+        (r.status.as_u16(), r.json()["denied"].clone()),
+        (418, "short and stout".into())
+    );
     let r = gw.get("/gone").await;
-    assert_eq!((r.status.as_u16(), r.json()["denied"].clone()), (410, "moved on".into()));
+    assert_eq!(
+        (r.status.as_u16(), r.json()["denied"].clone()),
+        (410, "moved on".into())
+    );
 }
 
 #[tokio::test]
@@ -127,8 +149,16 @@ async fn request_phases_run_in_order_and_response_phases_in_reverse() {
         .iter()
         .map(|v| v.to_str().unwrap().to_string())
         .collect();
-    assert_eq!(upstream_saw, ["a", "b", "c"], "request phases in chain order");
-    assert_eq!(r.header_all("x-order"), ["c", "b", "a"], "response phases in reverse order");
+    assert_eq!(
+        upstream_saw,
+        ["a", "b", "c"],
+        "request phases in chain order"
+    );
+    assert_eq!(
+        r.header_all("x-order"),
+        ["c", "b", "a"],
+        "response phases in reverse order"
+    );
 }
 
 #[tokio::test]
@@ -151,8 +181,16 @@ async fn response_phases_run_for_filters_before_an_early_answer() {
     .await;
     let r = gw.get("/").await;
     assert_eq!(r.status, 401);
-    assert_eq!(r.header("x-cors"), Some("*"), "a filter before the answer decorates it");
-    assert_eq!(r.header("x-never"), None, "a filter after the answer never ran");
+    assert_eq!(
+        r.header("x-cors"),
+        Some("*"),
+        "a filter before the answer decorates it"
+    );
+    assert_eq!(
+        r.header("x-never"),
+        None,
+        "a filter after the answer never ran"
+    );
 }
 
 #[tokio::test]
@@ -172,17 +210,28 @@ async fn a_body_filter_reads_and_rewrites_both_bodies() {
     .await;
 
     let r = gw
-        .request("POST", "/orders", &[("content-type", "application/json")], r#"{"item":"book"}"#)
+        .request(
+            "POST",
+            "/orders",
+            &[("content-type", "application/json")],
+            r#"{"item":"book"}"#,
+        )
         .await;
     assert_eq!(r.status, 200);
     let text = r.text();
     let (echo, suffix) = text.rsplit_once('\n').unwrap();
-    assert_eq!(suffix, "-- checked", "the response phase appended to the body");
+    assert_eq!(
+        suffix, "-- checked",
+        "the response phase appended to the body"
+    );
     let echo: serde_json::Value = serde_json::from_str(echo).unwrap();
     let sent: serde_json::Value = serde_json::from_str(echo["body"].as_str().unwrap()).unwrap();
     assert_eq!(sent, serde_json::json!({"item": "book", "via": "wasmgate"}));
     assert_eq!(
-        r.header("content-length").unwrap().parse::<usize>().unwrap(),
+        r.header("content-length")
+            .unwrap()
+            .parse::<usize>()
+            .unwrap(),
         text.len(),
         "content-length matches the rewritten body"
     );

@@ -54,7 +54,11 @@ async fn routes_by_prefix_exact_and_pattern() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["path"], "/users/42?full=1");
     assert_eq!(gw.get("/usersx").await.status, 404);
-    assert_eq!(users.hits(), 1, "only the prefix route reached the users upstream");
+    assert_eq!(
+        users.hits(),
+        1,
+        "only the prefix route reached the users upstream"
+    );
 }
 
 #[tokio::test]
@@ -95,15 +99,29 @@ async fn routes_by_method_and_host() {
     ))
     .await;
 
-    assert_eq!(gw.request("POST", "/items", &[], "{}").await.json()["upstream"], "writes");
-    assert_eq!(gw.request("PUT", "/items/1", &[], "{}").await.json()["upstream"], "writes");
+    assert_eq!(
+        gw.request("POST", "/items", &[], "{}").await.json()["upstream"],
+        "writes"
+    );
+    assert_eq!(
+        gw.request("PUT", "/items/1", &[], "{}").await.json()["upstream"],
+        "writes"
+    );
     assert_eq!(gw.get("/items").await.json()["upstream"], "reads");
     assert_eq!(gw.request("DELETE", "/items/1", &[], "").await.status, 404);
 
-    let r = gw.request("GET", "/items", &[("host", "acme.tenants.test:8080")], "").await;
+    let r = gw
+        .request("GET", "/items", &[("host", "acme.tenants.test:8080")], "")
+        .await;
     assert_eq!(r.json()["upstream"], "tenant");
-    let r = gw.request("GET", "/items", &[("host", "tenants.test")], "").await;
-    assert_eq!(r.json()["upstream"], "reads", "the bare domain is not a subdomain");
+    let r = gw
+        .request("GET", "/items", &[("host", "tenants.test")], "")
+        .await;
+    assert_eq!(
+        r.json()["upstream"],
+        "reads",
+        "the bare domain is not a subdomain"
+    );
 }
 
 #[tokio::test]
@@ -139,7 +157,10 @@ async fn strips_prefixes_and_rewrites_paths() {
     // Round-robin over the two upstream base URLs: with and without a base path.
     let first = gw.get("/api/v1/users/7?x=1").await.json();
     let second = gw.get("/api/v1").await.json();
-    let mut paths = [first["path"].as_str().unwrap().to_string(), second["path"].as_str().unwrap().to_string()];
+    let mut paths = [
+        first["path"].as_str().unwrap().to_string(),
+        second["path"].as_str().unwrap().to_string(),
+    ];
     paths.sort();
     assert!(
         paths == ["/base/", "/users/7?x=1"] || paths == ["/", "/base/users/7?x=1"],
@@ -147,10 +168,22 @@ async fn strips_prefixes_and_rewrites_paths() {
     );
 
     let r = gw.get("/legacy/ann/photos/2024/a.jpg?size=s").await.json();
-    assert!(r["path"].as_str().unwrap().ends_with("/v2/accounts/ann/photos/2024/a.jpg?size=s"), "{r}");
+    assert!(
+        r["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("/v2/accounts/ann/photos/2024/a.jpg?size=s"),
+        "{r}"
+    );
 
     let r = gw.get("/p/99?q=1").await.json();
-    assert!(r["path"].as_str().unwrap().ends_with("/internal/things/99?q=1"), "{r}");
+    assert!(
+        r["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("/internal/things/99?q=1"),
+        "{r}"
+    );
 }
 
 #[tokio::test]

@@ -76,12 +76,18 @@ impl Upstream {
         let (name_owned, seen2, hits2) = (name.to_string(), seen.clone(), hits.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let (name, seen, hits) = (name_owned.clone(), seen2.clone(), hits2.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let (name, seen, hits) = (name.clone(), seen.clone(), hits.clone());
-                        async move { Ok::<_, Infallible>(upstream_handle(req, &name, delay, &seen, &hits).await) }
+                        async move {
+                            Ok::<_, Infallible>(
+                                upstream_handle(req, &name, delay, &seen, &hits).await,
+                            )
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -122,7 +128,10 @@ async fn upstream_handle(
 ) -> Response<TestBody> {
     hits.fetch_add(1, Ordering::SeqCst);
     let (parts, mut body) = req.into_parts();
-    let path = parts.uri.path_and_query().map_or("/".to_string(), |p| p.to_string());
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.to_string());
     let mut kept = Vec::new();
     let mut body_len = 0u64;
     while let Some(frame) = body.frame().await {
@@ -143,7 +152,10 @@ async fn upstream_handle(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<u64>().ok()) {
+    if let Some(n) = path
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<u64>().ok())
+    {
         return Response::new(RepeatBody::new(n).boxed_unsync());
     }
     let mut headers = BTreeMap::<String, Vec<String>>::new();
@@ -187,7 +199,10 @@ impl Body for RepeatBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }
@@ -206,7 +221,9 @@ impl Body for RepeatBody {
 }
 
 pub fn full(body: impl Into<Bytes>) -> TestBody {
-    Full::new(body.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// An address nothing listens on: connections are refused.
@@ -237,7 +254,9 @@ impl TestGateway {
             let lines: Vec<String> = errors.iter().map(|d| d.to_string()).collect();
             panic!("test config is invalid:\n{}\n---\n{text}", lines.join("\n"))
         });
-        let running = RunningGateway::start(&config).await.expect("gateway starts");
+        let running = RunningGateway::start(&config)
+            .await
+            .expect("gateway starts");
         TestGateway {
             running,
             client: Client::builder(TokioExecutor::new()).build_http(),
@@ -264,7 +283,13 @@ impl TestGateway {
         self.request("GET", path, &[], "").await
     }
 
-    pub async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> TestResponse {
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> TestResponse {
         let mut req = Request::builder().method(method).uri(self.url(path));
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -288,8 +313,12 @@ pub struct TestResponse {
 
 impl TestResponse {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     pub fn text(&self) -> String {

@@ -1,1 +1,54 @@
-fn main() {}
+//! `cargo run -p wasmgate-demo`: the demo services on 127.0.0.1:3001 and :3002, and wasmgate on
+//! 127.0.0.1:8080 serving `examples/demo/gateway.toml` with the filters built from this repo.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use wasmgate::{Config, Gateway};
+use wasmgate_demo::{DemoService, start};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml");
+    let mut config = Config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    config.filters_dir = wasmgate_artifacts::FILTERS_DIR.into();
+
+    start(DemoService::Users, "127.0.0.1:3001".parse()?)
+        .await
+        .context("starting the demo users service on 127.0.0.1:3001")?;
+    start(DemoService::Orders, "127.0.0.1:3002".parse()?)
+        .await
+        .context("starting the demo orders service on 127.0.0.1:3002")?;
+
+    let gateway = Gateway::new(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    println!(
+        "wasmgate demo on http://{} (config {})",
+        config.listen,
+        config_path.display()
+    );
+    println!("try:");
+    println!("  curl -s localhost:8080/api/users/1");
+    println!("  curl -si localhost:8080/api/users/1/orders");
+    println!("  curl -s -H 'x-api-key: demo' localhost:8080/api/users/2/orders");
+    println!("Ctrl-C to stop.");
+    gateway
+        .serve(
+            listener,
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+            },
+            Duration::from_secs(5),
+        )
+        .await;
+    Ok(())
+}

@@ -1,4 +1,5 @@
-//! Paths of the filter components built from `filters/` and `tests/filters/`.
+//! Paths of the filter components built from `filters/`, `tests/filters/` and
+//! `examples/filters/`.
 //!
 //! `build.rs` runs `cargo build --target wasm32-wasip2 --profile filter` for every filter crate
 //! and copies each `.wasm` to [`FILTERS_DIR`] under its package name, which is the name routes

@@ -24,7 +24,10 @@ impl Filter for Deny {
 
     fn new(config: Config) -> Result<Self, Error> {
         if !(200..=599).contains(&config.status) {
-            return Err(Error::msg(format!("status {} is not a final HTTP status", config.status)));
+            return Err(Error::msg(format!(
+                "status {} is not a final HTTP status",
+                config.status
+            )));
         }
         Ok(Self(config))
     }
@@ -36,7 +39,11 @@ impl Filter for Deny {
             return Ok(req.into());
         }
         wasmgate_sdk::log::info(&format!("denying {} on route {}", req.path(), ctx.route()));
-        Ok(Response::json(self.0.status, &serde_json::json!({ "denied": self.0.message })).into())
+        Ok(Response::json(
+            self.0.status,
+            &serde_json::json!({ "denied": self.0.message }),
+        )
+        .into())
     }
 }
 

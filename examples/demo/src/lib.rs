@@ -1,0 +1,81 @@
+//! The demo's upstream services: a users service and an orders service, as tiny hyper servers.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+/// Which demo service to run.
+#[derive(Clone, Copy, Debug)]
+pub enum DemoService {
+    /// `GET /users/{id}`: a user, or 404.
+    Users,
+    /// `GET /orders/user/{id}`: that user's orders.
+    Orders,
+}
+
+/// Bind `addr` and serve `service` in the background; returns the bound address.
+pub async fn start(service: DemoService, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc =
+                    service_fn(move |req| async move { Ok::<_, Infallible>(handle(service, req)) });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(bound)
+}
+
+fn handle(service: DemoService, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    let found = match service {
+        DemoService::Users => path.strip_prefix("/users/").and_then(user),
+        DemoService::Orders => path.strip_prefix("/orders/user/").and_then(orders),
+    };
+    let (status, body) = match found {
+        Some(body) => (StatusCode::OK, body),
+        None => (
+            StatusCode::NOT_FOUND,
+            r#"{"error":"not found"}"#.to_string(),
+        ),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("server", "demo-upstream")
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+fn user(id: &str) -> Option<String> {
+    let name = match id {
+        "1" => "Ada Lovelace",
+        "2" => "Alan Turing",
+        _ => return None,
+    };
+    Some(format!(r#"{{"id":"{id}","name":"{name}"}}"#))
+}
+
+fn orders(id: &str) -> Option<String> {
+    match id {
+        "1" => Some(r#"[{"id":"o-17","item":"Difference Engine","total":1820}]"#.to_string()),
+        "2" => Some(r#"[{"id":"o-42","item":"Bombe","total":1939},{"id":"o-43","item":"ACE","total":1945}]"#.to_string()),
+        _ => None,
+    }
+}
