@@ -60,6 +60,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Absolute, or relative to the config file's directory as written; resolved on load.
     pub filters_dir: PathBuf,
+    /// Where compiled filters are cached, keyed by content hash; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    pub admin: Admin,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub services: Vec<ServiceConfig>,
@@ -115,6 +118,28 @@ impl Default for Limits {
 
 fn default_max_body() -> u64 {
     DEFAULT_MAX_BODY_BYTES
+}
+
+/// The admin endpoint: a separate listener, loopback by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admin {
+    /// `None` when disabled.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Default admin listener.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
+    #[serde(default = "yes")]
+    enabled: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// An upstream service: a name and the base URLs of its instances.
@@ -173,6 +198,8 @@ impl fmt::Display for Place {
 struct RawConfig {
     listen: Option<Spanned<String>>,
     filters_dir: Option<Spanned<String>>,
+    cache_dir: Option<Spanned<String>>,
+    admin: Option<RawAdmin>,
     timeouts: Option<Spanned<Timeouts>>,
     limits: Option<Spanned<Limits>>,
     #[serde(default)]
@@ -259,9 +286,14 @@ impl Config {
         })?;
         let mut config =
             Config::parse(&text).map_err(|diagnostics| ConfigError { file, diagnostics })?;
+        let base = path.parent().unwrap_or(Path::new("."));
         if config.filters_dir.is_relative() {
-            let base = path.parent().unwrap_or(Path::new("."));
             config.filters_dir = base.join(&config.filters_dir);
+        }
+        if let Some(cache) = &config.cache_dir
+            && cache.is_relative()
+        {
+            config.cache_dir = Some(base.join(cache));
         }
         Ok(config)
     }
@@ -308,6 +340,30 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
                 .expect("default listen address parses")
         }),
     };
+    let admin = match &raw.admin {
+        Some(a) if !a.enabled => Admin { listen: None },
+        Some(RawAdmin {
+            listen: Some(l), ..
+        }) => Admin {
+            listen: l.get_ref().parse().ok().or_else(|| {
+                src.at(
+                    l,
+                    format!(
+                        "admin.listen: {:?} is not an address like \"127.0.0.1:9901\"",
+                        l.get_ref()
+                    ),
+                );
+                None
+            }),
+        },
+        _ => Admin {
+            listen: Some(
+                DEFAULT_ADMIN_LISTEN
+                    .parse()
+                    .expect("default admin address parses"),
+            ),
+        },
+    };
     if let Some(t) = &raw.timeouts
         && (t.get_ref().connect.is_zero() || t.get_ref().request.is_zero())
     {
@@ -339,6 +395,11 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
             || PathBuf::from("filters"),
             |d| PathBuf::from(d.into_inner()),
         ),
+        cache_dir: match raw.cache_dir {
+            Some(dir) => Some(PathBuf::from(dir.into_inner())),
+            None => default_cache_dir(),
+        },
+        admin,
         timeouts: raw.timeouts.map(Spanned::into_inner).unwrap_or_default(),
         limits: raw.limits.map(Spanned::into_inner).unwrap_or_default(),
         services,
@@ -577,6 +638,15 @@ fn validate_route(
         filters,
         place: src.place(spanned.span().start),
     })
+}
+
+/// `$XDG_CACHE_HOME/wasmgate`, else `$HOME/.cache/wasmgate`, else no cache.
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("wasmgate"))
 }
 
 fn valid_name(name: &str) -> bool {

@@ -1,12 +1,12 @@
 //! The running gateway: the current snapshot of routes, services and loaded filters (swapped
 //! atomically as a whole), the pooled upstream client, and the accept loop.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
@@ -17,6 +17,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::config::{self, Config, RouteConfig};
+use crate::registry::Registry;
 use crate::runtime::{LoadedFilter, Runtime};
 use crate::upstream::{self, HttpClient, Service};
 
@@ -47,6 +48,8 @@ pub struct Snapshot {
     pub services: HashMap<String, Service>,
     pub timeouts: config::Timeouts,
     pub limits: config::Limits,
+    /// The pooled upstream client; shared across snapshots unless the connect timeout changes.
+    pub client: HttpClient,
 }
 
 /// A filter that could not be used, and where the config references it.
@@ -68,40 +71,13 @@ impl std::fmt::Display for FilterProblem {
     }
 }
 
-/// Result of loading every filter a config references.
-pub struct LoadedFilters {
-    pub filters: BTreeMap<String, Result<Arc<LoadedFilter>, String>>,
-}
-
-impl LoadedFilters {
-    /// Compile every filter `config` references from `config.filters_dir`.
-    pub async fn load(runtime: &Runtime, config: &Config) -> LoadedFilters {
-        let mut filters = BTreeMap::new();
-        for route in &config.routes {
-            for f in &route.filters {
-                if filters.contains_key(&f.name) {
-                    continue;
-                }
-                let path = filter_path(&config.filters_dir, &f.name);
-                let loaded = match runtime.load(&f.name, &path).await {
-                    Ok(loaded) => {
-                        tracing::info!(
-                            filter = %f.name,
-                            path = %path.display(),
-                            compile_ms = loaded.compile_time.as_millis() as u64,
-                            needs_request_body = loaded.info.needs_request_body,
-                            needs_response_body = loaded.info.needs_response_body,
-                            "filter loaded"
-                        );
-                        Ok(Arc::new(loaded))
-                    }
-                    Err(e) => Err(format!("{e:#}")),
-                };
-                filters.insert(f.name.clone(), loaded);
-            }
-        }
-        LoadedFilters { filters }
-    }
+/// Names of every filter `config`'s routes use.
+pub fn referenced_filters(config: &Config) -> BTreeSet<String> {
+    config
+        .routes
+        .iter()
+        .flat_map(|r| r.filters.iter().map(|f| f.name.clone()))
+        .collect()
 }
 
 /// Where the filter called `name` lives.
@@ -110,21 +86,25 @@ pub fn filter_path(dir: &Path, name: &str) -> PathBuf {
 }
 
 impl Snapshot {
-    /// Resolve `config`'s routes against `loaded`, checking each route's filter config with
-    /// the filter itself. Problems make the affected routes answer 503 and are returned.
-    pub async fn build(config: &Config, loaded: &LoadedFilters) -> (Snapshot, Vec<FilterProblem>) {
+    /// Resolve `config`'s routes against the serving filters, checking each route's filter
+    /// config with the filter itself. Problems make the affected routes answer 503 and are
+    /// returned. `client` is the pooled upstream client to keep using.
+    pub async fn build(
+        config: &Config,
+        registry: &Registry,
+        client: HttpClient,
+    ) -> (Snapshot, Vec<FilterProblem>) {
         let mut problems = Vec::new();
         let mut routes = Vec::with_capacity(config.routes.len());
         for rc in &config.routes {
             let mut chain = Vec::with_capacity(rc.filters.len());
             for f in &rc.filters {
-                let outcome = match loaded.filters.get(&f.name) {
-                    Some(Ok(filter)) => match filter.check_config(&f.config_json).await {
-                        Ok(()) => Ok(filter.clone()),
+                let outcome = match registry.resolve(&f.name) {
+                    Ok(filter) => match filter.check_config(&f.config_json).await {
+                        Ok(()) => Ok(filter),
                         Err(e) => Err(e),
                     },
-                    Some(Err(e)) => Err(e.clone()),
-                    None => Err("not loaded".to_string()),
+                    Err(e) => Err(e),
                 };
                 chain.push(match outcome {
                     Ok(filter) => ChainEntry::Ready {
@@ -170,6 +150,7 @@ impl Snapshot {
             services,
             timeouts: config.timeouts,
             limits: config.limits,
+            client,
         };
         (snapshot, problems)
     }
@@ -178,29 +159,167 @@ impl Snapshot {
 /// The gateway's shared state.
 pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
-    pub(crate) client: HttpClient,
     pub runtime: Runtime,
+    /// Everything reloads change, behind one lock so reloads never interleave. Never taken on
+    /// the request path.
+    state: tokio::sync::Mutex<ReloadState>,
     id_prefix: u32,
     id_counter: AtomicU64,
+}
+
+/// What reloads work from.
+pub struct ReloadState {
+    /// The config serving now.
+    pub config: Config,
+    /// The file it came from, when it came from one.
+    pub config_path: Option<PathBuf>,
+    pub registry: Registry,
+    pub config_loaded_at: SystemTime,
+    /// The last config reload that was rejected, if it came after the serving config.
+    pub config_rejected: Option<(SystemTime, Vec<String>)>,
 }
 
 impl Gateway {
     /// Load `config`'s filters and build the first snapshot. Filter problems are logged and
     /// leave the affected routes answering 503.
-    pub async fn new(config: &Config) -> anyhow::Result<Arc<Gateway>> {
+    pub async fn new(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Arc<Gateway>> {
         let runtime = Runtime::new()?;
-        let loaded = LoadedFilters::load(&runtime, config).await;
-        let (snapshot, problems) = Snapshot::build(config, &loaded).await;
+        let mut registry = Registry::default();
+        for name in referenced_filters(&config) {
+            registry
+                .refresh(
+                    &runtime,
+                    &config.filters_dir,
+                    config.cache_dir.as_deref(),
+                    &name,
+                )
+                .await;
+        }
+        let client = upstream::client(config.timeouts.connect);
+        let (snapshot, problems) = Snapshot::build(&config, &registry, client).await;
         for p in &problems {
             tracing::error!("{p}");
         }
         Ok(Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
-            client: upstream::client(config.timeouts.connect),
             runtime,
+            state: tokio::sync::Mutex::new(ReloadState {
+                config,
+                config_path,
+                registry,
+                config_loaded_at: SystemTime::now(),
+                config_rejected: None,
+            }),
             id_prefix: random_u32(),
             id_counter: AtomicU64::new(0),
         }))
+    }
+
+    /// Lock the reload state (for the admin endpoint and reloads).
+    pub async fn state(&self) -> tokio::sync::MutexGuard<'_, ReloadState> {
+        self.state.lock().await
+    }
+
+    /// Re-read the config file. An invalid config is rejected with every error and the current
+    /// one keeps serving. Filters newly referenced are loaded.
+    pub async fn reload_config(&self) -> Result<(), Vec<String>> {
+        let mut state = self.state.lock().await;
+        let Some(path) = state.config_path.clone() else {
+            return Err(vec![
+                "the gateway was not started from a config file".into(),
+            ]);
+        };
+        let new = match Config::load(&path) {
+            Ok(config) => config,
+            Err(e) => {
+                let errors: Vec<String> = e.to_string().lines().map(str::to_string).collect();
+                for line in &errors {
+                    tracing::error!("config rejected, previous config keeps serving: {line}");
+                }
+                state.config_rejected = Some((SystemTime::now(), errors.clone()));
+                return Err(errors);
+            }
+        };
+        let old = &state.config;
+        if new.listen != old.listen {
+            tracing::warn!(old = %old.listen, new = %new.listen, "listen address changed: restart wasmgate to apply it");
+        }
+        if new.admin != old.admin {
+            tracing::warn!("admin listener changed: restart wasmgate to apply it");
+        }
+        let dir_changed = new.filters_dir != old.filters_dir || new.cache_dir != old.cache_dir;
+        let client = if new.timeouts.connect == old.timeouts.connect {
+            self.snapshot().client.clone()
+        } else {
+            upstream::client(new.timeouts.connect)
+        };
+        let referenced = referenced_filters(&new);
+        let state = &mut *state;
+        for name in &referenced {
+            if dir_changed || !state.registry.slots.contains_key(name) {
+                state
+                    .registry
+                    .refresh(
+                        &self.runtime,
+                        &new.filters_dir,
+                        new.cache_dir.as_deref(),
+                        name,
+                    )
+                    .await;
+            }
+        }
+        state.registry.retain(&referenced);
+        let (snapshot, problems) = Snapshot::build(&new, &state.registry, client).await;
+        for p in &problems {
+            tracing::error!("{p}");
+        }
+        self.install(snapshot);
+        tracing::info!(file = %path.display(), routes = new.routes.len(), "config reloaded");
+        state.config = new;
+        state.config_loaded_at = SystemTime::now();
+        state.config_rejected = None;
+        Ok(())
+    }
+
+    /// Re-read the named filters (all referenced ones when `None`) and switch routes to any
+    /// new version that loads. Returns the names whose serving version changed.
+    pub async fn reload_filters(&self, names: Option<&[String]>) -> Vec<String> {
+        let mut state = self.state.lock().await;
+        let state = &mut *state;
+        let referenced = referenced_filters(&state.config);
+        let wanted: Vec<String> = match names {
+            Some(names) => names
+                .iter()
+                .filter(|n| referenced.contains(*n))
+                .cloned()
+                .collect(),
+            None => referenced.into_iter().collect(),
+        };
+        let mut changed = Vec::new();
+        for name in wanted {
+            if state
+                .registry
+                .refresh(
+                    &self.runtime,
+                    &state.config.filters_dir,
+                    state.config.cache_dir.as_deref(),
+                    &name,
+                )
+                .await
+            {
+                changed.push(name);
+            }
+        }
+        if !changed.is_empty() {
+            let client = self.snapshot().client.clone();
+            let (snapshot, problems) =
+                Snapshot::build(&state.config, &state.registry, client).await;
+            for p in &problems {
+                tracing::error!("{p}");
+            }
+            self.install(snapshot);
+        }
+        changed
     }
 
     /// The current snapshot; a request keeps the one it started with.
@@ -270,44 +389,86 @@ impl Gateway {
     }
 }
 
-/// A running gateway (for tests and embedding): its address and a way to stop it.
+/// A running gateway: its listeners, the admin endpoint and the file watcher.
 pub struct RunningGateway {
     pub addr: SocketAddr,
+    /// The admin endpoint's address, when enabled.
+    pub admin_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// How long in-flight requests get to finish after a stop.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl RunningGateway {
-    /// Bind `config.listen` (port 0 picks a free port) and serve in the background.
-    pub async fn start(config: &Config) -> anyhow::Result<RunningGateway> {
-        let gateway = Gateway::new(config).await?;
-        let listener = TcpListener::bind(config.listen)
+    /// Load `config`, bind its listeners (port 0 picks a free port), serve in the background,
+    /// and watch the filters directory and, when given, the config file for changes.
+    pub async fn start(
+        config: Config,
+        config_path: Option<PathBuf>,
+    ) -> anyhow::Result<RunningGateway> {
+        let (listen, admin, filters_dir) =
+            (config.listen, config.admin, config.filters_dir.clone());
+        let listener = TcpListener::bind(listen)
             .await
-            .with_context(|| format!("binding {}", config.listen))?;
+            .with_context(|| format!("binding {listen}"))?;
+        let admin_listener = match admin.listen {
+            Some(addr) => Some(
+                crate::admin::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the admin endpoint {addr}"))?,
+            ),
+            None => None,
+        };
+        let gateway = Gateway::new(config, config_path.clone()).await?;
         let addr = listener.local_addr()?;
+        let mut background = Vec::new();
+        let admin_addr = match admin_listener {
+            Some(l) => {
+                let addr = l.local_addr()?;
+                background.push(crate::admin::spawn(gateway.clone(), l));
+                Some(addr)
+            }
+            None => None,
+        };
+        background.push(crate::watch::spawn(
+            gateway.clone(),
+            filters_dir,
+            config_path,
+        )?);
+
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(gateway.clone().serve(
             listener,
             async {
                 let _ = stopped.await;
             },
-            Duration::from_secs(5),
+            DRAIN_TIMEOUT,
         ));
+        tracing::info!(listen = %addr, admin = ?admin_addr, "wasmgate serving");
         Ok(RunningGateway {
             addr,
+            admin_addr,
             gateway,
             stop: Some(stop),
             task,
+            background,
         })
     }
 
-    /// Stop accepting and wait for in-flight requests (up to the drain timeout).
+    /// Stop accepting, wait for in-flight requests (up to [`DRAIN_TIMEOUT`]), stop the admin
+    /// endpoint and the watcher.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         let _ = (&mut self.task).await;
+        for task in &self.background {
+            task.abort();
+        }
     }
 }
 

@@ -6,16 +6,22 @@
 //! - [`runtime`]: the wasm engine, filter loading, per-request instances and their limits.
 //! - [`proxy`]: the request path (filter phases around the upstream call).
 //! - [`upstream`]: services, round-robin, the pooled client.
-//! - [`gateway`]: shared state, snapshots and the accept loop.
+//! - [`gateway`]: shared state, snapshots, reloads and the accept loop.
+//! - [`registry`]: the serving version of each filter, and rejected files.
+//! - [`watch`]: file watching for hot reload.
+//! - [`admin`]: the admin endpoint.
 //! - [`error`]: the request-path error and its client-facing body.
 
+pub mod admin;
 pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod proxy;
+pub mod registry;
 pub mod router;
 pub mod runtime;
 pub mod upstream;
+pub mod watch;
 
 pub use config::Config;
 pub use gateway::{Gateway, RunningGateway};
@@ -31,11 +37,23 @@ pub async fn check(path: &std::path::Path) -> Result<CheckReport, config::Config
             message: format!("cannot start the wasm runtime: {e:#}"),
         }],
     })?;
-    let loaded = gateway::LoadedFilters::load(&runtime, &config).await;
-    let (_, problems) = gateway::Snapshot::build(&config, &loaded).await;
+    let mut registry = registry::Registry::default();
+    let names = gateway::referenced_filters(&config);
+    for name in &names {
+        registry
+            .refresh(
+                &runtime,
+                &config.filters_dir,
+                config.cache_dir.as_deref(),
+                name,
+            )
+            .await;
+    }
+    let client = upstream::client(config.timeouts.connect);
+    let (_, problems) = gateway::Snapshot::build(&config, &registry, client).await;
     Ok(CheckReport {
         routes: config.routes.len(),
-        filters: loaded.filters.len(),
+        filters: names.len(),
         problems: problems
             .iter()
             .map(|p| format!("{}:{p}", path.display()))

@@ -2,12 +2,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-use wasmgate::{Config, Gateway};
+use wasmgate::{Config, RunningGateway};
 
 #[derive(Parser)]
 #[command(
@@ -103,14 +101,10 @@ async fn serve(path: PathBuf, filters_dir: Option<PathBuf>) -> anyhow::Result<()
     if let Some(dir) = filters_dir {
         config.filters_dir = dir;
     }
-    let gateway = Gateway::new(&config).await?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, routes = config.routes.len(), "wasmgate serving");
-    gateway
-        .serve(listener, shutdown_signal(), Duration::from_secs(30))
-        .await;
+    let running = RunningGateway::start(config, Some(path)).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    running.stop().await;
     tracing::info!("stopped");
     Ok(())
 }

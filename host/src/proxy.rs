@@ -272,7 +272,7 @@ impl Gateway {
         *req.headers_mut() = headers;
 
         let timeout = route.config.timeout.unwrap_or(ex.snapshot.timeouts.request);
-        match tokio::time::timeout(timeout, self.client.request(req)).await {
+        match tokio::time::timeout(timeout, ex.snapshot.client.request(req)).await {
             Err(_) => Err(GatewayError::new(
                 ErrorKind::UpstreamTimeout,
                 format!("service {service_name:?} ({uri}) sent no response within {timeout:?}"),

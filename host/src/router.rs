@@ -28,7 +28,14 @@ enum Segment {
 /// A parsed path pattern.
 #[derive(Debug, Clone)]
 pub struct Pattern {
+    source: String,
     segments: Vec<Segment>,
+}
+
+impl std::fmt::Display for Pattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.source)
+    }
 }
 
 impl Pattern {
@@ -71,7 +78,10 @@ impl Pattern {
             };
             segments.push(seg);
         }
-        Ok(Pattern { segments })
+        Ok(Pattern {
+            source: text.to_string(),
+            segments,
+        })
     }
 
     /// Names of the parameters this pattern captures, in order.

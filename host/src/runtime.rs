@@ -9,9 +9,10 @@
 //! - Each call runs under a deadline (checked on every epoch tick, yielding to tokio in
 //!   between, so a looping filter cannot hold a worker thread) and a linear-memory cap.
 
-use std::path::Path;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -166,27 +167,27 @@ impl Runtime {
         })
     }
 
-    /// Compile and pre-instantiate the filter at `path`, and ask it what it needs.
+    /// Compile (or fetch from `cache_dir`) and pre-instantiate a filter from its bytes, and ask
+    /// it what it needs.
     ///
-    /// Fails, with a reason fit for a log line, when the file is not a component, does not
-    /// implement `wasmgate:filter/filter@0.1.0`, or its `describe` traps.
-    pub async fn load(&self, name: &str, path: &Path) -> anyhow::Result<LoadedFilter> {
-        self.load_inner(name, path)
-            .await
-            .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))
-    }
-
-    async fn load_inner(&self, name: &str, path: &Path) -> anyhow::Result<LoadedFilter> {
-        let bytes = tokio::fs::read(path)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot read: {e}"))?;
-        let engine = self.engine.clone();
+    /// Fails, with a reason fit for a log line, when the bytes are not a component, do not
+    /// implement `wasmgate:filter/filter@0.1.0`, import something the host does not provide, or
+    /// `describe` traps. Compilation runs on a blocking thread, off the request path.
+    pub async fn load(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        cache_dir: Option<&Path>,
+    ) -> anyhow::Result<LoadedFilter> {
         let started = Instant::now();
-        let component = tokio::task::spawn_blocking(move || Component::new(&engine, &bytes))
-            .await
-            .context("compile task")?
-            .map_err(|e| anyhow::anyhow!("not a loadable wasm component: {e:#}"))?;
-        let compile_time = started.elapsed();
+        let hash = content_hash(&bytes);
+        let cache_file =
+            cache_dir.map(|dir| dir.join(format!("{hash}-{}.cwasm", self.compat_tag())));
+        let engine = self.engine.clone();
+        let (component, source) =
+            tokio::task::spawn_blocking(move || compile_cached(&engine, &bytes, cache_file))
+                .await
+                .context("compile task")??;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             anyhow::anyhow!("imports something the gateway does not provide: {e:#}")
         })?;
@@ -202,7 +203,10 @@ impl Runtime {
                 needs_response_body: false,
             },
             limits: Limits::default(),
-            compile_time,
+            hash,
+            source,
+            load_time: Duration::ZERO,
+            loaded_at: SystemTime::now(),
         };
         let (mut store, instance) = filter.instantiate("load").await?;
         filter.info = instance
@@ -210,8 +214,90 @@ impl Runtime {
             .call_describe(&mut store)
             .await
             .map_err(|e| anyhow::anyhow!("describe failed: {}", trap_reason(&e)))?;
+        filter.load_time = started.elapsed();
         Ok(filter)
     }
+
+    /// Identifies the engine build and settings a serialized component is valid for.
+    fn compat_tag(&self) -> String {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
+    }
+}
+
+/// Where a loaded filter's machine code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadSource {
+    /// Compiled from the `.wasm` now.
+    Compiled,
+    /// Deserialized from the on-disk compile cache (same content hash, same engine).
+    Cache,
+}
+
+impl LoadSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoadSource::Compiled => "compiled",
+            LoadSource::Cache => "cache",
+        }
+    }
+}
+
+/// `sha256:<hex>` of a filter's bytes: its version identity.
+pub fn content_hash(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(bytes);
+    let mut hex = String::with_capacity(64);
+    for b in digest {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    hex
+}
+
+/// Deserialize from `cache_file` if present and valid, else compile and write it (best effort).
+fn compile_cached(
+    engine: &Engine,
+    bytes: &[u8],
+    cache_file: Option<PathBuf>,
+) -> anyhow::Result<(Component, LoadSource)> {
+    if let Some(file) = &cache_file
+        && file.is_file()
+    {
+        // SAFETY: the cache directory holds only artifacts this gateway serialized with an
+        // engine of the same compatibility tag (part of the file name); it must be writable by
+        // the gateway's user alone (see the README). A corrupt file fails to deserialize and is
+        // recompiled below.
+        match unsafe { Component::deserialize_file(engine, file) } {
+            Ok(component) => return Ok((component, LoadSource::Cache)),
+            Err(e) => {
+                tracing::warn!(file = %file.display(), "ignoring unusable compile cache entry: {e:#}")
+            }
+        }
+    }
+    let component = Component::new(engine, bytes)
+        .map_err(|e| anyhow::anyhow!("not a loadable wasm component: {e:#}"))?;
+    if let Some(file) = cache_file
+        && let Err(e) = write_cache(&component, &file)
+    {
+        tracing::warn!(file = %file.display(), "cannot write compile cache: {e:#}");
+    }
+    Ok((component, LoadSource::Compiled))
+}
+
+fn write_cache(component: &Component, file: &Path) -> anyhow::Result<()> {
+    let serialized = component
+        .serialize()
+        .map_err(|e| context(e, "serializing"))?;
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, serialized)?;
+    std::fs::rename(&tmp, file)?;
+    Ok(())
 }
 
 /// A compiled, pre-instantiated filter version.
@@ -221,7 +307,12 @@ pub struct LoadedFilter {
     pre: GatewayFilterPre<HostState>,
     pub info: FilterInfo,
     pub limits: Limits,
-    pub compile_time: Duration,
+    /// `sha256` of the `.wasm` bytes, hex.
+    pub hash: String,
+    pub source: LoadSource,
+    /// Time to compile or deserialize, pre-instantiate and describe.
+    pub load_time: Duration,
+    pub loaded_at: SystemTime,
 }
 
 impl LoadedFilter {

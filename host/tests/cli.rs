@@ -39,7 +39,7 @@ fn check_accepts_a_valid_config_without_filters() {
     let file = dir.join("gateway.toml");
     std::fs::write(
         &file,
-        "[services.a]\nupstreams = [\"http://127.0.0.1:9\"]\n[[routes]]\nname = \"a\"\nprefix = \"/\"\nservice = \"a\"\n",
+        "admin = { enabled = false }\n[services.a]\nupstreams = [\"http://127.0.0.1:9\"]\n[[routes]]\nname = \"a\"\nprefix = \"/\"\nservice = \"a\"\n",
     )
     .unwrap();
     let out = wasmgate()
@@ -63,7 +63,11 @@ fn serve_answers_and_exits_cleanly_on_sigterm() {
     };
     let dir = tempdir("serve");
     let file = dir.join("gateway.toml");
-    std::fs::write(&file, format!("listen = \"127.0.0.1:{port}\"\n")).unwrap();
+    std::fs::write(
+        &file,
+        format!("listen = \"127.0.0.1:{port}\"\nadmin = {{ listen = \"127.0.0.1:0\" }}\n"),
+    )
+    .unwrap();
     let mut child = wasmgate()
         .args(["serve", "--config"])
         .arg(&file)

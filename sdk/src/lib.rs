@@ -160,6 +160,15 @@ macro_rules! export_filter {
                 }
             }
 
+            // Keep the glue (and through it the filter type) alive on every target, so native
+            // builds do not flag the author's filter as dead code.
+            let _ = (
+                <__WasmgateGlue as $crate::__rt::Guest>::describe,
+                <__WasmgateGlue as $crate::__rt::Guest>::configure,
+                <__WasmgateGlue as $crate::__rt::Guest>::on_request,
+                <__WasmgateGlue as $crate::__rt::Guest>::on_response,
+            );
+
             // Component exports only exist on wasm; a native build (the filter's own unit
             // tests) type-checks the glue above but exports nothing.
             #[cfg(target_family = "wasm")]

@@ -249,18 +249,54 @@ impl TestGateway {
         if !config_toml.contains("filters_dir") {
             text.push_str(&format!("filters_dir = {FILTERS_DIR:?}\n"));
         }
+        if !config_toml.contains("admin") {
+            text.push_str("admin = { listen = \"127.0.0.1:0\" }\n");
+        }
         text.push_str(config_toml);
         let config = Config::parse(&text).unwrap_or_else(|errors| {
             let lines: Vec<String> = errors.iter().map(|d| d.to_string()).collect();
             panic!("test config is invalid:\n{}\n---\n{text}", lines.join("\n"))
         });
-        let running = RunningGateway::start(&config)
+        let running = RunningGateway::start(config, None)
             .await
             .expect("gateway starts");
+        Self::from_running(running)
+    }
+
+    /// Wrap an already started gateway.
+    pub fn from_running(running: RunningGateway) -> TestGateway {
         TestGateway {
             running,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
+    }
+
+    /// GET a JSON document from the admin endpoint.
+    pub async fn admin(&self, path: &str) -> Value {
+        let addr = self.running.admin_addr.expect("admin endpoint enabled");
+        let req = Request::get(format!("http://{addr}{path}"))
+            .body(full(""))
+            .unwrap();
+        let r = self.send(req).await;
+        assert!(
+            r.status.is_success(),
+            "admin {path}: {} {}",
+            r.status,
+            r.text()
+        );
+        r.json()
+    }
+
+    /// The admin endpoint's entry for filter `name`.
+    pub async fn admin_filter(&self, name: &str) -> Value {
+        let filters = self.admin("/filters").await;
+        filters
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no filter {name} in {filters}"))
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -347,4 +383,121 @@ pub fn rss_bytes() -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
+}
+
+/// A gateway started from a config file in its own temp directory, with its own filters
+/// directory (`<dir>/filters`) and compile cache (`<dir>/cache`), for reload tests.
+pub struct FileGateway {
+    pub gw: TestGateway,
+    pub dir: std::path::PathBuf,
+}
+
+impl std::ops::Deref for FileGateway {
+    type Target = TestGateway;
+    fn deref(&self) -> &TestGateway {
+        &self.gw
+    }
+}
+
+static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh, empty directory under the system temp dir.
+pub fn temp_dir(label: &str) -> std::path::PathBuf {
+    let n = NEXT_DIR.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("wasmgate-{label}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("filters")).unwrap();
+    dir
+}
+
+impl FileGateway {
+    /// Install `filters` (`(name in the filters dir, built filter)`), write the config and start.
+    pub async fn start(
+        dir: std::path::PathBuf,
+        config_body: &str,
+        filters: &[(&str, &str)],
+    ) -> FileGateway {
+        init_logs();
+        for (name, built) in filters {
+            std::fs::copy(
+                filter(built),
+                dir.join("filters").join(format!("{name}.wasm")),
+            )
+            .unwrap();
+        }
+        let fg = Self::write_config_in(&dir, config_body);
+        let config = Config::load(&fg).unwrap_or_else(|e| panic!("{e}"));
+        let running = RunningGateway::start(config, Some(fg))
+            .await
+            .expect("gateway starts");
+        FileGateway {
+            gw: TestGateway::from_running(running),
+            dir,
+        }
+    }
+
+    fn write_config_in(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+        let path = dir.join("gateway.toml");
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\nfilters_dir = \"filters\"\ncache_dir = \"cache\"\nadmin = {{ listen = \"127.0.0.1:0\" }}\n{body}"
+        );
+        // Atomic, as editors save: write aside, then rename over.
+        let tmp = dir.join(".gateway.toml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        path
+    }
+
+    /// Replace the config file (listen, filters_dir, cache_dir and admin are kept).
+    pub fn write_config(&self, body: &str) {
+        Self::write_config_in(&self.dir, body);
+    }
+
+    /// Path of filter `name` in the filters dir.
+    pub fn filter_path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join("filters").join(format!("{name}.wasm"))
+    }
+
+    /// Install built filter `built` as `name` by writing aside and renaming over.
+    pub fn install_by_rename(&self, name: &str, built: &str) {
+        let tmp = self.dir.join(format!(".{name}.wasm.tmp"));
+        std::fs::copy(filter(built), &tmp).unwrap();
+        std::fs::rename(&tmp, self.filter_path(name)).unwrap();
+    }
+
+    /// Install built filter `built` as `name` by copying over it in place (truncate, write),
+    /// as a plain `cp` does.
+    pub fn install_by_copy(&self, name: &str, built: &str) {
+        std::fs::copy(filter(built), self.filter_path(name)).unwrap();
+    }
+
+    /// Write raw bytes over filter `name`, in place.
+    pub fn write_filter_bytes(&self, name: &str, bytes: &[u8]) {
+        std::fs::write(self.filter_path(name), bytes).unwrap();
+    }
+
+    /// Stop the gateway, keeping its directory (for restart tests).
+    pub async fn stop(self) -> std::path::PathBuf {
+        self.gw.running.stop().await;
+        self.dir
+    }
+}
+
+/// Poll `check` every 5 ms until it returns `Some`, or panic after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

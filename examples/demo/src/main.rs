@@ -2,10 +2,9 @@
 //! 127.0.0.1:8080 serving `examples/demo/gateway.toml` with the filters built from this repo.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use wasmgate::{Config, Gateway};
+use wasmgate::{Config, RunningGateway};
 use wasmgate_demo::{DemoService, start};
 
 #[tokio::main]
@@ -27,28 +26,21 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("starting the demo orders service on 127.0.0.1:3002")?;
 
-    let gateway = Gateway::new(&config).await?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    let running = RunningGateway::start(config, None).await?;
     println!(
         "wasmgate demo on http://{} (config {})",
-        config.listen,
+        running.addr,
         config_path.display()
     );
+    if let Some(admin) = running.admin_addr {
+        println!("admin endpoint on http://{admin} (try /routes, /filters)");
+    }
     println!("try:");
     println!("  curl -s localhost:8080/api/users/1");
     println!("  curl -si localhost:8080/api/users/1/orders");
     println!("  curl -s -H 'x-api-key: demo' localhost:8080/api/users/2/orders");
     println!("Ctrl-C to stop.");
-    gateway
-        .serve(
-            listener,
-            async {
-                let _ = tokio::signal::ctrl_c().await;
-            },
-            Duration::from_secs(5),
-        )
-        .await;
+    let _ = tokio::signal::ctrl_c().await;
+    running.stop().await;
     Ok(())
 }

@@ -1,0 +1,143 @@
+//! The filters the config references, by name: the version serving now (the last one that
+//! loaded), and the last rejection. A bad file never replaces a good version; a removed file
+//! keeps its last good version serving.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::runtime::{LoadedFilter, Runtime};
+
+/// Why the newest file for a filter was not taken into service.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// Content hash of the rejected bytes, when they could be read.
+    pub hash: Option<String>,
+    pub reason: String,
+    pub at: SystemTime,
+}
+
+/// One filter name.
+#[derive(Default)]
+pub struct Slot {
+    /// The version serving requests: the last that loaded.
+    pub current: Option<Arc<LoadedFilter>>,
+    /// The last file that failed to load, if it came after `current`.
+    pub rejected: Option<Rejection>,
+    /// The file is gone; `current` keeps serving.
+    pub file_removed: bool,
+}
+
+/// Filters by name.
+#[derive(Default)]
+pub struct Registry {
+    pub slots: BTreeMap<String, Slot>,
+}
+
+impl Registry {
+    /// Re-read `dir/<name>.wasm` and take it into service if it is new and loads. Returns
+    /// whether the serving version changed.
+    pub async fn refresh(
+        &mut self,
+        runtime: &Runtime,
+        dir: &Path,
+        cache_dir: Option<&Path>,
+        name: &str,
+    ) -> bool {
+        let path = crate::gateway::filter_path(dir, name);
+        let slot = self.slots.entry(name.to_string()).or_default();
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && slot.current.is_some() => {
+                if !slot.file_removed {
+                    tracing::warn!(
+                        filter = name,
+                        file = %path.display(),
+                        "filter file removed; its last good version keeps serving"
+                    );
+                }
+                slot.file_removed = true;
+                return false;
+            }
+            Err(e) => {
+                let reason = format!("{}: cannot read: {e}", path.display());
+                tracing::error!(filter = name, file = %path.display(), "filter rejected: {reason}");
+                slot.rejected = Some(Rejection {
+                    hash: None,
+                    reason,
+                    at: SystemTime::now(),
+                });
+                return false;
+            }
+        };
+        slot.file_removed = false;
+        let hash = crate::runtime::content_hash(&bytes);
+        if slot.current.as_ref().is_some_and(|c| c.hash == hash) {
+            slot.rejected = None;
+            return false;
+        }
+        if slot
+            .rejected
+            .as_ref()
+            .is_some_and(|r| r.hash.as_ref() == Some(&hash))
+        {
+            return false;
+        }
+        match runtime.load(name, bytes, cache_dir).await {
+            Ok(filter) => {
+                tracing::info!(
+                    filter = name,
+                    file = %path.display(),
+                    version = %short(&filter.hash),
+                    previous = %slot.current.as_ref().map_or("none", |c| short(&c.hash)),
+                    source = filter.source.as_str(),
+                    load_ms = filter.load_time.as_secs_f64() * 1e3,
+                    needs_request_body = filter.info.needs_request_body,
+                    needs_response_body = filter.info.needs_response_body,
+                    "filter loaded"
+                );
+                slot.current = Some(Arc::new(filter));
+                slot.rejected = None;
+                true
+            }
+            Err(e) => {
+                let reason = format!("{}: {e:#}", path.display());
+                let keeps = match &slot.current {
+                    Some(c) => format!("version {} keeps serving", short(&c.hash)),
+                    None => "no version is serving".to_string(),
+                };
+                tracing::error!(filter = name, file = %path.display(), version = %short(&hash), "filter rejected ({keeps}): {e:#}");
+                slot.rejected = Some(Rejection {
+                    hash: Some(hash),
+                    reason,
+                    at: SystemTime::now(),
+                });
+                false
+            }
+        }
+    }
+
+    /// The serving version of `name`, or why there is none.
+    pub fn resolve(&self, name: &str) -> Result<Arc<LoadedFilter>, String> {
+        match self.slots.get(name) {
+            Some(Slot {
+                current: Some(f), ..
+            }) => Ok(f.clone()),
+            Some(Slot {
+                rejected: Some(r), ..
+            }) => Err(r.reason.clone()),
+            _ => Err("not loaded".into()),
+        }
+    }
+
+    /// Forget filters no route references any more.
+    pub fn retain(&mut self, referenced: &BTreeSet<String>) {
+        self.slots.retain(|name, _| referenced.contains(name));
+    }
+}
+
+/// The first 12 hex digits of a content hash, for logs.
+pub fn short(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
+}

@@ -1,0 +1,322 @@
+//! Hot reload: filters swapped and config edited while the gateway serves, with no restart and
+//! no failed request; bad files and bad configs never replace what serves.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use wasmgate_tests::{FileGateway, TestGateway, Upstream, eventually, filter, temp_dir};
+
+/// Generous bound on "the new version serves", asserted for every swap.
+const SWAP_BOUND: Duration = Duration::from_secs(5);
+
+fn route_with(up: &Upstream, filter: &str) -> String {
+    format!(
+        r#"
+[services.svc]
+upstreams = ["{}"]
+
+[[routes]]
+name = "tagged"
+prefix = "/"
+service = "svc"
+filters = [{{ name = "{filter}" }}]
+"#,
+        up.url()
+    )
+}
+
+async fn version(gw: &TestGateway) -> String {
+    let r = gw.get("/probe").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.header("x-filter-version").unwrap_or("none").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_swaps_under_load_fail_no_request() {
+    let up = Upstream::start("svc").await;
+    let fg = FileGateway::start(
+        temp_dir("swap"),
+        &route_with(&up, "swap"),
+        &[("swap", "tag-v1")],
+    )
+    .await;
+    assert_eq!(version(&fg).await, "v1");
+    let fg = Arc::new(fg);
+
+    // Continuous bounded load: 8 clients, each with its own keep-alive connection pool.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (fg, stop, ok, failed) = (fg.clone(), stop.clone(), ok.clone(), failed.clone());
+        clients.push(tokio::spawn(async move {
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<http_body_util::Empty<bytes::Bytes>>();
+            let url: http::Uri = fg.url("/load").parse().unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                match client.get(url.clone()).await {
+                    Ok(resp)
+                        if resp.status() == 200
+                            && resp.headers().contains_key("x-filter-version") =>
+                    {
+                        use http_body_util::BodyExt;
+                        match resp.into_body().collect().await {
+                            Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+
+    let mut latencies = Vec::new();
+    for i in 0..50 {
+        let (built, expected) = if i % 2 == 0 {
+            ("tag-v2", "v2")
+        } else {
+            ("tag-v1", "v1")
+        };
+        let written = Instant::now();
+        // Alternate the two ways files get replaced, so each version arrives both ways.
+        if (i / 2) % 2 == 0 {
+            fg.install_by_rename("swap", built);
+        } else {
+            fg.install_by_copy("swap", built);
+        }
+        eventually(SWAP_BOUND, "the new filter version to serve", || async {
+            (version(&fg).await == expected).then_some(())
+        })
+        .await;
+        latencies.push(written.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+
+    latencies.sort();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!(
+        "50 swaps: write-to-serving median {:?}, worst {:?}; under load {ok} requests ok, {failed} failed",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+    assert_eq!(failed, 0, "requests failed during swaps");
+    assert!(
+        ok > 500,
+        "the load was too light to mean anything: {ok} requests"
+    );
+    let swap = fg.admin_filter("swap").await;
+    assert_eq!(swap["state"], "serving");
+    assert_eq!(
+        swap["source"], "cache",
+        "the 50th swap reused the compiled version: {swap}"
+    );
+}
+
+#[tokio::test]
+async fn bad_files_are_rejected_and_the_last_good_version_keeps_serving() {
+    let up = Upstream::start("svc").await;
+    let fg = FileGateway::start(
+        temp_dir("bad"),
+        &route_with(&up, "swap"),
+        &[("swap", "tag-v1")],
+    )
+    .await;
+    assert_eq!(version(&fg).await, "v1");
+    let good = std::fs::read(filter("tag-v2")).unwrap();
+
+    let cases: [(&str, Vec<u8>, &str); 5] = [
+        (
+            "garbage",
+            b"this is not wasm at all".to_vec(),
+            "not a loadable wasm component",
+        ),
+        (
+            "truncated",
+            good[..good.len() / 2].to_vec(),
+            "not a loadable wasm component",
+        ),
+        ("empty", Vec::new(), "not a loadable wasm component"),
+        (
+            "core module",
+            b"\0asm\x01\0\0\0".to_vec(),
+            "not a loadable wasm component",
+        ),
+        (
+            "wrong interface",
+            b"\0asm\x0d\0\x01\0".to_vec(),
+            "does not implement wasmgate:filter/filter@0.1.0",
+        ),
+    ];
+    for (what, bytes, reason) in cases {
+        fg.write_filter_bytes("swap", &bytes);
+        let entry = eventually(
+            SWAP_BOUND,
+            &format!("the {what} file to be rejected"),
+            || async {
+                let f = fg.admin_filter("swap").await;
+                let matches = f["rejected"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains(reason))
+                    && f["rejected"]["version"].as_str()
+                        == Some(&wasmgate::runtime::content_hash(&bytes));
+                matches.then_some(f)
+            },
+        )
+        .await;
+        assert_eq!(
+            entry["state"], "serving (newest file rejected)",
+            "{what}: {entry}"
+        );
+        assert!(
+            entry["rejected"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("swap.wasm"),
+            "names the file"
+        );
+        assert_eq!(
+            version(&fg).await,
+            "v1",
+            "{what}: the previous version keeps serving"
+        );
+    }
+
+    // Removing the file keeps the last good version serving.
+    std::fs::remove_file(fg.filter_path("swap")).unwrap();
+    eventually(SWAP_BOUND, "the removal to be noticed", || async {
+        (fg.admin_filter("swap").await["file_removed"] == true).then_some(())
+    })
+    .await;
+    assert_eq!(version(&fg).await, "v1");
+
+    // A good file after all that is taken into service.
+    fg.install_by_copy("swap", "tag-v2");
+    eventually(SWAP_BOUND, "v2 to serve", || async {
+        (version(&fg).await == "v2").then_some(())
+    })
+    .await;
+    let entry = fg.admin_filter("swap").await;
+    assert_eq!(entry["state"], "serving");
+    assert!(entry["rejected"].is_null());
+}
+
+#[tokio::test]
+async fn config_edits_add_change_and_remove_routes_and_bad_ones_are_refused() {
+    let up = Upstream::start("svc").await;
+    let route = |name: &str, prefix: &str, value: &str| {
+        format!(
+            r#"
+[[routes]]
+name = "{name}"
+prefix = "{prefix}"
+service = "svc"
+filters = [{{ name = "headers", config = {{ response = {{ set = {{ "x-conf" = "{value}" }} }} }} }}]
+"#
+        )
+    };
+    let services = format!("[services.svc]\nupstreams = [\"{}\"]\n", up.url());
+    let fg = FileGateway::start(
+        temp_dir("config"),
+        &format!("{services}{}", route("a", "/a", "one")),
+        &[("headers", "headers")],
+    )
+    .await;
+    assert_eq!(fg.get("/a").await.header("x-conf"), Some("one"));
+    assert_eq!(fg.get("/b").await.status, 404);
+
+    // Add route b and change a's filter config.
+    fg.write_config(&format!(
+        "{services}{}{}",
+        route("a", "/a", "two"),
+        route("b", "/b", "bee")
+    ));
+    eventually(SWAP_BOUND, "the edited config to serve", || async {
+        let (a, b) = (fg.get("/a").await, fg.get("/b").await);
+        (a.header("x-conf") == Some("two") && b.header("x-conf") == Some("bee")).then_some(())
+    })
+    .await;
+
+    // Remove route a.
+    fg.write_config(&format!("{services}{}", route("b", "/b", "bee")));
+    eventually(SWAP_BOUND, "route a to go", || async {
+        (fg.get("/a").await.status == 404).then_some(())
+    })
+    .await;
+
+    // An invalid config is refused with its errors and places; the previous one keeps serving.
+    fg.write_config(&format!(
+        "{services}{}\n[[routes]]\nname = \"c\"\nprefix = \"/c\"\nservice = \"nope\"\n",
+        route("b", "/b", "changed")
+    ));
+    let rejected = eventually(SWAP_BOUND, "the bad config to be refused", || async {
+        let c = fg.admin("/config").await;
+        (!c["rejected"].is_null()).then_some(c)
+    })
+    .await;
+    let errors = rejected["rejected"]["errors"].to_string();
+    assert!(
+        errors.contains("gateway.toml:")
+            && errors.contains("route \\\"c\\\": unknown service \\\"nope\\\""),
+        "{errors}"
+    );
+    let b = fg.get("/b").await;
+    assert_eq!(
+        b.header("x-conf"),
+        Some("bee"),
+        "the previous config keeps serving"
+    );
+    assert_eq!(fg.get("/c").await.status, 404);
+
+    // Admin lists routes and reloads on demand.
+    let routes = fg.admin("/routes").await;
+    assert_eq!(routes[0]["name"], "b");
+    assert_eq!(routes[0]["filters"][0]["state"], "ready");
+}
+
+#[tokio::test]
+async fn a_restart_loads_unchanged_filters_from_the_compile_cache() {
+    let up = Upstream::start("svc").await;
+    // Routes match in file order: the /deny route goes before the catch-all.
+    let body = route_with(&up, "headers").replace(
+        "[[routes]]",
+        "[[routes]]\nname = \"deny\"\nprefix = \"/deny\"\nservice = \"svc\"\nfilters = [{ name = \"deny\", config = { status = 403 } }]\n\n[[routes]]",
+    );
+    let filters = [("headers", "headers"), ("deny", "deny")];
+    let fg = FileGateway::start(temp_dir("cache"), &body, &filters).await;
+    let first: Vec<_> = [
+        fg.admin_filter("headers").await,
+        fg.admin_filter("deny").await,
+    ]
+    .into();
+    let dir = fg.stop().await;
+
+    let fg = FileGateway::start(dir, &body, &filters).await;
+    let second: Vec<_> = [
+        fg.admin_filter("headers").await,
+        fg.admin_filter("deny").await,
+    ]
+    .into();
+    for (a, b) in first.iter().zip(&second) {
+        eprintln!(
+            "{}: first start {} in {:.1} ms, restart {} in {:.1} ms",
+            a["name"],
+            a["source"],
+            a["load_ms"].as_f64().unwrap(),
+            b["source"],
+            b["load_ms"].as_f64().unwrap()
+        );
+        assert_eq!(a["source"], "compiled", "{a}");
+        assert_eq!(b["source"], "cache", "{b}");
+        assert_eq!(a["version"], b["version"]);
+    }
+    assert_eq!(fg.get("/deny").await.status, 403, "the cached filter works");
+    assert_eq!(fg.get("/x").await.status, 200);
+}
