@@ -92,10 +92,18 @@ fn routes(gateway: &Gateway) -> Value {
                 .chain
                 .iter()
                 .map(|e| match e {
-                    ChainEntry::Ready { filter, .. } => json!({
+                    ChainEntry::Ready {
+                        filter,
+                        info,
+                        services,
+                        ..
+                    } => json!({
                         "name": &*filter.name,
                         "state": "ready",
                         "version": filter.hash,
+                        "services": &**services,
+                        "needs_request_body": info.needs_request_body,
+                        "needs_response_body": info.needs_response_body,
                     }),
                     ChainEntry::Unavailable { name, reason } => json!({
                         "name": name,

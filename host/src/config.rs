@@ -175,6 +175,8 @@ pub struct FilterRef {
     pub name: String,
     /// The route's config table for this filter, as JSON (`{}` when absent).
     pub config_json: String,
+    /// Services this filter may call on this route (deny by default).
+    pub services: Vec<String>,
     pub place: Place,
 }
 
@@ -238,6 +240,8 @@ struct RawRoute {
 #[serde(deny_unknown_fields)]
 struct RawFilterRef {
     name: Spanned<String>,
+    #[serde(default)]
+    services: Vec<Spanned<String>>,
     config: Option<toml::Table>,
 }
 
@@ -613,9 +617,15 @@ fn validate_route(
                     format!("{label}: filter #{}: {fname:?} is not a filter name (the .wasm file stem: letters, digits, '-' and '_')", i + 1),
                 );
             }
+            for svc in &f.get_ref().services {
+                if !services.contains(svc.get_ref().as_str()) {
+                    src.at(svc, format!("{label}: filter {fname:?} is granted unknown service {:?}", svc.get_ref()));
+                }
+            }
             let config = f.get_ref().config.clone().unwrap_or_default();
             FilterRef {
                 name: fname.clone(),
+                services: f.get_ref().services.iter().map(|s| s.get_ref().clone()).collect(),
                 config_json: serde_json::to_string(&config).expect("a TOML table is valid JSON"),
                 place: src.place(f.span().start),
             }

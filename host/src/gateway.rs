@@ -16,8 +16,10 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::capabilities::FilterCache;
 use crate::config::{self, Config, RouteConfig};
 use crate::registry::Registry;
+use crate::runtime::bindings::FilterInfo;
 use crate::runtime::{LoadedFilter, Runtime};
 use crate::upstream::{self, HttpClient, Service};
 
@@ -29,6 +31,11 @@ pub enum ChainEntry {
     Ready {
         filter: Arc<LoadedFilter>,
         config_json: String,
+        /// What this route's config of the filter needs.
+        info: FilterInfo,
+        /// Services the route grants this filter.
+        services: Arc<[String]>,
+        cache: Arc<FilterCache>,
     },
     /// The filter is not loaded or rejected this route's config: requests get 503.
     Unavailable { name: String, reason: String },
@@ -91,7 +98,7 @@ impl Snapshot {
     /// returned. `client` is the pooled upstream client to keep using.
     pub async fn build(
         config: &Config,
-        registry: &Registry,
+        registry: &mut Registry,
         client: HttpClient,
     ) -> (Snapshot, Vec<FilterProblem>) {
         let mut problems = Vec::new();
@@ -101,15 +108,18 @@ impl Snapshot {
             for f in &rc.filters {
                 let outcome = match registry.resolve(&f.name) {
                     Ok(filter) => match filter.check_config(&f.config_json).await {
-                        Ok(()) => Ok(filter),
+                        Ok(info) => Ok((filter, info)),
                         Err(e) => Err(e),
                     },
                     Err(e) => Err(e),
                 };
                 chain.push(match outcome {
-                    Ok(filter) => ChainEntry::Ready {
+                    Ok((filter, info)) => ChainEntry::Ready {
                         filter,
                         config_json: f.config_json.clone(),
+                        info,
+                        services: f.services.clone().into(),
+                        cache: registry.cache(&f.name),
                     },
                     Err(reason) => {
                         problems.push(FilterProblem {
@@ -125,14 +135,14 @@ impl Snapshot {
                     }
                 });
             }
-            let needs = |pick: fn(&LoadedFilter) -> bool| {
+            let needs = |pick: fn(&FilterInfo) -> bool| {
                 chain.iter().any(|e| match e {
-                    ChainEntry::Ready { filter, .. } => pick(filter),
+                    ChainEntry::Ready { info, .. } => pick(info),
                     ChainEntry::Unavailable { .. } => false,
                 })
             };
-            let needs_request_body = needs(|f| f.info.needs_request_body);
-            let needs_response_body = needs(|f| f.info.needs_response_body);
+            let needs_request_body = needs(|i| i.needs_request_body);
+            let needs_response_body = needs(|i| i.needs_response_body);
             routes.push(Route {
                 config: rc.clone(),
                 chain,
@@ -196,7 +206,7 @@ impl Gateway {
                 .await;
         }
         let client = upstream::client(config.timeouts.connect);
-        let (snapshot, problems) = Snapshot::build(&config, &registry, client).await;
+        let (snapshot, problems) = Snapshot::build(&config, &mut registry, client).await;
         for p in &problems {
             tracing::error!("{p}");
         }
@@ -269,7 +279,7 @@ impl Gateway {
             }
         }
         state.registry.retain(&referenced);
-        let (snapshot, problems) = Snapshot::build(&new, &state.registry, client).await;
+        let (snapshot, problems) = Snapshot::build(&new, &mut state.registry, client).await;
         for p in &problems {
             tracing::error!("{p}");
         }
@@ -313,7 +323,7 @@ impl Gateway {
         if !changed.is_empty() {
             let client = self.snapshot().client.clone();
             let (snapshot, problems) =
-                Snapshot::build(&state.config, &state.registry, client).await;
+                Snapshot::build(&state.config, &mut state.registry, client).await;
             for p in &problems {
                 tracing::error!("{p}");
             }

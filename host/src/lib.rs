@@ -3,6 +3,7 @@
 //! Modules, one concern each:
 //! - [`config`]: the TOML config, strict and validated with line/column diagnostics.
 //! - [`router`]: path, method and host matching.
+//! - [`capabilities`]: clock, randomness, cache and service calls offered to filters.
 //! - [`runtime`]: the wasm engine, filter loading, per-request instances and their limits.
 //! - [`proxy`]: the request path (filter phases around the upstream call).
 //! - [`upstream`]: services, round-robin, the pooled client.
@@ -13,6 +14,7 @@
 //! - [`error`]: the request-path error and its client-facing body.
 
 pub mod admin;
+pub mod capabilities;
 pub mod config;
 pub mod error;
 pub mod gateway;
@@ -50,7 +52,7 @@ pub async fn check(path: &std::path::Path) -> Result<CheckReport, config::Config
             .await;
     }
     let client = upstream::client(config.timeouts.connect);
-    let (_, problems) = gateway::Snapshot::build(&config, &registry, client).await;
+    let (_, problems) = gateway::Snapshot::build(&config, &mut registry, client).await;
     Ok(CheckReport {
         routes: config.routes.len(),
         filters: names.len(),

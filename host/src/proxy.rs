@@ -10,11 +10,12 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
+use crate::capabilities::Outbound;
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::{ChainEntry, Gateway, Route, Snapshot};
 use crate::router::{MatchInput, host_without_port, method_and_host_match};
 use crate::runtime::bindings::{self, RequestAction, RouteContext};
-use crate::runtime::{FilterError, FilterInstance};
+use crate::runtime::{FilterError, FilterInstance, Grants};
 use crate::upstream::{self, Body, BoxError};
 
 /// Headers that describe one connection and are never forwarded (RFC 9110 §7.6.1).
@@ -154,11 +155,14 @@ impl Gateway {
                 body: None,
             };
             for entry in &route.chain {
-                let (filter, config_json) = match entry {
+                let (filter, config_json, services, cache) = match entry {
                     ChainEntry::Ready {
                         filter,
                         config_json,
-                    } => (filter, config_json),
+                        services,
+                        cache,
+                        ..
+                    } => (filter, config_json, services, cache),
                     ChainEntry::Unavailable { name, reason } => {
                         return Err(GatewayError::new(
                             ErrorKind::FilterUnavailable,
@@ -169,11 +173,23 @@ impl Gateway {
                         ));
                     }
                 };
+                let grants = Grants {
+                    cache: cache.clone(),
+                    outbound: (!services.is_empty()).then(|| {
+                        Arc::new(Outbound {
+                            snapshot: ex.snapshot.clone(),
+                            route: route.config.name.clone(),
+                            granted: services.clone(),
+                            timeout: route.config.timeout.unwrap_or(ex.snapshot.timeouts.request),
+                            max_body: usize::try_from(body_limit).unwrap_or(usize::MAX),
+                        })
+                    }),
+                };
                 let mut instance = filter
-                    .start(config_json, &ex.request_id)
+                    .start(config_json, &ex.request_id, grants)
                     .await
                     .map_err(|e| filter_failed(&filter.name, e))?;
-                wit_req.body = match (&body, filter.info.needs_request_body) {
+                wit_req.body = match (&body, instance.info.needs_request_body) {
                     (ReqBody::Buffered(b), true) => Some(b.to_vec()),
                     _ => None,
                 };
@@ -343,9 +359,8 @@ impl Gateway {
         };
 
         while let Some(mut instance) = ran.pop() {
-            let filter = instance.filter();
-            let name = filter.name.clone();
-            wit_resp.body = match (&body, filter.info.needs_response_body) {
+            let name = instance.filter().name.clone();
+            wit_resp.body = match (&body, instance.info.needs_response_body) {
                 (RespBody::Buffered(b), true) => Some(b.to_vec()),
                 _ => None,
             };
@@ -512,7 +527,7 @@ fn request_authority(uri: &Uri, headers: &HeaderMap) -> String {
 }
 
 /// Remove hop-by-hop headers, including every header the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -553,14 +568,14 @@ fn append_forwarded(
     }
 }
 
-fn to_wit_headers(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn to_wit_headers(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
     headers
         .iter()
         .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
         .collect()
 }
 
-fn from_wit_headers(list: Vec<(String, Vec<u8>)>) -> Result<HeaderMap, String> {
+pub(crate) fn from_wit_headers(list: Vec<(String, Vec<u8>)>) -> Result<HeaderMap, String> {
     let mut headers = HeaderMap::with_capacity(list.len());
     for (name, value) in list {
         let name = HeaderName::from_bytes(name.as_bytes())

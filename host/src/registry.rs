@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::capabilities::FilterCache;
 use crate::runtime::{LoadedFilter, Runtime};
 
 /// Why the newest file for a filter was not taken into service.
@@ -33,6 +34,8 @@ pub struct Slot {
 #[derive(Default)]
 pub struct Registry {
     pub slots: BTreeMap<String, Slot>,
+    /// Each filter's cache, kept across new versions of the filter.
+    caches: BTreeMap<String, Arc<FilterCache>>,
 }
 
 impl Registry {
@@ -131,9 +134,15 @@ impl Registry {
         }
     }
 
+    /// The cache shared by every instance of filter `name`.
+    pub fn cache(&mut self, name: &str) -> Arc<FilterCache> {
+        self.caches.entry(name.to_string()).or_default().clone()
+    }
+
     /// Forget filters no route references any more.
     pub fn retain(&mut self, referenced: &BTreeSet<String>) {
         self.slots.retain(|name, _| referenced.contains(name));
+        self.caches.retain(|name, _| referenced.contains(name));
     }
 }
 

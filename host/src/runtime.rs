@@ -22,11 +22,14 @@ use wasmtime::{
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::capabilities::{FilterCache, Outbound};
+
 /// Host-side bindings for `wit/filter.wit`.
 pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "gateway-filter",
+        imports: { default: async },
         exports: { default: async },
     });
 
@@ -85,7 +88,29 @@ pub struct HostState {
     limits: StoreLimits,
     filter: Arc<str>,
     request_id: Arc<str>,
-    deadline: Instant,
+    /// When the current call's execution budget runs out; host calls that wait (outbound
+    /// requests) push it back by the time they waited.
+    pub(crate) deadline: Instant,
+    pub(crate) cache: Arc<FilterCache>,
+    pub(crate) outbound: Option<Arc<Outbound>>,
+}
+
+/// What one instance may reach besides its request: its filter's cache and, when its route
+/// grants services, outbound calls.
+#[derive(Clone)]
+pub struct Grants {
+    pub cache: Arc<FilterCache>,
+    pub outbound: Option<Arc<Outbound>>,
+}
+
+impl Grants {
+    /// No services and a throwaway cache (load-time and config checks).
+    pub fn none() -> Grants {
+        Grants {
+            cache: Arc::default(),
+            outbound: None,
+        }
+    }
 }
 
 impl WasiView for HostState {
@@ -100,7 +125,7 @@ impl WasiView for HostState {
 impl bindings::wasmgate::filter::types::Host for HostState {}
 
 impl bindings::wasmgate::filter::log::Host for HostState {
-    fn log(&mut self, level: bindings::LogLevel, message: String) {
+    async fn log(&mut self, level: bindings::LogLevel, message: String) {
         use bindings::LogLevel as L;
         let (filter, request_id) = (&*self.filter, &*self.request_id);
         match level {
@@ -208,7 +233,7 @@ impl Runtime {
             load_time: Duration::ZERO,
             loaded_at: SystemTime::now(),
         };
-        let (mut store, instance) = filter.instantiate("load").await?;
+        let (mut store, instance) = filter.instantiate("load", Grants::none()).await?;
         filter.info = instance
             .wasmgate_filter_filter()
             .call_describe(&mut store)
@@ -319,6 +344,7 @@ impl LoadedFilter {
     async fn instantiate(
         &self,
         request_id: &str,
+        grants: Grants,
     ) -> Result<(Store<HostState>, GatewayFilter), FilterError> {
         let state = HostState {
             wasi: WasiCtx::builder().build(),
@@ -330,6 +356,8 @@ impl LoadedFilter {
             filter: self.name.clone(),
             request_id: request_id.into(),
             deadline: Instant::now() + self.limits.deadline,
+            cache: grants.cache,
+            outbound: grants.outbound,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -353,9 +381,10 @@ impl LoadedFilter {
         self: &Arc<Self>,
         config_json: &str,
         request_id: &str,
+        grants: Grants,
     ) -> Result<FilterInstance, FilterError> {
-        let (mut store, bindings) = self.instantiate(request_id).await?;
-        bindings
+        let (mut store, bindings) = self.instantiate(request_id, grants).await?;
+        let info = bindings
             .wasmgate_filter_filter()
             .call_configure(&mut store, config_json)
             .await
@@ -365,13 +394,15 @@ impl LoadedFilter {
             filter: self.clone(),
             store,
             bindings,
+            info,
         })
     }
 
-    /// Check that the filter accepts `config_json`; the error is the filter's own message.
-    pub async fn check_config(self: &Arc<Self>, config_json: &str) -> Result<(), String> {
-        match self.start(config_json, "check").await {
-            Ok(_) => Ok(()),
+    /// Check that the filter accepts `config_json`, and what that config needs; the error is
+    /// the filter's own message.
+    pub async fn check_config(self: &Arc<Self>, config_json: &str) -> Result<FilterInfo, String> {
+        match self.start(config_json, "check", Grants::none()).await {
+            Ok(instance) => Ok(instance.info),
             Err(FilterError::Returned(msg)) => Err(msg),
             Err(other) => Err(other.to_string()),
         }
@@ -383,6 +414,8 @@ pub struct FilterInstance {
     filter: Arc<LoadedFilter>,
     store: Store<HostState>,
     bindings: GatewayFilter,
+    /// What this instance's config needs.
+    pub info: FilterInfo,
 }
 
 impl FilterInstance {

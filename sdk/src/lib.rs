@@ -43,8 +43,12 @@
 //! called directly in a native `cargo test`; [`log`] prints to stderr there.
 #![deny(missing_docs)]
 
+pub mod host;
 mod http;
 pub mod log;
+pub mod services;
+
+pub use host::cache;
 
 pub use http::{Action, Context, Headers, Request, Response};
 pub use serde;
@@ -68,6 +72,15 @@ pub trait Filter: Sized + 'static {
     /// [`Filter::NEEDS_REQUEST_BODY`].
     const NEEDS_RESPONSE_BODY: bool = false;
 
+    /// What this configured filter needs. Defaults to the constants; override when it depends
+    /// on the config (a route that only edits headers need not buffer bodies).
+    fn needs(&self) -> Needs {
+        Needs {
+            request_body: Self::NEEDS_REQUEST_BODY,
+            response_body: Self::NEEDS_RESPONSE_BODY,
+        }
+    }
+
     /// Build the filter from its route config. An error rejects the config: the gateway logs
     /// it and fails the route's requests instead of running a half-configured filter.
     fn new(config: Self::Config) -> Result<Self, Error>;
@@ -89,6 +102,15 @@ pub trait Filter: Sized + 'static {
         let _ = ctx;
         Ok(resp)
     }
+}
+
+/// Which bodies a configured filter reads; see [`Filter::needs`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// [`Filter::on_request`] reads the request body.
+    pub request_body: bool,
+    /// [`Filter::on_response`] reads the response body.
+    pub response_body: bool,
 }
 
 /// Config type for a filter that takes no config; any key given in the route is rejected.
@@ -143,7 +165,7 @@ macro_rules! export_filter {
                 fn describe() -> $crate::__rt::FilterInfo {
                     $crate::__rt::describe::<$filter>()
                 }
-                fn configure(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                fn configure(config: ::std::string::String) -> ::std::result::Result<$crate::__rt::FilterInfo, ::std::string::String> {
                     $crate::__rt::configure::<$filter>(&__WASMGATE_FILTER, config)
                 }
                 fn on_request(
@@ -211,11 +233,18 @@ pub mod __rt {
         }
     }
 
-    pub fn configure<F: Filter>(slot: &'static Slot<F>, config: String) -> Result<(), String> {
+    pub fn configure<F: Filter>(
+        slot: &'static Slot<F>,
+        config: String,
+    ) -> Result<FilterInfo, String> {
         let config: F::Config = serde_json::from_str(&config).map_err(|e| strip_position(&e))?;
         let filter = F::new(config).map_err(|e| e.0)?;
+        let needs = filter.needs();
         slot.with(|s| *s.borrow_mut() = Some(filter));
-        Ok(())
+        Ok(FilterInfo {
+            needs_request_body: needs.request_body,
+            needs_response_body: needs.response_body,
+        })
     }
 
     pub fn on_request<F: Filter>(
