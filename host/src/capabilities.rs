@@ -182,7 +182,7 @@ fn denied(service: &str) -> CallError {
 
 /// One call to a granted service through the gateway's pooled client.
 async fn call(ctx: &Outbound, req: OutboundRequest) -> Result<OutboundResponse, CallError> {
-    if !ctx.granted.iter().any(|s| *s == req.service) {
+    if !ctx.granted.contains(&req.service) {
         return Err(denied(&req.service));
     }
     let service = ctx

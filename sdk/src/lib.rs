@@ -45,6 +45,7 @@
 
 pub mod host;
 mod http;
+pub mod json;
 pub mod log;
 pub mod services;
 

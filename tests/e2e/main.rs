@@ -1,6 +1,9 @@
 //! End-to-end tests: the real gateway in front of real upstreams, with real `.wasm` filters.
 
+mod aggregate;
+mod auth;
 mod config;
 mod errors;
 mod filters;
 mod routing;
+mod transform;

@@ -27,6 +27,9 @@ use wasmgate::{Config, RunningGateway};
 pub use wasmgate_artifacts::{FILTERS_DIR, filter};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// How a programmable upstream answers: `(status, JSON text)` from the request and its body.
+type RespondFn = dyn Fn(&Seen, &[u8]) -> (u16, String) + Send + Sync;
+type Responder = Arc<RespondFn>;
 pub type TestBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Send test logs to the test's captured output (`RUST_LOG=debug cargo test` to see them).
@@ -69,6 +72,19 @@ impl Upstream {
     }
 
     pub async fn start_with_delay(name: &str, delay: Duration) -> Upstream {
+        Self::start_inner(name, delay, None).await
+    }
+
+    /// An upstream that answers with `respond(request, body)`: `(status, JSON text)`.
+    pub async fn start_fn(
+        name: &str,
+        delay: Duration,
+        respond: impl Fn(&Seen, &[u8]) -> (u16, String) + Send + Sync + 'static,
+    ) -> Upstream {
+        Self::start_inner(name, delay, Some(Arc::new(respond))).await
+    }
+
+    async fn start_inner(name: &str, delay: Duration, responder: Option<Responder>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -80,12 +96,15 @@ impl Upstream {
                     return;
                 };
                 let (name, seen, hits) = (name_owned.clone(), seen2.clone(), hits2.clone());
+                let responder = responder.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let (name, seen, hits) = (name.clone(), seen.clone(), hits.clone());
+                        let responder = responder.clone();
                         async move {
+                            let respond = responder.as_deref();
                             Ok::<_, Infallible>(
-                                upstream_handle(req, &name, delay, &seen, &hits).await,
+                                upstream_handle(req, &name, delay, &seen, &hits, respond).await,
                             )
                         }
                     });
@@ -125,6 +144,7 @@ async fn upstream_handle(
     delay: Duration,
     seen: &Mutex<Vec<Seen>>,
     hits: &AtomicUsize,
+    responder: Option<&RespondFn>,
 ) -> Response<TestBody> {
     hits.fetch_add(1, Ordering::SeqCst);
     let (parts, mut body) = req.into_parts();
@@ -143,14 +163,23 @@ async fn upstream_handle(
             }
         }
     }
-    seen.lock().unwrap().push(Seen {
+    let this = Seen {
         method: parts.method.to_string(),
         path: path.clone(),
         headers: parts.headers.clone(),
         body_len,
-    });
+    };
+    seen.lock().unwrap().push(this.clone());
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
+    }
+    if let Some(respond) = responder {
+        let (status, body) = respond(&this, &kept);
+        return Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(full(body))
+            .unwrap();
     }
     if let Some(n) = path
         .strip_prefix("/bytes/")

@@ -1,0 +1,354 @@
+//! `auth-jwt`: bearer JWT verification with HS256/384/512, RS256/384/512, PS256/384/512,
+//! ES256/384 and EdDSA. Keys come from config (a secret, a PEM public key, an inline JWKS) or
+//! from a JWKS document fetched from a named service and cached for a refresh interval.
+//!
+//! Only algorithms of the configured key's family are accepted, so `alg: none` and algorithm
+//! confusion (an HS token checked against an RSA public key) are rejected. Time claims are
+//! checked against the gateway's clock with a leeway.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use wasmgate_sdk::services::{self, Call};
+use wasmgate_sdk::{Action, Context, Error, Filter, Request, Response, cache, export_filter, host};
+
+fn default_jwks_path() -> String {
+    "/.well-known/jwks.json".into()
+}
+
+fn default_refresh() -> u64 {
+    300
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+
+/// The filter's config. Exactly one key source: `secret`, `secret_base64`, `public_key_pem`,
+/// `jwks` or `jwks_service`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// HMAC secret (HS256/384/512).
+    pub secret: Option<String>,
+    /// HMAC secret, base64.
+    pub secret_base64: Option<String>,
+    /// A PEM public key (RSA, EC or Ed25519); `algorithms` says which.
+    pub public_key_pem: Option<String>,
+    /// A JWKS document, inline, as JSON text.
+    pub jwks: Option<String>,
+    /// Fetch the JWKS from this service (granted to the filter on the route)...
+    pub jwks_service: Option<String>,
+    /// ...at this path (default `/.well-known/jwks.json`)...
+    #[serde(default = "default_jwks_path")]
+    pub jwks_path: String,
+    /// ...and fetch it again after this many seconds (default 300).
+    #[serde(default = "default_refresh")]
+    pub jwks_refresh_seconds: u64,
+    /// Accepted algorithms. Required with `public_key_pem`; otherwise every algorithm of the
+    /// key's family.
+    pub algorithms: Option<Vec<Algorithm>>,
+    /// Required `iss`.
+    pub issuer: Option<String>,
+    /// Accepted audiences: `aud` must contain one of them.
+    pub audience: Option<Vec<String>>,
+    /// Allowed clock skew for `exp` and `nbf`, seconds (default 30).
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    /// Claims that must be present (for example `exp`, `sub`).
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// Claims sent upstream as headers: `{ sub = "x-user-id" }`. Client-sent headers of those
+    /// names are removed first.
+    #[serde(default)]
+    pub forward_claims: BTreeMap<String, String>,
+}
+
+enum Keys {
+    /// One key and the algorithms it may verify.
+    Static(DecodingKey, Vec<Algorithm>),
+    Jwks(JwkSet),
+    Remote {
+        service: String,
+        path: String,
+        refresh: Duration,
+    },
+}
+
+pub struct AuthJwt {
+    config: Config,
+    keys: Keys,
+}
+
+const HMAC: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+
+/// A 401 with the RFC 6750 challenge.
+fn invalid(description: &str) -> Action {
+    Response::json(
+        401,
+        &json!({ "error": "invalid_token", "error_description": description }),
+    )
+    .with_header(
+        "www-authenticate",
+        format!("Bearer error=\"invalid_token\", error_description=\"{description}\""),
+    )
+    .into()
+}
+
+fn jwk_allows(jwk: &Jwk, alg: Algorithm) -> bool {
+    use jsonwebtoken::AlgorithmFamily as F;
+    let family_ok = matches!(
+        (&jwk.algorithm, alg.family()),
+        (AlgorithmParameters::RSA(_), F::Rsa)
+            | (AlgorithmParameters::EllipticCurve(_), F::Ec)
+            | (AlgorithmParameters::OctetKeyPair(_), F::Ed)
+    );
+    let declared_ok = jwk
+        .common
+        .key_algorithm
+        .is_none_or(|declared| format!("{declared:?}") == format!("{alg:?}"));
+    family_ok && declared_ok
+}
+
+impl AuthJwt {
+    fn allowed(&self, alg: Algorithm) -> bool {
+        match &self.config.algorithms {
+            Some(list) => list.contains(&alg),
+            None => {
+                alg.family() != jsonwebtoken::AlgorithmFamily::Hmac
+                    || matches!(self.keys, Keys::Static(..))
+            }
+        }
+    }
+
+    fn remote_jwks(&self, service: &str, path: &str, refresh: Duration) -> Result<JwkSet, String> {
+        let key = format!("jwks:{service}{path}");
+        if let Some(hit) = cache::get(&key)
+            && let Ok(set) = serde_json::from_slice::<JwkSet>(&hit)
+        {
+            return Ok(set);
+        }
+        let resp = services::call(Call::get(service, path).header("accept", "application/json"))
+            .map_err(|e| format!("fetching the JWKS: {e}"))?;
+        if !resp.is_success() {
+            return Err(format!(
+                "fetching the JWKS: service answered {}",
+                resp.status
+            ));
+        }
+        let set: JwkSet =
+            serde_json::from_slice(&resp.body).map_err(|e| format!("the JWKS is invalid: {e}"))?;
+        cache::set(&key, &resp.body, refresh);
+        Ok(set)
+    }
+
+    fn verify(&self, token: &str) -> Result<Map<String, Value>, &'static str> {
+        let header = decode_header(token)
+            .map_err(|_| "the token is malformed or its algorithm is not supported")?;
+        let alg = header.alg;
+        if !self.allowed(alg) {
+            return Err("the token's algorithm is not accepted");
+        }
+        let remote;
+        let key = match &self.keys {
+            Keys::Static(key, algs) => {
+                if !algs.contains(&alg) {
+                    return Err("the token's algorithm is not accepted");
+                }
+                std::borrow::Cow::Borrowed(key)
+            }
+            Keys::Jwks(_) | Keys::Remote { .. } => {
+                let set = match &self.keys {
+                    Keys::Remote {
+                        service,
+                        path,
+                        refresh,
+                    } => {
+                        remote = self.remote_jwks(service, path, *refresh).map_err(|e| {
+                            wasmgate_sdk::log::warn(&e);
+                            "the signing keys are unavailable"
+                        })?;
+                        &remote
+                    }
+                    Keys::Jwks(set) => set,
+                    Keys::Static(..) => unreachable!("handled above"),
+                };
+                let jwk = match &header.kid {
+                    Some(kid) => set.find(kid),
+                    None if set.keys.len() == 1 => set.keys.first(),
+                    None => None,
+                }
+                .ok_or("no key matches the token")?;
+                if !jwk_allows(jwk, alg) {
+                    return Err("the token's algorithm does not match its key");
+                }
+                std::borrow::Cow::Owned(
+                    DecodingKey::from_jwk(jwk).map_err(|_| "the matching key is unusable")?,
+                )
+            }
+        };
+        let mut validation = Validation::new(alg);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        let data = decode::<Map<String, Value>>(token, &key, &validation)
+            .map_err(|_| "the signature is invalid")?;
+        self.check_claims(&data.claims)?;
+        Ok(data.claims)
+    }
+
+    fn check_claims(&self, claims: &Map<String, Value>) -> Result<(), &'static str> {
+        let c = &self.config;
+        let now = host::now_ms() / 1000;
+        let number = |name: &str| claims.get(name).and_then(Value::as_u64);
+        if claims.contains_key("exp") {
+            let exp = number("exp").ok_or("the exp claim is not a number")?;
+            if exp + c.leeway_seconds <= now {
+                return Err("the token has expired");
+            }
+        }
+        if claims.contains_key("nbf") {
+            let nbf = number("nbf").ok_or("the nbf claim is not a number")?;
+            if nbf > now + c.leeway_seconds {
+                return Err("the token is not valid yet");
+            }
+        }
+        if let Some(issuer) = &c.issuer
+            && claims.get("iss").and_then(Value::as_str) != Some(issuer.as_str())
+        {
+            return Err("the token's issuer is not accepted");
+        }
+        if let Some(accepted) = &c.audience {
+            let ok = match claims.get("aud") {
+                Some(Value::String(a)) => accepted.contains(a),
+                Some(Value::Array(list)) => list
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .any(|a| accepted.iter().any(|x| x == a)),
+                _ => false,
+            };
+            if !ok {
+                return Err("the token's audience is not accepted");
+            }
+        }
+        if c.required_claims
+            .iter()
+            .any(|name| !claims.contains_key(name))
+        {
+            return Err("the token lacks a required claim");
+        }
+        Ok(())
+    }
+}
+
+impl Filter for AuthJwt {
+    type Config = Config;
+
+    fn new(config: Config) -> Result<Self, Error> {
+        let sources = [
+            config.secret.is_some(),
+            config.secret_base64.is_some(),
+            config.public_key_pem.is_some(),
+            config.jwks.is_some(),
+            config.jwks_service.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return Err(Error::msg(
+                "give exactly one key source: secret, secret_base64, public_key_pem, jwks or jwks_service",
+            ));
+        }
+        let algorithms = config.algorithms.clone();
+        let keys = if let Some(secret) = &config.secret {
+            Keys::Static(
+                DecodingKey::from_secret(secret.as_bytes()),
+                hmac_algs(algorithms)?,
+            )
+        } else if let Some(secret) = &config.secret_base64 {
+            let key = DecodingKey::from_base64_secret(secret)
+                .map_err(|e| Error::msg(format!("secret_base64: {e}")))?;
+            Keys::Static(key, hmac_algs(algorithms)?)
+        } else if let Some(pem) = &config.public_key_pem {
+            use jsonwebtoken::AlgorithmFamily as F;
+            let algs = algorithms
+                .ok_or_else(|| Error::msg("public_key_pem needs `algorithms`, e.g. [\"RS256\"]"))?;
+            let family = algs
+                .first()
+                .map(|a| a.family())
+                .ok_or_else(|| Error::msg("algorithms is empty"))?;
+            if algs.iter().any(|a| a.family() != family) {
+                return Err(Error::msg("algorithms must all be of the key's family"));
+            }
+            let key = match family {
+                F::Rsa => DecodingKey::from_rsa_pem(pem.as_bytes()),
+                F::Ec => DecodingKey::from_ec_pem(pem.as_bytes()),
+                F::Ed => DecodingKey::from_ed_pem(pem.as_bytes()),
+                F::Hmac => return Err(Error::msg("HS algorithms take `secret`, not a public key")),
+            }
+            .map_err(|e| Error::msg(format!("public_key_pem: {e}")))?;
+            Keys::Static(key, algs)
+        } else if let Some(jwks) = &config.jwks {
+            Keys::Jwks(serde_json::from_str(jwks).map_err(|e| Error::msg(format!("jwks: {e}")))?)
+        } else {
+            if config
+                .algorithms
+                .as_ref()
+                .is_some_and(|a| a.iter().any(|a| HMAC.contains(a)))
+            {
+                return Err(Error::msg("HS algorithms cannot be used with a JWKS"));
+            }
+            Keys::Remote {
+                service: config.jwks_service.clone().unwrap_or_default(),
+                path: config.jwks_path.clone(),
+                refresh: Duration::from_secs(config.jwks_refresh_seconds.max(1)),
+            }
+        };
+        Ok(Self { config, keys })
+    }
+
+    fn on_request(&self, mut req: Request, _ctx: &Context) -> Result<Action, Error> {
+        let token = req
+            .header("authorization")
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string);
+        let Some(token) = token else {
+            return Ok(
+                Response::json(401, &json!({ "error": "missing bearer token" }))
+                    .with_header("www-authenticate", "Bearer realm=\"wasmgate\"")
+                    .into(),
+            );
+        };
+        let claims = match self.verify(&token) {
+            Ok(claims) => claims,
+            Err(why) => return Ok(invalid(why)),
+        };
+        for (claim, header) in &self.config.forward_claims {
+            req.headers_mut().remove(header);
+            match claims.get(claim) {
+                Some(Value::String(s)) => req.set_header(header, s.as_bytes()),
+                Some(Value::Null) | None => {}
+                Some(other) => req.set_header(header, other.to_string().into_bytes()),
+            }
+        }
+        Ok(req.into())
+    }
+}
+
+fn hmac_algs(configured: Option<Vec<Algorithm>>) -> Result<Vec<Algorithm>, Error> {
+    let algs = configured.unwrap_or_else(|| HMAC.to_vec());
+    if algs.iter().any(|a| !HMAC.contains(a)) {
+        return Err(Error::msg("a secret verifies only HS256, HS384 and HS512"));
+    }
+    Ok(algs)
+}
+
+export_filter!(AuthJwt);

@@ -1,0 +1,337 @@
+//! `transform`: declarative request and response transformation: headers (add, set, remove,
+//! rename), the upstream path (a template over route parameters), query parameters, and JSON
+//! body fields (rename, move, remove, set), plus an allow-list of body fields.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+use wasmgate_sdk::{
+    Action, Context, Error, Filter, Headers, Needs, Request, Response, export_filter, json, log,
+};
+
+/// Header edits, applied in the order remove, rename, set, add.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderEdits {
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// `old-name = "new-name"`: every value moves to the new name.
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+}
+
+/// Query parameter edits (request only), applied in the order remove, set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryEdits {
+    #[serde(default)]
+    pub remove: Vec<String>,
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+}
+
+/// One JSON body operation; paths use the SDK's dot syntax (`a.b.0.c`).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum BodyOp {
+    /// Rename the field at `from` to the key `to`, in the same object.
+    Rename { from: String, to: String },
+    /// Move the value at `from` to the path `to`.
+    Move { from: String, to: String },
+    /// Remove the field at `path`.
+    Remove { path: String },
+    /// Set the field at `path` to `value`.
+    Set { path: String, value: Value },
+}
+
+/// Edits for one direction.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Side {
+    #[serde(default)]
+    pub headers: HeaderEdits,
+    /// Request only: the upstream path, with `{param}` filled from the route's captures; the
+    /// query is kept.
+    pub path: Option<String>,
+    /// Request only.
+    #[serde(default)]
+    pub query: QueryEdits,
+    /// Operations on a JSON body, in order.
+    #[serde(default)]
+    pub body: Vec<BodyOp>,
+    /// Keep only these body fields (applied after `body`).
+    pub allow: Option<Vec<String>>,
+}
+
+impl Side {
+    fn touches_body(&self) -> bool {
+        !self.body.is_empty() || self.allow.is_some()
+    }
+
+    /// Apply the body operations and allow-list to a JSON document.
+    fn transform_json(&self, mut doc: Value) -> Result<Value, Error> {
+        for op in &self.body {
+            match op {
+                BodyOp::Rename { from, to } => {
+                    if let Some(v) = json::remove(&mut doc, from) {
+                        let target = match from.rsplit_once('.') {
+                            Some((parent, _)) => format!("{parent}.{to}"),
+                            None => to.clone(),
+                        };
+                        json::set(&mut doc, &target, v)?;
+                    }
+                }
+                BodyOp::Move { from, to } => {
+                    if let Some(v) = json::remove(&mut doc, from) {
+                        json::set(&mut doc, to, v)?;
+                    }
+                }
+                BodyOp::Remove { path } => {
+                    json::remove(&mut doc, path);
+                }
+                BodyOp::Set { path, value } => json::set(&mut doc, path, value.clone())?,
+            }
+        }
+        Ok(match &self.allow {
+            Some(paths) => json::retain(&doc, paths),
+            None => doc,
+        })
+    }
+}
+
+/// The filter's config.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub request: Side,
+    #[serde(default)]
+    pub response: Side,
+}
+
+pub struct Transform(Config);
+
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+impl HeaderEdits {
+    fn validate(&self, side: &str) -> Result<(), Error> {
+        let names = self
+            .remove
+            .iter()
+            .chain(self.rename.keys())
+            .chain(self.rename.values())
+            .chain(self.set.keys())
+            .chain(self.add.keys());
+        for name in names {
+            if !valid_header_name(name) {
+                return Err(Error::msg(format!(
+                    "{side}.headers: invalid header name {name:?}"
+                )));
+            }
+        }
+        for value in self.set.values().chain(self.add.values()) {
+            if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                return Err(Error::msg(format!(
+                    "{side}.headers: a value contains a control character"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&self, headers: &mut Headers) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (from, to) in &self.rename {
+            let values: Vec<Vec<u8>> = headers.get_all(from).map(<[u8]>::to_vec).collect();
+            if headers.remove(from) {
+                headers.remove(to);
+                for v in values {
+                    headers.append(to, v);
+                }
+            }
+        }
+        for (name, value) in &self.set {
+            headers.set(name, value.as_bytes());
+        }
+        for (name, value) in &self.add {
+            headers.append(name, value.as_bytes());
+        }
+    }
+}
+
+/// Percent-encode what may not appear raw in a query component.
+fn encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn edit_query(req: &mut Request, edits: &QueryEdits) {
+    if edits.remove.is_empty() && edits.set.is_empty() {
+        return;
+    }
+    let mut pairs: Vec<(String, String)> = req
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (kv.to_string(), String::new()),
+        })
+        .collect();
+    pairs.retain(|(k, _)| !edits.remove.contains(k) && !edits.set.contains_key(k));
+    pairs.extend(edits.set.iter().map(|(k, v)| (encode(k), encode(v))));
+    let query: Vec<String> = pairs.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let path = req.path().to_string();
+    if query.is_empty() {
+        req.set_path_with_query(path);
+    } else {
+        req.set_path_with_query(format!("{path}?{}", query.join("&")));
+    }
+}
+
+impl Filter for Transform {
+    type Config = Config;
+
+    fn new(config: Config) -> Result<Self, Error> {
+        config.request.headers.validate("request")?;
+        config.response.headers.validate("response")?;
+        if let Some(path) = &config.request.path
+            && !path.starts_with('/')
+        {
+            return Err(Error::msg("request.path must start with '/'"));
+        }
+        if config.response.path.is_some() {
+            return Err(Error::msg("response.path: only the request has a path"));
+        }
+        if !config.response.query.set.is_empty() || !config.response.query.remove.is_empty() {
+            return Err(Error::msg("response.query: only the request has a query"));
+        }
+        Ok(Self(config))
+    }
+
+    fn needs(&self) -> Needs {
+        Needs {
+            request_body: self.0.request.touches_body(),
+            response_body: self.0.response.touches_body(),
+        }
+    }
+
+    fn on_request(&self, mut req: Request, ctx: &Context) -> Result<Action, Error> {
+        let side = &self.0.request;
+        side.headers.apply(req.headers_mut());
+        if let Some(template) = &side.path {
+            let mut path = template.clone();
+            for (name, value) in ctx.params() {
+                path = path.replace(&format!("{{{name}}}"), value);
+            }
+            req.set_path(&path);
+        }
+        edit_query(&mut req, &side.query);
+        if side.touches_body() && req.body().is_some_and(|b| !b.is_empty()) {
+            let doc: Value = match req.json() {
+                Ok(doc) => doc,
+                Err(_) => {
+                    let body = serde_json::json!({ "error": "the request body must be JSON" });
+                    return Ok(Response::json(400, &body).into());
+                }
+            };
+            let doc = side.transform_json(doc)?;
+            req.set_json(&doc)?;
+        }
+        Ok(req.into())
+    }
+
+    fn on_response(&self, mut resp: Response, _ctx: &Context) -> Result<Response, Error> {
+        let side = &self.0.response;
+        side.headers.apply(resp.headers_mut());
+        if side.touches_body() && resp.body().is_some_and(|b| !b.is_empty()) {
+            match resp.json_body::<Value>() {
+                Ok(doc) => {
+                    let doc = side.transform_json(doc)?;
+                    resp.set_json(&doc)?;
+                }
+                Err(_) => log::warn("response body is not JSON; left unchanged"),
+            }
+        }
+        Ok(resp)
+    }
+}
+
+export_filter!(Transform);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn transform(config: Value) -> Transform {
+        Transform::new(serde_json::from_value(config).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn renames_the_seed_body_field_both_ways() {
+        let t = transform(json!({
+            "request": {"body": [{"rename": {"from": "userId", "to": "id"}}]},
+            "response": {"body": [{"rename": {"from": "id", "to": "userId"}}]},
+        }));
+        let req = Request::new("POST", "/users").with_body(r#"{"userId":"123"}"#);
+        let Action::Continue(req) = t.on_request(req, &Context::default()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(req.json::<Value>().unwrap(), json!({"id": "123"}));
+        let resp = t
+            .on_response(
+                Response::new(200).with_body(r#"{"id":"123","name":"Ada"}"#),
+                &Context::default(),
+            )
+            .unwrap();
+        assert_eq!(
+            resp.json_body::<Value>().unwrap(),
+            json!({"userId": "123", "name": "Ada"})
+        );
+    }
+
+    #[test]
+    fn edits_path_query_and_headers() {
+        let t = transform(json!({"request": {
+            "path": "/v2/users/{id}",
+            "query": {"remove": ["debug"], "set": {"source": "gateway x"}},
+            "headers": {"rename": {"x-old": "x-new"}},
+        }}));
+        let req = Request::new("GET", "/users/7?debug=1&page=2").with_header("x-old", "v");
+        let ctx = Context::new("r", &[("id", "7")]);
+        let Action::Continue(req) = t.on_request(req, &ctx).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            req.path_with_query(),
+            "/v2/users/7?page=2&source=gateway%20x"
+        );
+        assert_eq!(req.header("x-new"), Some("v"));
+        assert!(req.header("x-old").is_none());
+        assert!(
+            !t.needs().request_body,
+            "no body work configured, so no buffering"
+        );
+    }
+}

@@ -1,0 +1,157 @@
+//! A small path syntax for JSON documents, used by the bundled `transform` and `aggregate`
+//! filters and available to any filter.
+//!
+//! A path is object keys separated by dots; a segment of digits indexes an array:
+//! `user.address.city`, `items.0.price`. The empty path is the whole document. Keys that
+//! contain dots cannot be addressed.
+//!
+//! [`retain`] (allow-list filtering) walks through arrays: `orders.id` keeps the `id` of every
+//! element of `orders`.
+
+use serde_json::{Map, Value};
+
+use crate::Error;
+
+fn segments(path: &str) -> impl Iterator<Item = &str> {
+    path.split('.').filter(|s| !s.is_empty())
+}
+
+/// The value at `path`.
+pub fn get<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
+    segments(path).try_fold(doc, |v, seg| match v {
+        Value::Object(m) => m.get(seg),
+        Value::Array(a) => seg.parse::<usize>().ok().and_then(|i| a.get(i)),
+        _ => None,
+    })
+}
+
+/// Remove and return the value at `path`.
+pub fn remove(doc: &mut Value, path: &str) -> Option<Value> {
+    let (parent, last) = match path.rsplit_once('.') {
+        Some((parent, last)) => (get_mut(doc, parent)?, last),
+        None => (doc, path),
+    };
+    match parent {
+        Value::Object(m) => m.shift_remove(last),
+        Value::Array(a) => {
+            let i = last.parse::<usize>().ok().filter(|i| *i < a.len())?;
+            Some(a.remove(i))
+        }
+        _ => None,
+    }
+}
+
+fn get_mut<'a>(doc: &'a mut Value, path: &str) -> Option<&'a mut Value> {
+    segments(path).try_fold(doc, |v, seg| match v {
+        Value::Object(m) => m.get_mut(seg),
+        Value::Array(a) => seg.parse::<usize>().ok().and_then(move |i| a.get_mut(i)),
+        _ => None,
+    })
+}
+
+/// Put `value` at `path`, creating missing objects on the way. The empty path replaces the
+/// document. Fails when the way is blocked by a value that is not an object or array.
+pub fn set(doc: &mut Value, path: &str, value: Value) -> Result<(), Error> {
+    let segs: Vec<&str> = segments(path).collect();
+    let Some((last, parents)) = segs.split_last() else {
+        *doc = value;
+        return Ok(());
+    };
+    let mut cur = doc;
+    for seg in parents {
+        if cur.is_null() {
+            *cur = Value::Object(Map::new());
+        }
+        cur = match cur {
+            Value::Object(m) => m.entry(seg.to_string()).or_insert(Value::Null),
+            Value::Array(a) => {
+                let i: usize = seg
+                    .parse()
+                    .map_err(|_| Error::msg(format!("{path}: {seg:?} is not an array index")))?;
+                a.get_mut(i)
+                    .ok_or_else(|| Error::msg(format!("{path}: index {i} is out of range")))?
+            }
+            _ => {
+                return Err(Error::msg(format!(
+                    "{path}: {seg:?} is not an object or array"
+                )));
+            }
+        };
+    }
+    if cur.is_null() {
+        *cur = Value::Object(Map::new());
+    }
+    match cur {
+        Value::Object(m) => {
+            m.insert(last.to_string(), value);
+            Ok(())
+        }
+        Value::Array(a) => {
+            let i: usize = last
+                .parse()
+                .map_err(|_| Error::msg(format!("{path}: {last:?} is not an array index")))?;
+            let slot = a
+                .get_mut(i)
+                .ok_or_else(|| Error::msg(format!("{path}: index {i} is out of range")))?;
+            *slot = value;
+            Ok(())
+        }
+        _ => Err(Error::msg(format!("{path}: cannot set inside a scalar"))),
+    }
+}
+
+/// Keep only the fields named by `paths` (an allow-list); everything else is dropped. Arrays
+/// are walked through, so `orders.id` keeps `id` in every element of `orders`.
+pub fn retain(doc: &Value, paths: &[String]) -> Value {
+    let split: Vec<Vec<&str>> = paths.iter().map(|p| segments(p).collect()).collect();
+    let refs: Vec<&[&str]> = split.iter().map(Vec::as_slice).collect();
+    retain_inner(doc, &refs)
+}
+
+fn retain_inner(doc: &Value, paths: &[&[&str]]) -> Value {
+    if paths.iter().any(|p| p.is_empty()) {
+        return doc.clone();
+    }
+    match doc {
+        Value::Array(items) => Value::Array(items.iter().map(|v| retain_inner(v, paths)).collect()),
+        Value::Object(m) => {
+            let mut out = Map::new();
+            for (key, value) in m {
+                let below: Vec<&[&str]> = paths
+                    .iter()
+                    .filter(|p| p[0] == key)
+                    .map(|p| &p[1..])
+                    .collect();
+                if !below.is_empty() {
+                    out.insert(key.clone(), retain_inner(value, &below));
+                }
+            }
+            Value::Object(out)
+        }
+        _ => Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn get_set_remove_follow_dots_and_indices() {
+        let mut doc = json!({"user": {"id": 1, "tags": ["a", "b"]}});
+        assert_eq!(get(&doc, "user.tags.1"), Some(&json!("b")));
+        set(&mut doc, "user.address.city", json!("Oslo")).unwrap();
+        assert_eq!(doc["user"]["address"]["city"], "Oslo");
+        assert_eq!(remove(&mut doc, "user.id"), Some(json!(1)));
+        assert_eq!(remove(&mut doc, "user.tags.0"), Some(json!("a")));
+        assert!(set(&mut doc, "user.tags.0.x", json!(1)).is_err());
+    }
+
+    #[test]
+    fn retain_keeps_allowed_fields_through_arrays() {
+        let doc = json!({"id": 1, "secret": "x", "orders": [{"id": 7, "card": "4111"}], "a": {"b": 1, "c": 2}});
+        let kept = retain(&doc, &["id".into(), "orders.id".into(), "a.b".into()]);
+        assert_eq!(kept, json!({"id": 1, "orders": [{"id": 7}], "a": {"b": 1}}));
+    }
+}
