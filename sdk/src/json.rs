@@ -41,6 +41,33 @@ pub fn remove(doc: &mut Value, path: &str) -> Option<Value> {
     }
 }
 
+/// Rename the object key at `path` to `new_key`, keeping its position among its siblings.
+/// Returns whether the key was there.
+pub fn rename(doc: &mut Value, path: &str, new_key: &str) -> bool {
+    let (parent, last) = match path.rsplit_once('.') {
+        Some((parent, last)) => match get_mut(doc, parent) {
+            Some(p) => (p, last),
+            None => return false,
+        },
+        None => (doc, path),
+    };
+    let Value::Object(map) = parent else {
+        return false;
+    };
+    if !map.contains_key(last) {
+        return false;
+    }
+    let old = std::mem::take(map);
+    for (k, v) in old {
+        if k == last {
+            map.insert(new_key.to_string(), v);
+        } else if k != new_key {
+            map.insert(k, v);
+        }
+    }
+    true
+}
+
 fn get_mut<'a>(doc: &'a mut Value, path: &str) -> Option<&'a mut Value> {
     segments(path).try_fold(doc, |v, seg| match v {
         Value::Object(m) => m.get_mut(seg),
@@ -146,6 +173,14 @@ mod tests {
         assert_eq!(remove(&mut doc, "user.id"), Some(json!(1)));
         assert_eq!(remove(&mut doc, "user.tags.0"), Some(json!("a")));
         assert!(set(&mut doc, "user.tags.0.x", json!(1)).is_err());
+    }
+
+    #[test]
+    fn rename_keeps_the_key_in_place() {
+        let mut doc = json!({"id": "3", "name": "Grace"});
+        assert!(rename(&mut doc, "id", "userId"));
+        assert_eq!(doc.to_string(), r#"{"userId":"3","name":"Grace"}"#);
+        assert!(!rename(&mut doc, "missing", "x"));
     }
 
     #[test]

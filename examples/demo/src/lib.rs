@@ -4,8 +4,8 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -31,8 +31,9 @@ pub async fn start(service: DemoService, addr: SocketAddr) -> std::io::Result<So
                 continue;
             };
             tokio::spawn(async move {
-                let svc =
-                    service_fn(move |req| async move { Ok::<_, Infallible>(handle(service, req)) });
+                let svc = service_fn(move |req| async move {
+                    Ok::<_, Infallible>(handle(service, req).await)
+                });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
@@ -42,18 +43,42 @@ pub async fn start(service: DemoService, addr: SocketAddr) -> std::io::Result<So
     Ok(bound)
 }
 
-fn handle(service: DemoService, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let path = req.uri().path();
-    let found = match service {
-        DemoService::Users => path.strip_prefix("/users/").and_then(user),
-        DemoService::Orders => path.strip_prefix("/orders/user/").and_then(orders),
-    };
-    let (status, body) = match found {
-        Some(body) => (StatusCode::OK, body),
-        None => (
-            StatusCode::NOT_FOUND,
-            r#"{"error":"not found"}"#.to_string(),
-        ),
+async fn handle(service: DemoService, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    let (status, body) = match (service, req.method() == Method::POST) {
+        // POST /users {"id": ..., "name": ...} "creates" a user (nothing is stored).
+        (DemoService::Users, true) if path == "/users" => {
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            match serde_json::from_slice::<serde_json::Value>(&body) {
+                Ok(v) if v["id"].is_string() => {
+                    let created =
+                        serde_json::json!({ "id": v["id"], "name": v["name"], "created": true });
+                    (StatusCode::CREATED, created.to_string())
+                }
+                _ => (
+                    StatusCode::BAD_REQUEST,
+                    r#"{"error":"expected a JSON object with an id"}"#.to_string(),
+                ),
+            }
+        }
+        _ => {
+            let found = match service {
+                DemoService::Users => path.strip_prefix("/users/").and_then(user),
+                DemoService::Orders => path.strip_prefix("/orders/user/").and_then(orders),
+            };
+            match found {
+                Some(body) => (StatusCode::OK, body),
+                None => (
+                    StatusCode::NOT_FOUND,
+                    r#"{"error":"not found"}"#.to_string(),
+                ),
+            }
+        }
     };
     Response::builder()
         .status(status)

@@ -39,6 +39,12 @@ async fn main() -> anyhow::Result<()> {
     println!("  curl -s localhost:8080/api/users/1");
     println!("  curl -si localhost:8080/api/users/1/orders");
     println!("  curl -s -H 'x-api-key: demo' localhost:8080/api/users/2/orders");
+    println!(
+        "  curl -s -H \"authorization: Bearer $TOKEN\" localhost:8080/api/profile/1   (TOKEN: see the README)"
+    );
+    println!(
+        "  curl -s -X POST -d '{{\"userId\":\"3\",\"name\":\"Grace Hopper\"}}' localhost:8080/api/users"
+    );
     println!("Ctrl-C to stop.");
     let _ = tokio::signal::ctrl_c().await;
     running.stop().await;

@@ -88,6 +88,7 @@ async fn readme_curl_lines_answer_as_shown() {
         assert_eq!(args[0], "curl", "{}", ex.command);
         let (mut include, mut method, mut headers, mut url) =
             (false, "GET".to_string(), Vec::new(), None);
+        let mut body = String::new();
         let mut i = 1;
         while i < args.len() {
             match args[i].as_str() {
@@ -102,6 +103,13 @@ async fn readme_curl_lines_answer_as_shown() {
                     i += 1;
                     method = args[i].clone();
                 }
+                "-d" => {
+                    i += 1;
+                    body = args[i].clone();
+                    if method == "GET" {
+                        method = "POST".into();
+                    }
+                }
                 other if !other.starts_with('-') => url = Some(other.to_string()),
                 other => panic!("the README test does not know curl flag {other}"),
             }
@@ -115,7 +123,7 @@ async fn readme_curl_lines_answer_as_shown() {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let r = gw.request(&method, &path, &header_refs, "").await;
+        let r = gw.request(&method, &path, &header_refs, &body).await;
 
         let mut expected = ex.expected.iter();
         if include {

@@ -78,13 +78,7 @@ impl Side {
         for op in &self.body {
             match op {
                 BodyOp::Rename { from, to } => {
-                    if let Some(v) = json::remove(&mut doc, from) {
-                        let target = match from.rsplit_once('.') {
-                            Some((parent, _)) => format!("{parent}.{to}"),
-                            None => to.clone(),
-                        };
-                        json::set(&mut doc, &target, v)?;
-                    }
+                    json::rename(&mut doc, from, to);
                 }
                 BodyOp::Move { from, to } => {
                     if let Some(v) = json::remove(&mut doc, from) {
