@@ -63,6 +63,7 @@ pub struct Config {
     /// Where compiled filters are cached, keyed by content hash; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
     pub admin: Admin,
+    pub server: Server,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub services: Vec<ServiceConfig>,
@@ -118,6 +119,55 @@ impl Default for Limits {
 
 fn default_max_body() -> u64 {
     DEFAULT_MAX_BODY_BYTES
+}
+
+/// Client-side protections of the listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    /// Largest request head (request line and headers) in bytes; larger gets 431. Min 8192.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Most header lines in a request; more gets 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Time a client has to send a whole request head, which is also how long an idle
+    /// keep-alive connection is kept open waiting for the next one.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Open client connections at most; beyond, new connections wait in the accept queue.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Largest request body on any route, streamed or not (413 beyond). Unlimited when absent.
+    pub max_request_body_bytes: Option<u64>,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            header_read_timeout: default_header_read_timeout(),
+            max_connections: default_max_connections(),
+            max_request_body_bytes: None,
+        }
+    }
+}
+
+fn default_max_header_bytes() -> usize {
+    64 << 10
+}
+
+fn default_max_headers() -> usize {
+    100
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_max_connections() -> usize {
+    10_000
 }
 
 /// The admin endpoint: a separate listener, loopback by default.
@@ -177,7 +227,66 @@ pub struct FilterRef {
     pub config_json: String,
     /// Services this filter may call on this route (deny by default).
     pub services: Vec<String>,
+    /// Execution limits for this filter on this route.
+    pub limits: crate::runtime::Limits,
+    pub on_failure: FailurePolicy,
     pub place: Place,
+}
+
+/// What happens to a request when a filter fails (traps, errs, exceeds a limit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailurePolicy {
+    /// The client gets a plain 500 (the default).
+    #[default]
+    FailClosed,
+    /// The request goes on as if the filter were absent.
+    FailOpen,
+}
+
+/// Limits for filter execution, as written (every field optional).
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilterLimits {
+    #[serde(default, with = "humantime_serde")]
+    deadline: Option<Duration>,
+    memory_bytes: Option<usize>,
+    max_output_bytes: Option<usize>,
+}
+
+impl RawFilterLimits {
+    fn over(self, base: crate::runtime::Limits) -> crate::runtime::Limits {
+        crate::runtime::Limits {
+            deadline: self.deadline.unwrap_or(base.deadline),
+            memory_bytes: self.memory_bytes.unwrap_or(base.memory_bytes),
+            max_output_bytes: self.max_output_bytes.unwrap_or(base.max_output_bytes),
+        }
+    }
+
+    fn check(&self, what: &str) -> Option<String> {
+        let max_mem = crate::runtime::MAX_MEMORY_BYTES;
+        if self
+            .deadline
+            .is_some_and(|d| d.is_zero() || d > Duration::from_secs(60))
+        {
+            return Some(format!("{what}: deadline must be between 1ms and 60s"));
+        }
+        if self
+            .memory_bytes
+            .is_some_and(|m| !((1 << 20)..=max_mem).contains(&m))
+        {
+            return Some(format!(
+                "{what}: memory_bytes must be between 1 MiB and {} MiB",
+                max_mem >> 20
+            ));
+        }
+        if self.max_output_bytes == Some(0) {
+            return Some(format!(
+                "{what}: max_output_bytes must be greater than zero"
+            ));
+        }
+        None
+    }
 }
 
 /// Where something was written in the config file.
@@ -202,6 +311,8 @@ struct RawConfig {
     filters_dir: Option<Spanned<String>>,
     cache_dir: Option<Spanned<String>>,
     admin: Option<RawAdmin>,
+    server: Option<Spanned<Server>>,
+    filter_limits: Option<Spanned<RawFilterLimits>>,
     timeouts: Option<Spanned<Timeouts>>,
     limits: Option<Spanned<Limits>>,
     #[serde(default)]
@@ -242,6 +353,9 @@ struct RawFilterRef {
     name: Spanned<String>,
     #[serde(default)]
     services: Vec<Spanned<String>>,
+    limits: Option<Spanned<RawFilterLimits>>,
+    #[serde(default)]
+    on_failure: FailurePolicy,
     config: Option<toml::Table>,
 }
 
@@ -386,11 +500,29 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
         .collect::<Vec<_>>();
     let service_names: HashSet<&str> = raw.services.keys().map(String::as_str).collect();
 
+    if let Some(srv) = &raw.server {
+        let v = srv.get_ref();
+        if v.max_header_bytes < 8192 {
+            src.at(srv, "server.max_header_bytes must be at least 8192");
+        }
+        if v.max_headers == 0 || v.max_connections == 0 || v.header_read_timeout.is_zero() {
+            src.at(srv, "server: max_headers, max_connections and header_read_timeout must be greater than zero");
+        }
+    }
+    let mut filter_limits = crate::runtime::Limits::default();
+    if let Some(l) = &raw.filter_limits {
+        match l.get_ref().check("filter_limits") {
+            Some(why) => src.at(l, why),
+            None => filter_limits = l.get_ref().over(filter_limits),
+        }
+    }
     let mut route_names = HashSet::new();
     let routes = raw
         .routes
         .iter()
-        .filter_map(|route| validate_route(route, &service_names, &mut route_names, src))
+        .filter_map(|route| {
+            validate_route(route, &service_names, &mut route_names, filter_limits, src)
+        })
         .collect();
 
     Config {
@@ -404,6 +536,7 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
             None => default_cache_dir(),
         },
         admin,
+        server: raw.server.map(Spanned::into_inner).unwrap_or_default(),
         timeouts: raw.timeouts.map(Spanned::into_inner).unwrap_or_default(),
         limits: raw.limits.map(Spanned::into_inner).unwrap_or_default(),
         services,
@@ -465,6 +598,7 @@ fn validate_route(
     spanned: &Spanned<RawRoute>,
     services: &HashSet<&str>,
     seen: &mut HashSet<String>,
+    filter_limits: crate::runtime::Limits,
     src: &mut Source<'_>,
 ) -> Option<RouteConfig> {
     let route = spanned.get_ref();
@@ -622,8 +756,19 @@ fn validate_route(
                     src.at(svc, format!("{label}: filter {fname:?} is granted unknown service {:?}", svc.get_ref()));
                 }
             }
+            let limits = match &f.get_ref().limits {
+                Some(l) => {
+                    if let Some(why) = l.get_ref().check(&format!("{label}: filter {fname:?}: limits")) {
+                        src.at(l, why);
+                    }
+                    l.get_ref().over(filter_limits)
+                }
+                None => filter_limits,
+            };
             let config = f.get_ref().config.clone().unwrap_or_default();
             FilterRef {
+                limits,
+                on_failure: f.get_ref().on_failure,
                 name: fname.clone(),
                 services: f.get_ref().services.iter().map(|s| s.get_ref().clone()).collect(),
                 config_json: serde_json::to_string(&config).expect("a TOML table is valid JSON"),
@@ -664,4 +809,58 @@ fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const VALID: &str = r#"
+listen = "127.0.0.1:8080"
+[services.users]
+upstreams = ["http://127.0.0.1:3001"]
+[[routes]]
+name = "users"
+pattern = "/users/{id}"
+rewrite = "/v1/users/{id}"
+service = "users"
+filters = [{ name = "headers", services = ["users"], config = { request = { set = { "x-a" = "1" } } } }]
+"#;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any text: parsing never panics, and every error has a place inside the text.
+        #[test]
+        fn arbitrary_text_never_panics_and_errors_have_places(text in "\\PC{0,400}") {
+            if let Err(diags) = Config::parse(&text) {
+                prop_assert!(!diags.is_empty());
+                let lines = text.lines().count().max(1);
+                for d in diags {
+                    prop_assert!(d.line >= 1 && d.line <= lines + 1, "{d} outside {lines} lines");
+                    prop_assert!(d.column >= 1);
+                }
+            }
+        }
+
+        /// A valid config with one character replaced: never panics; errors have places.
+        #[test]
+        fn mutated_valid_config_never_panics(at in 0usize..VALID.len(), c in any::<char>()) {
+            let mut text: Vec<char> = VALID.chars().collect();
+            let at = at.min(text.len() - 1);
+            text[at] = c;
+            let text: String = text.into_iter().collect();
+            if let Err(diags) = Config::parse(&text) {
+                prop_assert!(diags.iter().all(|d| d.line >= 1 && d.column >= 1));
+            }
+        }
+    }
+
+    #[test]
+    fn the_valid_config_parses() {
+        let config = Config::parse(VALID).unwrap();
+        assert_eq!(config.routes[0].filters[0].services, ["users"]);
+    }
 }

@@ -16,15 +16,13 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::breaker::Breaker;
 use crate::capabilities::FilterCache;
-use crate::config::{self, Config, RouteConfig};
+use crate::config::{self, Config, FailurePolicy, RouteConfig};
 use crate::registry::Registry;
 use crate::runtime::bindings::FilterInfo;
-use crate::runtime::{LoadedFilter, Runtime};
+use crate::runtime::{Limits, LoadedFilter, Runtime};
 use crate::upstream::{self, HttpClient, Service};
-
-/// Time a client has to send a complete request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One filter of a route's chain, resolved against the loaded filters.
 pub enum ChainEntry {
@@ -36,6 +34,10 @@ pub enum ChainEntry {
         /// Services the route grants this filter.
         services: Arc<[String]>,
         cache: Arc<FilterCache>,
+        limits: Limits,
+        on_failure: FailurePolicy,
+        /// Trips when this binding keeps trapping; new per snapshot.
+        breaker: Arc<Breaker>,
     },
     /// The filter is not loaded or rejected this route's config: requests get 503.
     Unavailable { name: String, reason: String },
@@ -57,6 +59,8 @@ pub struct Snapshot {
     pub limits: config::Limits,
     /// The pooled upstream client; shared across snapshots unless the connect timeout changes.
     pub client: HttpClient,
+    /// `server.max_request_body_bytes`.
+    pub max_request_body: Option<u64>,
 }
 
 /// A filter that could not be used, and where the config references it.
@@ -120,6 +124,9 @@ impl Snapshot {
                         info,
                         services: f.services.clone().into(),
                         cache: registry.cache(&f.name),
+                        limits: f.limits,
+                        on_failure: f.on_failure,
+                        breaker: Arc::default(),
                     },
                     Err(reason) => {
                         problems.push(FilterProblem {
@@ -161,6 +168,7 @@ impl Snapshot {
             timeouts: config.timeouts,
             limits: config.limits,
             client,
+            max_request_body: config.server.max_request_body_bytes,
         };
         (snapshot, problems)
     }
@@ -257,6 +265,9 @@ impl Gateway {
         if new.admin != old.admin {
             tracing::warn!("admin listener changed: restart wasmgate to apply it");
         }
+        if new.server != old.server {
+            tracing::warn!("[server] settings changed: restart wasmgate to apply them");
+        }
         let dir_changed = new.filters_dir != old.filters_dir || new.cache_dir != old.cache_dir;
         let client = if new.timeouts.connect == old.timeouts.connect {
             self.snapshot().client.clone()
@@ -352,6 +363,7 @@ impl Gateway {
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
+        server: config::Server,
         shutdown: impl Future<Output = ()>,
         drain: Duration,
     ) {
@@ -359,10 +371,17 @@ impl Gateway {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+            .header_read_timeout(server.header_read_timeout)
+            .max_buf_size(server.max_header_bytes)
+            .max_headers(server.max_headers);
         let graceful = GracefulShutdown::new();
+        let connections = Arc::new(tokio::sync::Semaphore::new(server.max_connections));
         tokio::pin!(shutdown);
         loop {
+            let permit = tokio::select! {
+                permit = connections.clone().acquire_owned() => permit.expect("never closed"),
+                () = &mut shutdown => break,
+            };
             let (stream, client) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(conn) => conn,
@@ -386,6 +405,7 @@ impl Gateway {
                 if let Err(e) = conn.await {
                     tracing::debug!(%client, "connection ended: {e}");
                 }
+                drop(permit);
             });
         }
         drop(listener);
@@ -420,8 +440,12 @@ impl RunningGateway {
         config: Config,
         config_path: Option<PathBuf>,
     ) -> anyhow::Result<RunningGateway> {
-        let (listen, admin, filters_dir) =
-            (config.listen, config.admin, config.filters_dir.clone());
+        let (listen, admin, server, filters_dir) = (
+            config.listen,
+            config.admin,
+            config.server,
+            config.filters_dir.clone(),
+        );
         let listener = TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding {listen}"))?;
@@ -453,6 +477,7 @@ impl RunningGateway {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(gateway.clone().serve(
             listener,
+            server,
             async {
                 let _ = stopped.await;
             },

@@ -14,6 +14,7 @@
 //! - [`error`]: the request-path error and its client-facing body.
 
 pub mod admin;
+pub mod breaker;
 pub mod capabilities;
 pub mod config;
 pub mod error;

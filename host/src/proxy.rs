@@ -7,15 +7,17 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
 use crate::capabilities::Outbound;
+use crate::config::FailurePolicy;
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::{ChainEntry, Gateway, Route, Snapshot};
 use crate::router::{MatchInput, host_without_port, method_and_host_match};
 use crate::runtime::bindings::{self, RequestAction, RouteContext};
-use crate::runtime::{FilterError, FilterInstance, Grants};
+use crate::runtime::{FilterError, FilterInstance, Grants, LoadedFilter};
 use crate::upstream::{self, Body, BoxError};
 
 /// Headers that describe one connection and are never forwarded (RFC 9110 §7.6.1).
@@ -36,7 +38,8 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 
 /// A request body: still streaming from the client, or buffered (read or set by a filter).
 enum ReqBody {
-    Stream(Incoming),
+    /// `Sync` (unlike [`Body`]) because the handler holds it across awaits.
+    Stream(BoxBody<Bytes, BoxError>),
     Buffered(Bytes),
 }
 
@@ -95,6 +98,16 @@ impl Gateway {
         ex: &Exchange,
     ) -> Result<Response<Body>, GatewayError> {
         let (mut parts, body) = req.into_parts();
+        check_framing(&parts.headers)?;
+        let declared_length = content_length(&parts.headers);
+        if let (Some(max), Some(len)) = (ex.snapshot.max_request_body, declared_length)
+            && len > max
+        {
+            return Err(GatewayError::new(
+                ErrorKind::BodyTooLarge,
+                format!("content-length {len} exceeds server.max_request_body_bytes {max}"),
+            ));
+        }
         let authority = request_authority(&parts.uri, &parts.headers);
         let host = host_without_port(&authority);
         let path = parts.uri.path();
@@ -123,11 +136,20 @@ impl Gateway {
         let body_limit = route
             .config
             .max_body_bytes
-            .unwrap_or(ex.snapshot.limits.max_body_bytes);
+            .unwrap_or(ex.snapshot.limits.max_body_bytes)
+            .min(ex.snapshot.max_request_body.unwrap_or(u64::MAX));
         let mut body = if route.needs_request_body {
             ReqBody::Buffered(read_limited(body, &parts.headers, body_limit).await?)
         } else {
-            ReqBody::Stream(body)
+            match ex.snapshot.max_request_body {
+                // Streamed, but cut off past the cap: the upstream sees an aborted request.
+                Some(max) => ReqBody::Stream(
+                    Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX))
+                        .map_err(BoxError::from)
+                        .boxed(),
+                ),
+                None => ReqBody::Stream(body.map_err(BoxError::from).boxed()),
+            }
         };
 
         let mut outgoing = Outgoing {
@@ -143,7 +165,7 @@ impl Gateway {
         };
 
         // Request phases, in chain order.
-        let mut ran: Vec<FilterInstance> = Vec::with_capacity(route.chain.len());
+        let mut ran: Vec<(FilterInstance, FailurePolicy)> = Vec::with_capacity(route.chain.len());
         let mut early: Option<bindings::Response> = None;
         if !route.chain.is_empty() {
             let mut wit_req = bindings::Request {
@@ -155,24 +177,36 @@ impl Gateway {
                 body: None,
             };
             for entry in &route.chain {
-                let (filter, config_json, services, cache) = match entry {
-                    ChainEntry::Ready {
-                        filter,
-                        config_json,
-                        services,
-                        cache,
-                        ..
-                    } => (filter, config_json, services, cache),
-                    ChainEntry::Unavailable { name, reason } => {
-                        return Err(GatewayError::new(
-                            ErrorKind::FilterUnavailable,
-                            format!(
-                                "route {:?}: filter {name:?} is not loaded: {reason}",
-                                route.config.name
-                            ),
-                        ));
-                    }
-                };
+                let (filter, config_json, services, cache, limits, on_failure, breaker) =
+                    match entry {
+                        ChainEntry::Ready {
+                            filter,
+                            config_json,
+                            services,
+                            cache,
+                            limits,
+                            on_failure,
+                            breaker,
+                            ..
+                        } => (
+                            filter,
+                            config_json,
+                            services,
+                            cache,
+                            *limits,
+                            *on_failure,
+                            breaker,
+                        ),
+                        ChainEntry::Unavailable { name, reason } => {
+                            return Err(GatewayError::new(
+                                ErrorKind::FilterUnavailable,
+                                format!(
+                                    "route {:?}: filter {name:?} is not loaded: {reason}",
+                                    route.config.name
+                                ),
+                            ));
+                        }
+                    };
                 let grants = Grants {
                     cache: cache.clone(),
                     outbound: (!services.is_empty()).then(|| {
@@ -184,20 +218,62 @@ impl Gateway {
                             max_body: usize::try_from(body_limit).unwrap_or(usize::MAX),
                         })
                     }),
+                    limits,
                 };
-                let mut instance = filter
-                    .start(config_json, &ex.request_id, grants)
-                    .await
-                    .map_err(|e| filter_failed(&filter.name, e))?;
-                wit_req.body = match (&body, instance.info.needs_request_body) {
-                    (ReqBody::Buffered(b), true) => Some(b.to_vec()),
-                    _ => None,
+                if !breaker.allow() {
+                    match on_failure {
+                        FailurePolicy::FailClosed => {
+                            return Err(GatewayError::new(
+                                ErrorKind::FilterUnavailable,
+                                format!(
+                                    "filter {:?} is failing repeatedly; not run (breaker open)",
+                                    filter.name
+                                ),
+                            ));
+                        }
+                        FailurePolicy::FailOpen => continue,
+                    }
+                }
+                let phase = async {
+                    let mut instance = filter.start(config_json, &ex.request_id, grants).await?;
+                    wit_req.body = match (&body, instance.info.needs_request_body) {
+                        (ReqBody::Buffered(b), true) => Some(b.to_vec()),
+                        _ => None,
+                    };
+                    let action = instance.on_request(&ctx, &wit_req).await?;
+                    if let RequestAction::Continue(next) = &action {
+                        check_wit_request(next)?;
+                    }
+                    Ok::<_, FilterError>((instance, action))
                 };
-                let action = instance
-                    .on_request(&ctx, &wit_req)
-                    .await
-                    .map_err(|e| filter_failed(&filter.name, e))?;
-                ran.push(instance);
+                let outcome = phase.await;
+                let tripped = breaker.report(matches!(
+                    outcome,
+                    Err(FilterError::Trap(_) | FilterError::Invalid(_))
+                ));
+                if tripped {
+                    tracing::error!(
+                        filter = %filter.name,
+                        version = %crate::registry::short(&filter.hash),
+                        route = %route.config.name,
+                        "filter keeps failing; not running it for {:?}",
+                        crate::breaker::COOL_DOWN
+                    );
+                }
+                let (instance, action) = match outcome {
+                    Ok(done) => done,
+                    Err(e) => {
+                        failure_log(filter, &ex.request_id, "request", on_failure, &e);
+                        match on_failure {
+                            FailurePolicy::FailClosed => {
+                                return Err(filter_failed(&filter.name, e));
+                            }
+                            // As if the filter were absent: the request goes on unchanged.
+                            FailurePolicy::FailOpen => continue,
+                        }
+                    }
+                };
+                ran.push((instance, on_failure));
                 match action {
                     RequestAction::Continue(mut next) => {
                         if let Some(new_body) = next.body.take() {
@@ -212,8 +288,12 @@ impl Gateway {
                 }
             }
             if early.is_none() {
-                outgoing = Outgoing::from_wit(wit_req)
-                    .map_err(|e| filter_failed(&ran.last().expect("chain ran").filter().name, e))?;
+                outgoing = Outgoing::from_wit(wit_req).map_err(|e| {
+                    GatewayError::new(
+                        ErrorKind::Internal,
+                        format!("checked filter output did not convert: {e}"),
+                    )
+                })?;
             }
         }
 
@@ -269,7 +349,7 @@ impl Gateway {
         let mut headers = outgoing.headers;
         let original_host = headers.remove(header::HOST);
         let body = match body {
-            ReqBody::Stream(incoming) => incoming.map_err(BoxError::from).boxed_unsync(),
+            ReqBody::Stream(body) => body.boxed_unsync(),
             ReqBody::Buffered(bytes) => {
                 headers.remove(header::TRANSFER_ENCODING);
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
@@ -298,6 +378,17 @@ impl Gateway {
                     .and_then(|s| s.downcast_ref::<std::io::Error>())
                     .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
                     || format!("{e:?}").contains("ConnectTimeout");
+                let mut source: Option<&(dyn std::error::Error + 'static)> =
+                    std::error::Error::source(&e);
+                while let Some(err) = source {
+                    if err.downcast_ref::<LengthLimitError>().is_some() {
+                        return Err(GatewayError::new(
+                            ErrorKind::BodyTooLarge,
+                            "streamed request body exceeded server.max_request_body_bytes",
+                        ));
+                    }
+                    source = err.source();
+                }
                 let kind = if e.is_connect() && timed_out {
                     ErrorKind::UpstreamTimeout
                 } else {
@@ -315,7 +406,7 @@ impl Gateway {
     async fn response_phases(
         &self,
         route: &Route,
-        mut ran: Vec<FilterInstance>,
+        mut ran: Vec<(FilterInstance, FailurePolicy)>,
         response: ResponseState,
         ctx: &RouteContext,
         ex: &Exchange,
@@ -358,20 +449,32 @@ impl Gateway {
             }
         };
 
-        while let Some(mut instance) = ran.pop() {
-            let name = instance.filter().name.clone();
+        while let Some((mut instance, on_failure)) = ran.pop() {
+            let filter = instance.filter().clone();
             wit_resp.body = match (&body, instance.info.needs_response_body) {
                 (RespBody::Buffered(b), true) => Some(b.to_vec()),
                 _ => None,
             };
-            let mut next = instance
-                .on_response(ctx, &wit_resp)
-                .await
-                .map_err(|e| filter_failed(&name, e))?;
-            if let Some(new_body) = next.body.take() {
-                body = RespBody::Buffered(Bytes::from(new_body));
+            let result = match instance.on_response(ctx, &wit_resp).await {
+                Ok(next) => check_wit_response(&next).map(|()| next),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(mut next) => {
+                    if let Some(new_body) = next.body.take() {
+                        body = RespBody::Buffered(Bytes::from(new_body));
+                    }
+                    wit_resp = next;
+                }
+                Err(e) => {
+                    failure_log(&filter, &ex.request_id, "response", on_failure, &e);
+                    match on_failure {
+                        FailurePolicy::FailClosed => return Err(filter_failed(&filter.name, e)),
+                        // The response goes on as the filter found it.
+                        FailurePolicy::FailOpen => wit_resp.body = None,
+                    }
+                }
             }
-            wit_resp = next;
         }
 
         let status = StatusCode::from_u16(wit_resp.status)
@@ -441,6 +544,60 @@ impl Outgoing {
     }
 }
 
+/// A filter's request output the host can use: method, path, headers.
+fn check_wit_request(req: &bindings::Request) -> Result<(), FilterError> {
+    Method::from_bytes(req.method.as_bytes())
+        .map_err(|_| FilterError::Invalid(format!("method {:?}", req.method)))?;
+    if !req.path_with_query.starts_with('/')
+        || req
+            .path_with_query
+            .parse::<http::uri::PathAndQuery>()
+            .is_err()
+    {
+        return Err(FilterError::Invalid(format!(
+            "path {:?}",
+            req.path_with_query
+        )));
+    }
+    check_wit_headers(&req.headers)
+}
+
+/// A filter's response output the host can use: a final status, valid headers.
+fn check_wit_response(resp: &bindings::Response) -> Result<(), FilterError> {
+    if !(200..=599).contains(&resp.status) {
+        return Err(FilterError::Invalid(format!("status {}", resp.status)));
+    }
+    check_wit_headers(&resp.headers)
+}
+
+fn check_wit_headers(headers: &[(String, Vec<u8>)]) -> Result<(), FilterError> {
+    for (name, value) in headers {
+        HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| FilterError::Invalid(format!("invalid header name {name:?}")))?;
+        HeaderValue::from_bytes(value)
+            .map_err(|_| FilterError::Invalid(format!("invalid value for header {name}")))?;
+    }
+    Ok(())
+}
+
+/// One log line per filter failure: filter, version, request id, phase, policy and reason.
+fn failure_log(
+    filter: &LoadedFilter,
+    request_id: &str,
+    phase: &str,
+    policy: FailurePolicy,
+    err: &FilterError,
+) {
+    tracing::warn!(
+        filter = %filter.name,
+        version = %crate::registry::short(&filter.hash),
+        request_id,
+        phase,
+        policy = ?policy,
+        "filter failed: {err}"
+    );
+}
+
 fn filter_failed(name: &str, err: FilterError) -> GatewayError {
     let kind = ErrorKind::FilterFailed;
     GatewayError::new(kind, format!("filter {name:?}: {err}"))
@@ -453,6 +610,34 @@ fn full(bytes: Bytes) -> Body {
     Full::new(bytes)
         .map_err(|never| match never {})
         .boxed_unsync()
+}
+
+/// Refuse requests whose framing is ambiguous: both `content-length` and `transfer-encoding`,
+/// or more than one `content-length`. Defence in depth: hyper's HTTP/1 parser already rejects
+/// conflicting lengths and resolves the others before we see the headers (see
+/// tests/e2e/hardening.rs); this guards any other path a request may come in by.
+fn check_framing(headers: &HeaderMap) -> Result<(), GatewayError> {
+    let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
+    if lengths > 1 {
+        return Err(GatewayError::new(
+            ErrorKind::BadRequest,
+            "more than one content-length",
+        ));
+    }
+    if lengths == 1 && headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(GatewayError::new(
+            ErrorKind::BadRequest,
+            "both content-length and transfer-encoding",
+        ));
+    }
+    Ok(())
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 /// Read a body up to `limit` bytes; 413 beyond, refusing early when `content-length` says so.
@@ -589,7 +774,51 @@ pub(crate) fn from_wit_headers(list: Vec<(String, Vec<u8>)>) -> Result<HeaderMap
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    fn header_strategy() -> impl Strategy<Value = Vec<(String, Vec<u8>)>> {
+        prop::collection::vec(
+            ("\\PC{0,12}", prop::collection::vec(any::<u8>(), 0..24)),
+            0..8,
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever a filter returns, checking it never panics, and what passes the check
+        /// always converts into the request sent upstream.
+        #[test]
+        fn filter_requests_are_checked_consistently(
+            method in "\\PC{0,8}",
+            path in "\\PC{0,24}",
+            headers in header_strategy(),
+        ) {
+            let req = bindings::Request {
+                method,
+                scheme: "http".into(),
+                authority: String::new(),
+                path_with_query: path,
+                headers,
+                body: None,
+            };
+            if check_wit_request(&req).is_ok() {
+                prop_assert!(Outgoing::from_wit(req).is_ok());
+            }
+        }
+
+        /// Likewise for responses: a checked response has a final status and valid headers.
+        #[test]
+        fn filter_responses_are_checked_consistently(status in any::<u16>(), headers in header_strategy()) {
+            let resp = bindings::Response { status, headers: headers.clone(), body: None };
+            if check_wit_response(&resp).is_ok() {
+                prop_assert!(StatusCode::from_u16(status).is_ok() && status >= 200);
+                prop_assert!(from_wit_headers(headers).is_ok());
+            }
+        }
+    }
 
     #[test]
     fn hop_by_hop_and_connection_named_headers_are_removed() {

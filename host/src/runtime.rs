@@ -40,28 +40,38 @@ pub mod bindings {
 use bindings::{FilterInfo, GatewayFilter, GatewayFilterPre, RequestAction};
 
 /// How often the epoch advances; deadlines are checked at this granularity.
-pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// A looping filter yields to other tasks at each tick, so the tick bounds how long it can
+/// keep a worker thread from other requests.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
-/// Per-call limits for filter execution.
-#[derive(Debug, Clone, Copy)]
+/// Per-call limits for filter execution. Defaults: see [`Limits::default`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Wall-clock budget for one phase call (instantiation and configure included).
+    /// Execution budget for one phase call (instantiation and configure included); time spent
+    /// waiting on outbound calls is not counted.
     pub deadline: Duration,
     /// Cap on a filter instance's linear memory.
     pub memory_bytes: usize,
+    /// Cap on what one phase returns (header names and values plus body).
+    pub max_output_bytes: usize,
 }
 
 impl Default for Limits {
+    /// 100 ms: far above what header, auth or transform filters need (tens of microseconds to a
+    /// few milliseconds for RSA), short enough that a loop is cut before clients time out.
+    /// 32 MiB: a Rust filter with std starts near 1.2 MiB and may copy a buffered 1 MiB body
+    /// several times. 2 MiB output: the default body limit plus headroom for headers.
     fn default() -> Self {
         Self {
             deadline: Duration::from_millis(100),
             memory_bytes: 32 << 20,
+            max_output_bytes: 2 << 20,
         }
     }
 }
 
 /// Most memory any filter may be granted; sizes the pooling allocator's slots.
-const MAX_MEMORY_BYTES: usize = 256 << 20;
+pub const MAX_MEMORY_BYTES: usize = 256 << 20;
 /// Linear memory per pooled slot kept mapped between instances (reset by memset, not madvise).
 const KEEP_RESIDENT_BYTES: usize = 4 << 20;
 /// Filter instances alive at once across all requests (each in-flight request holds one per
@@ -103,6 +113,7 @@ pub struct HostState {
 pub struct Grants {
     pub cache: Arc<FilterCache>,
     pub outbound: Option<Arc<Outbound>>,
+    pub limits: Limits,
 }
 
 impl Grants {
@@ -111,6 +122,7 @@ impl Grants {
         Grants {
             cache: Arc::default(),
             outbound: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -236,7 +248,6 @@ impl Runtime {
                 needs_request_body: false,
                 needs_response_body: false,
             },
-            limits: Limits::default(),
             hash,
             source,
             load_time: Duration::ZERO,
@@ -340,7 +351,6 @@ pub struct LoadedFilter {
     engine: Engine,
     pre: GatewayFilterPre<HostState>,
     pub info: FilterInfo,
-    pub limits: Limits,
     /// `sha256` of the `.wasm` bytes, hex.
     pub hash: String,
     pub source: LoadSource,
@@ -359,12 +369,12 @@ impl LoadedFilter {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.memory_bytes)
+                .memory_size(grants.limits.memory_bytes)
                 .trap_on_grow_failure(true)
                 .build(),
             filter: self.name.clone(),
             request_id: request_id.into(),
-            deadline: Instant::now() + self.limits.deadline,
+            deadline: Instant::now() + grants.limits.deadline,
             cache: grants.cache,
             outbound: grants.outbound,
         };
@@ -392,6 +402,7 @@ impl LoadedFilter {
         request_id: &str,
         grants: Grants,
     ) -> Result<FilterInstance, FilterError> {
+        let limits = grants.limits;
         let (mut store, bindings) = self.instantiate(request_id, grants).await?;
         let info = bindings
             .wasmgate_filter_filter()
@@ -404,6 +415,7 @@ impl LoadedFilter {
             store,
             bindings,
             info,
+            limits,
         })
     }
 
@@ -425,15 +437,16 @@ pub struct FilterInstance {
     bindings: GatewayFilter,
     /// What this instance's config needs.
     pub info: FilterInfo,
+    pub limits: Limits,
 }
 
 impl FilterInstance {
-    pub fn filter(&self) -> &LoadedFilter {
+    pub fn filter(&self) -> &Arc<LoadedFilter> {
         &self.filter
     }
 
     fn arm_deadline(&mut self) {
-        self.store.data_mut().deadline = Instant::now() + self.filter.limits.deadline;
+        self.store.data_mut().deadline = Instant::now() + self.limits.deadline;
     }
 
     pub async fn on_request(
@@ -442,12 +455,31 @@ impl FilterInstance {
         req: &bindings::Request,
     ) -> Result<RequestAction, FilterError> {
         self.arm_deadline();
-        self.bindings
+        let action = self
+            .bindings
             .wasmgate_filter_filter()
             .call_on_request(&mut self.store, ctx, req)
             .await
             .map_err(|e| FilterError::Trap(trap_reason(&e)))?
-            .map_err(FilterError::Returned)
+            .map_err(FilterError::Returned)?;
+        let size = match &action {
+            RequestAction::Continue(r) => {
+                r.path_with_query.len() + output_size(&r.headers, r.body.as_deref())
+            }
+            RequestAction::Respond(r) => output_size(&r.headers, r.body.as_deref()),
+        };
+        self.check_output(size)?;
+        Ok(action)
+    }
+
+    fn check_output(&self, size: usize) -> Result<(), FilterError> {
+        let cap = self.limits.max_output_bytes;
+        if size > cap {
+            return Err(FilterError::Invalid(format!(
+                "returned {size} bytes, over its cap of {cap}"
+            )));
+        }
+        Ok(())
     }
 
     pub async fn on_response(
@@ -456,13 +488,25 @@ impl FilterInstance {
         resp: &bindings::Response,
     ) -> Result<bindings::Response, FilterError> {
         self.arm_deadline();
-        self.bindings
+        let resp = self
+            .bindings
             .wasmgate_filter_filter()
             .call_on_response(&mut self.store, ctx, resp)
             .await
             .map_err(|e| FilterError::Trap(trap_reason(&e)))?
-            .map_err(FilterError::Returned)
+            .map_err(FilterError::Returned)?;
+        self.check_output(output_size(&resp.headers, resp.body.as_deref()))?;
+        Ok(resp)
     }
+}
+
+/// Bytes a filter returned: header names and values, and the body.
+fn output_size(headers: &[(String, Vec<u8>)], body: Option<&[u8]>) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| n.len() + v.len())
+        .sum::<usize>()
+        + body.map_or(0, <[u8]>::len)
 }
 
 /// wasmtime 48 has its own error type; give it context as an `anyhow::Error`.

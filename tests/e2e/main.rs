@@ -5,5 +5,6 @@ mod auth;
 mod config;
 mod errors;
 mod filters;
+mod hardening;
 mod routing;
 mod transform;

@@ -1,7 +1,7 @@
 //! Test filter: fails its request phase in the configured way.
 
 use serde::Deserialize;
-use wasmgate_sdk::{Action, Context, Error, Filter, Request, export_filter};
+use wasmgate_sdk::{Action, Context, Error, Filter, Request, Response, export_filter};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -14,6 +14,16 @@ enum Mode {
     Loop,
     /// Allocate without bound (stopped by the memory cap).
     Alloc,
+    /// Recurse without bound (stack overflow).
+    Stack,
+    /// Answer with an 8 MiB body (over the output cap).
+    Huge,
+}
+
+#[allow(unconditional_recursion)] // the point: overflow the stack
+fn recurse(depth: u64) -> u64 {
+    let pad = std::hint::black_box([depth; 64]);
+    recurse(depth + 1) + pad[0]
 }
 
 #[derive(Deserialize)]
@@ -41,6 +51,8 @@ impl Filter for Fail {
                     n = std::hint::black_box(n.wrapping_add(1));
                 }
             }
+            Mode::Stack => Ok(Request::new("GET", &format!("/{}", recurse(0))).into()),
+            Mode::Huge => Ok(Response::new(200).with_body(vec![b'x'; 8 << 20]).into()),
             Mode::Alloc => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {

@@ -1,0 +1,125 @@
+//! A filter that loops, allocates without bound, panics, overflows its stack or returns too
+//! much fails only its own request: cleanly, within its deadline, with its failure policy; and
+//! while many such requests run, a healthy route keeps answering.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use wasmgate_tests::{TestGateway, Upstream};
+
+fn route(name: &str, mode: &str, extra: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"{name}\"\nprefix = \"/{name}\"\nservice = \"svc\"\nfilters = [{{ name = \"fail\", config = {{ mode = \"{mode}\" }}{extra} }}]\n"
+    )
+}
+
+async fn gateway(up: &Upstream) -> TestGateway {
+    let mut config = format!("[services.svc]\nupstreams = [\"{}\"]\n", up.url());
+    for mode in ["loop", "alloc", "panic", "stack", "huge", "error"] {
+        config.push_str(&route(mode, mode, ""));
+        config.push_str(&route(
+            &format!("{mode}-open"),
+            mode,
+            ", on_failure = \"fail-open\"",
+        ));
+    }
+    config.push_str(&route(
+        "tight",
+        "loop",
+        ", limits = { deadline = \"20ms\" }",
+    ));
+    config.push_str("[[routes]]\nname = \"ok\"\nprefix = \"/ok\"\nservice = \"svc\"\nfilters = [{ name = \"headers\" }]\n");
+    TestGateway::start(&config).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_misbehaviour_fails_its_request_cleanly_or_fails_open() {
+    let up = Upstream::start("svc").await;
+    let gw = gateway(&up).await;
+    for mode in ["loop", "alloc", "panic", "stack", "huge", "error"] {
+        let started = Instant::now();
+        let r = gw.get(&format!("/{mode}")).await;
+        let took = started.elapsed();
+        assert_eq!(r.status, 500, "{mode}: {}", r.text());
+        assert_eq!(
+            r.json()["error"]["message"],
+            "a filter failed to process the request",
+            "{mode}"
+        );
+        assert!(took < Duration::from_millis(600), "{mode} took {took:?}");
+    }
+    assert_eq!(up.hits(), 0, "no failing request reached the upstream");
+
+    for mode in ["loop", "alloc", "panic", "stack", "huge", "error"] {
+        let r = gw.get(&format!("/{mode}-open")).await;
+        assert_eq!(r.status, 200, "{mode} fail-open: {}", r.text());
+        assert_eq!(
+            r.json()["upstream"],
+            "svc",
+            "fail-open continued to the upstream"
+        );
+    }
+    assert_eq!(up.hits(), 6);
+
+    // A per-route deadline override cuts the loop sooner.
+    let started = Instant::now();
+    assert_eq!(gw.get("/tight").await.status, 500);
+    let tight = started.elapsed();
+    assert!(
+        tight < Duration::from_millis(90),
+        "the 20 ms deadline took {tight:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_runaway_requests_do_not_stall_a_healthy_route() {
+    let up = Upstream::start("svc").await;
+    let gw = Arc::new(gateway(&up).await);
+    for _ in 0..5 {
+        assert_eq!(gw.get("/ok").await.status, 200);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut runaways = Vec::new();
+    for i in 0..20 {
+        let (gw, stop) = (gw.clone(), stop.clone());
+        let path = if i % 2 == 0 { "/loop" } else { "/alloc" };
+        runaways.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                // 500 while it runs; 503 at once once its breaker has opened.
+                let status = gw.get(path).await.status;
+                assert!(status == 500 || status == 503, "runaway got {status}");
+                n += 1;
+            }
+            n
+        }));
+    }
+    // Measured from the start, so the first burst (every runaway running, before any breaker
+    // opens) is included.
+    let mut latencies = Vec::new();
+    for _ in 0..50 {
+        let started = Instant::now();
+        let r = gw.get("/ok").await;
+        latencies.push(started.elapsed());
+        assert_eq!(r.status, 200, "a healthy request failed");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut failed_runaways = 0;
+    for r in runaways {
+        failed_runaways += r.await.unwrap();
+    }
+    latencies.sort();
+    let (p50, max) = (
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+    );
+    eprintln!(
+        "healthy route under 20 runaway clients ({failed_runaways} runaway requests): p50 {p50:?}, max {max:?}"
+    );
+    assert!(
+        max < Duration::from_millis(500),
+        "healthy latency went to {max:?}"
+    );
+}
