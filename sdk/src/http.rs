@@ -200,6 +200,15 @@ impl Request {
         self.headers.set(name, value);
     }
 
+    /// The token of an `Authorization: Bearer <token>` header (scheme matched without regard to
+    /// case), if there is a non-empty one.
+    pub fn bearer_token(&self) -> Option<&str> {
+        let value = self.header("authorization")?;
+        let (scheme, token) = value.split_once(' ')?;
+        let token = token.trim();
+        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    }
+
     /// The body, when the filter declared [`crate::Filter::NEEDS_REQUEST_BODY`] (or set one).
     pub fn body(&self) -> Option<&[u8]> {
         self.body.as_deref()

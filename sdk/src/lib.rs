@@ -43,6 +43,7 @@
 //! called directly in a native `cargo test`; [`log`] prints to stderr there.
 #![deny(missing_docs)]
 
+pub mod header_edits;
 pub mod host;
 mod http;
 pub mod json;

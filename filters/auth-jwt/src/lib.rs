@@ -311,15 +311,7 @@ impl Filter for AuthJwt {
     }
 
     fn on_request(&self, mut req: Request, _ctx: &Context) -> Result<Action, Error> {
-        let token = req
-            .header("authorization")
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(str::to_string);
+        let token = req.bearer_token().map(str::to_string);
         let Some(token) = token else {
             return Ok(
                 Response::json(401, &json!({ "error": "missing bearer token" }))

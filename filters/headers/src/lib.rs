@@ -1,73 +1,21 @@
-//! `headers`: add, set and remove request and response headers from the route's config.
-
-use std::collections::BTreeMap;
+//! `headers`: add, set, rename and remove request and response headers from the route's config.
 
 use serde::Deserialize;
-use wasmgate_sdk::{Action, Context, Error, Filter, Headers, Request, Response, export_filter};
-
-/// One direction's edits, applied in the order remove, set, add.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Edits {
-    /// Header names to remove.
-    #[serde(default)]
-    pub remove: Vec<String>,
-    /// Headers to set, replacing any existing values.
-    #[serde(default)]
-    pub set: BTreeMap<String, String>,
-    /// Headers to add, keeping existing values.
-    #[serde(default)]
-    pub add: BTreeMap<String, String>,
-}
+use wasmgate_sdk::header_edits::HeaderEdits;
+use wasmgate_sdk::{Action, Context, Error, Filter, Request, Response, export_filter};
 
 /// The filter's config: edits for the request (sent upstream) and the response (sent to the
-/// client).
+/// client), each applied in the order remove, rename, set, add.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
-    pub request: Edits,
+    pub request: HeaderEdits,
     #[serde(default)]
-    pub response: Edits,
+    pub response: HeaderEdits,
 }
 
 pub struct HeadersFilter(Config);
-
-impl Edits {
-    fn validate(&self, side: &str) -> Result<(), Error> {
-        let names = self
-            .remove
-            .iter()
-            .chain(self.set.keys())
-            .chain(self.add.keys());
-        for name in names {
-            let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-            if name.is_empty() || !name.bytes().all(token) {
-                return Err(Error::msg(format!("{side}: invalid header name {name:?}")));
-            }
-        }
-        for (name, value) in self.set.iter().chain(&self.add) {
-            if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-                return Err(Error::msg(format!(
-                    "{side}: value of {name:?} contains a control character"
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    fn apply(&self, headers: &mut Headers) {
-        for name in &self.remove {
-            headers.remove(name);
-        }
-        for (name, value) in &self.set {
-            headers.set(name, value.as_bytes());
-        }
-        for (name, value) in &self.add {
-            headers.append(name, value.as_bytes());
-        }
-    }
-}
 
 impl Filter for HeadersFilter {
     type Config = Config;

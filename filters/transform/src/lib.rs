@@ -6,24 +6,10 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::Value;
+use wasmgate_sdk::header_edits::HeaderEdits;
 use wasmgate_sdk::{
-    Action, Context, Error, Filter, Headers, Needs, Request, Response, export_filter, json, log,
+    Action, Context, Error, Filter, Needs, Request, Response, export_filter, json, log,
 };
-
-/// Header edits, applied in the order remove, rename, set, add.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HeaderEdits {
-    #[serde(default)]
-    pub remove: Vec<String>,
-    /// `old-name = "new-name"`: every value moves to the new name.
-    #[serde(default)]
-    pub rename: BTreeMap<String, String>,
-    #[serde(default)]
-    pub set: BTreeMap<String, String>,
-    #[serde(default)]
-    pub add: BTreeMap<String, String>,
-}
 
 /// Query parameter edits (request only), applied in the order remove, set.
 #[derive(Debug, Default, Deserialize)]
@@ -110,61 +96,6 @@ pub struct Config {
 
 pub struct Transform(Config);
 
-fn valid_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-impl HeaderEdits {
-    fn validate(&self, side: &str) -> Result<(), Error> {
-        let names = self
-            .remove
-            .iter()
-            .chain(self.rename.keys())
-            .chain(self.rename.values())
-            .chain(self.set.keys())
-            .chain(self.add.keys());
-        for name in names {
-            if !valid_header_name(name) {
-                return Err(Error::msg(format!(
-                    "{side}.headers: invalid header name {name:?}"
-                )));
-            }
-        }
-        for value in self.set.values().chain(self.add.values()) {
-            if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-                return Err(Error::msg(format!(
-                    "{side}.headers: a value contains a control character"
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    fn apply(&self, headers: &mut Headers) {
-        for name in &self.remove {
-            headers.remove(name);
-        }
-        for (from, to) in &self.rename {
-            let values: Vec<Vec<u8>> = headers.get_all(from).map(<[u8]>::to_vec).collect();
-            if headers.remove(from) {
-                headers.remove(to);
-                for v in values {
-                    headers.append(to, v);
-                }
-            }
-        }
-        for (name, value) in &self.set {
-            headers.set(name, value.as_bytes());
-        }
-        for (name, value) in &self.add {
-            headers.append(name, value.as_bytes());
-        }
-    }
-}
-
 /// Percent-encode what may not appear raw in a query component.
 fn encode(s: &str) -> String {
     let mut out = String::new();
@@ -207,8 +138,8 @@ impl Filter for Transform {
     type Config = Config;
 
     fn new(config: Config) -> Result<Self, Error> {
-        config.request.headers.validate("request")?;
-        config.response.headers.validate("response")?;
+        config.request.headers.validate("request.headers")?;
+        config.response.headers.validate("response.headers")?;
         if let Some(path) = &config.request.path
             && !path.starts_with('/')
         {
