@@ -522,22 +522,12 @@ struct Outgoing {
 }
 
 impl Outgoing {
+    /// Convert a filter's request; fails as [`check_wit_request`] does.
     fn from_wit(req: bindings::Request) -> Result<Outgoing, FilterError> {
-        let method = Method::from_bytes(req.method.as_bytes())
-            .map_err(|_| FilterError::Invalid(format!("method {:?}", req.method)))?;
-        if !req.path_with_query.starts_with('/')
-            || req
-                .path_with_query
-                .parse::<http::uri::PathAndQuery>()
-                .is_err()
-        {
-            return Err(FilterError::Invalid(format!(
-                "path {:?}",
-                req.path_with_query
-            )));
-        }
+        check_wit_request(&req)?;
         Ok(Outgoing {
-            method,
+            method: Method::from_bytes(req.method.as_bytes())
+                .map_err(|_| FilterError::Invalid(format!("method {:?}", req.method)))?,
             path_and_query: req.path_with_query,
             headers: from_wit_headers(req.headers).map_err(FilterError::Invalid)?,
         })
