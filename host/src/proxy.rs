@@ -374,21 +374,16 @@ impl Gateway {
                 format!("service {service_name:?} ({uri}) sent no response within {timeout:?}"),
             )),
             Ok(Err(e)) => {
-                let timed_out = std::error::Error::source(&e)
-                    .and_then(|s| s.downcast_ref::<std::io::Error>())
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-                    || format!("{e:?}").contains("ConnectTimeout");
-                let mut source: Option<&(dyn std::error::Error + 'static)> =
-                    std::error::Error::source(&e);
-                while let Some(err) = source {
-                    if err.downcast_ref::<LengthLimitError>().is_some() {
-                        return Err(GatewayError::new(
-                            ErrorKind::BodyTooLarge,
-                            "streamed request body exceeded server.max_request_body_bytes",
-                        ));
-                    }
-                    source = err.source();
+                if find_source::<LengthLimitError>(&e).is_some() {
+                    return Err(GatewayError::new(
+                        ErrorKind::BodyTooLarge,
+                        "streamed request body exceeded server.max_request_body_bytes",
+                    ));
                 }
+                // hyper-util reports a connect timeout as an io::Error of kind TimedOut nested
+                // under its ConnectError.
+                let timed_out = find_source::<std::io::Error>(&e)
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
                 let kind = if e.is_connect() && timed_out {
                     ErrorKind::UpstreamTimeout
                 } else {
@@ -522,9 +517,8 @@ struct Outgoing {
 }
 
 impl Outgoing {
-    /// Convert a filter's request; fails as [`check_wit_request`] does.
+    /// Convert a filter's request that already passed [`check_wit_request`].
     fn from_wit(req: bindings::Request) -> Result<Outgoing, FilterError> {
-        check_wit_request(&req)?;
         Ok(Outgoing {
             method: Method::from_bytes(req.method.as_bytes())
                 .map_err(|_| FilterError::Invalid(format!("method {:?}", req.method)))?,
@@ -532,6 +526,20 @@ impl Outgoing {
             headers: from_wit_headers(req.headers).map_err(FilterError::Invalid)?,
         })
     }
+}
+
+/// The first error of type `T` among `err`'s sources.
+fn find_source<'a, T: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut source = err.source();
+    while let Some(e) = source {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        source = e.source();
+    }
+    None
 }
 
 /// A filter's request output the host can use: method, path, headers.
@@ -795,7 +803,10 @@ mod tests {
                 body: None,
             };
             if check_wit_request(&req).is_ok() {
-                prop_assert!(Outgoing::from_wit(req).is_ok());
+                let path = req.path_with_query.clone();
+                let out = Outgoing::from_wit(req);
+                prop_assert!(out.is_ok());
+                prop_assert!(path.parse::<http::uri::PathAndQuery>().is_ok());
             }
         }
 
