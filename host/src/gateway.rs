@@ -82,6 +82,12 @@ impl std::fmt::Display for FilterProblem {
     }
 }
 
+fn log_problems(problems: &[FilterProblem]) {
+    for p in problems {
+        tracing::error!("{p}");
+    }
+}
+
 /// Names of every filter `config`'s routes use.
 pub fn referenced_filters(config: &Config) -> BTreeSet<String> {
     config
@@ -202,22 +208,10 @@ impl Gateway {
     /// leave the affected routes answering 503.
     pub async fn new(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Arc<Gateway>> {
         let runtime = Runtime::new()?;
-        let mut registry = Registry::default();
-        for name in referenced_filters(&config) {
-            registry
-                .refresh(
-                    &runtime,
-                    &config.filters_dir,
-                    config.cache_dir.as_deref(),
-                    &name,
-                )
-                .await;
-        }
+        let mut registry = Registry::load(&runtime, &config).await;
         let client = upstream::client(config.timeouts.connect);
         let (snapshot, problems) = Snapshot::build(&config, &mut registry, client).await;
-        for p in &problems {
-            tracing::error!("{p}");
-        }
+        log_problems(&problems);
         Ok(Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             runtime,
@@ -278,23 +272,11 @@ impl Gateway {
         let state = &mut *state;
         for name in &referenced {
             if dir_changed || !state.registry.slots.contains_key(name) {
-                state
-                    .registry
-                    .refresh(
-                        &self.runtime,
-                        &new.filters_dir,
-                        new.cache_dir.as_deref(),
-                        name,
-                    )
-                    .await;
+                state.registry.refresh(&self.runtime, &new, name).await;
             }
         }
         state.registry.retain(&referenced);
-        let (snapshot, problems) = Snapshot::build(&new, &mut state.registry, client).await;
-        for p in &problems {
-            tracing::error!("{p}");
-        }
-        self.install(snapshot);
+        self.rebuild(&new, &mut state.registry, client).await;
         tracing::info!(file = %path.display(), routes = new.routes.len(), "config reloaded");
         state.config = new;
         state.config_loaded_at = SystemTime::now();
@@ -320,12 +302,7 @@ impl Gateway {
         for name in wanted {
             if state
                 .registry
-                .refresh(
-                    &self.runtime,
-                    &state.config.filters_dir,
-                    state.config.cache_dir.as_deref(),
-                    &name,
-                )
+                .refresh(&self.runtime, &state.config, &name)
                 .await
             {
                 changed.push(name);
@@ -333,14 +310,17 @@ impl Gateway {
         }
         if !changed.is_empty() {
             let client = self.snapshot().client.clone();
-            let (snapshot, problems) =
-                Snapshot::build(&state.config, &mut state.registry, client).await;
-            for p in &problems {
-                tracing::error!("{p}");
-            }
-            self.install(snapshot);
+            self.rebuild(&state.config, &mut state.registry, client)
+                .await;
         }
         changed
+    }
+
+    /// Build a snapshot of `config` over `registry`, log its filter problems, and serve it.
+    async fn rebuild(&self, config: &Config, registry: &mut Registry, client: HttpClient) {
+        let (snapshot, problems) = Snapshot::build(config, registry, client).await;
+        log_problems(&problems);
+        self.install(snapshot);
     }
 
     /// The current snapshot; a request keeps the one it started with.

@@ -40,23 +40,12 @@ pub async fn check(path: &std::path::Path) -> Result<CheckReport, config::Config
             message: format!("cannot start the wasm runtime: {e:#}"),
         }],
     })?;
-    let mut registry = registry::Registry::default();
-    let names = gateway::referenced_filters(&config);
-    for name in &names {
-        registry
-            .refresh(
-                &runtime,
-                &config.filters_dir,
-                config.cache_dir.as_deref(),
-                name,
-            )
-            .await;
-    }
+    let mut registry = registry::Registry::load(&runtime, &config).await;
     let client = upstream::client(config.timeouts.connect);
     let (_, problems) = gateway::Snapshot::build(&config, &mut registry, client).await;
     Ok(CheckReport {
         routes: config.routes.len(),
-        filters: names.len(),
+        filters: registry.slots.len(),
         problems: problems
             .iter()
             .map(|p| format!("{}:{p}", path.display()))

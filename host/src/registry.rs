@@ -3,11 +3,11 @@
 //! keeps its last good version serving.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::capabilities::FilterCache;
+use crate::config::Config;
 use crate::runtime::{LoadedFilter, Runtime};
 
 /// Why the newest file for a filter was not taken into service.
@@ -39,16 +39,20 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Re-read `dir/<name>.wasm` and take it into service if it is new and loads. Returns
-    /// whether the serving version changed.
-    pub async fn refresh(
-        &mut self,
-        runtime: &Runtime,
-        dir: &Path,
-        cache_dir: Option<&Path>,
-        name: &str,
-    ) -> bool {
-        let path = crate::gateway::filter_path(dir, name);
+    /// Load every filter `config` references.
+    pub async fn load(runtime: &Runtime, config: &Config) -> Registry {
+        let mut registry = Registry::default();
+        for name in crate::gateway::referenced_filters(config) {
+            registry.refresh(runtime, config, &name).await;
+        }
+        registry
+    }
+
+    /// Re-read `<filters_dir>/<name>.wasm` and take it into service if it is new and loads.
+    /// Returns whether the serving version changed.
+    pub async fn refresh(&mut self, runtime: &Runtime, config: &Config, name: &str) -> bool {
+        let path = crate::gateway::filter_path(&config.filters_dir, name);
+        let cache_dir = config.cache_dir.as_deref();
         let slot = self.slots.entry(name.to_string()).or_default();
         let bytes = match tokio::fs::read(&path).await {
             Ok(bytes) => bytes,
