@@ -268,6 +268,29 @@ impl Response {
         resp
     }
 
+    /// RFC 6750's answer to a request without a bearer token: 401,
+    /// `WWW-Authenticate: Bearer realm="wasmgate"`, body `{"error":"missing bearer token"}`.
+    pub fn bearer_missing() -> Self {
+        Self::json(401, &serde_json::json!({ "error": "missing bearer token" }))
+            .with_header("www-authenticate", "Bearer realm=\"wasmgate\"")
+    }
+
+    /// RFC 6750's answer to a bad bearer token: `status` (401 for `invalid_token`, 403 for
+    /// `insufficient_scope`), a `WWW-Authenticate: Bearer error=..., error_description=...`
+    /// challenge (with `scope=...` when given) and the same error as a JSON body.
+    pub fn bearer_error(status: u16, error: &str, description: &str, scope: Option<&str>) -> Self {
+        let mut challenge =
+            format!("Bearer error=\"{error}\", error_description=\"{description}\"");
+        if let Some(scope) = scope {
+            challenge.push_str(&format!(", scope=\"{scope}\""));
+        }
+        Self::json(
+            status,
+            &serde_json::json!({ "error": error, "error_description": description }),
+        )
+        .with_header("www-authenticate", challenge)
+    }
+
     /// Builder form of [`Headers::append`].
     pub fn with_header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
         self.headers.append(name, value);

@@ -12,7 +12,7 @@ use std::time::Duration;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use wasmgate_sdk::services::{self, Call};
 use wasmgate_sdk::{Action, Context, Error, Filter, Request, Response, cache, export_filter, host};
 
@@ -86,17 +86,9 @@ pub struct AuthJwt {
 
 const HMAC: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
 
-/// A 401 with the RFC 6750 challenge.
+/// A 401 with the RFC 6750 `invalid_token` challenge.
 fn invalid(description: &str) -> Action {
-    Response::json(
-        401,
-        &json!({ "error": "invalid_token", "error_description": description }),
-    )
-    .with_header(
-        "www-authenticate",
-        format!("Bearer error=\"invalid_token\", error_description=\"{description}\""),
-    )
-    .into()
+    Response::bearer_error(401, "invalid_token", description, None).into()
 }
 
 fn jwk_allows(jwk: &Jwk, alg: Algorithm) -> bool {
@@ -313,11 +305,7 @@ impl Filter for AuthJwt {
     fn on_request(&self, mut req: Request, _ctx: &Context) -> Result<Action, Error> {
         let token = req.bearer_token().map(str::to_string);
         let Some(token) = token else {
-            return Ok(
-                Response::json(401, &json!({ "error": "missing bearer token" }))
-                    .with_header("www-authenticate", "Bearer realm=\"wasmgate\"")
-                    .into(),
-            );
+            return Ok(Response::bearer_missing().into());
         };
         let claims = match self.verify(&token) {
             Ok(claims) => claims,

@@ -60,16 +60,7 @@ struct Introspection {
 pub struct Introspect(Config);
 
 fn challenge(status: u16, error: &str, description: &str, scope: Option<&str>) -> Action {
-    let mut header = format!("Bearer error=\"{error}\", error_description=\"{description}\"");
-    if let Some(scope) = scope {
-        header.push_str(&format!(", scope=\"{scope}\""));
-    }
-    Response::json(
-        status,
-        &json!({ "error": error, "error_description": description }),
-    )
-    .with_header("www-authenticate", header)
-    .into()
+    Response::bearer_error(status, error, description, scope).into()
 }
 
 fn form_encode(s: &str) -> String {
@@ -141,11 +132,7 @@ impl Filter for Introspect {
     fn on_request(&self, mut req: Request, _ctx: &Context) -> Result<Action, Error> {
         let token = req.bearer_token().map(str::to_string);
         let Some(token) = token else {
-            return Ok(
-                Response::json(401, &json!({ "error": "missing bearer token" }))
-                    .with_header("www-authenticate", "Bearer realm=\"wasmgate\"")
-                    .into(),
-            );
+            return Ok(Response::bearer_missing().into());
         };
         let found = match self.introspect(&token) {
             Ok(found) => found,
