@@ -111,7 +111,6 @@ impl CacheInner {
 /// What one filter instance may call: the services its route grants it.
 pub struct Outbound {
     pub snapshot: Arc<Snapshot>,
-    pub route: String,
     pub granted: Arc<[String]>,
     /// Upper bound for every call's timeout (the route's request timeout).
     pub timeout: Duration,

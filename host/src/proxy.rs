@@ -212,7 +212,6 @@ impl Gateway {
                     outbound: (!services.is_empty()).then(|| {
                         Arc::new(Outbound {
                             snapshot: ex.snapshot.clone(),
-                            route: route.config.name.clone(),
                             granted: services.clone(),
                             timeout: route.config.timeout.unwrap_or(ex.snapshot.timeouts.request),
                             max_body: usize::try_from(body_limit).unwrap_or(usize::MAX),

@@ -52,7 +52,7 @@ pub mod services;
 
 pub use host::cache;
 
-pub use http::{Action, Context, Headers, Request, Response};
+pub use http::{Action, Context, Headers, Request, Response, percent_encode};
 pub use serde;
 pub use serde_json;
 

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use wasmgate_sdk::services::{self, Call};
 use wasmgate_sdk::{
-    Action, Context, Error, Filter, Request, Response, export_filter, json as jpath,
+    Action, Context, Error, Filter, Request, Response, export_filter, json as jpath, percent_encode,
 };
 
 fn get() -> String {
@@ -66,13 +66,7 @@ fn render(template: &str, req: &Request, ctx: &Context) -> String {
             Some(h) => req.header(h).unwrap_or(""),
             None => ctx.param(name).unwrap_or(""),
         };
-        for b in value.bytes() {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                out.push(b as char);
-            } else {
-                out.push_str(&format!("%{b:02X}"));
-            }
-        }
+        out.push_str(&percent_encode(value));
         rest = &rest[open + len + 1..];
     }
     out.push_str(rest);

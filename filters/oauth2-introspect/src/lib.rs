@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use wasmgate_sdk::services::{self, Call};
-use wasmgate_sdk::{Action, Context, Error, Filter, Request, Response, cache, export_filter, host};
+use wasmgate_sdk::{
+    Action, Context, Error, Filter, Request, Response, cache, export_filter, host, percent_encode,
+};
 
 fn default_path() -> String {
     "/introspect".into()
@@ -63,18 +65,6 @@ fn challenge(status: u16, error: &str, description: &str, scope: Option<&str>) -
     Response::bearer_error(status, error, description, scope).into()
 }
 
-fn form_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 impl Introspect {
     fn introspect(&self, token: &str) -> Result<Introspection, String> {
         let c = &self.0;
@@ -84,7 +74,10 @@ impl Introspect {
         {
             return Ok(found);
         }
-        let form = format!("token={}&token_type_hint=access_token", form_encode(token));
+        let form = format!(
+            "token={}&token_type_hint=access_token",
+            percent_encode(token)
+        );
         let mut call = Call::post(&c.service, &c.path, form)
             .header("content-type", "application/x-www-form-urlencoded")
             .header("accept", "application/json");

@@ -9,6 +9,7 @@ use serde_json::Value;
 use wasmgate_sdk::header_edits::HeaderEdits;
 use wasmgate_sdk::{
     Action, Context, Error, Filter, Needs, Request, Response, export_filter, json, log,
+    percent_encode,
 };
 
 /// Query parameter edits (request only), applied in the order remove, set.
@@ -96,19 +97,6 @@ pub struct Config {
 
 pub struct Transform(Config);
 
-/// Percent-encode what may not appear raw in a query component.
-fn encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 fn edit_query(req: &mut Request, edits: &QueryEdits) {
     if edits.remove.is_empty() && edits.set.is_empty() {
         return;
@@ -124,7 +112,12 @@ fn edit_query(req: &mut Request, edits: &QueryEdits) {
         })
         .collect();
     pairs.retain(|(k, _)| !edits.remove.contains(k) && !edits.set.contains_key(k));
-    pairs.extend(edits.set.iter().map(|(k, v)| (encode(k), encode(v))));
+    pairs.extend(
+        edits
+            .set
+            .iter()
+            .map(|(k, v)| (percent_encode(k), percent_encode(v))),
+    );
     let query: Vec<String> = pairs.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
     let path = req.path().to_string();
     if query.is_empty() {
