@@ -51,6 +51,14 @@ pub struct Route {
     pub needs_response_body: bool,
 }
 
+impl Route {
+    /// Largest body buffered for this route's filters: its own `max_body_bytes`, else the
+    /// gateway's.
+    pub fn body_limit(&self, limits: &config::Limits) -> u64 {
+        self.config.max_body_bytes.unwrap_or(limits.max_body_bytes)
+    }
+}
+
 /// Everything a request needs, consistent for its whole life.
 pub struct Snapshot {
     pub routes: Vec<Route>,

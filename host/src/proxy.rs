@@ -134,9 +134,7 @@ impl Gateway {
         strip_hop_by_hop(&mut parts.headers);
 
         let body_limit = route
-            .config
-            .max_body_bytes
-            .unwrap_or(ex.snapshot.limits.max_body_bytes)
+            .body_limit(&ex.snapshot.limits)
             .min(ex.snapshot.max_request_body.unwrap_or(u64::MAX));
         let mut body = if route.needs_request_body {
             ReqBody::Buffered(read_limited(body, &parts.headers, body_limit).await?)
@@ -412,10 +410,7 @@ impl Gateway {
                 let (mut parts, incoming) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 let body = if route.needs_response_body {
-                    let limit = route
-                        .config
-                        .max_body_bytes
-                        .unwrap_or(ex.snapshot.limits.max_body_bytes);
+                    let limit = route.body_limit(&ex.snapshot.limits);
                     let bytes =
                         Limited::new(incoming, usize::try_from(limit).unwrap_or(usize::MAX))
                             .collect()
