@@ -131,10 +131,13 @@ pub struct Server {
     /// Most header lines in a request; more gets 431.
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
-    /// Time a client has to send a whole request head, which is also how long an idle
-    /// keep-alive connection is kept open waiting for the next one.
+    /// Time a client has from the first byte of a request head to its end (slowloris).
     #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// How long a connection may wait for its next request to arrive in full, counted from
+    /// when it opened or from the end of the previous response (idle keep-alive).
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// Open client connections at most; beyond, new connections wait in the accept queue.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -148,6 +151,7 @@ impl Default for Server {
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
             header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
             max_connections: default_max_connections(),
             max_request_body_bytes: None,
         }
@@ -164,6 +168,10 @@ fn default_max_headers() -> usize {
 
 fn default_header_read_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_max_connections() -> usize {
@@ -505,8 +513,12 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
         if v.max_header_bytes < 8192 {
             src.at(srv, "server.max_header_bytes must be at least 8192");
         }
-        if v.max_headers == 0 || v.max_connections == 0 || v.header_read_timeout.is_zero() {
-            src.at(srv, "server: max_headers, max_connections and header_read_timeout must be greater than zero");
+        if v.max_headers == 0
+            || v.max_connections == 0
+            || v.header_read_timeout.is_zero()
+            || v.idle_timeout.is_zero()
+        {
+            src.at(srv, "server: max_headers, max_connections, header_read_timeout and idle_timeout must be greater than zero");
         }
     }
     let mut filter_limits = crate::runtime::Limits::default();

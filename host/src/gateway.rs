@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use crate::breaker::Breaker;
 use crate::capabilities::FilterCache;
 use crate::config::{self, Config, FailurePolicy, RouteConfig};
+use crate::framing::{FramingGuard, Guarding};
 use crate::registry::Registry;
 use crate::runtime::bindings::FilterInfo;
 use crate::runtime::{Limits, LoadedFilter, Runtime};
@@ -359,9 +360,15 @@ impl Gateway {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(server.header_read_timeout)
+            // hyper's timer runs from idle to a complete head; the guard times the head itself.
+            .header_read_timeout(server.idle_timeout)
             .max_buf_size(server.max_header_bytes)
             .max_headers(server.max_headers);
+        let guarding = Guarding {
+            max_head_bytes: server.max_header_bytes,
+            max_headers: server.max_headers,
+            head_timeout: server.header_read_timeout,
+        };
         let graceful = GracefulShutdown::new();
         let connections = Arc::new(tokio::sync::Semaphore::new(server.max_connections));
         tokio::pin!(shutdown);
@@ -387,6 +394,7 @@ impl Gateway {
                 let gateway = gateway.clone();
                 async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, client).await) }
             });
+            let stream = FramingGuard::new(stream, client, guarding);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             let conn = graceful.watch(conn.into_owned());
             tokio::spawn(async move {

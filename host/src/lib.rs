@@ -18,6 +18,7 @@ pub mod breaker;
 pub mod capabilities;
 pub mod config;
 pub mod error;
+pub mod framing;
 pub mod gateway;
 pub mod proxy;
 pub mod registry;

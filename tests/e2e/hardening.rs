@@ -84,30 +84,104 @@ async fn smuggling_vectors_and_oversized_requests_are_refused_before_the_upstrea
     assert_eq!(status(&ok), "200", "{ok}");
 }
 
-/// hyper resolves these while parsing (RFC 9112 §6.1: transfer-encoding wins, content-length is
-/// dropped), before the gateway sees the headers, so it cannot be refused yet; what matters is
-/// that the upstream never receives both framings.
+/// RFC 9112 lets a server resolve these (transfer-encoding wins); a gateway refuses them, because
+/// another hop may have read the other framing. Each is refused wherever it appears on a
+/// keep-alive connection, and the connection is closed so nothing after it is read.
 #[tokio::test]
-async fn ambiguous_framing_is_never_forwarded_as_such() {
+async fn ambiguous_framing_is_refused_even_after_requests_on_the_same_connection() {
     let up = Upstream::start("svc").await;
     let gw = gateway(&up).await;
-    let request = "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 40\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n4\r\nabcd\r\n0\r\n\r\n";
-    let response = raw(gw.running.addr, request.as_bytes()).await;
-    assert_eq!(status(&response), "200", "{response}");
-    let seen = &up.seen()[0];
+    let fine = "POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n3;x=1\r\nabc\r\n0\r\nx-t: 1\r\n\r\n\
+                POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n\r\nwxyz";
+    let smuggled = "GET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n";
+    let ambiguous = [
+        "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 40\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nhost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ncontent-length: 4\r\n\r\nabcd",
+    ];
+    for (i, bad) in ambiguous.iter().enumerate() {
+        let response = raw(gw.running.addr, format!("{fine}{bad}{smuggled}").as_bytes()).await;
+        let statuses: Vec<&str> = response
+            .match_indices("HTTP/1.1 ")
+            .map(|(at, _)| &response[at + 9..at + 12])
+            .collect();
+        assert_eq!(statuses, ["200", "200", "400"], "case {i}: {response}");
+        assert_eq!(
+            up.hits(),
+            2 * (i + 1),
+            "case {i}: only the well-formed requests arrive"
+        );
+    }
     assert!(
-        !seen.headers.contains_key("content-length"),
-        "both framings reached the upstream"
+        up.seen().iter().all(|r| r.path != "/smuggled"),
+        "nothing after a refused request is read"
     );
-    assert_eq!(seen.body_len, 4, "the chunked framing was used");
+}
 
-    // Repeated equal content-lengths are collapsed to one the same way.
-    let request = "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ncontent-length: 4\r\nconnection: close\r\n\r\nabcd";
-    let response = raw(gw.running.addr, request.as_bytes()).await;
-    assert_eq!(status(&response), "200", "{response}");
-    let seen = &up.seen()[1];
-    assert_eq!(seen.headers.get_all("content-length").iter().count(), 1);
-    assert_eq!(seen.body_len, 4);
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let up = Upstream::start("svc").await;
+    let gw = TestGateway::start(&format!(
+        "[server]\nidle_timeout = \"400ms\"\nheader_read_timeout = \"5s\"\n\
+         [services.svc]\nupstreams = [\"{}\"]\n\
+         [[routes]]\nname = \"all\"\nprefix = \"/\"\nservice = \"svc\"\n",
+        up.url()
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.running.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert_eq!(status(&String::from_utf8_lossy(&buf[..n])), "200");
+    let idle = Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the idle connection stayed open: {closed:?}"
+    );
+    let after = idle.elapsed();
+    assert!(
+        after >= Duration::from_millis(300) && after < Duration::from_millis(1500),
+        "closed after {after:?}, not at the 400 ms idle timeout"
+    );
+}
+
+#[tokio::test]
+async fn connections_over_max_connections_wait_until_one_closes() {
+    let up = Upstream::start("svc").await;
+    let gw = TestGateway::start(&format!(
+        "[server]\nmax_connections = 2\n\
+         [services.svc]\nupstreams = [\"{}\"]\n\
+         [[routes]]\nname = \"all\"\nprefix = \"/\"\nservice = \"svc\"\n",
+        up.url()
+    ))
+    .await;
+    let request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+    let mut buf = vec![0u8; 4096];
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(gw.running.addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let n = s.read(&mut buf).await.unwrap();
+        assert_eq!(status(&String::from_utf8_lossy(&buf[..n])), "200");
+        open.push(s);
+    }
+    // The third connection is accepted by the kernel but not served while two are open.
+    let mut third = TcpStream::connect(gw.running.addr).await.unwrap();
+    third.write_all(request).await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(500), third.read(&mut buf)).await;
+    assert!(waited.is_err(), "a third connection was served: {waited:?}");
+    assert_eq!(up.hits(), 2);
+
+    drop(open.pop());
+    let n = tokio::time::timeout(Duration::from_secs(3), third.read(&mut buf))
+        .await
+        .expect("served once a connection closed")
+        .unwrap();
+    assert_eq!(status(&String::from_utf8_lossy(&buf[..n])), "200");
+    assert_eq!(up.hits(), 3);
 }
 
 #[tokio::test]
