@@ -260,6 +260,7 @@ struct RawFilterLimits {
     deadline: Option<Duration>,
     memory_bytes: Option<usize>,
     max_output_bytes: Option<usize>,
+    requests_per_instance: Option<u32>,
 }
 
 impl RawFilterLimits {
@@ -268,6 +269,9 @@ impl RawFilterLimits {
             deadline: self.deadline.unwrap_or(base.deadline),
             memory_bytes: self.memory_bytes.unwrap_or(base.memory_bytes),
             max_output_bytes: self.max_output_bytes.unwrap_or(base.max_output_bytes),
+            requests_per_instance: self
+                .requests_per_instance
+                .unwrap_or(base.requests_per_instance),
         }
     }
 
@@ -286,6 +290,11 @@ impl RawFilterLimits {
             return Some(format!(
                 "{what}: memory_bytes must be between 1 MiB and {} MiB",
                 max_mem >> 20
+            ));
+        }
+        if self.requests_per_instance == Some(0) {
+            return Some(format!(
+                "{what}: requests_per_instance must be at least 1 (1: a fresh instance per request)"
             ));
         }
         if self.max_output_bytes == Some(0) {

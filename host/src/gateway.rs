@@ -22,14 +22,15 @@ use crate::config::{self, Config, FailurePolicy, RouteConfig};
 use crate::framing::{FramingGuard, Guarding};
 use crate::registry::Registry;
 use crate::runtime::bindings::FilterInfo;
-use crate::runtime::{Limits, LoadedFilter, Runtime};
+use crate::runtime::{InstancePool, Limits, LoadedFilter, Runtime};
 use crate::upstream::{self, HttpClient, Service};
 
 /// One filter of a route's chain, resolved against the loaded filters.
 pub enum ChainEntry {
     Ready {
         filter: Arc<LoadedFilter>,
-        config_json: String,
+        /// Instances of this binding.
+        instances: Arc<InstancePool>,
         /// What this route's config of the filter needs.
         info: FilterInfo,
         /// Services the route grants this filter.
@@ -134,8 +135,13 @@ impl Snapshot {
                 };
                 chain.push(match outcome {
                     Ok((filter, info)) => ChainEntry::Ready {
+                        instances: Arc::new(InstancePool::new(
+                            filter.clone(),
+                            f.config_json.clone(),
+                            &info,
+                            &f.limits,
+                        )),
                         filter,
-                        config_json: f.config_json.clone(),
                         info,
                         services: f.services.clone().into(),
                         cache: registry.cache(&f.name),

@@ -7,6 +7,11 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use wasmgate::{Config, RunningGateway};
 
+/// glibc's allocator cost 7% of the proxy's CPU under load (perf, bench/README.md); mimalloc's
+/// thread-local free lists take most of that back.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "wasmgate",

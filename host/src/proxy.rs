@@ -175,36 +175,36 @@ impl Gateway {
                 body: None,
             };
             for entry in &route.chain {
-                let (filter, config_json, services, cache, limits, on_failure, breaker) =
-                    match entry {
-                        ChainEntry::Ready {
-                            filter,
-                            config_json,
-                            services,
-                            cache,
-                            limits,
-                            on_failure,
-                            breaker,
-                            ..
-                        } => (
-                            filter,
-                            config_json,
-                            services,
-                            cache,
-                            *limits,
-                            *on_failure,
-                            breaker,
-                        ),
-                        ChainEntry::Unavailable { name, reason } => {
-                            return Err(GatewayError::new(
-                                ErrorKind::FilterUnavailable,
-                                format!(
-                                    "route {:?}: filter {name:?} is not loaded: {reason}",
-                                    route.config.name
-                                ),
-                            ));
-                        }
-                    };
+                let (filter, instances, services, cache, limits, on_failure, breaker) = match entry
+                {
+                    ChainEntry::Ready {
+                        filter,
+                        instances,
+                        services,
+                        cache,
+                        limits,
+                        on_failure,
+                        breaker,
+                        ..
+                    } => (
+                        filter,
+                        instances,
+                        services,
+                        cache,
+                        *limits,
+                        *on_failure,
+                        breaker,
+                    ),
+                    ChainEntry::Unavailable { name, reason } => {
+                        return Err(GatewayError::new(
+                            ErrorKind::FilterUnavailable,
+                            format!(
+                                "route {:?}: filter {name:?} is not loaded: {reason}",
+                                route.config.name
+                            ),
+                        ));
+                    }
+                };
                 let grants = Grants {
                     cache: cache.clone(),
                     outbound: (!services.is_empty()).then(|| {
@@ -232,7 +232,7 @@ impl Gateway {
                     }
                 }
                 let phase = async {
-                    let mut instance = filter.start(config_json, &ex.request_id, grants).await?;
+                    let mut instance = instances.take(&ex.request_id, grants).await?;
                     wit_req.body = match (&body, instance.info.needs_request_body) {
                         (ReqBody::Buffered(b), true) => Some(b.to_vec()),
                         _ => None,
@@ -450,6 +450,7 @@ impl Gateway {
             };
             match result {
                 Ok(mut next) => {
+                    instance.release();
                     if let Some(new_body) = next.body.take() {
                         body = RespBody::Buffered(Bytes::from(new_body));
                     }

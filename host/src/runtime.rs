@@ -4,8 +4,12 @@
 //! - One [`wasmtime::Engine`] for the process: pooling instance allocator, epoch interruption
 //!   (a background thread ticks every [`EPOCH_TICK`]).
 //! - A filter is compiled once per version and pre-instantiated ([`LoadedFilter`]).
-//! - Every request gets a fresh [`Store`] and instance per filter, kept for both of its phases
-//!   and then dropped: no request sees another's data, and a trapped instance is never reused.
+//! - Every request gets an instance per filter ([`InstancePool::take`]), kept for both of its
+//!   phases. By default the instance is fresh and dropped afterwards, so no request sees
+//!   another's data. A filter whose author declares it keeps nothing between requests
+//!   (`reuse-instance`) has its instances configured once and reused, up to
+//!   [`Limits::requests_per_instance`] requests each; an instance whose call failed in any way,
+//!   or whose request was abandoned mid-call, is never reused.
 //! - Each call runs under a deadline (checked on every epoch tick, yielding to tokio in
 //!   between, so a looping filter cannot hold a worker thread) and a linear-memory cap.
 
@@ -54,6 +58,9 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Cap on what one phase returns (header names and values plus body).
     pub max_output_bytes: usize,
+    /// Requests one instance may serve when its filter allows reuse; 1 means a fresh instance
+    /// for every request.
+    pub requests_per_instance: u32,
 }
 
 impl Default for Limits {
@@ -61,11 +68,14 @@ impl Default for Limits {
     /// few milliseconds for RSA), short enough that a loop is cut before clients time out.
     /// 32 MiB: a Rust filter with std starts near 1.2 MiB and may copy a buffered 1 MiB body
     /// several times. 2 MiB output: the default body limit plus headroom for headers.
+    /// 1000 requests per instance: reuse pays for itself after a few requests, and recycling
+    /// bounds what a slow leak or heap fragmentation inside a filter can grow to.
     fn default() -> Self {
         Self {
             deadline: Duration::from_millis(100),
             memory_bytes: 32 << 20,
             max_output_bytes: 2 << 20,
+            requests_per_instance: 1000,
         }
     }
 }
@@ -77,6 +87,12 @@ const KEEP_RESIDENT_BYTES: usize = 4 << 20;
 /// Filter instances alive at once across all requests (each in-flight request holds one per
 /// filter of its route).
 const POOL_INSTANCES: u32 = 2048;
+
+/// Idle instances kept per binding, and across all bindings (a share of [`POOL_INSTANCES`], so
+/// idle instances never starve requests of slots).
+const IDLE_PER_BINDING: usize = 64;
+const IDLE_TOTAL: usize = POOL_INSTANCES as usize / 2;
+static IDLE_INSTANCES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Why a filter call did not produce a result.
 #[derive(Debug, thiserror::Error)]
@@ -247,6 +263,7 @@ impl Runtime {
             info: FilterInfo {
                 needs_request_body: false,
                 needs_response_body: false,
+                reuse_instance: false,
             },
             hash,
             source,
@@ -416,6 +433,9 @@ impl LoadedFilter {
             bindings,
             info,
             limits,
+            pool: None,
+            served: 0,
+            failed: false,
         })
     }
 
@@ -430,6 +450,105 @@ impl LoadedFilter {
     }
 }
 
+/// The instances of one binding (a filter version with one route's config and grants).
+pub struct InstancePool {
+    filter: Arc<LoadedFilter>,
+    config_json: String,
+    /// Zero when instances are not reused.
+    requests_per_instance: u32,
+    idle: std::sync::Mutex<Vec<FilterInstance>>,
+}
+
+impl InstancePool {
+    /// Instances are reused when the filter declares it safe (`reuse-instance`, from its
+    /// configure result `info`) and the limits allow more than one request per instance.
+    pub fn new(
+        filter: Arc<LoadedFilter>,
+        config_json: String,
+        info: &FilterInfo,
+        limits: &Limits,
+    ) -> InstancePool {
+        let reuse = info.reuse_instance && limits.requests_per_instance > 1;
+        InstancePool {
+            filter,
+            config_json,
+            requests_per_instance: if reuse {
+                limits.requests_per_instance
+            } else {
+                0
+            },
+            idle: std::sync::Mutex::default(),
+        }
+    }
+
+    pub fn filter(&self) -> &Arc<LoadedFilter> {
+        &self.filter
+    }
+
+    pub fn config_json(&self) -> &str {
+        &self.config_json
+    }
+
+    /// An instance for one request: an idle one when the binding reuses instances, else a
+    /// fresh one configured now. `grants` carries this request's outbound access.
+    pub async fn take(
+        self: &Arc<Self>,
+        request_id: &str,
+        grants: Grants,
+    ) -> Result<FilterInstance, FilterError> {
+        let idle = match self.requests_per_instance {
+            0 => None,
+            _ => self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop(),
+        };
+        if let Some(mut instance) = idle {
+            IDLE_INSTANCES.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            let data = instance.store.data_mut();
+            data.request_id = request_id.into();
+            data.outbound = grants.outbound;
+            data.cache = grants.cache;
+            instance.limits = grants.limits;
+            // Epochs passed while it was idle; count its deadline from now.
+            instance.store.set_epoch_deadline(1);
+            return Ok(instance);
+        }
+        let mut instance = self
+            .filter
+            .start(&self.config_json, request_id, grants)
+            .await?;
+        if self.requests_per_instance > 0 {
+            instance.pool = Some(self.clone());
+        }
+        Ok(instance)
+    }
+
+    /// Instances idle in this pool.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn put_back(&self, mut instance: FilterInstance) {
+        use std::sync::atomic::Ordering;
+        // Nothing of the finished request stays reachable from the idle instance.
+        instance.store.data_mut().outbound = None;
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() >= IDLE_PER_BINDING {
+            return;
+        }
+        if IDLE_INSTANCES.fetch_add(1, Ordering::Relaxed) >= IDLE_TOTAL {
+            IDLE_INSTANCES.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        idle.push(instance);
+    }
+}
+
+impl Drop for InstancePool {
+    fn drop(&mut self) {
+        let idle = self.idle.get_mut().map_or(0, |v| v.len());
+        IDLE_INSTANCES.fetch_sub(idle, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// One filter instance serving one request's request and response phases.
 pub struct FilterInstance {
     filter: Arc<LoadedFilter>,
@@ -438,9 +557,28 @@ pub struct FilterInstance {
     /// What this instance's config needs.
     pub info: FilterInfo,
     pub limits: Limits,
+    /// Where it goes back after a clean request, when its binding reuses instances.
+    pool: Option<Arc<InstancePool>>,
+    /// Requests it has completed.
+    served: u32,
+    /// A call failed or was left unfinished: never reused.
+    failed: bool,
 }
 
 impl FilterInstance {
+    /// The request is done with this instance: back to its pool when its binding reuses
+    /// instances, every call succeeded and it has requests left; dropped otherwise. An
+    /// instance that is simply dropped (failure, abandoned request) is never reused.
+    pub fn release(mut self) {
+        self.served += 1;
+        if let Some(pool) = self.pool.clone()
+            && !self.failed
+            && self.served < pool.requests_per_instance
+        {
+            pool.put_back(self);
+        }
+    }
+
     pub fn filter(&self) -> &Arc<LoadedFilter> {
         &self.filter
     }
@@ -455,6 +593,7 @@ impl FilterInstance {
         req: &bindings::Request,
     ) -> Result<RequestAction, FilterError> {
         self.arm_deadline();
+        self.failed = true;
         let action = self
             .bindings
             .wasmgate_filter_filter()
@@ -469,6 +608,7 @@ impl FilterInstance {
             RequestAction::Respond(r) => output_size(&r.headers, r.body.as_deref()),
         };
         self.check_output(size)?;
+        self.failed = false;
         Ok(action)
     }
 
@@ -488,6 +628,7 @@ impl FilterInstance {
         resp: &bindings::Response,
     ) -> Result<bindings::Response, FilterError> {
         self.arm_deadline();
+        self.failed = true;
         let resp = self
             .bindings
             .wasmgate_filter_filter()
@@ -496,6 +637,7 @@ impl FilterInstance {
             .map_err(|e| FilterError::Trap(trap_reason(&e)))?
             .map_err(FilterError::Returned)?;
         self.check_output(output_size(&resp.headers, resp.body.as_deref()))?;
+        self.failed = false;
         Ok(resp)
     }
 }

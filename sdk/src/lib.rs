@@ -60,7 +60,8 @@ pub use serde_json;
 ///
 /// Every phase has a no-op default, so implement only what you need. The gateway creates the
 /// filter with [`Filter::new`] from the route's config before running a phase; state kept in
-/// `self` lives as long as the instance and must not carry data between requests.
+/// `self` lives as long as the instance and must not carry data between requests (see
+/// [`Filter::REUSE_INSTANCES`]).
 pub trait Filter: Sized + 'static {
     /// The per-route config, decoded from the table written under this filter in the route's
     /// config. Use [`NoConfig`] when the filter takes none.
@@ -73,6 +74,17 @@ pub trait Filter: Sized + 'static {
     /// Whether [`Filter::on_response`] needs the response body; see
     /// [`Filter::NEEDS_REQUEST_BODY`].
     const NEEDS_RESPONSE_BODY: bool = false;
+
+    /// Whether one instance of this filter may serve many requests, one after another.
+    ///
+    /// Set it to `true` when nothing from one request can reach the next: the phases take
+    /// `&self`, so this holds unless the filter writes request data into a `static`, a
+    /// `thread_local!` or a field with interior mutability (`Cell`, `RefCell`, `Mutex`). The
+    /// gateway then configures an instance once and reuses it (up to the route's
+    /// `requests_per_instance`, default 1000), which removes most of the per-request cost; an
+    /// instance whose call failed in any way is never reused. When `false` (the default) every
+    /// request gets a fresh instance.
+    const REUSE_INSTANCES: bool = false;
 
     /// What this configured filter needs. Defaults to the constants; override when it depends
     /// on the config (a route that only edits headers need not buffer bodies).
@@ -232,6 +244,7 @@ pub mod __rt {
         FilterInfo {
             needs_request_body: F::NEEDS_REQUEST_BODY,
             needs_response_body: F::NEEDS_RESPONSE_BODY,
+            reuse_instance: F::REUSE_INSTANCES,
         }
     }
 
@@ -246,6 +259,7 @@ pub mod __rt {
         Ok(FilterInfo {
             needs_request_body: needs.request_body,
             needs_response_body: needs.response_body,
+            reuse_instance: F::REUSE_INSTANCES,
         })
     }
 

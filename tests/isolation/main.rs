@@ -123,3 +123,44 @@ async fn twenty_runaway_requests_do_not_stall_a_healthy_route() {
         "healthy latency went to {max:?}"
     );
 }
+
+/// Which instance served each of `n` sequential requests to `path`: its request count.
+async fn instance_counts(gw: &TestGateway, path: &str, n: usize) -> Vec<String> {
+    let mut counts = Vec::new();
+    for _ in 0..n {
+        let r = gw.get(path).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        counts.push(
+            r.header("x-instance-requests")
+                .unwrap_or("none")
+                .to_string(),
+        );
+    }
+    counts
+}
+
+#[tokio::test]
+async fn instances_are_reused_only_when_the_filter_opts_in_and_never_after_a_failure() {
+    let up = Upstream::start("svc").await;
+    let gw = TestGateway::start(&format!(
+        "[services.svc]\nupstreams = [\"{}\"]\n\
+         [[routes]]\nname = \"fresh\"\nprefix = \"/fresh\"\nservice = \"svc\"\nfilters = [{{ name = \"counter-fresh\" }}]\n\
+         [[routes]]\nname = \"reuse\"\nprefix = \"/reuse\"\nservice = \"svc\"\nfilters = [{{ name = \"counter-reuse\", limits = {{ requests_per_instance = 4 }} }}]\n\
+         [[routes]]\nname = \"forced-fresh\"\nprefix = \"/forced-fresh\"\nservice = \"svc\"\nfilters = [{{ name = \"counter-reuse\", limits = {{ requests_per_instance = 1 }} }}]\n",
+        up.url()
+    ))
+    .await;
+
+    // Not opted in: every request starts from a fresh instance and sees nothing of the last.
+    assert_eq!(instance_counts(&gw, "/fresh", 3).await, ["1", "1", "1"]);
+    // Opted in: one instance serves requests one after another, up to the reuse limit.
+    assert_eq!(
+        instance_counts(&gw, "/reuse", 6).await,
+        ["1", "2", "3", "4", "1", "2"]
+    );
+    // A trap discards the instance it happened in: the next request gets a fresh one.
+    assert_eq!(gw.get("/reuse?panic").await.status, 500);
+    assert_eq!(instance_counts(&gw, "/reuse", 2).await, ["1", "2"]);
+    // The operator can turn reuse off for a route.
+    assert_eq!(instance_counts(&gw, "/forced-fresh", 2).await, ["1", "1"]);
+}

@@ -75,6 +75,8 @@ fn render(template: &str, req: &Request, ctx: &Context) -> String {
 
 impl Filter for Aggregate {
     type Config = Config;
+    // Nothing is kept between requests: `self` is only the parsed config.
+    const REUSE_INSTANCES: bool = true;
 
     fn new(config: Config) -> Result<Self, Error> {
         if config.parts.is_empty() {

@@ -68,6 +68,8 @@ fn refuse(status: u16, error: &str, header: &str) -> Action {
 
 impl Filter for ApiKey {
     type Config = Config;
+    // Nothing is kept between requests: `self` is only the parsed config.
+    const REUSE_INSTANCES: bool = true;
 
     fn new(config: Config) -> Result<Self, Error> {
         let hashes = config

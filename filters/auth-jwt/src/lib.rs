@@ -240,6 +240,8 @@ impl AuthJwt {
 
 impl Filter for AuthJwt {
     type Config = Config;
+    // Nothing is kept between requests: `self` is only the parsed config.
+    const REUSE_INSTANCES: bool = true;
 
     fn new(config: Config) -> Result<Self, Error> {
         let sources = [

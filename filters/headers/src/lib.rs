@@ -19,6 +19,8 @@ pub struct HeadersFilter(Config);
 
 impl Filter for HeadersFilter {
     type Config = Config;
+    // Nothing is kept between requests: `self` is only the parsed config.
+    const REUSE_INSTANCES: bool = true;
 
     fn new(config: Config) -> Result<Self, Error> {
         config.request.validate("request")?;

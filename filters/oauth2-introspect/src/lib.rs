@@ -114,6 +114,8 @@ impl Introspect {
 
 impl Filter for Introspect {
     type Config = Config;
+    // Nothing is kept between requests: `self` is only the parsed config.
+    const REUSE_INSTANCES: bool = true;
 
     fn new(config: Config) -> Result<Self, Error> {
         if !config.path.starts_with('/') {

@@ -129,6 +129,8 @@ fn edit_query(req: &mut Request, edits: &QueryEdits) {
 
 impl Filter for Transform {
     type Config = Config;
+    // Nothing is kept between requests: `self` is only the parsed config.
+    const REUSE_INSTANCES: bool = true;
 
     fn new(config: Config) -> Result<Self, Error> {
         config.request.headers.validate("request.headers")?;

@@ -1,0 +1,315 @@
+#!/usr/bin/env python3
+"""Run every benchmark scenario against the upstream, nginx and wasmgate in one go and write
+bench/RESULTS.md. Started by bench/run.sh after the release build; see bench/README.md."""
+
+import base64
+import datetime
+import hashlib
+import hmac
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+RELEASE = ROOT / "target" / "release"
+FILTERS = ROOT / "target" / "wasm32-wasip2" / "filter"
+DURATION = int(os.environ.get("DURATION", "10"))
+RATE = int(os.environ.get("RATE", "5000"))
+CONNECTIONS = 32
+JWT_SECRET = b"bench-secret-0123456789abcdef0123"  # as in bench/gateway.toml
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(port, what, proc):
+    for _ in range(200):
+        if proc.poll() is not None:
+            sys.exit(f"{what} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"{what} did not start listening on {port}")
+
+
+def jwt():
+    def b64(data):
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    claims = b64(json.dumps({"sub": "bench-user", "exp": int(time.time()) + 3600}).encode())
+    signing_input = header + b"." + claims
+    sig = b64(hmac.new(JWT_SECRET, signing_input, hashlib.sha256).digest())
+    return (signing_input + b"." + sig).decode()
+
+
+def json_body(size):
+    """A JSON object of about `size` bytes."""
+    items, n = [], 0
+    while n < size:
+        item = {"id": len(items), "name": f"item-{len(items)}", "tags": ["a", "b"], "price": 12.5}
+        items.append(item)
+        n += len(json.dumps(item)) + 1
+    return json.dumps({"user": "bench", "items": items}).encode()
+
+
+def ms(text):
+    """wrk's latency text (`812.00us`, `1.20ms`, `2.01s`) in milliseconds."""
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    value, unit = float(m.group(1)), m.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def wrk(url, connections=CONNECTIONS, body_file=None, headers=()):
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{DURATION}s", "--latency", "--timeout", "5s"]
+    for h in headers:
+        cmd += ["-H", h]
+    env = dict(os.environ)
+    if body_file:
+        cmd += ["-s", str(BENCH / "post.lua")]
+        env["BODY_FILE"] = str(body_file)
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, env=env, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = ms(re.search(r"\s50%\s+(\S+)", out).group(1))
+    p99 = ms(re.search(r"\s99%\s+(\S+)", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    failed = (int(bad.group(1)) if bad else 0) + (sum(map(int, errors.groups())) if errors else 0)
+    return {"rps": rps, "p50": p50, "p99": p99, "failed": failed}
+
+
+def fixed_rate(url, body_file=None, headers=()):
+    cmd = [str(RELEASE / "bench-load"), url, f"--rate={RATE}", f"--duration={DURATION}"]
+    cmd += [f"--connections={CONNECTIONS}"]
+    for h in headers:
+        cmd += ["-H", h]
+    if body_file:
+        cmd += ["--body-file", str(body_file)]
+    out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    return {"p50": out["p50_us"] / 1000, "p99": out["p99_us"] / 1000, "failed": out["errors"]}
+
+
+def rss_kib(pids):
+    """Resident and peak resident memory, summed over `pids`, in KiB."""
+    rss = hwm = 0
+    for pid in pids:
+        status = Path(f"/proc/{pid}/status").read_text()
+        rss += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+        hwm += int(re.search(r"VmHWM:\s+(\d+)", status).group(1))
+    return rss, hwm
+
+
+def nginx_pids(master):
+    children = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout
+    return [master] + [int(p) for p in children.split()]
+
+
+def ratio(value, peer):
+    return f"{value / peer:.2f}x" if peer else "-"
+
+
+def main():
+    work = Path(tempfile.mkdtemp(prefix="wasmgate-bench."))
+    procs = []
+    try:
+        return run(work, procs)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(work, procs):
+    up_port, nginx_port, gw_port = free_port(), free_port(), free_port()
+    upstream = f"127.0.0.1:{up_port}"
+
+    filters = work / "filters"
+    filters.mkdir()
+    for name in ["headers", "auth-jwt", "transform"]:
+        shutil.copy(FILTERS / f"{name.replace('-', '_')}.wasm", filters / f"{name}.wasm")
+    fill = {"@UPSTREAM@": upstream, "@FILTERS@": str(filters), "@DIR@": str(work)}
+
+    def template(name, listen):
+        text = (BENCH / name).read_text().replace("@LISTEN@", listen)
+        for key, value in fill.items():
+            text = text.replace(key, value)
+        (work / name).write_text(text)
+        return work / name
+
+    nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
+    nginx_version = subprocess.run([nginx_bin, "-v"], capture_output=True, text=True).stderr.strip()
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
+
+    up = subprocess.Popen([str(RELEASE / "bench-upstream"), upstream], stderr=subprocess.DEVNULL)
+    procs.append(up)
+    wait_for(up_port, "bench-upstream", up)
+    nginx = subprocess.Popen(
+        [nginx_bin, "-c", str(template("nginx.conf", f"127.0.0.1:{nginx_port}")), "-e",
+         str(work / "nginx-error.log")]
+    )
+    procs.append(nginx)
+    wait_for(nginx_port, "nginx", nginx)
+    gw = subprocess.Popen(
+        [str(RELEASE / "wasmgate"), "serve", "--config",
+         str(template("gateway.toml", f"127.0.0.1:{gw_port}"))],
+        env={**os.environ, "RUST_LOG": "warn"},
+    )
+    procs.append(gw)
+    wait_for(gw_port, "wasmgate", gw)
+
+    body16k, body1m = work / "16k.json", work / "1m.json"
+    body16k.write_bytes(json_body(16 << 10))
+    body1m.write_bytes(json_body(1 << 20))
+    auth = [f"Authorization: Bearer {jwt()}"]
+
+    direct = f"http://{upstream}"
+    ng = f"http://127.0.0.1:{nginx_port}"
+    wg = f"http://127.0.0.1:{gw_port}"
+    scenarios = [
+        ("upstream direct (ceiling)", f"{direct}/", None, None),
+        ("nginx", f"{ng}/", None, None),
+        ("wasmgate, no filter", f"{wg}/plain/", None, "nginx"),
+        ("wasmgate, 1 filter (headers)", f"{wg}/headers/", None, "nginx"),
+        ("wasmgate, 3 filters (auth-jwt, transform, headers)", f"{wg}/three/", None, "nginx"),
+        ("nginx, POST 16 KiB JSON", f"{ng}/", body16k, None),
+        ("wasmgate, POST 16 KiB JSON, no filter", f"{wg}/plain/", body16k, "nginx, POST 16 KiB JSON"),
+        ("wasmgate, POST 16 KiB JSON through transform (body)", f"{wg}/json/", body16k,
+         "nginx, POST 16 KiB JSON"),
+    ]
+    results = {}
+    for name, url, body, _ in scenarios:
+        print(f"max throughput: {name}", file=sys.stderr)
+        results[name] = wrk(url, body_file=body, headers=auth)
+    for name, url, body, _ in scenarios:
+        print(f"fixed rate: {name}", file=sys.stderr)
+        results[name]["fixed"] = fixed_rate(url, body_file=body, headers=auth)
+    gw_rss = rss_kib([gw.pid])
+    nginx_rss = rss_kib(nginx_pids(nginx.pid))
+
+    scaling_conns = []
+    for conns in [32, 256, 1024]:
+        row = {}
+        for target, url in [("nginx", f"{ng}/"), ("wasmgate, no filter", f"{wg}/plain/"),
+                            ("wasmgate, headers", f"{wg}/headers/")]:
+            print(f"scaling: {conns} connections, {target}", file=sys.stderr)
+            row[target] = wrk(url, connections=conns, headers=auth)
+        scaling_conns.append((conns, row))
+    scaling_body = []
+    for label, body in [("0 (GET)", None), ("16 KiB", body16k), ("1 MiB", body1m)]:
+        row = {}
+        for target, url in [("nginx", f"{ng}/"), ("wasmgate, no filter", f"{wg}/plain/")]:
+            print(f"scaling: body {label}, {target}", file=sys.stderr)
+            row[target] = wrk(url, body_file=body, headers=auth)
+        scaling_body.append((label, row))
+    gw_rss_end = rss_kib([gw.pid])
+    nginx_rss_end = rss_kib(nginx_pids(nginx.pid))
+
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Written by `bench/run.sh` on {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}.",
+        "",
+        f"- Machine: {os.cpu_count()} cores ({cpu_model()}), {mem_gib()} GiB, "
+        f"Linux {platform.release()}; load tool, servers and upstream share the same cores.",
+        f"- Peer: {nginx_version}, `worker_processes 2`, upstream keep-alive (`bench/nginx.conf`); "
+        "wasmgate release build with `RUST_LOG=warn` (`bench/gateway.toml`).",
+        f"- Upstream: `bench-upstream` (hyper, 2-byte answer). Load: {wrk_version}, "
+        f"`wrk -t1 -c{CONNECTIONS} -d{DURATION}s --latency` with the same `Authorization` header "
+        f"everywhere; fixed rate: `bench-load --rate {RATE} --connections {CONNECTIONS} "
+        f"--duration {DURATION}` (open loop, latency from when each request was due).",
+        "- Ratios are to nginx measured in this run: requests/s as wasmgate/nginx (higher is "
+        "better), p99 as wasmgate/nginx (lower is better).",
+        "",
+        f"## Maximum throughput and latency at {RATE} req/s",
+        "",
+        "| scenario | req/s | vs nginx | p50 ms | p99 ms | p50 ms @rate | p99 ms @rate | p99 @rate vs nginx | failed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, _, _, peer in scenarios:
+        r = results[name]
+        f = r["fixed"]
+        p = results.get(peer)
+        lines.append(
+            f"| {name} | {r['rps']:,.0f} | {ratio(r['rps'], p['rps']) if p else ''} | "
+            f"{r['p50']:.2f} | {r['p99']:.2f} | {f['p50']:.2f} | {f['p99']:.2f} | "
+            f"{ratio(f['p99'], p['fixed']['p99']) if p else ''} | {r['failed'] + f['failed']} |"
+        )
+    lines += [
+        "",
+        "## Resident memory",
+        "",
+        "| process | RSS after the scenarios above | RSS after scaling runs | peak RSS |",
+        "|---|---:|---:|---:|",
+        f"| wasmgate | {gw_rss[0] / 1024:.1f} MiB | {gw_rss_end[0] / 1024:.1f} MiB | "
+        f"{gw_rss_end[1] / 1024:.1f} MiB |",
+        f"| nginx (master + 2 workers) | {nginx_rss[0] / 1024:.1f} MiB | "
+        f"{nginx_rss_end[0] / 1024:.1f} MiB | {nginx_rss_end[1] / 1024:.1f} MiB |",
+        "",
+        "## Scaling with connections (GET)",
+        "",
+        "| connections | nginx req/s | nginx p99 ms | no filter req/s | vs nginx | p99 ms | "
+        "headers req/s | vs nginx | p99 ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for conns, row in scaling_conns:
+        n, w, h = row["nginx"], row["wasmgate, no filter"], row["wasmgate, headers"]
+        lines.append(
+            f"| {conns} | {n['rps']:,.0f} | {n['p99']:.2f} | {w['rps']:,.0f} | "
+            f"{ratio(w['rps'], n['rps'])} | {w['p99']:.2f} | {h['rps']:,.0f} | "
+            f"{ratio(h['rps'], n['rps'])} | {h['p99']:.2f} |"
+        )
+    lines += [
+        "",
+        f"## Scaling with request body size ({CONNECTIONS} connections, POST, no filter)",
+        "",
+        "| body | nginx req/s | nginx p99 ms | wasmgate req/s | vs nginx | wasmgate p99 ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, row in scaling_body:
+        n, w = row["nginx"], row["wasmgate, no filter"]
+        lines.append(
+            f"| {label} | {n['rps']:,.0f} | {n['p99']:.2f} | {w['rps']:,.0f} | "
+            f"{ratio(w['rps'], n['rps'])} | {w['p99']:.2f} |"
+        )
+    failed = sum(r["failed"] + r["fixed"]["failed"] for r in results.values())
+    failed += sum(r["failed"] for _, row in scaling_conns + scaling_body for r in row.values())
+    lines += ["", f"Failed requests over the whole run: {failed}.", ""]
+    text = "\n".join(lines)
+    (BENCH / "RESULTS.md").write_text(text)
+    print(text)
+    return 0
+
+
+def cpu_model():
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def mem_gib():
+    kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+    return round(kib / (1 << 20))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

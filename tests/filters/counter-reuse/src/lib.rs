@@ -1,0 +1,5 @@
+//! The counter test filter, declaring its instances reusable.
+
+const REUSE: bool = true;
+
+include!("../../counter.rs");
