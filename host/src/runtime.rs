@@ -509,6 +509,7 @@ impl InstancePool {
             instance.limits = grants.limits;
             // Epochs passed while it was idle; count its deadline from now.
             instance.store.set_epoch_deadline(1);
+            instance.pool = Some(self.clone());
             return Ok(instance);
         }
         let mut instance = self
@@ -528,8 +529,10 @@ impl InstancePool {
 
     fn put_back(&self, mut instance: FilterInstance) {
         use std::sync::atomic::Ordering;
-        // Nothing of the finished request stays reachable from the idle instance.
+        // Nothing of the finished request stays reachable from the idle instance, and it does
+        // not point back at its pool (a cycle that would keep both, and the engine, alive).
         instance.store.data_mut().outbound = None;
+        instance.pool = None;
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() >= IDLE_PER_BINDING {
             return;

@@ -164,3 +164,30 @@ async fn instances_are_reused_only_when_the_filter_opts_in_and_never_after_a_fai
     // The operator can turn reuse off for a route.
     assert_eq!(instance_counts(&gw, "/forced-fresh", 2).await, ["1", "1"]);
 }
+
+/// An idle instance must not keep its pool (and with it the engine and every slot it reserved)
+/// alive: dropping a snapshot's bindings frees them.
+#[tokio::test]
+async fn a_dropped_binding_frees_its_idle_instances() {
+    use wasmgate::runtime::{Grants, InstancePool, Runtime};
+    let runtime = Runtime::new().unwrap();
+    let bytes = std::fs::read(wasmgate_artifacts::filter("counter-reuse")).unwrap();
+    let filter = Arc::new(runtime.load("counter-reuse", bytes, None).await.unwrap());
+    let info = filter.check_config("{}").await.unwrap();
+    assert!(info.reuse_instance, "the filter opts in");
+    let pool = Arc::new(InstancePool::new(
+        filter.clone(),
+        "{}".into(),
+        &info,
+        &Default::default(),
+    ));
+    let instance = pool.take("r1", Grants::none()).await.unwrap();
+    instance.release();
+    assert_eq!(pool.idle(), 1, "released to the pool");
+    let weak = Arc::downgrade(&pool);
+    drop(pool);
+    assert!(
+        weak.upgrade().is_none(),
+        "the idle instance kept its pool alive"
+    );
+}
