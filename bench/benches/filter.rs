@@ -1,0 +1,170 @@
+//! One filter invocation through the host, per phase, for a trivial filter (`headers`, one
+//! request and one response header) and a JSON-body filter (`transform` setting a field in a
+//! 1 KiB JSON body); each with the instance strategies the gateway has (`reused`: the default
+//! for filters that opt in; `fresh`: a new instance per request), and chains of 1, 3 and 10
+//! filters. `cargo bench -p wasmgate-bench --bench filter`; see bench/README.md.
+
+use std::sync::Arc;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use wasmgate::runtime::bindings::{Request, Response, RouteContext};
+use wasmgate::runtime::{FilterInstance, Grants, InstancePool, Limits, Runtime};
+
+const HEADERS_CONFIG: &str =
+    r#"{"request":{"set":{"x-tenant":"bench"}},"response":{"set":{"x-served-by":"wasmgate"}}}"#;
+const JSON_CONFIG: &str = r#"{"request":{"body":[{"set":{"path":"meta.via","value":"gw"}}]}}"#;
+
+fn request(body: Option<Vec<u8>>) -> Request {
+    Request {
+        method: "POST".into(),
+        scheme: "http".into(),
+        authority: "api.example.com".into(),
+        path_with_query: "/users/42?view=full".into(),
+        headers: vec![
+            ("user-agent".into(), b"wrk".to_vec()),
+            ("accept".into(), b"*/*".to_vec()),
+            ("content-type".into(), b"application/json".to_vec()),
+        ],
+        body,
+    }
+}
+
+fn response() -> Response {
+    Response {
+        status: 200,
+        headers: vec![("content-type".into(), b"application/json".to_vec())],
+        body: None,
+    }
+}
+
+fn context() -> RouteContext {
+    RouteContext {
+        route: "bench".into(),
+        params: vec![],
+        client_addr: "127.0.0.1:40000".into(),
+        request_id: "0000000100000001".into(),
+    }
+}
+
+/// About 1 KiB of JSON.
+fn json_body() -> Vec<u8> {
+    let items: Vec<String> = (0..16)
+        .map(|i| format!(r#"{{"id":{i},"name":"item-{i}","price":12.5}}"#))
+        .collect();
+    format!(r#"{{"user":"bench","items":[{}]}}"#, items.join(",")).into_bytes()
+}
+
+struct Setup {
+    rt: tokio::runtime::Runtime,
+    runtime: Runtime,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let runtime = rt.block_on(async { Runtime::new() }).unwrap();
+        Setup { rt, runtime }
+    }
+
+    /// A binding of filter `name` with `config`; `reuse` false forces a fresh instance per
+    /// request.
+    fn pool(&self, name: &str, config: &str, reuse: bool) -> Arc<InstancePool> {
+        self.rt.block_on(async {
+            let bytes = std::fs::read(wasmgate_artifacts::filter(name)).unwrap();
+            let filter = Arc::new(self.runtime.load(name, bytes, None).await.unwrap());
+            let info = filter.check_config(config).await.unwrap();
+            let limits = Limits {
+                requests_per_instance: if reuse { 1000 } else { 1 },
+                ..Limits::default()
+            };
+            Arc::new(InstancePool::new(filter, config.into(), &info, &limits))
+        })
+    }
+}
+
+/// One request through `chain`: take an instance per filter, request phases in order, response
+/// phases in reverse, release.
+async fn through(chain: &[Arc<InstancePool>], req: &Request, ctx: &RouteContext) {
+    let mut ran: Vec<FilterInstance> = Vec::with_capacity(chain.len());
+    for pool in chain {
+        let mut instance = pool.take(&ctx.request_id, Grants::none()).await.unwrap();
+        instance.on_request(ctx, req).await.unwrap();
+        ran.push(instance);
+    }
+    let resp = response();
+    while let Some(mut instance) = ran.pop() {
+        instance.on_response(ctx, &resp).await.unwrap();
+        instance.release();
+    }
+}
+
+fn phases(c: &mut Criterion) {
+    let setup = Setup::new();
+    let ctx = context();
+    let mut group = c.benchmark_group("phase");
+    for (filter, config, body) in [
+        ("headers", HEADERS_CONFIG, None),
+        ("transform-json", JSON_CONFIG, Some(json_body())),
+    ] {
+        let name = filter.split('-').next().unwrap();
+        let req = request(body);
+        let pool = setup.pool(name, config, true);
+        // A phase call on an instance already taken: the cost the filter adds per phase.
+        let mut instance = setup
+            .rt
+            .block_on(pool.take(&ctx.request_id, Grants::none()))
+            .unwrap();
+        group.bench_function(BenchmarkId::new("on-request", filter), |b| {
+            b.iter(|| {
+                setup
+                    .rt
+                    .block_on(instance.on_request(&ctx, &req))
+                    .unwrap()
+            })
+        });
+        let resp = response();
+        group.bench_function(BenchmarkId::new("on-response", filter), |b| {
+            b.iter(|| {
+                setup
+                    .rt
+                    .block_on(instance.on_response(&ctx, &resp))
+                    .unwrap()
+            })
+        });
+        // Both phases with taking and releasing the instance, as a request does.
+        for reuse in [true, false] {
+            let pool = setup.pool(name, config, reuse);
+            let label = format!("{filter}/{}", if reuse { "reused" } else { "fresh" });
+            group.bench_function(BenchmarkId::new("request", label), |b| {
+                b.iter(|| {
+                    setup
+                        .rt
+                        .block_on(through(std::slice::from_ref(&pool), &req, &ctx))
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+fn chains(c: &mut Criterion) {
+    let setup = Setup::new();
+    let ctx = context();
+    let req = request(None);
+    let mut group = c.benchmark_group("chain");
+    for len in [1, 3, 10] {
+        let chain: Vec<_> = (0..len)
+            .map(|_| setup.pool("headers", HEADERS_CONFIG, true))
+            .collect();
+        group.bench_function(BenchmarkId::new("headers-reused", len), |b| {
+            b.iter(|| setup.rt.block_on(through(&chain, &req, &ctx)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, phases, chains);
+criterion_main!(benches);
