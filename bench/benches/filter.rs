@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use wasmgate::runtime::bindings::{Request, Response, RouteContext};
-use wasmgate::runtime::{FilterInstance, Grants, InstancePool, Limits, Runtime};
+use wasmgate::runtime::{FilterLease, Grants, InstancePool, Limits, Runtime};
 
 const HEADERS_CONFIG: &str =
     r#"{"request":{"set":{"x-tenant":"bench"}},"response":{"set":{"x-served-by":"wasmgate"}}}"#;
@@ -85,19 +85,18 @@ impl Setup {
     }
 }
 
-/// One request through `chain`: take an instance per filter, request phases in order, response
-/// phases in reverse, release.
+/// One request through `chain`: request phases in order, response phases in reverse, as the
+/// proxy runs them.
 async fn through(chain: &[Arc<InstancePool>], req: &Request, ctx: &RouteContext) {
-    let mut ran: Vec<FilterInstance> = Vec::with_capacity(chain.len());
+    let mut ran: Vec<FilterLease> = Vec::with_capacity(chain.len());
     for pool in chain {
-        let mut instance = pool.take(&ctx.request_id, Grants::none()).await.unwrap();
-        instance.on_request(ctx, req).await.unwrap();
-        ran.push(instance);
+        let mut lease = pool.lease(&ctx.request_id, Grants::none());
+        lease.on_request(ctx, req).await.unwrap();
+        ran.push(lease);
     }
     let resp = response();
-    while let Some(mut instance) = ran.pop() {
-        instance.on_response(ctx, &resp).await.unwrap();
-        instance.release();
+    while let Some(mut lease) = ran.pop() {
+        lease.on_response(ctx, &resp).await.unwrap();
     }
 }
 
@@ -112,29 +111,16 @@ fn phases(c: &mut Criterion) {
         let name = filter.split('-').next().unwrap();
         let req = request(body);
         let pool = setup.pool(name, config, true);
-        // A phase call on an instance already taken: the cost the filter adds per phase.
-        let mut instance = setup
-            .rt
-            .block_on(pool.take(&ctx.request_id, Grants::none()))
-            .unwrap();
+        // One phase call on a reused instance: the cost the filter adds per phase.
+        let mut lease = pool.lease(&ctx.request_id, Grants::none());
         group.bench_function(BenchmarkId::new("on-request", filter), |b| {
-            b.iter(|| {
-                setup
-                    .rt
-                    .block_on(instance.on_request(&ctx, &req))
-                    .unwrap()
-            })
+            b.iter(|| setup.rt.block_on(lease.on_request(&ctx, &req)).unwrap())
         });
         let resp = response();
         group.bench_function(BenchmarkId::new("on-response", filter), |b| {
-            b.iter(|| {
-                setup
-                    .rt
-                    .block_on(instance.on_response(&ctx, &resp))
-                    .unwrap()
-            })
+            b.iter(|| setup.rt.block_on(lease.on_response(&ctx, &resp)).unwrap())
         });
-        // Both phases with taking and releasing the instance, as a request does.
+        // A whole request through one filter: both phases, as the proxy runs them.
         for reuse in [true, false] {
             let pool = setup.pool(name, config, reuse);
             let label = format!("{filter}/{}", if reuse { "reused" } else { "fresh" });

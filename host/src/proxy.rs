@@ -17,7 +17,7 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::{ChainEntry, Gateway, Route, Snapshot};
 use crate::router::{MatchInput, host_without_port, method_and_host_match};
 use crate::runtime::bindings::{self, RequestAction, RouteContext};
-use crate::runtime::{FilterError, FilterInstance, Grants, LoadedFilter};
+use crate::runtime::{FilterError, FilterLease, Grants, LoadedFilter};
 use crate::upstream::{self, Body, BoxError};
 
 /// Headers that describe one connection and are never forwarded (RFC 9110 §7.6.1).
@@ -163,7 +163,7 @@ impl Gateway {
         };
 
         // Request phases, in chain order.
-        let mut ran: Vec<(FilterInstance, FailurePolicy)> = Vec::with_capacity(route.chain.len());
+        let mut ran: Vec<(FilterLease, FailurePolicy)> = Vec::with_capacity(route.chain.len());
         let mut early: Option<bindings::Response> = None;
         if !route.chain.is_empty() {
             let mut wit_req = bindings::Request {
@@ -232,16 +232,16 @@ impl Gateway {
                     }
                 }
                 let phase = async {
-                    let mut instance = instances.take(&ex.request_id, grants).await?;
-                    wit_req.body = match (&body, instance.info.needs_request_body) {
+                    let mut lease = instances.lease(&ex.request_id, grants);
+                    wit_req.body = match (&body, lease.info().needs_request_body) {
                         (ReqBody::Buffered(b), true) => Some(b.to_vec()),
                         _ => None,
                     };
-                    let action = instance.on_request(&ctx, &wit_req).await?;
+                    let action = lease.on_request(&ctx, &wit_req).await?;
                     if let RequestAction::Continue(next) = &action {
                         check_wit_request(next)?;
                     }
-                    Ok::<_, FilterError>((instance, action))
+                    Ok::<_, FilterError>((lease, action))
                 };
                 let outcome = phase.await;
                 let tripped = breaker.report(matches!(
@@ -257,7 +257,7 @@ impl Gateway {
                         crate::breaker::COOL_DOWN
                     );
                 }
-                let (instance, action) = match outcome {
+                let (lease, action) = match outcome {
                     Ok(done) => done,
                     Err(e) => {
                         failure_log(filter, &ex.request_id, "request", on_failure, &e);
@@ -270,7 +270,7 @@ impl Gateway {
                         }
                     }
                 };
-                ran.push((instance, on_failure));
+                ran.push((lease, on_failure));
                 match action {
                     RequestAction::Continue(mut next) => {
                         if let Some(new_body) = next.body.take() {
@@ -398,7 +398,7 @@ impl Gateway {
     async fn response_phases(
         &self,
         route: &Route,
-        mut ran: Vec<(FilterInstance, FailurePolicy)>,
+        mut ran: Vec<(FilterLease, FailurePolicy)>,
         response: ResponseState,
         ctx: &RouteContext,
         ex: &Exchange,
@@ -438,19 +438,18 @@ impl Gateway {
             }
         };
 
-        while let Some((mut instance, on_failure)) = ran.pop() {
-            let filter = instance.filter().clone();
-            wit_resp.body = match (&body, instance.info.needs_response_body) {
+        while let Some((mut lease, on_failure)) = ran.pop() {
+            let filter = lease.filter().clone();
+            wit_resp.body = match (&body, lease.info().needs_response_body) {
                 (RespBody::Buffered(b), true) => Some(b.to_vec()),
                 _ => None,
             };
-            let result = match instance.on_response(ctx, &wit_resp).await {
+            let result = match lease.on_response(ctx, &wit_resp).await {
                 Ok(next) => check_wit_response(&next).map(|()| next),
                 Err(e) => Err(e),
             };
             match result {
                 Ok(mut next) => {
-                    instance.release();
                     if let Some(new_body) = next.body.take() {
                         body = RespBody::Buffered(Bytes::from(new_body));
                     }

@@ -4,12 +4,15 @@
 //! - One [`wasmtime::Engine`] for the process: pooling instance allocator, epoch interruption
 //!   (a background thread ticks every [`EPOCH_TICK`]).
 //! - A filter is compiled once per version and pre-instantiated ([`LoadedFilter`]).
-//! - Every request gets an instance per filter ([`InstancePool::take`]), kept for both of its
-//!   phases. By default the instance is fresh and dropped afterwards, so no request sees
-//!   another's data. A filter whose author declares it keeps nothing between requests
-//!   (`reuse-instance`) has its instances configured once and reused, up to
-//!   [`Limits::requests_per_instance`] requests each; an instance whose call failed in any way,
-//!   or whose request was abandoned mid-call, is never reused.
+//! - A request uses each filter of its route through a [`FilterLease`]. By default the lease
+//!   holds one fresh instance for both phases and drops it afterwards, so no request sees
+//!   another's data. A filter whose author declares it keeps nothing in the instance between
+//!   calls (`reuse-instance`) has its instances configured once and shared: each phase call
+//!   takes an idle instance and gives it back when the call succeeds, so instances are held
+//!   only while wasm runs (not while the upstream answers) and a few serve any number of
+//!   connections. An instance is recycled after about [`Limits::requests_per_instance`]
+//!   requests; one whose call trapped, hit a limit or returned an error, or whose request was
+//!   abandoned mid-call, is never reused.
 //! - Each call runs under a deadline (checked on every epoch tick, yielding to tokio in
 //!   between, so a looping filter cannot hold a worker thread) and a linear-memory cap.
 
@@ -454,6 +457,8 @@ impl LoadedFilter {
 pub struct InstancePool {
     filter: Arc<LoadedFilter>,
     config_json: String,
+    /// What the binding's config needs.
+    info: FilterInfo,
     /// Zero when instances are not reused.
     requests_per_instance: u32,
     idle: std::sync::Mutex<Vec<FilterInstance>>,
@@ -472,6 +477,7 @@ impl InstancePool {
         InstancePool {
             filter,
             config_json,
+            info: info.clone(),
             requests_per_instance: if reuse {
                 limits.requests_per_instance
             } else {
@@ -489,9 +495,19 @@ impl InstancePool {
         &self.config_json
     }
 
-    /// An instance for one request: an idle one when the binding reuses instances, else a
-    /// fresh one configured now. `grants` carries this request's outbound access.
-    pub async fn take(
+    /// One request's use of this binding; `grants` carries the request's outbound access.
+    pub fn lease(self: &Arc<Self>, request_id: &str, grants: Grants) -> FilterLease {
+        FilterLease {
+            pool: self.clone(),
+            request_id: request_id.into(),
+            grants,
+            held: None,
+        }
+    }
+
+    /// An instance for one call: an idle one when the binding reuses instances, else a fresh
+    /// one configured now.
+    async fn take(
         self: &Arc<Self>,
         request_id: &str,
         grants: Grants,
@@ -552,7 +568,65 @@ impl Drop for InstancePool {
     }
 }
 
-/// One filter instance serving one request's request and response phases.
+/// One request's use of a binding: runs its phases on a held fresh instance, or on shared
+/// instances taken per call when the binding reuses them.
+pub struct FilterLease {
+    pool: Arc<InstancePool>,
+    request_id: Arc<str>,
+    grants: Grants,
+    /// The request's own instance, when instances are not shared.
+    held: Option<FilterInstance>,
+}
+
+impl FilterLease {
+    pub fn filter(&self) -> &Arc<LoadedFilter> {
+        &self.pool.filter
+    }
+
+    /// What the binding's config needs.
+    pub fn info(&self) -> &FilterInfo {
+        &self.pool.info
+    }
+
+    async fn instance(&mut self) -> Result<FilterInstance, FilterError> {
+        match self.held.take() {
+            Some(instance) => Ok(instance),
+            None => self.pool.take(&self.request_id, self.grants.clone()).await,
+        }
+    }
+
+    fn done(&mut self, instance: FilterInstance) {
+        if instance.pool.is_some() {
+            instance.release();
+        } else {
+            self.held = Some(instance);
+        }
+    }
+
+    pub async fn on_request(
+        &mut self,
+        ctx: &bindings::RouteContext,
+        req: &bindings::Request,
+    ) -> Result<RequestAction, FilterError> {
+        let mut instance = self.instance().await?;
+        let action = instance.on_request(ctx, req).await?;
+        self.done(instance);
+        Ok(action)
+    }
+
+    pub async fn on_response(
+        &mut self,
+        ctx: &bindings::RouteContext,
+        resp: &bindings::Response,
+    ) -> Result<bindings::Response, FilterError> {
+        let mut instance = self.instance().await?;
+        let resp = instance.on_response(ctx, resp).await?;
+        self.done(instance);
+        Ok(resp)
+    }
+}
+
+/// One filter instance: held by a request for both phases, or taken per call from its pool.
 pub struct FilterInstance {
     filter: Arc<LoadedFilter>,
     store: Store<HostState>,
@@ -560,23 +634,23 @@ pub struct FilterInstance {
     /// What this instance's config needs.
     pub info: FilterInfo,
     pub limits: Limits,
-    /// Where it goes back after a clean request, when its binding reuses instances.
+    /// Where it goes back after a clean call, when its binding reuses instances.
     pool: Option<Arc<InstancePool>>,
-    /// Requests it has completed.
+    /// Calls it has completed.
     served: u32,
     /// A call failed or was left unfinished: never reused.
     failed: bool,
 }
 
 impl FilterInstance {
-    /// The request is done with this instance: back to its pool when its binding reuses
-    /// instances, every call succeeded and it has requests left; dropped otherwise. An
-    /// instance that is simply dropped (failure, abandoned request) is never reused.
-    pub fn release(mut self) {
+    /// A call succeeded: back to its pool when its binding reuses instances and it has uses
+    /// left (two calls per request), dropped otherwise. An instance that is simply dropped
+    /// (failure, abandoned request) is never reused.
+    fn release(mut self) {
         self.served += 1;
         if let Some(pool) = self.pool.clone()
             && !self.failed
-            && self.served < pool.requests_per_instance
+            && self.served < pool.requests_per_instance.saturating_mul(2)
         {
             pool.put_back(self);
         }
@@ -590,7 +664,7 @@ impl FilterInstance {
         self.store.data_mut().deadline = Instant::now() + self.limits.deadline;
     }
 
-    pub async fn on_request(
+    async fn on_request(
         &mut self,
         ctx: &bindings::RouteContext,
         req: &bindings::Request,
@@ -625,7 +699,7 @@ impl FilterInstance {
         Ok(())
     }
 
-    pub async fn on_response(
+    async fn on_response(
         &mut self,
         ctx: &bindings::RouteContext,
         resp: &bindings::Response,

@@ -169,6 +169,7 @@ async fn instances_are_reused_only_when_the_filter_opts_in_and_never_after_a_fai
 /// alive: dropping a snapshot's bindings frees them.
 #[tokio::test]
 async fn a_dropped_binding_frees_its_idle_instances() {
+    use wasmgate::runtime::bindings::{Request, RouteContext};
     use wasmgate::runtime::{Grants, InstancePool, Runtime};
     let runtime = Runtime::new().unwrap();
     let bytes = std::fs::read(wasmgate_artifacts::filter("counter-reuse")).unwrap();
@@ -181,9 +182,24 @@ async fn a_dropped_binding_frees_its_idle_instances() {
         &info,
         &Default::default(),
     ));
-    let instance = pool.take("r1", Grants::none()).await.unwrap();
-    instance.release();
-    assert_eq!(pool.idle(), 1, "released to the pool");
+    let ctx = RouteContext {
+        route: "r".into(),
+        params: vec![],
+        client_addr: "127.0.0.1:1".into(),
+        request_id: "r1".into(),
+    };
+    let req = Request {
+        method: "GET".into(),
+        scheme: "http".into(),
+        authority: "x".into(),
+        path_with_query: "/".into(),
+        headers: vec![],
+        body: None,
+    };
+    let mut lease = pool.lease("r1", Grants::none());
+    lease.on_request(&ctx, &req).await.unwrap();
+    drop(lease);
+    assert_eq!(pool.idle(), 1, "given back to the pool after the call");
     let weak = Arc::downgrade(&pool);
     drop(pool);
     assert!(
