@@ -477,7 +477,7 @@ impl InstancePool {
         InstancePool {
             filter,
             config_json,
-            info: info.clone(),
+            info: *info,
             requests_per_instance: if reuse {
                 limits.requests_per_instance
             } else {
