@@ -219,25 +219,24 @@ async fn call(ctx: &Outbound, req: OutboundRequest) -> Result<OutboundResponse, 
     let timeout = req.timeout_ms.map_or(ctx.timeout, |ms| {
         Duration::from_millis(u64::from(ms)).min(ctx.timeout)
     });
-    let exchange =
-        async {
-            let resp =
-                ctx.snapshot.client.request(outgoing).await.map_err(|e| {
-                    CallError::Unavailable(format!("service {:?}: {e}", req.service))
-                })?;
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            let body = Limited::new(body, ctx.max_body)
-                .collect()
-                .await
-                .map_err(|e: BoxError| CallError::Invalid(format!("response body: {e}")))?
-                .to_bytes();
-            Ok(OutboundResponse {
-                status: parts.status.as_u16(),
-                headers: to_wit_headers(&parts.headers),
-                body: body.to_vec(),
-            })
-        };
+    let exchange = async {
+        let resp = crate::upstream::local_client(ctx.snapshot.timeouts.connect)
+            .request(outgoing)
+            .await
+            .map_err(|e| CallError::Unavailable(format!("service {:?}: {e}", req.service)))?;
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let body = Limited::new(body, ctx.max_body)
+            .collect()
+            .await
+            .map_err(|e: BoxError| CallError::Invalid(format!("response body: {e}")))?
+            .to_bytes();
+        Ok(OutboundResponse {
+            status: parts.status.as_u16(),
+            headers: to_wit_headers(&parts.headers),
+            body: body.to_vec(),
+        })
+    };
     match tokio::time::timeout(timeout, exchange).await {
         Ok(result) => result,
         Err(_) => Err(CallError::Timeout),

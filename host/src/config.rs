@@ -141,8 +141,20 @@ pub struct Server {
     /// Open client connections at most; beyond, new connections wait in the accept queue.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Serving threads, each with its own listener socket and upstream connection pool.
+    /// Default: one per CPU.
+    pub workers: Option<usize>,
     /// Largest request body on any route, streamed or not (413 beyond). Unlimited when absent.
     pub max_request_body_bytes: Option<u64>,
+}
+
+impl Server {
+    /// Serving threads to run.
+    pub fn worker_count(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
 }
 
 impl Default for Server {
@@ -153,6 +165,7 @@ impl Default for Server {
             header_read_timeout: default_header_read_timeout(),
             idle_timeout: default_idle_timeout(),
             max_connections: default_max_connections(),
+            workers: None,
             max_request_body_bytes: None,
         }
     }
@@ -526,8 +539,9 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
             || v.max_connections == 0
             || v.header_read_timeout.is_zero()
             || v.idle_timeout.is_zero()
+            || v.workers == Some(0)
         {
-            src.at(srv, "server: max_headers, max_connections, header_read_timeout and idle_timeout must be greater than zero");
+            src.at(srv, "server: max_headers, max_connections, workers, header_read_timeout and idle_timeout must be greater than zero");
         }
     }
     let mut filter_limits = crate::runtime::Limits::default();

@@ -23,7 +23,7 @@ use crate::framing::{FramingGuard, Guarding};
 use crate::registry::Registry;
 use crate::runtime::bindings::FilterInfo;
 use crate::runtime::{InstancePool, Limits, LoadedFilter, Runtime};
-use crate::upstream::{self, HttpClient, Service};
+use crate::upstream::Service;
 
 /// One filter of a route's chain, resolved against the loaded filters.
 pub enum ChainEntry {
@@ -67,8 +67,6 @@ pub struct Snapshot {
     pub services: HashMap<String, Service>,
     pub timeouts: config::Timeouts,
     pub limits: config::Limits,
-    /// The pooled upstream client; shared across snapshots unless the connect timeout changes.
-    pub client: HttpClient,
     /// `server.max_request_body_bytes`.
     pub max_request_body: Option<u64>,
 }
@@ -115,12 +113,8 @@ pub fn filter_path(dir: &Path, name: &str) -> PathBuf {
 impl Snapshot {
     /// Resolve `config`'s routes against the serving filters, checking each route's filter
     /// config with the filter itself. Problems make the affected routes answer 503 and are
-    /// returned. `client` is the pooled upstream client to keep using.
-    pub async fn build(
-        config: &Config,
-        registry: &mut Registry,
-        client: HttpClient,
-    ) -> (Snapshot, Vec<FilterProblem>) {
+    /// returned.
+    pub async fn build(config: &Config, registry: &mut Registry) -> (Snapshot, Vec<FilterProblem>) {
         let mut problems = Vec::new();
         let mut routes = Vec::with_capacity(config.routes.len());
         for rc in &config.routes {
@@ -188,7 +182,6 @@ impl Snapshot {
             services,
             timeouts: config.timeouts,
             limits: config.limits,
-            client,
             max_request_body: config.server.max_request_body_bytes,
         };
         (snapshot, problems)
@@ -224,8 +217,7 @@ impl Gateway {
     pub async fn new(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Arc<Gateway>> {
         let runtime = Runtime::new()?;
         let mut registry = Registry::load(&runtime, &config).await;
-        let client = upstream::client(config.timeouts.connect);
-        let (snapshot, problems) = Snapshot::build(&config, &mut registry, client).await;
+        let (snapshot, problems) = Snapshot::build(&config, &mut registry).await;
         log_problems(&problems);
         Ok(Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -278,11 +270,6 @@ impl Gateway {
             tracing::warn!("[server] settings changed: restart wasmgate to apply them");
         }
         let dir_changed = new.filters_dir != old.filters_dir || new.cache_dir != old.cache_dir;
-        let client = if new.timeouts.connect == old.timeouts.connect {
-            self.snapshot().client.clone()
-        } else {
-            upstream::client(new.timeouts.connect)
-        };
         let referenced = referenced_filters(&new);
         let state = &mut *state;
         for name in &referenced {
@@ -291,7 +278,7 @@ impl Gateway {
             }
         }
         state.registry.retain(&referenced);
-        self.rebuild(&new, &mut state.registry, client).await;
+        self.rebuild(&new, &mut state.registry).await;
         tracing::info!(file = %path.display(), routes = new.routes.len(), "config reloaded");
         state.config = new;
         state.config_loaded_at = SystemTime::now();
@@ -324,16 +311,14 @@ impl Gateway {
             }
         }
         if !changed.is_empty() {
-            let client = self.snapshot().client.clone();
-            self.rebuild(&state.config, &mut state.registry, client)
-                .await;
+            self.rebuild(&state.config, &mut state.registry).await;
         }
         changed
     }
 
     /// Build a snapshot of `config` over `registry`, log its filter problems, and serve it.
-    async fn rebuild(&self, config: &Config, registry: &mut Registry, client: HttpClient) {
-        let (snapshot, problems) = Snapshot::build(config, registry, client).await;
+    async fn rebuild(&self, config: &Config, registry: &mut Registry) {
+        let (snapshot, problems) = Snapshot::build(config, registry).await;
         log_problems(&problems);
         self.install(snapshot);
     }
@@ -354,11 +339,12 @@ impl Gateway {
     }
 
     /// Accept connections on `listener` until `shutdown` resolves, then stop accepting and give
-    /// in-flight requests up to `drain` to finish.
+    /// in-flight requests up to `drain` to finish. `connections` is shared by every listener.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         server: config::Server,
+        connections: Arc<tokio::sync::Semaphore>,
         shutdown: impl Future<Output = ()>,
         drain: Duration,
     ) {
@@ -376,13 +362,11 @@ impl Gateway {
             head_timeout: server.header_read_timeout,
         };
         let graceful = GracefulShutdown::new();
-        let connections = Arc::new(tokio::sync::Semaphore::new(server.max_connections));
         tokio::pin!(shutdown);
         loop {
-            let permit = tokio::select! {
-                permit = connections.clone().acquire_owned() => permit.expect("never closed"),
-                () = &mut shutdown => break,
-            };
+            // Accept, then wait for a connection slot before serving: with one listener per
+            // worker, a slot taken before accepting could sit on a listener the kernel sends no
+            // connection to while another listener's connections wait.
             let (stream, client) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(conn) => conn,
@@ -392,6 +376,10 @@ impl Gateway {
                         continue;
                     }
                 },
+                () = &mut shutdown => break,
+            };
+            let permit = tokio::select! {
+                permit = connections.clone().acquire_owned() => permit.expect("never closed"),
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
@@ -427,9 +415,36 @@ pub struct RunningGateway {
     /// The admin endpoint's address, when enabled.
     pub admin_addr: Option<SocketAddr>,
     pub gateway: Arc<Gateway>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Tells the serving threads to stop; dropping it does too.
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+    /// Resolves when every serving thread has drained and exited.
     task: tokio::task::JoinHandle<()>,
     background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// One listening socket per serving thread on `addr`, all in one `SO_REUSEPORT` group so the
+/// kernel spreads connections over them; port 0 picks one free port for all. Each is handed
+/// over unregistered: its worker registers it with its own runtime.
+fn bind_workers(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    if addr.port() != 0 {
+        // SO_REUSEPORT would let a second gateway of the same user silently share the port;
+        // a plain bind first makes "address in use" an error as usual.
+        drop(std::net::TcpListener::bind(addr)?);
+    }
+    let mut addr = addr;
+    let mut listeners = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        addr = socket.local_addr()?;
+        listeners.push(socket.listen(4096)?.into_std()?);
+    }
+    Ok(listeners)
 }
 
 /// How long in-flight requests get to finish after a stop.
@@ -448,8 +463,7 @@ impl RunningGateway {
             config.server,
             config.filters_dir.clone(),
         );
-        let listener = TcpListener::bind(listen)
-            .await
+        let listeners = bind_workers(listen, server.worker_count())
             .with_context(|| format!("binding {listen}"))?;
         let admin_listener = match admin.listen {
             Some(addr) => Some(
@@ -460,7 +474,7 @@ impl RunningGateway {
             None => None,
         };
         let gateway = Gateway::new(config, config_path.clone()).await?;
-        let addr = listener.local_addr()?;
+        let addr = listeners[0].local_addr()?;
         let mut background = Vec::new();
         let admin_addr = match admin_listener {
             Some(l) => {
@@ -476,16 +490,41 @@ impl RunningGateway {
             config_path,
         )?);
 
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(gateway.clone().serve(
-            listener,
-            server,
-            async {
-                let _ = stopped.await;
-            },
-            DRAIN_TIMEOUT,
-        ));
-        tracing::info!(listen = %addr, admin = ?admin_addr, "wasmgate serving");
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let connections = Arc::new(tokio::sync::Semaphore::new(server.max_connections));
+        let mut exited = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let (gateway, connections, mut stopped) =
+                (gateway.clone(), connections.clone(), stopped.clone());
+            let (done, exit) = tokio::sync::oneshot::channel::<()>();
+            exited.push(exit);
+            std::thread::Builder::new()
+                .name(format!("wasmgate-worker-{i}"))
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a worker runtime");
+                    runtime.block_on(async move {
+                        let listener = TcpListener::from_std(listener).expect("a listener");
+                        // Stop when told, or when the RunningGateway is dropped.
+                        let shutdown = async move {
+                            let _ = stopped.wait_for(|stop| *stop).await;
+                        };
+                        gateway
+                            .serve(listener, server, connections, shutdown, DRAIN_TIMEOUT)
+                            .await;
+                    });
+                    drop(done);
+                })
+                .context("starting a worker thread")?;
+        }
+        let task = tokio::spawn(async move {
+            for exit in exited {
+                let _ = exit.await;
+            }
+        });
+        tracing::info!(listen = %addr, admin = ?admin_addr, workers = server.worker_count(), "wasmgate serving");
         Ok(RunningGateway {
             addr,
             admin_addr,
@@ -500,7 +539,7 @@ impl RunningGateway {
     /// endpoint and the watcher.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
         let _ = (&mut self.task).await;
         for task in &self.background {

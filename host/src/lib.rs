@@ -42,8 +42,7 @@ pub async fn check(path: &std::path::Path) -> Result<CheckReport, config::Config
         }],
     })?;
     let mut registry = registry::Registry::load(&runtime, &config).await;
-    let client = upstream::client(config.timeouts.connect);
-    let (_, problems) = gateway::Snapshot::build(&config, &mut registry, client).await;
+    let (_, problems) = gateway::Snapshot::build(&config, &mut registry).await;
     Ok(CheckReport {
         routes: config.routes.len(),
         filters: registry.slots.len(),

@@ -365,7 +365,12 @@ impl Gateway {
         *req.headers_mut() = headers;
 
         let timeout = route.config.timeout.unwrap_or(ex.snapshot.timeouts.request);
-        match tokio::time::timeout(timeout, ex.snapshot.client.request(req)).await {
+        match tokio::time::timeout(
+            timeout,
+            upstream::local_client(ex.snapshot.timeouts.connect).request(req),
+        )
+        .await
+        {
             Err(_) => Err(GatewayError::new(
                 ErrorKind::UpstreamTimeout,
                 format!("service {service_name:?} ({uri}) sent no response within {timeout:?}"),

@@ -1,5 +1,5 @@
-//! Upstream services: instances picked round-robin, one pooled keep-alive HTTP client shared by
-//! every route (and by config reloads).
+//! Upstream services: instances picked round-robin, and a pooled keep-alive HTTP client per
+//! serving thread shared by every route (and by config reloads).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -22,8 +22,29 @@ pub type HttpClient = Client<HttpConnector, Body>;
 /// Idle upstream connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Build the pooled client.
-pub fn client(connect_timeout: Duration) -> HttpClient {
+thread_local! {
+    /// This thread's pool: a request and the upstream connection it uses stay on one thread.
+    static LOCAL: std::cell::RefCell<Option<(Duration, HttpClient)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The calling thread's pooled client; a new pool when the connect timeout changed.
+pub fn local_client(connect_timeout: Duration) -> HttpClient {
+    LOCAL.with(|local| {
+        let mut local = local.borrow_mut();
+        match &*local {
+            Some((timeout, client)) if *timeout == connect_timeout => client.clone(),
+            _ => {
+                let fresh = client(connect_timeout);
+                *local = Some((connect_timeout, fresh.clone()));
+                fresh
+            }
+        }
+    })
+}
+
+/// Build a pooled client.
+fn client(connect_timeout: Duration) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_nodelay(true);
