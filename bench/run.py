@@ -11,6 +11,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -175,6 +176,19 @@ def run(work, procs):
     )
     procs.append(gw)
     wait_for(gw_port, "wasmgate", gw)
+
+    if "--serve" in sys.argv[1:]:
+        # For profiling: keep the three servers up until interrupted.
+        print(f"upstream http://{upstream}/\nnginx    http://127.0.0.1:{nginx_port}/\n"
+              f"wasmgate http://127.0.0.1:{gw_port}/{{plain,headers,three,json}}/ (pid {gw.pid})\n"
+              f"Authorization: Bearer {jwt()}", flush=True)
+        # SIGTERM as well as Ctrl-C stops the servers (main's cleanup runs either way).
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        try:
+            gw.wait()
+        except KeyboardInterrupt:
+            pass
+        return 0
 
     body16k, body1m = work / "16k.json", work / "1m.json"
     body16k.write_bytes(json_body(16 << 10))
