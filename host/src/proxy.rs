@@ -59,8 +59,9 @@ impl Gateway {
     ) -> Response<Body> {
         let started = Instant::now();
         let request_id = self.next_request_id();
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
+        // Kept for the access log, when it is on.
+        let logged = tracing::enabled!(target: "wasmgate::access", tracing::Level::INFO)
+            .then(|| (req.method().clone(), req.uri().path().to_string()));
         let ex = Exchange {
             request_id,
             client,
@@ -80,15 +81,17 @@ impl Gateway {
         if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
             resp.headers_mut().insert(X_REQUEST_ID, id);
         }
-        tracing::info!(
-            target: "wasmgate::access",
-            request_id = %ex.request_id,
-            client = %client,
-            %method,
-            path,
-            status = resp.status().as_u16(),
-            micros = started.elapsed().as_micros() as u64,
-        );
+        if let Some((method, path)) = logged {
+            tracing::info!(
+                target: "wasmgate::access",
+                request_id = %ex.request_id,
+                client = %client,
+                %method,
+                path,
+                status = resp.status().as_u16(),
+                micros = started.elapsed().as_micros() as u64,
+            );
+        }
         resp
     }
 
@@ -155,6 +158,10 @@ impl Gateway {
             path_and_query: upstream_path,
             headers: parts.headers,
         };
+        if route.chain.is_empty() {
+            let resp = self.call_upstream(route, outgoing, body, ex).await?;
+            return Ok(stream_back(resp));
+        }
         let ctx = RouteContext {
             route: route.config.name.clone(),
             params,
@@ -165,133 +172,130 @@ impl Gateway {
         // Request phases, in chain order.
         let mut ran: Vec<(FilterLease, FailurePolicy)> = Vec::with_capacity(route.chain.len());
         let mut early: Option<bindings::Response> = None;
-        if !route.chain.is_empty() {
-            let mut wit_req = bindings::Request {
-                method: outgoing.method.to_string(),
-                scheme: "http".into(),
-                authority: authority.clone(),
-                path_with_query: std::mem::take(&mut outgoing.path_and_query),
-                headers: to_wit_headers(&outgoing.headers),
-                body: None,
+        let mut wit_req = bindings::Request {
+            method: outgoing.method.to_string(),
+            scheme: "http".into(),
+            authority: authority.clone(),
+            path_with_query: std::mem::take(&mut outgoing.path_and_query),
+            headers: to_wit_headers(&outgoing.headers),
+            body: None,
+        };
+        for entry in &route.chain {
+            let (filter, instances, services, cache, limits, on_failure, breaker) = match entry {
+                ChainEntry::Ready {
+                    filter,
+                    instances,
+                    services,
+                    cache,
+                    limits,
+                    on_failure,
+                    breaker,
+                    ..
+                } => (
+                    filter,
+                    instances,
+                    services,
+                    cache,
+                    *limits,
+                    *on_failure,
+                    breaker,
+                ),
+                ChainEntry::Unavailable { name, reason } => {
+                    return Err(GatewayError::new(
+                        ErrorKind::FilterUnavailable,
+                        format!(
+                            "route {:?}: filter {name:?} is not loaded: {reason}",
+                            route.config.name
+                        ),
+                    ));
+                }
             };
-            for entry in &route.chain {
-                let (filter, instances, services, cache, limits, on_failure, breaker) = match entry
-                {
-                    ChainEntry::Ready {
-                        filter,
-                        instances,
-                        services,
-                        cache,
-                        limits,
-                        on_failure,
-                        breaker,
-                        ..
-                    } => (
-                        filter,
-                        instances,
-                        services,
-                        cache,
-                        *limits,
-                        *on_failure,
-                        breaker,
-                    ),
-                    ChainEntry::Unavailable { name, reason } => {
+            let grants = Grants {
+                cache: cache.clone(),
+                outbound: (!services.is_empty()).then(|| {
+                    Arc::new(Outbound {
+                        snapshot: ex.snapshot.clone(),
+                        granted: services.clone(),
+                        timeout: route.config.timeout.unwrap_or(ex.snapshot.timeouts.request),
+                        max_body: usize::try_from(body_limit).unwrap_or(usize::MAX),
+                    })
+                }),
+                limits,
+            };
+            if !breaker.allow() {
+                match on_failure {
+                    FailurePolicy::FailClosed => {
                         return Err(GatewayError::new(
                             ErrorKind::FilterUnavailable,
                             format!(
-                                "route {:?}: filter {name:?} is not loaded: {reason}",
-                                route.config.name
+                                "filter {:?} is failing repeatedly; not run (breaker open)",
+                                filter.name
                             ),
                         ));
                     }
+                    FailurePolicy::FailOpen => continue,
+                }
+            }
+            let phase = async {
+                let mut lease = instances.lease(&ex.request_id, grants);
+                wit_req.body = match (&body, lease.info().needs_request_body) {
+                    (ReqBody::Buffered(b), true) => Some(b.to_vec()),
+                    _ => None,
                 };
-                let grants = Grants {
-                    cache: cache.clone(),
-                    outbound: (!services.is_empty()).then(|| {
-                        Arc::new(Outbound {
-                            snapshot: ex.snapshot.clone(),
-                            granted: services.clone(),
-                            timeout: route.config.timeout.unwrap_or(ex.snapshot.timeouts.request),
-                            max_body: usize::try_from(body_limit).unwrap_or(usize::MAX),
-                        })
-                    }),
-                    limits,
-                };
-                if !breaker.allow() {
+                let action = lease.on_request(&ctx, &wit_req).await?;
+                if let RequestAction::Continue(next) = &action {
+                    check_wit_request(next)?;
+                }
+                Ok::<_, FilterError>((lease, action))
+            };
+            let outcome = phase.await;
+            let tripped = breaker.report(matches!(
+                outcome,
+                Err(FilterError::Trap(_) | FilterError::Invalid(_))
+            ));
+            if tripped {
+                tracing::error!(
+                    filter = %filter.name,
+                    version = %crate::registry::short(&filter.hash),
+                    route = %route.config.name,
+                    "filter keeps failing; not running it for {:?}",
+                    crate::breaker::COOL_DOWN
+                );
+            }
+            let (lease, action) = match outcome {
+                Ok(done) => done,
+                Err(e) => {
+                    failure_log(filter, &ex.request_id, "request", on_failure, &e);
                     match on_failure {
                         FailurePolicy::FailClosed => {
-                            return Err(GatewayError::new(
-                                ErrorKind::FilterUnavailable,
-                                format!(
-                                    "filter {:?} is failing repeatedly; not run (breaker open)",
-                                    filter.name
-                                ),
-                            ));
+                            return Err(filter_failed(&filter.name, e));
                         }
+                        // As if the filter were absent: the request goes on unchanged.
                         FailurePolicy::FailOpen => continue,
                     }
                 }
-                let phase = async {
-                    let mut lease = instances.lease(&ex.request_id, grants);
-                    wit_req.body = match (&body, lease.info().needs_request_body) {
-                        (ReqBody::Buffered(b), true) => Some(b.to_vec()),
-                        _ => None,
-                    };
-                    let action = lease.on_request(&ctx, &wit_req).await?;
-                    if let RequestAction::Continue(next) = &action {
-                        check_wit_request(next)?;
+            };
+            ran.push((lease, on_failure));
+            match action {
+                RequestAction::Continue(mut next) => {
+                    if let Some(new_body) = next.body.take() {
+                        body = ReqBody::Buffered(Bytes::from(new_body));
                     }
-                    Ok::<_, FilterError>((lease, action))
-                };
-                let outcome = phase.await;
-                let tripped = breaker.report(matches!(
-                    outcome,
-                    Err(FilterError::Trap(_) | FilterError::Invalid(_))
-                ));
-                if tripped {
-                    tracing::error!(
-                        filter = %filter.name,
-                        version = %crate::registry::short(&filter.hash),
-                        route = %route.config.name,
-                        "filter keeps failing; not running it for {:?}",
-                        crate::breaker::COOL_DOWN
-                    );
+                    wit_req = next;
                 }
-                let (lease, action) = match outcome {
-                    Ok(done) => done,
-                    Err(e) => {
-                        failure_log(filter, &ex.request_id, "request", on_failure, &e);
-                        match on_failure {
-                            FailurePolicy::FailClosed => {
-                                return Err(filter_failed(&filter.name, e));
-                            }
-                            // As if the filter were absent: the request goes on unchanged.
-                            FailurePolicy::FailOpen => continue,
-                        }
-                    }
-                };
-                ran.push((lease, on_failure));
-                match action {
-                    RequestAction::Continue(mut next) => {
-                        if let Some(new_body) = next.body.take() {
-                            body = ReqBody::Buffered(Bytes::from(new_body));
-                        }
-                        wit_req = next;
-                    }
-                    RequestAction::Respond(resp) => {
-                        early = Some(resp);
-                        break;
-                    }
+                RequestAction::Respond(resp) => {
+                    early = Some(resp);
+                    break;
                 }
             }
-            if early.is_none() {
-                outgoing = Outgoing::from_wit(wit_req).map_err(|e| {
-                    GatewayError::new(
-                        ErrorKind::Internal,
-                        format!("checked filter output did not convert: {e}"),
-                    )
-                })?;
-            }
+        }
+        if early.is_none() {
+            outgoing = Outgoing::from_wit(wit_req).map_err(|e| {
+                GatewayError::new(
+                    ErrorKind::Internal,
+                    format!("checked filter output did not convert: {e}"),
+                )
+            })?;
         }
 
         let response = match early {
@@ -302,13 +306,7 @@ impl Gateway {
             None => {
                 let resp = self.call_upstream(route, outgoing, body, ex).await?;
                 if ran.is_empty() {
-                    // No response phases: stream the upstream response straight back.
-                    let (mut parts, body) = resp.into_parts();
-                    strip_hop_by_hop(&mut parts.headers);
-                    return Ok(Response::from_parts(
-                        parts,
-                        body.map_err(BoxError::from).boxed_unsync(),
-                    ));
+                    return Ok(stream_back(resp));
                 }
                 ResponseState::Upstream(resp)
             }
@@ -508,6 +506,13 @@ enum RespBody {
     Buffered(Bytes),
 }
 
+/// With no response phases to run, the upstream response goes straight back, streamed.
+fn stream_back(resp: Response<Incoming>) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync())
+}
+
 /// The request as it will go upstream.
 struct Outgoing {
     method: Method,
@@ -571,10 +576,18 @@ fn check_wit_headers(headers: &[(String, Vec<u8>)]) -> Result<(), FilterError> {
     for (name, value) in headers {
         HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| FilterError::Invalid(format!("invalid header name {name:?}")))?;
-        HeaderValue::from_bytes(value)
-            .map_err(|_| FilterError::Invalid(format!("invalid value for header {name}")))?;
+        if !valid_header_value(value) {
+            return Err(FilterError::Invalid(format!(
+                "invalid value for header {name}"
+            )));
+        }
     }
     Ok(())
+}
+
+/// `HeaderValue::from_bytes`'s rule (visible ASCII, obs-text, space and tab), without its copy.
+fn valid_header_value(value: &[u8]) -> bool {
+    value.iter().all(|&b| (b >= 32 && b != 127) || b == b'\t')
 }
 
 /// One log line per filter failure: filter, version, request id, phase, policy and reason.
@@ -762,7 +775,7 @@ pub(crate) fn from_wit_headers(list: Vec<(String, Vec<u8>)>) -> Result<HeaderMap
     for (name, value) in list {
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| format!("invalid header name {name:?}"))?;
-        let value = HeaderValue::from_bytes(&value)
+        let value = HeaderValue::from_maybe_shared(Bytes::from(value))
             .map_err(|_| format!("invalid value for header {name}"))?;
         headers.append(name, value);
     }
@@ -807,6 +820,15 @@ mod tests {
                 prop_assert!(out.is_ok());
                 prop_assert!(path.parse::<http::uri::PathAndQuery>().is_ok());
             }
+        }
+
+        /// The host's copy-free header value check is `http`'s own rule.
+        #[test]
+        fn header_values_are_checked_by_http_rules(value in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..32),
+            prop::collection::vec(prop_oneof![Just(b'\t'), 32u8..=255], 0..32),
+        ]) {
+            prop_assert_eq!(valid_header_value(&value), HeaderValue::from_bytes(&value).is_ok());
         }
 
         /// Likewise for responses: a checked response has a final status and valid headers.

@@ -273,7 +273,9 @@ impl Runtime {
             load_time: Duration::ZERO,
             loaded_at: SystemTime::now(),
         };
-        let (mut store, instance) = filter.instantiate("load", Grants::none()).await?;
+        let (mut store, instance) = filter
+            .instantiate(&Arc::from("load"), Grants::none())
+            .await?;
         filter.info = instance
             .wasmgate_filter_filter()
             .call_describe(&mut store)
@@ -382,7 +384,7 @@ pub struct LoadedFilter {
 impl LoadedFilter {
     async fn instantiate(
         &self,
-        request_id: &str,
+        request_id: &Arc<str>,
         grants: Grants,
     ) -> Result<(Store<HostState>, GatewayFilter), FilterError> {
         let state = HostState {
@@ -393,7 +395,7 @@ impl LoadedFilter {
                 .trap_on_grow_failure(true)
                 .build(),
             filter: self.name.clone(),
-            request_id: request_id.into(),
+            request_id: request_id.clone(),
             deadline: Instant::now() + grants.limits.deadline,
             cache: grants.cache,
             outbound: grants.outbound,
@@ -419,9 +421,9 @@ impl LoadedFilter {
     pub async fn start(
         self: &Arc<Self>,
         config_json: &str,
-        request_id: &str,
+        request_id: &Arc<str>,
         grants: Grants,
-    ) -> Result<FilterInstance, FilterError> {
+    ) -> Result<Box<FilterInstance>, FilterError> {
         let limits = grants.limits;
         let (mut store, bindings) = self.instantiate(request_id, grants).await?;
         let info = bindings
@@ -430,7 +432,7 @@ impl LoadedFilter {
             .await
             .map_err(|e| FilterError::Trap(trap_reason(&e)))?
             .map_err(|e| FilterError::Returned(format!("config rejected: {e}")))?;
-        Ok(FilterInstance {
+        Ok(Box::new(FilterInstance {
             filter: self.clone(),
             store,
             bindings,
@@ -439,13 +441,16 @@ impl LoadedFilter {
             pool: None,
             served: 0,
             failed: false,
-        })
+        }))
     }
 
     /// Check that the filter accepts `config_json`, and what that config needs; the error is
     /// the filter's own message.
     pub async fn check_config(self: &Arc<Self>, config_json: &str) -> Result<FilterInfo, String> {
-        match self.start(config_json, "check", Grants::none()).await {
+        match self
+            .start(config_json, &Arc::from("check"), Grants::none())
+            .await
+        {
             Ok(instance) => Ok(instance.info),
             Err(FilterError::Returned(msg)) => Err(msg),
             Err(other) => Err(other.to_string()),
@@ -461,7 +466,10 @@ pub struct InstancePool {
     info: FilterInfo,
     /// Zero when instances are not reused.
     requests_per_instance: u32,
-    idle: std::sync::Mutex<Vec<FilterInstance>>,
+    /// Boxed: an instance moves in and out of here, and through each call's future, on every
+    /// call; a box moves as one pointer.
+    #[allow(clippy::vec_box)]
+    idle: std::sync::Mutex<Vec<Box<FilterInstance>>>,
 }
 
 impl InstancePool {
@@ -509,9 +517,9 @@ impl InstancePool {
     /// one configured now.
     async fn take(
         self: &Arc<Self>,
-        request_id: &str,
+        request_id: &Arc<str>,
         grants: Grants,
-    ) -> Result<FilterInstance, FilterError> {
+    ) -> Result<Box<FilterInstance>, FilterError> {
         let idle = match self.requests_per_instance {
             0 => None,
             _ => self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop(),
@@ -519,7 +527,7 @@ impl InstancePool {
         if let Some(mut instance) = idle {
             IDLE_INSTANCES.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             let data = instance.store.data_mut();
-            data.request_id = request_id.into();
+            data.request_id = request_id.clone();
             data.outbound = grants.outbound;
             data.cache = grants.cache;
             instance.limits = grants.limits;
@@ -543,7 +551,7 @@ impl InstancePool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    fn put_back(&self, mut instance: FilterInstance) {
+    fn put_back(&self, mut instance: Box<FilterInstance>) {
         use std::sync::atomic::Ordering;
         // Nothing of the finished request stays reachable from the idle instance, and it does
         // not point back at its pool (a cycle that would keep both, and the engine, alive).
@@ -575,7 +583,7 @@ pub struct FilterLease {
     request_id: Arc<str>,
     grants: Grants,
     /// The request's own instance, when instances are not shared.
-    held: Option<FilterInstance>,
+    held: Option<Box<FilterInstance>>,
 }
 
 impl FilterLease {
@@ -588,14 +596,14 @@ impl FilterLease {
         &self.pool.info
     }
 
-    async fn instance(&mut self) -> Result<FilterInstance, FilterError> {
+    async fn instance(&mut self) -> Result<Box<FilterInstance>, FilterError> {
         match self.held.take() {
             Some(instance) => Ok(instance),
             None => self.pool.take(&self.request_id, self.grants.clone()).await,
         }
     }
 
-    fn done(&mut self, instance: FilterInstance) {
+    fn done(&mut self, instance: Box<FilterInstance>) {
         if instance.pool.is_some() {
             instance.release();
         } else {
@@ -646,7 +654,7 @@ impl FilterInstance {
     /// A call succeeded: back to its pool when its binding reuses instances and it has uses
     /// left (two calls per request), dropped otherwise. An instance that is simply dropped
     /// (failure, abandoned request) is never reused.
-    fn release(mut self) {
+    fn release(mut self: Box<Self>) {
         self.served += 1;
         if let Some(pool) = self.pool.clone()
             && !self.failed
