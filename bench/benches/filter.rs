@@ -75,12 +75,12 @@ impl Setup {
         self.rt.block_on(async {
             let bytes = std::fs::read(wasmgate_artifacts::filter(name)).unwrap();
             let filter = Arc::new(self.runtime.load(name, bytes, None).await.unwrap());
-            let info = filter.check_config(config).await.unwrap();
+            let needs = filter.check_config(config).await.unwrap();
             let limits = Limits {
                 requests_per_instance: if reuse { 1000 } else { 1 },
                 ..Limits::default()
             };
-            Arc::new(InstancePool::new(filter, config.into(), &info, &limits))
+            Arc::new(InstancePool::new(filter, config.into(), &needs, &limits))
         })
     }
 }

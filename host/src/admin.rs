@@ -94,7 +94,7 @@ fn routes(gateway: &Gateway) -> Value {
                 .map(|e| match e {
                     ChainEntry::Ready {
                         filter,
-                        info,
+                        needs,
                         services,
                         ..
                     } => json!({
@@ -102,8 +102,10 @@ fn routes(gateway: &Gateway) -> Value {
                         "state": "ready",
                         "version": filter.hash,
                         "services": &**services,
-                        "needs_request_body": info.needs_request_body,
-                        "needs_response_body": info.needs_response_body,
+                        "request_phase": needs.request_phase,
+                        "response_phase": needs.response_phase,
+                        "needs_request_body": needs.request_body(),
+                        "needs_response_body": needs.response_body(),
                     }),
                     ChainEntry::Unavailable { name, reason } => json!({
                         "name": name,

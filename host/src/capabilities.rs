@@ -133,6 +133,10 @@ impl host::Host for HostState {
         }
         buf
     }
+
+    async fn skip_phases(&mut self, request: bool, response: bool) {
+        self.skip_phases = (request, response);
+    }
 }
 
 impl cache::Host for HostState {

@@ -21,8 +21,7 @@ use crate::capabilities::FilterCache;
 use crate::config::{self, Config, FailurePolicy, RouteConfig};
 use crate::framing::{FramingGuard, Guarding};
 use crate::registry::Registry;
-use crate::runtime::bindings::FilterInfo;
-use crate::runtime::{InstancePool, Limits, LoadedFilter, Runtime};
+use crate::runtime::{InstancePool, Limits, LoadedFilter, Needs, Runtime};
 use crate::upstream::Service;
 
 /// One filter of a route's chain, resolved against the loaded filters.
@@ -32,7 +31,7 @@ pub enum ChainEntry {
         /// Instances of this binding.
         instances: Arc<InstancePool>,
         /// What this route's config of the filter needs.
-        info: FilterInfo,
+        needs: Needs,
         /// Services the route grants this filter.
         services: Arc<[String]>,
         cache: Arc<FilterCache>,
@@ -122,21 +121,21 @@ impl Snapshot {
             for f in &rc.filters {
                 let outcome = match registry.resolve(&f.name) {
                     Ok(filter) => match filter.check_config(&f.config_json).await {
-                        Ok(info) => Ok((filter, info)),
+                        Ok(needs) => Ok((filter, needs)),
                         Err(e) => Err(e),
                     },
                     Err(e) => Err(e),
                 };
                 chain.push(match outcome {
-                    Ok((filter, info)) => ChainEntry::Ready {
+                    Ok((filter, needs)) => ChainEntry::Ready {
                         instances: Arc::new(InstancePool::new(
                             filter.clone(),
                             f.config_json.clone(),
-                            &info,
+                            &needs,
                             &f.limits,
                         )),
                         filter,
-                        info,
+                        needs,
                         services: f.services.clone().into(),
                         cache: registry.cache(&f.name),
                         limits: f.limits,
@@ -157,14 +156,14 @@ impl Snapshot {
                     }
                 });
             }
-            let needs = |pick: fn(&FilterInfo) -> bool| {
+            let needs = |pick: fn(&Needs) -> bool| {
                 chain.iter().any(|e| match e {
-                    ChainEntry::Ready { info, .. } => pick(info),
+                    ChainEntry::Ready { needs, .. } => pick(needs),
                     ChainEntry::Unavailable { .. } => false,
                 })
             };
-            let needs_request_body = needs(|i| i.needs_request_body);
-            let needs_response_body = needs(|i| i.needs_response_body);
+            let needs_request_body = needs(Needs::request_body);
+            let needs_response_body = needs(Needs::response_body);
             routes.push(Route {
                 config: rc.clone(),
                 chain,

@@ -181,35 +181,37 @@ impl Gateway {
             body: None,
         };
         for entry in &route.chain {
-            let (filter, instances, services, cache, limits, on_failure, breaker) = match entry {
-                ChainEntry::Ready {
-                    filter,
-                    instances,
-                    services,
-                    cache,
-                    limits,
-                    on_failure,
-                    breaker,
-                    ..
-                } => (
-                    filter,
-                    instances,
-                    services,
-                    cache,
-                    *limits,
-                    *on_failure,
-                    breaker,
-                ),
-                ChainEntry::Unavailable { name, reason } => {
-                    return Err(GatewayError::new(
-                        ErrorKind::FilterUnavailable,
-                        format!(
-                            "route {:?}: filter {name:?} is not loaded: {reason}",
-                            route.config.name
-                        ),
-                    ));
-                }
-            };
+            let (filter, instances, needs, services, cache, limits, on_failure, breaker) =
+                match entry {
+                    ChainEntry::Ready {
+                        filter,
+                        instances,
+                        needs,
+                        services,
+                        cache,
+                        limits,
+                        on_failure,
+                        breaker,
+                    } => (
+                        filter,
+                        instances,
+                        needs,
+                        services,
+                        cache,
+                        *limits,
+                        *on_failure,
+                        breaker,
+                    ),
+                    ChainEntry::Unavailable { name, reason } => {
+                        return Err(GatewayError::new(
+                            ErrorKind::FilterUnavailable,
+                            format!(
+                                "route {:?}: filter {name:?} is not loaded: {reason}",
+                                route.config.name
+                            ),
+                        ));
+                    }
+                };
             let grants = Grants {
                 cache: cache.clone(),
                 outbound: (!services.is_empty()).then(|| {
@@ -236,9 +238,16 @@ impl Gateway {
                     FailurePolicy::FailOpen => continue,
                 }
             }
+            if !needs.request_phase {
+                // Its config does nothing here (`skip-phases`); its response phase may.
+                if needs.response_phase {
+                    ran.push((instances.lease(&ex.request_id, grants), on_failure));
+                }
+                continue;
+            }
             let phase = async {
                 let mut lease = instances.lease(&ex.request_id, grants);
-                wit_req.body = match (&body, lease.info().needs_request_body) {
+                wit_req.body = match (&body, lease.needs().info.needs_request_body) {
                     (ReqBody::Buffered(b), true) => Some(b.to_vec()),
                     _ => None,
                 };
@@ -275,7 +284,9 @@ impl Gateway {
                     }
                 }
             };
-            ran.push((lease, on_failure));
+            if needs.response_phase {
+                ran.push((lease, on_failure));
+            }
             match action {
                 RequestAction::Continue(mut next) => {
                     if let Some(new_body) = next.body.take() {
@@ -443,7 +454,7 @@ impl Gateway {
 
         while let Some((mut lease, on_failure)) = ran.pop() {
             let filter = lease.filter().clone();
-            wit_resp.body = match (&body, lease.info().needs_response_body) {
+            wit_resp.body = match (&body, lease.needs().info.needs_response_body) {
                 (RespBody::Buffered(b), true) => Some(b.to_vec()),
                 _ => None,
             };

@@ -124,6 +124,29 @@ pub struct HostState {
     pub(crate) deadline: Instant,
     pub(crate) cache: Arc<FilterCache>,
     pub(crate) outbound: Option<Arc<Outbound>>,
+    /// The phases `configure` said it leaves out (request, response).
+    pub(crate) skip_phases: (bool, bool),
+}
+
+/// What one configuration of a filter asks of the host: its `filter-info`, and the phases
+/// it runs (those it did not skip with `host.skip-phases`).
+#[derive(Debug, Clone, Copy)]
+pub struct Needs {
+    pub info: FilterInfo,
+    pub request_phase: bool,
+    pub response_phase: bool,
+}
+
+impl Needs {
+    /// The request phase runs and reads the request body.
+    pub fn request_body(&self) -> bool {
+        self.request_phase && self.info.needs_request_body
+    }
+
+    /// The response phase runs and reads the response body.
+    pub fn response_body(&self) -> bool {
+        self.response_phase && self.info.needs_response_body
+    }
 }
 
 /// What one instance may reach besides its request: its filter's cache and, when its route
@@ -399,6 +422,7 @@ impl LoadedFilter {
             deadline: Instant::now() + grants.limits.deadline,
             cache: grants.cache,
             outbound: grants.outbound,
+            skip_phases: (false, false),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -432,11 +456,17 @@ impl LoadedFilter {
             .await
             .map_err(|e| FilterError::Trap(trap_reason(&e)))?
             .map_err(|e| FilterError::Returned(format!("config rejected: {e}")))?;
+        let (skip_request, skip_response) = store.data().skip_phases;
+        let needs = Needs {
+            info,
+            request_phase: !skip_request,
+            response_phase: !skip_response,
+        };
         Ok(Box::new(FilterInstance {
             filter: self.clone(),
             store,
             bindings,
-            info,
+            needs,
             limits,
             pool: None,
             served: 0,
@@ -446,12 +476,12 @@ impl LoadedFilter {
 
     /// Check that the filter accepts `config_json`, and what that config needs; the error is
     /// the filter's own message.
-    pub async fn check_config(self: &Arc<Self>, config_json: &str) -> Result<FilterInfo, String> {
+    pub async fn check_config(self: &Arc<Self>, config_json: &str) -> Result<Needs, String> {
         match self
             .start(config_json, &Arc::from("check"), Grants::none())
             .await
         {
-            Ok(instance) => Ok(instance.info),
+            Ok(instance) => Ok(instance.needs),
             Err(FilterError::Returned(msg)) => Err(msg),
             Err(other) => Err(other.to_string()),
         }
@@ -463,7 +493,7 @@ pub struct InstancePool {
     filter: Arc<LoadedFilter>,
     config_json: String,
     /// What the binding's config needs.
-    info: FilterInfo,
+    needs: Needs,
     /// Zero when instances are not reused.
     requests_per_instance: u32,
     /// Boxed: an instance moves in and out of here, and through each call's future, on every
@@ -474,18 +504,18 @@ pub struct InstancePool {
 
 impl InstancePool {
     /// Instances are reused when the filter declares it safe (`reuse-instance`, from its
-    /// configure result `info`) and the limits allow more than one request per instance.
+    /// configure result) and the limits allow more than one request per instance.
     pub fn new(
         filter: Arc<LoadedFilter>,
         config_json: String,
-        info: &FilterInfo,
+        needs: &Needs,
         limits: &Limits,
     ) -> InstancePool {
-        let reuse = info.reuse_instance && limits.requests_per_instance > 1;
+        let reuse = needs.info.reuse_instance && limits.requests_per_instance > 1;
         InstancePool {
             filter,
             config_json,
-            info: *info,
+            needs: *needs,
             requests_per_instance: if reuse {
                 limits.requests_per_instance
             } else {
@@ -592,8 +622,8 @@ impl FilterLease {
     }
 
     /// What the binding's config needs.
-    pub fn info(&self) -> &FilterInfo {
-        &self.pool.info
+    pub fn needs(&self) -> &Needs {
+        &self.pool.needs
     }
 
     async fn instance(&mut self) -> Result<Box<FilterInstance>, FilterError> {
@@ -640,7 +670,7 @@ pub struct FilterInstance {
     store: Store<HostState>,
     bindings: GatewayFilter,
     /// What this instance's config needs.
-    pub info: FilterInfo,
+    pub needs: Needs,
     pub limits: Limits,
     /// Where it goes back after a clean call, when its binding reuses instances.
     pool: Option<Arc<InstancePool>>,

@@ -34,6 +34,14 @@ pub fn valid_header_name(name: &str) -> bool {
 }
 
 impl HeaderEdits {
+    /// No edits at all: applying them changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty()
+            && self.rename.is_empty()
+            && self.set.is_empty()
+            && self.add.is_empty()
+    }
+
     /// Reject invalid names, and values with CR, LF or NUL; `side` prefixes the message.
     pub fn validate(&self, side: &str) -> Result<(), Error> {
         let names = self

@@ -86,12 +86,24 @@ pub trait Filter: Sized + 'static {
     /// request gets a fresh instance.
     const REUSE_INSTANCES: bool = false;
 
+    /// Whether the filter does anything in [`Filter::on_request`]. Set it to `false` for a
+    /// filter that only works on responses: the gateway then skips the call (each call costs a
+    /// few microseconds).
+    const REQUEST_PHASE: bool = true;
+
+    /// Whether the filter does anything in [`Filter::on_response`]; `false` for filters that
+    /// only work on requests (authentication, request rewriting), so the gateway skips the call.
+    const RESPONSE_PHASE: bool = true;
+
     /// What this configured filter needs. Defaults to the constants; override when it depends
-    /// on the config (a route that only edits headers need not buffer bodies).
+    /// on the config (a route that only edits request headers need not buffer bodies, nor
+    /// have its response phase called).
     fn needs(&self) -> Needs {
         Needs {
             request_body: Self::NEEDS_REQUEST_BODY,
             response_body: Self::NEEDS_RESPONSE_BODY,
+            request_phase: Self::REQUEST_PHASE,
+            response_phase: Self::RESPONSE_PHASE,
         }
     }
 
@@ -109,8 +121,9 @@ pub trait Filter: Sized + 'static {
         Ok(Action::Continue(req))
     }
 
-    /// The response phase, run in reverse chain order for every filter whose request phase ran
-    /// (also when a later filter answered early). Return the (possibly modified) response; an
+    /// The response phase, run in reverse chain order for every filter the request went
+    /// through (also when a later filter answered early), unless its [`Needs::response_phase`]
+    /// is `false`. Return the (possibly modified) response; an
     /// `Err` fails the request with a 500. Default: unchanged.
     fn on_response(&self, resp: Response, ctx: &Context) -> Result<Response, Error> {
         let _ = ctx;
@@ -118,13 +131,30 @@ pub trait Filter: Sized + 'static {
     }
 }
 
-/// Which bodies a configured filter reads; see [`Filter::needs`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Which bodies a configured filter reads and which phases it uses; see [`Filter::needs`].
+///
+/// `Needs::default()` reads no body and uses both phases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Needs {
     /// [`Filter::on_request`] reads the request body.
     pub request_body: bool,
     /// [`Filter::on_response`] reads the response body.
     pub response_body: bool,
+    /// [`Filter::on_request`] does something; when `false` the gateway does not call it.
+    pub request_phase: bool,
+    /// [`Filter::on_response`] does something; when `false` the gateway does not call it.
+    pub response_phase: bool,
+}
+
+impl Default for Needs {
+    fn default() -> Self {
+        Needs {
+            request_body: false,
+            response_body: false,
+            request_phase: true,
+            response_phase: true,
+        }
+    }
 }
 
 /// Config type for a filter that takes no config; any key given in the route is rejected.
@@ -255,6 +285,12 @@ pub mod __rt {
         let config: F::Config = serde_json::from_str(&config).map_err(|e| strip_position(&e))?;
         let filter = F::new(config).map_err(|e| e.0)?;
         let needs = filter.needs();
+        if cfg!(target_family = "wasm") && !(needs.request_phase && needs.response_phase) {
+            crate::__bindings::wasmgate::filter::host::skip_phases(
+                !needs.request_phase,
+                !needs.response_phase,
+            );
+        }
         slot.with(|s| *s.borrow_mut() = Some(filter));
         Ok(FilterInfo {
             needs_request_body: needs.request_body,

@@ -248,3 +248,56 @@ async fn a_body_filter_reads_and_rewrites_both_bodies() {
     assert_eq!(r.json()["error"]["status"], 413);
     assert_eq!(up.hits(), before);
 }
+
+#[tokio::test]
+async fn a_phase_the_filter_declares_unused_is_never_called() {
+    let up = Upstream::start("svc").await;
+    let route = |name: &str, config: &str| {
+        format!(
+            "[[routes]]\nname = \"{name}\"\nprefix = \"/{name}\"\nservice = \"svc\"\n\
+             filters = [{{ name = \"phases\", config = {config} }}]\n"
+        )
+    };
+    let gw = TestGateway::start(&format!(
+        "{}{}{}{}",
+        service(&up),
+        route("both", "{}"),
+        route("request-only", "{ response = false }"),
+        route("response-only", "{ request = false }"),
+    ))
+    .await;
+
+    // (path, request phase called, response phase called)
+    for (path, request, response) in [
+        ("/both", true, true),
+        ("/request-only", true, false),
+        ("/response-only", false, true),
+    ] {
+        let r = gw.get(path).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.header("x-phase-response").is_some(), response, "{path}");
+        let seen = up.seen().pop().unwrap();
+        assert_eq!(seen.path, path);
+        assert_eq!(
+            seen.headers.contains_key("x-phase-request"),
+            request,
+            "{path}"
+        );
+    }
+
+    // The admin view shows what each route's config uses.
+    let routes = gw.admin("/routes").await;
+    let phases: Vec<(bool, bool)> = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let f = &r["filters"][0];
+            (
+                f["request_phase"].as_bool().unwrap(),
+                f["response_phase"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(phases, [(true, true), (true, false), (false, true)]);
+}

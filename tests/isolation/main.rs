@@ -174,12 +174,12 @@ async fn a_dropped_binding_frees_its_idle_instances() {
     let runtime = Runtime::new().unwrap();
     let bytes = std::fs::read(wasmgate_artifacts::filter("counter-reuse")).unwrap();
     let filter = Arc::new(runtime.load("counter-reuse", bytes, None).await.unwrap());
-    let info = filter.check_config("{}").await.unwrap();
-    assert!(info.reuse_instance, "the filter opts in");
+    let needs = filter.check_config("{}").await.unwrap();
+    assert!(needs.info.reuse_instance, "the filter opts in");
     let pool = Arc::new(InstancePool::new(
         filter.clone(),
         "{}".into(),
-        &info,
+        &needs,
         &Default::default(),
     ));
     let ctx = RouteContext {

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 use wasmgate_sdk::header_edits::HeaderEdits;
-use wasmgate_sdk::{Action, Context, Error, Filter, Request, Response, export_filter};
+use wasmgate_sdk::{Action, Context, Error, Filter, Needs, Request, Response, export_filter};
 
 /// The filter's config: edits for the request (sent upstream) and the response (sent to the
 /// client), each applied in the order remove, rename, set, add.
@@ -28,6 +28,15 @@ impl Filter for HeadersFilter {
         Ok(Self(config))
     }
 
+    /// A side without edits is not called at all.
+    fn needs(&self) -> Needs {
+        Needs {
+            request_phase: !self.0.request.is_empty(),
+            response_phase: !self.0.response.is_empty(),
+            ..Needs::default()
+        }
+    }
+
     fn on_request(&self, mut req: Request, _ctx: &Context) -> Result<Action, Error> {
         self.0.request.apply(req.headers_mut());
         Ok(req.into())
@@ -47,6 +56,15 @@ mod tests {
 
     fn filter(json: &str) -> Result<HeadersFilter, Error> {
         HeadersFilter::new(serde_json::from_str(json).unwrap())
+    }
+
+    #[test]
+    fn a_side_without_edits_is_not_called() {
+        let needs = |json| filter(json).unwrap().needs();
+        let request_only = needs(r#"{"request": {"set": {"x-a": "1"}}}"#);
+        assert!(request_only.request_phase && !request_only.response_phase);
+        let response_only = needs(r#"{"response": {"remove": ["server"]}}"#);
+        assert!(!response_only.request_phase && response_only.response_phase);
     }
 
     #[test]

@@ -116,6 +116,8 @@ impl Filter for Introspect {
     type Config = Config;
     // Nothing is kept between requests: `self` is only the parsed config.
     const REUSE_INSTANCES: bool = true;
+    // Works on requests only: the gateway need not call the response phase.
+    const RESPONSE_PHASE: bool = false;
 
     fn new(config: Config) -> Result<Self, Error> {
         if !config.path.starts_with('/') {

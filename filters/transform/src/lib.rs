@@ -60,6 +60,15 @@ impl Side {
         !self.body.is_empty() || self.allow.is_some()
     }
 
+    /// Nothing to do on this side.
+    fn is_empty(&self) -> bool {
+        self.headers.is_empty()
+            && self.path.is_none()
+            && self.query.remove.is_empty()
+            && self.query.set.is_empty()
+            && !self.touches_body()
+    }
+
     /// Apply the body operations and allow-list to a JSON document.
     fn transform_json(&self, mut doc: Value) -> Result<Value, Error> {
         for op in &self.body {
@@ -153,6 +162,8 @@ impl Filter for Transform {
         Needs {
             request_body: self.0.request.touches_body(),
             response_body: self.0.response.touches_body(),
+            request_phase: !self.0.request.is_empty(),
+            response_phase: !self.0.response.is_empty(),
         }
     }
 
