@@ -4,6 +4,8 @@
 //! requests on a fixed schedule instead (`--rate` per second, spread over `--connections`
 //! keep-alive connections) and measures each from the moment it was *due*, not when it was
 //! sent, so a stalled server is charged for the requests it delayed (no coordinated omission).
+//! The schedule is kept by a clock thread sleeping with the kernel's high-resolution timers
+//! (tokio's timers have 1 ms granularity, which would add up to a millisecond to every figure).
 //! Prints one JSON line: requests, errors, achieved rate, p50/p90/p99/max in microseconds.
 
 use std::time::{Duration, Instant};
@@ -48,28 +50,35 @@ async fn main() -> anyhow::Result<()> {
         Some(path) => Some(Bytes::from(std::fs::read(path)?)),
         None => None,
     };
-    let start = Instant::now() + Duration::from_millis(100);
-    let end = start + Duration::from_secs(args.duration);
-    // Each connection sends every `interval`, offset so the total is evenly spread.
-    let interval = Duration::from_secs_f64(f64::from(args.connections) / f64::from(args.rate));
     let mut tasks = Vec::new();
-    for c in 0..args.connections {
-        let offset = interval.mul_f64(f64::from(c) / f64::from(args.connections));
+    let mut schedules = Vec::new();
+    for _ in 0..args.connections {
+        let (due, schedule) = tokio::sync::mpsc::unbounded_channel();
+        schedules.push(due);
         let (authority, uri, body, args) =
             (authority.clone(), uri.clone(), body.clone(), args.clone());
         tasks.push(tokio::spawn(async move {
-            connection(
-                &authority,
-                &uri,
-                body,
-                &args.headers,
-                start + offset,
-                interval,
-                end,
-            )
-            .await
+            connection(&authority, &uri, body, &args.headers, schedule).await
         }));
     }
+    // Request k is due at start + k / rate, on connection k mod connections.
+    let total = u64::from(args.rate) * args.duration;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate));
+    std::thread::Builder::new()
+        .name("bench-load-clock".into())
+        .spawn(move || {
+            // Wake within microseconds of each due time, not the default 50 us slack.
+            // SAFETY: PR_SET_TIMERSLACK takes one integer argument and touches no memory.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1_000) };
+            let start = Instant::now() + Duration::from_millis(100);
+            for k in 0..total {
+                let due = start + interval.mul_f64(k as f64);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let _ = schedules[(k % schedules.len() as u64) as usize].send(due);
+            }
+        })?;
     let mut latencies = Vec::new();
     let mut errors = 0u64;
     for task in tasks {
@@ -98,27 +107,25 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One keep-alive connection on its schedule; latencies in microseconds and the error count.
+/// One keep-alive connection sending each request when the clock says it is due (or as soon
+/// as the previous one is answered, when it is late); latencies in microseconds and the error
+/// count.
 async fn connection(
     authority: &str,
     uri: &http::Uri,
     body: Option<Bytes>,
     headers: &[String],
-    mut due: Instant,
-    interval: Duration,
-    end: Instant,
+    mut schedule: tokio::sync::mpsc::UnboundedReceiver<Instant>,
 ) -> (Vec<u64>, u64) {
     let mut latencies = Vec::new();
     let mut errors = 0;
     let mut sender = None;
-    while due < end {
-        tokio::time::sleep_until(due.into()).await;
+    while let Some(due) = schedule.recv().await {
         if sender.is_none() {
             sender = connect(authority).await.ok();
         }
         let Some(s) = sender.as_mut() else {
             errors += 1;
-            due += interval;
             continue;
         };
         let mut req = http::Request::builder()
@@ -149,7 +156,6 @@ async fn connection(
             errors += 1;
             sender = None;
         }
-        due += interval;
     }
     (latencies, errors)
 }
