@@ -138,7 +138,7 @@ pub struct Server {
     /// when it opened or from the end of the previous response (idle keep-alive).
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// Open client connections at most; beyond, new connections wait in the accept queue.
+    /// Open client connections at most; beyond, new connections wait, unserved, until one closes.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// Serving threads, each with its own listener socket and upstream connection pool.

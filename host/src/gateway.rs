@@ -462,8 +462,9 @@ impl RunningGateway {
             config.server,
             config.filters_dir.clone(),
         );
-        let listeners = bind_workers(listen, server.worker_count())
-            .with_context(|| format!("binding {listen}"))?;
+        let workers = server.worker_count();
+        let listeners =
+            bind_workers(listen, workers).with_context(|| format!("binding {listen}"))?;
         let admin_listener = match admin.listen {
             Some(addr) => Some(
                 crate::admin::bind(addr)
@@ -523,7 +524,7 @@ impl RunningGateway {
                 let _ = exit.await;
             }
         });
-        tracing::info!(listen = %addr, admin = ?admin_addr, workers = server.worker_count(), "wasmgate serving");
+        tracing::info!(listen = %addr, admin = ?admin_addr, workers, "wasmgate serving");
         Ok(RunningGateway {
             addr,
             admin_addr,

@@ -247,7 +247,7 @@ impl Gateway {
             }
             let phase = async {
                 let mut lease = instances.lease(&ex.request_id, grants);
-                wit_req.body = match (&body, lease.needs().info.needs_request_body) {
+                wit_req.body = match (&body, lease.needs().request_body()) {
                     (ReqBody::Buffered(b), true) => Some(b.to_vec()),
                     _ => None,
                 };
@@ -454,7 +454,7 @@ impl Gateway {
 
         while let Some((mut lease, on_failure)) = ran.pop() {
             let filter = lease.filter().clone();
-            wit_resp.body = match (&body, lease.needs().info.needs_response_body) {
+            wit_resp.body = match (&body, lease.needs().response_body()) {
                 (RespBody::Buffered(b), true) => Some(b.to_vec()),
                 _ => None,
             };
