@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use wasmgate::runtime::bindings::{Request, Response, RouteContext};
-use wasmgate::runtime::{FilterLease, Grants, InstancePool, Limits, Runtime};
+use wasmgate_sandbox::wit::{Request, Response, RouteContext};
+use wasmgate_sandbox::{Grants, InstancePool, Lease, Sandbox};
 
 const HEADERS_CONFIG: &str =
     r#"{"request":{"set":{"x-tenant":"bench"}},"response":{"set":{"x-served-by":"wasmgate"}}}"#;
@@ -56,7 +56,7 @@ fn json_body() -> Vec<u8> {
 
 struct Setup {
     rt: tokio::runtime::Runtime,
-    runtime: Runtime,
+    sandbox: Sandbox,
 }
 
 impl Setup {
@@ -65,8 +65,8 @@ impl Setup {
             .enable_all()
             .build()
             .unwrap();
-        let runtime = rt.block_on(async { Runtime::new() }).unwrap();
-        Setup { rt, runtime }
+        let sandbox = rt.block_on(async { Sandbox::new() }).unwrap();
+        Setup { rt, sandbox }
     }
 
     /// A binding of filter `name` with `config`; `reuse` false forces a fresh instance per
@@ -74,13 +74,15 @@ impl Setup {
     fn pool(&self, name: &str, config: &str, reuse: bool) -> Arc<InstancePool> {
         self.rt.block_on(async {
             let bytes = std::fs::read(wasmgate_artifacts::filter(name)).unwrap();
-            let filter = Arc::new(self.runtime.load(name, bytes, None).await.unwrap());
+            let filter = Arc::new(self.sandbox.load(name, bytes, None).await.unwrap());
             let needs = filter.check_config(config).await.unwrap();
-            let limits = Limits {
-                requests_per_instance: if reuse { 1000 } else { 1 },
-                ..Limits::default()
-            };
-            Arc::new(InstancePool::new(filter, config.into(), &needs, &limits))
+            let requests_per_instance = if reuse { 1000 } else { 1 };
+            Arc::new(InstancePool::new(
+                filter,
+                config.into(),
+                needs,
+                requests_per_instance,
+            ))
         })
     }
 }
@@ -88,9 +90,10 @@ impl Setup {
 /// One request through `chain`: request phases in order, response phases in reverse, as the
 /// proxy runs them.
 async fn through(chain: &[Arc<InstancePool>], req: &Request, ctx: &RouteContext) {
-    let mut ran: Vec<FilterLease> = Vec::with_capacity(chain.len());
+    let request_id: Arc<str> = ctx.request_id.as_str().into();
+    let mut ran: Vec<Lease> = Vec::with_capacity(chain.len());
     for pool in chain {
-        let mut lease = pool.lease(&ctx.request_id, Grants::none());
+        let mut lease = pool.lease(&request_id, Grants::none());
         lease.on_request(ctx, req).await.unwrap();
         ran.push(lease);
     }
@@ -112,7 +115,7 @@ fn phases(c: &mut Criterion) {
         let req = request(body);
         let pool = setup.pool(name, config, true);
         // One phase call on a reused instance: the cost the filter adds per phase.
-        let mut lease = pool.lease(&ctx.request_id, Grants::none());
+        let mut lease = pool.lease(&ctx.request_id.as_str().into(), Grants::none());
         group.bench_function(BenchmarkId::new("on-request", filter), |b| {
             b.iter(|| setup.rt.block_on(lease.on_request(&ctx, &req)).unwrap())
         });

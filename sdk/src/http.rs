@@ -223,7 +223,7 @@ impl Request {
         (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
     }
 
-    /// The body, when the filter declared [`crate::Filter::NEEDS_REQUEST_BODY`] (or set one).
+    /// The body, when the filter declared [`crate::Needs::request_body`] (or set one).
     pub fn body(&self) -> Option<&[u8]> {
         self.body.as_deref()
     }
@@ -347,7 +347,7 @@ impl Response {
         self.headers.set(name, value);
     }
 
-    /// The body, when the filter declared [`crate::Filter::NEEDS_RESPONSE_BODY`] (or set one).
+    /// The body, when the filter declared [`crate::Needs::response_body`] (or set one).
     pub fn body(&self) -> Option<&[u8]> {
         self.body.as_deref()
     }
@@ -372,7 +372,7 @@ impl Response {
 
 fn decode_json<T: DeserializeOwned>(body: Option<&[u8]>) -> Result<T, Error> {
     let body = body.ok_or_else(|| {
-        Error::msg("the body was not buffered: declare NEEDS_REQUEST_BODY / NEEDS_RESPONSE_BODY")
+        Error::msg("the body was not buffered: declare Needs::request_body / Needs::response_body")
     })?;
     Ok(serde_json::from_slice(body)?)
 }

@@ -61,50 +61,20 @@ pub use serde_json;
 /// Every phase has a no-op default, so implement only what you need. The gateway creates the
 /// filter with [`Filter::new`] from the route's config before running a phase; state kept in
 /// `self` lives as long as the instance and must not carry data between requests (see
-/// [`Filter::REUSE_INSTANCES`]).
+/// [`Needs::reuse_instance`]).
 pub trait Filter: Sized + 'static {
     /// The per-route config, decoded from the table written under this filter in the route's
     /// config. Use [`NoConfig`] when the filter takes none.
     type Config: serde::de::DeserializeOwned;
 
-    /// Whether [`Filter::on_request`] needs the request body. When no filter on a route needs
-    /// it, the body streams to the upstream untouched and [`Request::body`] is `None`.
-    const NEEDS_REQUEST_BODY: bool = false;
-
-    /// Whether [`Filter::on_response`] needs the response body; see
-    /// [`Filter::NEEDS_REQUEST_BODY`].
-    const NEEDS_RESPONSE_BODY: bool = false;
-
-    /// Whether one instance of this filter may serve many requests, one after another.
+    /// What this configured filter needs from the gateway: which bodies it reads, which phases
+    /// do something, and whether one instance may serve many requests. Asked once per
+    /// instance, right after [`Filter::new`], so it may depend on the config (a route that only
+    /// edits request headers need not buffer bodies, nor have its response phase called).
     ///
-    /// Set it to `true` when nothing from one request can reach the next: the phases take
-    /// `&self`, so this holds unless the filter writes request data into a `static`, a
-    /// `thread_local!` or a field with interior mutability (`Cell`, `RefCell`, `Mutex`). The
-    /// gateway then configures an instance once and reuses it (up to the route's
-    /// `requests_per_instance`, default 1000), which removes most of the per-request cost; an
-    /// instance whose call failed in any way is never reused. When `false` (the default) every
-    /// request gets a fresh instance.
-    const REUSE_INSTANCES: bool = false;
-
-    /// Whether the filter does anything in [`Filter::on_request`]. Set it to `false` for a
-    /// filter that only works on responses: the gateway then skips the call (each call costs a
-    /// few microseconds).
-    const REQUEST_PHASE: bool = true;
-
-    /// Whether the filter does anything in [`Filter::on_response`]; `false` for filters that
-    /// only work on requests (authentication, request rewriting), so the gateway skips the call.
-    const RESPONSE_PHASE: bool = true;
-
-    /// What this configured filter needs. Defaults to the constants; override when it depends
-    /// on the config (a route that only edits request headers need not buffer bodies, nor
-    /// have its response phase called).
+    /// Default: [`Needs::default()`]: no bodies, both phases, a fresh instance per request.
     fn needs(&self) -> Needs {
-        Needs {
-            request_body: Self::NEEDS_REQUEST_BODY,
-            response_body: Self::NEEDS_RESPONSE_BODY,
-            request_phase: Self::REQUEST_PHASE,
-            response_phase: Self::RESPONSE_PHASE,
-        }
+        Needs::default()
     }
 
     /// Build the filter from its route config. An error rejects the config: the gateway logs
@@ -123,27 +93,46 @@ pub trait Filter: Sized + 'static {
 
     /// The response phase, run in reverse chain order for every filter the request went
     /// through (also when a later filter answered early), unless its [`Needs::response_phase`]
-    /// is `false`. Return the (possibly modified) response; an
-    /// `Err` fails the request with a 500. Default: unchanged.
+    /// is `false`. Return the (possibly modified) response; an `Err` fails the request with a
+    /// 500. Default: unchanged.
     fn on_response(&self, resp: Response, ctx: &Context) -> Result<Response, Error> {
         let _ = ctx;
         Ok(resp)
     }
 }
 
-/// Which bodies a configured filter reads and which phases it uses; see [`Filter::needs`].
+/// What a configured filter needs from the gateway; see [`Filter::needs`].
 ///
-/// `Needs::default()` reads no body and uses both phases.
+/// `Needs::default()` reads no body, uses both phases and gets a fresh instance per request.
+/// Change only what differs:
+///
+/// ```
+/// # use wasmgate_sdk::Needs;
+/// let needs = Needs { reuse_instance: true, response_phase: false, ..Needs::default() };
+/// # assert!(needs.request_phase);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Needs {
-    /// [`Filter::on_request`] reads the request body.
+    /// [`Filter::on_request`] reads the request body. When no filter on a route reads it, the
+    /// body streams to the upstream untouched and [`Request::body`] is `None`.
     pub request_body: bool,
-    /// [`Filter::on_response`] reads the response body.
+    /// [`Filter::on_response`] reads the response body (likewise).
     pub response_body: bool,
-    /// [`Filter::on_request`] does something; when `false` the gateway does not call it.
+    /// [`Filter::on_request`] does something; when `false` the gateway does not call it (each
+    /// call costs a few microseconds).
     pub request_phase: bool,
-    /// [`Filter::on_response`] does something; when `false` the gateway does not call it.
+    /// [`Filter::on_response`] does something; when `false` the gateway does not call it
+    /// (authentication and request-rewriting filters).
     pub response_phase: bool,
+    /// One instance may serve many requests, one after another.
+    ///
+    /// Set it when nothing from one request can reach the next: the phases take `&self`, so
+    /// this holds unless the filter writes request data into a `static`, a `thread_local!` or
+    /// a field with interior mutability (`Cell`, `RefCell`, `Mutex`). The gateway then
+    /// configures an instance once and reuses it (up to the route's `requests_per_instance`,
+    /// default 1000), which removes most of the per-request cost; an instance whose call failed
+    /// in any way is never reused. When `false` every request gets a fresh instance.
+    pub reuse_instance: bool,
 }
 
 impl Default for Needs {
@@ -153,6 +142,7 @@ impl Default for Needs {
             response_body: false,
             request_phase: true,
             response_phase: true,
+            reuse_instance: false,
         }
     }
 }
@@ -206,10 +196,7 @@ macro_rules! export_filter {
             struct __WasmgateGlue;
 
             impl $crate::__rt::Guest for __WasmgateGlue {
-                fn describe() -> $crate::__rt::FilterInfo {
-                    $crate::__rt::describe::<$filter>()
-                }
-                fn configure(config: ::std::string::String) -> ::std::result::Result<$crate::__rt::FilterInfo, ::std::string::String> {
+                fn configure(config: ::std::string::String) -> ::std::result::Result<$crate::__rt::WitNeeds, ::std::string::String> {
                     $crate::__rt::configure::<$filter>(&__WASMGATE_FILTER, config)
                 }
                 fn on_request(
@@ -229,7 +216,6 @@ macro_rules! export_filter {
             // Keep the glue (and through it the filter type) alive on every target, so native
             // builds do not flag the author's filter as dead code.
             let _ = (
-                <__WasmgateGlue as $crate::__rt::Guest>::describe,
                 <__WasmgateGlue as $crate::__rt::Guest>::configure,
                 <__WasmgateGlue as $crate::__rt::Guest>::on_request,
                 <__WasmgateGlue as $crate::__rt::Guest>::on_response,
@@ -264,38 +250,27 @@ pub mod __rt {
 
     pub use crate::__bindings::exports::wasmgate::filter::filter::Guest;
     pub use crate::__bindings::wasmgate::filter::types::{
-        FilterInfo, Request as WitRequest, RequestAction, Response as WitResponse, RouteContext,
+        Needs as WitNeeds, Request as WitRequest, RequestAction, Response as WitResponse,
+        RouteContext,
     };
     use crate::{Action, Context, Filter, Headers, Request, Response};
 
     type Slot<F> = LocalKey<RefCell<Option<F>>>;
 
-    pub fn describe<F: Filter>() -> FilterInfo {
-        FilterInfo {
-            needs_request_body: F::NEEDS_REQUEST_BODY,
-            needs_response_body: F::NEEDS_RESPONSE_BODY,
-            reuse_instance: F::REUSE_INSTANCES,
-        }
-    }
-
     pub fn configure<F: Filter>(
         slot: &'static Slot<F>,
         config: String,
-    ) -> Result<FilterInfo, String> {
+    ) -> Result<WitNeeds, String> {
         let config: F::Config = serde_json::from_str(&config).map_err(|e| strip_position(&e))?;
         let filter = F::new(config).map_err(|e| e.0)?;
         let needs = filter.needs();
-        if cfg!(target_family = "wasm") && !(needs.request_phase && needs.response_phase) {
-            crate::__bindings::wasmgate::filter::host::skip_phases(
-                !needs.request_phase,
-                !needs.response_phase,
-            );
-        }
         slot.with(|s| *s.borrow_mut() = Some(filter));
-        Ok(FilterInfo {
-            needs_request_body: needs.request_body,
-            needs_response_body: needs.response_body,
-            reuse_instance: F::REUSE_INSTANCES,
+        Ok(WitNeeds {
+            request_body: needs.request_body,
+            response_body: needs.response_body,
+            request_phase: needs.request_phase,
+            response_phase: needs.response_phase,
+            reuse_instance: needs.reuse_instance,
         })
     }
 

@@ -5,7 +5,9 @@
 
 use std::cell::Cell;
 
-use wasmgate_sdk::{Action, Context, Error, Filter, NoConfig, Request, Response, export_filter};
+use wasmgate_sdk::{
+    Action, Context, Error, Filter, Needs, NoConfig, Request, Response, export_filter,
+};
 
 thread_local! {
     static SEEN: Cell<u64> = const { Cell::new(0) };
@@ -15,10 +17,15 @@ struct Counter;
 
 impl Filter for Counter {
     type Config = NoConfig;
-    const REUSE_INSTANCES: bool = REUSE;
-
     fn new(_: NoConfig) -> Result<Self, Error> {
         Ok(Counter)
+    }
+
+    fn needs(&self) -> Needs {
+        Needs {
+            reuse_instance: REUSE,
+            ..Needs::default()
+        }
     }
 
     fn on_request(&self, req: Request, _ctx: &Context) -> Result<Action, Error> {

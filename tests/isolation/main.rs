@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use wasmgate_tests::{TestGateway, Upstream};
+use serde_json::json;
+use wasmgate_tests::{Filter, GatewayConfig, Route, TestGateway, Upstream};
 
 fn route(name: &str, mode: &str, extra: &str) -> String {
     format!(
@@ -169,19 +170,14 @@ async fn instances_are_reused_only_when_the_filter_opts_in_and_never_after_a_fai
 /// alive: dropping a snapshot's bindings frees them.
 #[tokio::test]
 async fn a_dropped_binding_frees_its_idle_instances() {
-    use wasmgate::runtime::bindings::{Request, RouteContext};
-    use wasmgate::runtime::{Grants, InstancePool, Runtime};
-    let runtime = Runtime::new().unwrap();
+    use wasmgate_sandbox::wit::{Request, RouteContext};
+    use wasmgate_sandbox::{Grants, InstancePool, Sandbox};
+    let sandbox = Sandbox::new().unwrap();
     let bytes = std::fs::read(wasmgate_artifacts::filter("counter-reuse")).unwrap();
-    let filter = Arc::new(runtime.load("counter-reuse", bytes, None).await.unwrap());
+    let filter = Arc::new(sandbox.load("counter-reuse", bytes, None).await.unwrap());
     let needs = filter.check_config("{}").await.unwrap();
-    assert!(needs.info.reuse_instance, "the filter opts in");
-    let pool = Arc::new(InstancePool::new(
-        filter.clone(),
-        "{}".into(),
-        &needs,
-        &Default::default(),
-    ));
+    assert!(needs.reuse_instance, "the filter opts in");
+    let pool = Arc::new(InstancePool::new(filter.clone(), "{}".into(), needs, 1000));
     let ctx = RouteContext {
         route: "r".into(),
         params: vec![],
@@ -196,7 +192,7 @@ async fn a_dropped_binding_frees_its_idle_instances() {
         headers: vec![],
         body: None,
     };
-    let mut lease = pool.lease("r1", Grants::none());
+    let mut lease = pool.lease(&"r1".into(), Grants::none());
     lease.on_request(&ctx, &req).await.unwrap();
     drop(lease);
     assert_eq!(pool.idle(), 1, "given back to the pool after the call");
@@ -206,4 +202,42 @@ async fn a_dropped_binding_frees_its_idle_instances() {
         weak.upgrade().is_none(),
         "the idle instance kept its pool alive"
     );
+}
+
+/// The breaker counts a request's use of a filter whichever phase fails: a filter that traps
+/// only in its response phase is paused after five failed requests like any other, and a probe
+/// after the cool-down that fails again pauses it again.
+#[tokio::test]
+async fn a_filter_failing_only_in_its_response_phase_opens_its_breaker() {
+    let up = Upstream::start("svc").await;
+    let gw = GatewayConfig::new()
+        .service("svc", &[up.url()])
+        .route(
+            Route::prefix("late", "/late")
+                .service("svc")
+                .filter(Filter::new("fail").config(json!({"mode": "panic", "phase": "response"}))),
+        )
+        .start()
+        .await;
+    for i in 1..=5 {
+        let r = gw.get("/late").await;
+        assert_eq!(r.status, 500, "request {i}: {}", r.text());
+    }
+    assert_eq!(up.hits(), 5, "each failed only after the upstream answered");
+    let r = gw.get("/late").await;
+    assert_eq!(r.status, 503, "the breaker is open: {}", r.text());
+    assert_eq!(up.hits(), 5, "an open breaker answers before the upstream");
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        gw.get("/late").await.status,
+        500,
+        "the probe runs and fails"
+    );
+    assert_eq!(
+        gw.get("/late").await.status,
+        503,
+        "and the breaker opens again"
+    );
+    assert_eq!(up.hits(), 6);
 }

@@ -131,8 +131,9 @@ async fn bad_files_are_rejected_and_the_last_good_version_keeps_serving() {
     .await;
     assert_eq!(version(&fg).await, "v1");
     let good = std::fs::read(filter("tag-v2")).unwrap();
+    let legacy = std::fs::read(filter("legacy-v0-1")).unwrap();
 
-    let cases: [(&str, Vec<u8>, &str); 5] = [
+    let cases: [(&str, Vec<u8>, &str); 6] = [
         (
             "garbage",
             b"this is not wasm at all".to_vec(),
@@ -152,7 +153,12 @@ async fn bad_files_are_rejected_and_the_last_good_version_keeps_serving() {
         (
             "wrong interface",
             b"\0asm\x0d\0\x01\0".to_vec(),
-            "does not implement wasmgate:filter/filter@0.1.0",
+            "does not implement wasmgate:filter/filter@0.2.0",
+        ),
+        (
+            "built against the 0.1.0 contract",
+            legacy,
+            "built for wasmgate:filter@0.1.0, but this gateway speaks wasmgate:filter@0.2.0",
         ),
     ];
     for (what, bytes, reason) in cases {
@@ -166,7 +172,7 @@ async fn bad_files_are_rejected_and_the_last_good_version_keeps_serving() {
                     .as_str()
                     .is_some_and(|r| r.contains(reason))
                     && f["rejected"]["version"].as_str()
-                        == Some(&wasmgate::runtime::content_hash(&bytes));
+                        == Some(&wasmgate_sandbox::content_hash(&bytes));
                 matches.then_some(f)
             },
         )

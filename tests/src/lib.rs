@@ -26,6 +26,9 @@ use wasmgate::{Config, RunningGateway};
 
 pub use wasmgate_artifacts::{FILTERS_DIR, filter};
 
+mod config;
+pub use config::{Filter, GatewayConfig, Route};
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// How a programmable upstream answers: `(status, JSON text)` from the request and its body.
 type RespondFn = dyn Fn(&Seen, &[u8]) -> (u16, String) + Send + Sync;
@@ -261,8 +264,9 @@ pub async fn dead_addr() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
-/// The gateway under test, started from config text. `listen` and `filters_dir` are filled
-/// in (127.0.0.1:0 and the built filters) unless the text sets them.
+/// The gateway under test, started from config text (or a [`GatewayConfig`]). `listen`,
+/// `filters_dir` and `admin` are filled in (127.0.0.1:0, the built filters, an admin endpoint
+/// on 127.0.0.1:0) unless the config sets them.
 pub struct TestGateway {
     pub running: RunningGateway,
     client: Client<HttpConnector, TestBody>,
@@ -271,14 +275,18 @@ pub struct TestGateway {
 impl TestGateway {
     pub async fn start(config_toml: &str) -> TestGateway {
         init_logs();
+        // Top-level keys go before any table, so the defaults are written first.
+        let given: toml::Table = config_toml
+            .parse()
+            .unwrap_or_else(|e| panic!("test config is not TOML: {e}\n---\n{config_toml}"));
         let mut text = String::new();
-        if !config_toml.contains("listen") {
+        if !given.contains_key("listen") {
             text.push_str("listen = \"127.0.0.1:0\"\n");
         }
-        if !config_toml.contains("filters_dir") {
+        if !given.contains_key("filters_dir") {
             text.push_str(&format!("filters_dir = {FILTERS_DIR:?}\n"));
         }
-        if !config_toml.contains("admin") {
+        if !given.contains_key("admin") {
             text.push_str("admin = { listen = \"127.0.0.1:0\" }\n");
         }
         text.push_str(config_toml);

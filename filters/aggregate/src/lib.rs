@@ -8,7 +8,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use wasmgate_sdk::services::{self, Call};
 use wasmgate_sdk::{
-    Action, Context, Error, Filter, Request, Response, export_filter, json as jpath, percent_encode,
+    Action, Context, Error, Filter, Needs, Request, Response, export_filter, json as jpath,
+    percent_encode,
 };
 
 fn get() -> String {
@@ -76,9 +77,6 @@ fn render(template: &str, req: &Request, ctx: &Context) -> String {
 impl Filter for Aggregate {
     type Config = Config;
     // Nothing is kept between requests: `self` is only the parsed config.
-    const REUSE_INSTANCES: bool = true;
-    // Works on requests only: the gateway need not call the response phase.
-    const RESPONSE_PHASE: bool = false;
 
     fn new(config: Config) -> Result<Self, Error> {
         if config.parts.is_empty() {
@@ -93,6 +91,15 @@ impl Filter for Aggregate {
             }
         }
         Ok(Self(config))
+    }
+
+    /// Works on requests only, keeps nothing between requests.
+    fn needs(&self) -> Needs {
+        Needs {
+            response_phase: false,
+            reuse_instance: true,
+            ..Needs::default()
+        }
     }
 
     fn on_request(&self, req: Request, ctx: &Context) -> Result<Action, Error> {

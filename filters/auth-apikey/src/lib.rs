@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use wasmgate_sdk::{Action, Context, Error, Filter, Request, Response, export_filter};
+use wasmgate_sdk::{Action, Context, Error, Filter, Needs, Request, Response, export_filter};
 
 fn default_header() -> String {
     "x-api-key".into()
@@ -69,9 +69,6 @@ fn refuse(status: u16, error: &str, header: &str) -> Action {
 impl Filter for ApiKey {
     type Config = Config;
     // Nothing is kept between requests: `self` is only the parsed config.
-    const REUSE_INSTANCES: bool = true;
-    // Works on requests only: the gateway need not call the response phase.
-    const RESPONSE_PHASE: bool = false;
 
     fn new(config: Config) -> Result<Self, Error> {
         let hashes = config
@@ -87,6 +84,15 @@ impl Filter for ApiKey {
             })
             .collect::<Result<_, _>>()?;
         Ok(Self { config, hashes })
+    }
+
+    /// Works on requests only, keeps nothing between requests.
+    fn needs(&self) -> Needs {
+        Needs {
+            response_phase: false,
+            reuse_instance: true,
+            ..Needs::default()
+        }
     }
 
     fn on_request(&self, mut req: Request, ctx: &Context) -> Result<Action, Error> {

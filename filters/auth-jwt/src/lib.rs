@@ -14,7 +14,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use wasmgate_sdk::services::{self, Call};
-use wasmgate_sdk::{Action, Context, Error, Filter, Request, Response, cache, export_filter, host};
+use wasmgate_sdk::{
+    Action, Context, Error, Filter, Needs, Request, Response, cache, export_filter, host,
+};
 
 fn default_jwks_path() -> String {
     "/.well-known/jwks.json".into()
@@ -241,9 +243,6 @@ impl AuthJwt {
 impl Filter for AuthJwt {
     type Config = Config;
     // Nothing is kept between requests: `self` is only the parsed config.
-    const REUSE_INSTANCES: bool = true;
-    // Works on requests only: the gateway need not call the response phase.
-    const RESPONSE_PHASE: bool = false;
 
     fn new(config: Config) -> Result<Self, Error> {
         let sources = [
@@ -304,6 +303,15 @@ impl Filter for AuthJwt {
             }
         };
         Ok(Self { config, keys })
+    }
+
+    /// Works on requests only, keeps nothing between requests.
+    fn needs(&self) -> Needs {
+        Needs {
+            response_phase: false,
+            reuse_instance: true,
+            ..Needs::default()
+        }
     }
 
     fn on_request(&self, mut req: Request, _ctx: &Context) -> Result<Action, Error> {

@@ -20,8 +20,6 @@ pub struct HeadersFilter(Config);
 impl Filter for HeadersFilter {
     type Config = Config;
     // Nothing is kept between requests: `self` is only the parsed config.
-    const REUSE_INSTANCES: bool = true;
-
     fn new(config: Config) -> Result<Self, Error> {
         config.request.validate("request")?;
         config.response.validate("response")?;
@@ -33,6 +31,7 @@ impl Filter for HeadersFilter {
         Needs {
             request_phase: !self.0.request.is_empty(),
             response_phase: !self.0.response.is_empty(),
+            reuse_instance: true,
             ..Needs::default()
         }
     }

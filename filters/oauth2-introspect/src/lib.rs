@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use wasmgate_sdk::services::{self, Call};
 use wasmgate_sdk::{
-    Action, Context, Error, Filter, Request, Response, cache, export_filter, host, percent_encode,
+    Action, Context, Error, Filter, Needs, Request, Response, cache, export_filter, host,
+    percent_encode,
 };
 
 fn default_path() -> String {
@@ -115,15 +116,21 @@ impl Introspect {
 impl Filter for Introspect {
     type Config = Config;
     // Nothing is kept between requests: `self` is only the parsed config.
-    const REUSE_INSTANCES: bool = true;
-    // Works on requests only: the gateway need not call the response phase.
-    const RESPONSE_PHASE: bool = false;
 
     fn new(config: Config) -> Result<Self, Error> {
         if !config.path.starts_with('/') {
             return Err(Error::msg("path must start with '/'"));
         }
         Ok(Self(config))
+    }
+
+    /// Works on requests only, keeps nothing between requests.
+    fn needs(&self) -> Needs {
+        Needs {
+            response_phase: false,
+            reuse_instance: true,
+            ..Needs::default()
+        }
     }
 
     fn on_request(&self, mut req: Request, _ctx: &Context) -> Result<Action, Error> {

@@ -139,8 +139,6 @@ fn edit_query(req: &mut Request, edits: &QueryEdits) {
 impl Filter for Transform {
     type Config = Config;
     // Nothing is kept between requests: `self` is only the parsed config.
-    const REUSE_INSTANCES: bool = true;
-
     fn new(config: Config) -> Result<Self, Error> {
         config.request.headers.validate("request.headers")?;
         config.response.headers.validate("response.headers")?;
@@ -164,6 +162,7 @@ impl Filter for Transform {
             response_body: self.0.response.touches_body(),
             request_phase: !self.0.request.is_empty(),
             response_phase: !self.0.response.is_empty(),
+            reuse_instance: true,
         }
     }
 

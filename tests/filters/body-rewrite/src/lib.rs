@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
-use wasmgate_sdk::{Action, Context, Error, Filter, Request, Response, export_filter};
+use wasmgate_sdk::{Action, Context, Error, Filter, Needs, Request, Response, export_filter};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -17,11 +17,16 @@ struct BodyRewrite(Config);
 
 impl Filter for BodyRewrite {
     type Config = Config;
-    const NEEDS_REQUEST_BODY: bool = true;
-    const NEEDS_RESPONSE_BODY: bool = true;
-
     fn new(config: Config) -> Result<Self, Error> {
         Ok(Self(config))
+    }
+
+    fn needs(&self) -> Needs {
+        Needs {
+            request_body: true,
+            response_body: true,
+            ..Needs::default()
+        }
     }
 
     fn on_request(&self, mut req: Request, _ctx: &Context) -> Result<Action, Error> {

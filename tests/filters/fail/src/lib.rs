@@ -1,4 +1,5 @@
-//! Test filter: fails its request phase in the configured way.
+//! Test filter: fails its request phase (or, with `phase = "response"`, only its response phase)
+//! in the configured way.
 
 use serde::Deserialize;
 use wasmgate_sdk::{Action, Context, Error, Filter, Request, Response, export_filter};
@@ -30,6 +31,17 @@ fn recurse(depth: u64) -> u64 {
 #[serde(deny_unknown_fields)]
 struct Config {
     mode: Mode,
+    /// The phase that fails; the other passes everything through.
+    #[serde(default)]
+    phase: Phase,
+}
+
+#[derive(Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+enum Phase {
+    #[default]
+    Request,
+    Response,
 }
 
 struct Fail(Config);
@@ -42,9 +54,29 @@ impl Filter for Fail {
     }
 
     fn on_request(&self, req: Request, _ctx: &Context) -> Result<Action, Error> {
+        if self.0.phase == Phase::Response {
+            return Ok(req.into());
+        }
+        self.fail(req.path())
+    }
+
+    fn on_response(&self, resp: Response, _ctx: &Context) -> Result<Response, Error> {
+        if self.0.phase == Phase::Request {
+            return Ok(resp);
+        }
+        match self.fail("the response")? {
+            Action::Respond(resp) => Ok(resp),
+            Action::Continue(_) => Ok(resp),
+        }
+    }
+}
+
+impl Fail {
+    /// Misbehave as configured; returns only for `stack` and `huge`.
+    fn fail(&self, what: &str) -> Result<Action, Error> {
         match self.0.mode {
             Mode::Error => Err(Error::msg("secret internal detail: db password is hunter2")),
-            Mode::Panic => panic!("filter panicked on {}", req.path()),
+            Mode::Panic => panic!("filter panicked on {what}"),
             Mode::Loop => {
                 let mut n: u64 = 0;
                 loop {

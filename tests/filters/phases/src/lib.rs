@@ -23,8 +23,6 @@ struct Phases(Config);
 
 impl Filter for Phases {
     type Config = Config;
-    const REUSE_INSTANCES: bool = true;
-
     fn new(config: Config) -> Result<Self, Error> {
         Ok(Phases(config))
     }
@@ -33,6 +31,7 @@ impl Filter for Phases {
         Needs {
             request_phase: self.0.request,
             response_phase: self.0.response,
+            reuse_instance: true,
             ..Needs::default()
         }
     }

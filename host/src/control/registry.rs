@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use crate::capabilities::FilterCache;
+use wasmgate_sandbox::{FilterCache, LoadedFilter, Sandbox};
+
 use crate::config::Config;
-use crate::runtime::{LoadedFilter, Runtime};
+use crate::snapshot::Filters;
 
 /// Why the newest file for a filter was not taken into service.
 #[derive(Debug, Clone)]
@@ -40,18 +41,28 @@ pub struct Registry {
 
 impl Registry {
     /// Load every filter `config` references.
-    pub async fn load(runtime: &Runtime, config: &Config) -> Registry {
+    pub async fn load(sandbox: &Sandbox, config: &Config) -> Registry {
         let mut registry = Registry::default();
-        for name in crate::gateway::referenced_filters(config) {
-            registry.refresh(runtime, config, &name).await;
+        for name in super::referenced_filters(config) {
+            registry.refresh(sandbox, config, &name).await;
         }
         registry
     }
 
+    /// Filters known by name.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Whether filter `name` is known (loaded or rejected).
+    pub fn has(&self, name: &str) -> bool {
+        self.slots.contains_key(name)
+    }
+
     /// Re-read `<filters_dir>/<name>.wasm` and take it into service if it is new and loads.
     /// Returns whether the serving version changed.
-    pub async fn refresh(&mut self, runtime: &Runtime, config: &Config, name: &str) -> bool {
-        let path = crate::gateway::filter_path(&config.filters_dir, name);
+    pub async fn refresh(&mut self, sandbox: &Sandbox, config: &Config, name: &str) -> bool {
+        let path = super::filter_path(&config.filters_dir, name);
         let cache_dir = config.cache_dir.as_deref();
         let slot = self.slots.entry(name.to_string()).or_default();
         let bytes = match tokio::fs::read(&path).await {
@@ -79,7 +90,7 @@ impl Registry {
             }
         };
         slot.file_removed = false;
-        let hash = crate::runtime::content_hash(&bytes);
+        let hash = wasmgate_sandbox::content_hash(&bytes);
         if slot.current.as_ref().is_some_and(|c| c.hash == hash) {
             slot.rejected = None;
             return false;
@@ -91,17 +102,15 @@ impl Registry {
         {
             return false;
         }
-        match runtime.load(name, bytes, cache_dir).await {
+        match sandbox.load(name, bytes, cache_dir).await {
             Ok(filter) => {
                 tracing::info!(
                     filter = name,
                     file = %path.display(),
-                    version = %short(&filter.hash),
-                    previous = %slot.current.as_ref().map_or("none", |c| short(&c.hash)),
+                    version = %filter.short_hash(),
+                    previous = %slot.current.as_ref().map_or("none", |c| c.short_hash()),
                     source = filter.source.as_str(),
                     load_ms = filter.load_time.as_secs_f64() * 1e3,
-                    needs_request_body = filter.info.needs_request_body,
-                    needs_response_body = filter.info.needs_response_body,
                     "filter loaded"
                 );
                 slot.current = Some(Arc::new(filter));
@@ -111,7 +120,7 @@ impl Registry {
             Err(e) => {
                 let reason = format!("{}: {e:#}", path.display());
                 let keeps = match &slot.current {
-                    Some(c) => format!("version {} keeps serving", short(&c.hash)),
+                    Some(c) => format!("version {} keeps serving", c.short_hash()),
                     None => "no version is serving".to_string(),
                 };
                 tracing::error!(filter = name, file = %path.display(), version = %short(&hash), "filter rejected ({keeps}): {e:#}");
@@ -125,8 +134,15 @@ impl Registry {
         }
     }
 
-    /// The serving version of `name`, or why there is none.
-    pub fn resolve(&self, name: &str) -> Result<Arc<LoadedFilter>, String> {
+    /// Forget filters no route references any more.
+    pub fn retain(&mut self, referenced: &BTreeSet<String>) {
+        self.slots.retain(|name, _| referenced.contains(name));
+        self.caches.retain(|name, _| referenced.contains(name));
+    }
+}
+
+impl Filters for Registry {
+    fn resolve(&self, name: &str) -> Result<Arc<LoadedFilter>, String> {
         match self.slots.get(name) {
             Some(Slot {
                 current: Some(f), ..
@@ -138,19 +154,12 @@ impl Registry {
         }
     }
 
-    /// The cache shared by every instance of filter `name`.
-    pub fn cache(&mut self, name: &str) -> Arc<FilterCache> {
+    fn cache(&mut self, name: &str) -> Arc<FilterCache> {
         self.caches.entry(name.to_string()).or_default().clone()
-    }
-
-    /// Forget filters no route references any more.
-    pub fn retain(&mut self, referenced: &BTreeSet<String>) {
-        self.slots.retain(|name, _| referenced.contains(name));
-        self.caches.retain(|name, _| referenced.contains(name));
     }
 }
 
 /// The first 12 hex digits of a content hash, for logs.
-pub fn short(hash: &str) -> &str {
+fn short(hash: &str) -> &str {
     &hash[..hash.len().min(12)]
 }

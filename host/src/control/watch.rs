@@ -13,14 +13,14 @@ use std::time::Duration;
 use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
 
-use crate::gateway::Gateway;
+use super::Control;
 
 /// Quiet time that ends a batch of file events.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
-/// Start watching; the returned task runs until the gateway is dropped or the task aborted.
+/// Start watching; the returned task runs until it is aborted.
 pub fn spawn(
-    gateway: Arc<Gateway>,
+    control: Arc<Control>,
     filters_dir: PathBuf,
     config_path: Option<PathBuf>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -79,8 +79,8 @@ pub fn spawn(
                     }
                 }
             }
-            if config_changed && gateway.reload_config().await.is_ok() {
-                let dir = canonical(&gateway.state().await.config.filters_dir);
+            if config_changed && control.reload_config().await.is_ok() {
+                let dir = canonical(&control.filters_dir().await);
                 if dir != filters_dir {
                     let _ = watcher.unwatch(&filters_dir);
                     filters_dir = dir;
@@ -89,7 +89,7 @@ pub fn spawn(
             }
             if !filters.is_empty() {
                 let names: Vec<String> = filters.into_iter().collect();
-                gateway.reload_filters(Some(&names)).await;
+                control.reload_filters(Some(&names)).await;
             }
         }
     }))

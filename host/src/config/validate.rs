@@ -1,205 +1,36 @@
-//! Gateway configuration: strict TOML, validated as it is parsed.
-//!
-//! [`Config::parse`] reports every problem it finds, each with its line and column, instead of
-//! stopping at the first. The raw serde types mirror the file (`deny_unknown_fields` throughout);
-//! the validated [`Config`] is what the rest of the gateway uses.
+//! The file as written (serde types that mirror it) and its validation into [`Config`].
 
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::router::{PathMatch, Pattern, Template};
+use super::*;
 
-/// Default listener when the file names none.
-const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-/// Default largest body buffered for a filter that reads it: 1 MiB.
-const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
-
-/// A problem in a config file, with its 1-based line and column.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnostic {
-    pub line: usize,
-    pub column: usize,
-    pub message: String,
-}
-
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}", self.line, self.column, self.message)
-    }
-}
-
-/// Every problem found in one config file.
-#[derive(Debug, Clone, thiserror::Error)]
-pub struct ConfigError {
-    /// The file, as given (for messages).
-    pub file: String,
-    pub diagnostics: Vec<Diagnostic>,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, d) in self.diagnostics.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{}:{d}", self.file)?;
+/// Parse and validate config text; on failure, every problem found, in file order.
+pub(super) fn parse(text: &str) -> Result<Config, Vec<Diagnostic>> {
+    let mut src = Source {
+        text,
+        diagnostics: Vec::new(),
+    };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let offset = e.span().map_or(0, |s| s.start);
+            src.error(offset, e.message().trim_end().to_string());
+            return Err(src.diagnostics);
         }
-        Ok(())
+    };
+    let config = validate(raw, &mut src);
+    if src.diagnostics.is_empty() {
+        Ok(config)
+    } else {
+        src.diagnostics.sort_by_key(|d| (d.line, d.column));
+        Err(src.diagnostics)
     }
 }
-
-/// The validated gateway configuration.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub listen: SocketAddr,
-    /// Absolute, or relative to the config file's directory as written; resolved on load.
-    pub filters_dir: PathBuf,
-    /// Where compiled filters are cached, keyed by content hash; `None` disables the cache.
-    pub cache_dir: Option<PathBuf>,
-    pub admin: Admin,
-    pub server: Server,
-    pub timeouts: Timeouts,
-    pub limits: Limits,
-    pub services: Vec<ServiceConfig>,
-    pub routes: Vec<RouteConfig>,
-}
-
-/// Timeouts towards upstreams.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Timeouts {
-    /// Time to establish a TCP connection to an upstream (default 2 s).
-    #[serde(default = "default_connect", with = "humantime_serde")]
-    pub connect: Duration,
-    /// Time from sending the request until the upstream's response headers arrive (default 30 s).
-    #[serde(default = "default_request", with = "humantime_serde")]
-    pub request: Duration,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Self {
-            connect: default_connect(),
-            request: default_request(),
-        }
-    }
-}
-
-fn default_connect() -> Duration {
-    Duration::from_secs(2)
-}
-
-fn default_request() -> Duration {
-    Duration::from_secs(30)
-}
-
-/// Size limits.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Limits {
-    /// Largest request or response body buffered for a filter that reads bodies; a larger
-    /// request body is answered with 413. Bodies no filter reads stream through unbuffered.
-    #[serde(default = "default_max_body")]
-    pub max_body_bytes: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-        }
-    }
-}
-
-fn default_max_body() -> u64 {
-    DEFAULT_MAX_BODY_BYTES
-}
-
-/// Client-side protections of the listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Server {
-    /// Largest request head (request line and headers) in bytes; larger gets 431. Min 8192.
-    #[serde(default = "default_max_header_bytes")]
-    pub max_header_bytes: usize,
-    /// Most header lines in a request; more gets 431.
-    #[serde(default = "default_max_headers")]
-    pub max_headers: usize,
-    /// Time a client has from the first byte of a request head to its end (slowloris).
-    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
-    pub header_read_timeout: Duration,
-    /// How long a connection may wait for its next request to arrive in full, counted from
-    /// when it opened or from the end of the previous response (idle keep-alive).
-    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
-    pub idle_timeout: Duration,
-    /// Open client connections at most; beyond, new connections wait, unserved, until one closes.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
-    /// Serving threads, each with its own listener socket and upstream connection pool.
-    /// Default: one per CPU.
-    pub workers: Option<usize>,
-    /// Largest request body on any route, streamed or not (413 beyond). Unlimited when absent.
-    pub max_request_body_bytes: Option<u64>,
-}
-
-impl Server {
-    /// Serving threads to run.
-    pub fn worker_count(&self) -> usize {
-        self.workers.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-        })
-    }
-}
-
-impl Default for Server {
-    fn default() -> Self {
-        Self {
-            max_header_bytes: default_max_header_bytes(),
-            max_headers: default_max_headers(),
-            header_read_timeout: default_header_read_timeout(),
-            idle_timeout: default_idle_timeout(),
-            max_connections: default_max_connections(),
-            workers: None,
-            max_request_body_bytes: None,
-        }
-    }
-}
-
-fn default_max_header_bytes() -> usize {
-    64 << 10
-}
-
-fn default_max_headers() -> usize {
-    100
-}
-
-fn default_header_read_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-
-fn default_idle_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-
-fn default_max_connections() -> usize {
-    10_000
-}
-
-/// The admin endpoint: a separate listener, loopback by default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Admin {
-    /// `None` when disabled.
-    pub listen: Option<SocketAddr>,
-}
-
-/// Default admin listener.
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -211,58 +42,6 @@ struct RawAdmin {
 
 fn yes() -> bool {
     true
-}
-
-/// An upstream service: a name and the base URLs of its instances.
-#[derive(Debug, Clone)]
-pub struct ServiceConfig {
-    pub name: String,
-    pub upstreams: Vec<http::Uri>,
-}
-
-/// A route, validated.
-#[derive(Debug, Clone)]
-pub struct RouteConfig {
-    pub name: String,
-    pub path: PathMatch,
-    /// Upper-case methods; empty means any.
-    pub methods: Vec<http::Method>,
-    /// Lower-case host to match (without port); `*.example.com` matches subdomains.
-    pub host: Option<String>,
-    pub strip_prefix: bool,
-    pub rewrite: Option<Template>,
-    /// Target service; `None` when the route's filters always answer themselves.
-    pub service: Option<String>,
-    pub timeout: Option<Duration>,
-    pub max_body_bytes: Option<u64>,
-    pub filters: Vec<FilterRef>,
-    pub place: Place,
-}
-
-/// One filter in a route's chain.
-#[derive(Debug, Clone)]
-pub struct FilterRef {
-    /// The filter's name: the file stem of its `.wasm` in the filters directory.
-    pub name: String,
-    /// The route's config table for this filter, as JSON (`{}` when absent).
-    pub config_json: String,
-    /// Services this filter may call on this route (deny by default).
-    pub services: Vec<String>,
-    /// Execution limits for this filter on this route.
-    pub limits: crate::runtime::Limits,
-    pub on_failure: FailurePolicy,
-    pub place: Place,
-}
-
-/// What happens to a request when a filter fails (traps, errs, exceeds a limit).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FailurePolicy {
-    /// The client gets a plain 500 (the default).
-    #[default]
-    FailClosed,
-    /// The request goes on as if the filter were absent.
-    FailOpen,
 }
 
 /// Limits for filter execution, as written (every field optional).
@@ -277,8 +56,8 @@ struct RawFilterLimits {
 }
 
 impl RawFilterLimits {
-    fn over(self, base: crate::runtime::Limits) -> crate::runtime::Limits {
-        crate::runtime::Limits {
+    fn over(self, base: FilterLimits) -> FilterLimits {
+        FilterLimits {
             deadline: self.deadline.unwrap_or(base.deadline),
             memory_bytes: self.memory_bytes.unwrap_or(base.memory_bytes),
             max_output_bytes: self.max_output_bytes.unwrap_or(base.max_output_bytes),
@@ -289,7 +68,7 @@ impl RawFilterLimits {
     }
 
     fn check(&self, what: &str) -> Option<String> {
-        let max_mem = crate::runtime::MAX_MEMORY_BYTES;
+        let max_mem = MAX_FILTER_MEMORY_BYTES;
         if self
             .deadline
             .is_some_and(|d| d.is_zero() || d > Duration::from_secs(60))
@@ -319,21 +98,6 @@ impl RawFilterLimits {
     }
 }
 
-/// Where something was written in the config file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Place {
-    pub line: usize,
-    pub column: usize,
-}
-
-impl fmt::Display for Place {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.line, self.column)
-    }
-}
-
-// ---- The file as written. ----
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -344,7 +108,7 @@ struct RawConfig {
     server: Option<Spanned<Server>>,
     filter_limits: Option<Spanned<RawFilterLimits>>,
     timeouts: Option<Spanned<Timeouts>>,
-    limits: Option<Spanned<Limits>>,
+    limits: Option<Spanned<BodyLimits>>,
     #[serde(default)]
     services: BTreeMap<String, Spanned<RawService>>,
     #[serde(default)]
@@ -416,57 +180,6 @@ impl Source<'_> {
 
     fn at<T>(&mut self, spanned: &Spanned<T>, message: impl Into<String>) {
         self.error(spanned.span().start, message);
-    }
-}
-
-impl Config {
-    /// Read and validate the config file at `path`. A relative `filters_dir` is resolved
-    /// against the file's directory.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: file.clone(),
-            diagnostics: vec![Diagnostic {
-                line: 0,
-                column: 0,
-                message: format!("cannot read config file: {e}"),
-            }],
-        })?;
-        let mut config =
-            Config::parse(&text).map_err(|diagnostics| ConfigError { file, diagnostics })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        if config.filters_dir.is_relative() {
-            config.filters_dir = base.join(&config.filters_dir);
-        }
-        if let Some(cache) = &config.cache_dir
-            && cache.is_relative()
-        {
-            config.cache_dir = Some(base.join(cache));
-        }
-        Ok(config)
-    }
-
-    /// Parse and validate config text; on failure, every problem found, in file order.
-    pub fn parse(text: &str) -> Result<Config, Vec<Diagnostic>> {
-        let mut src = Source {
-            text,
-            diagnostics: Vec::new(),
-        };
-        let raw: RawConfig = match toml::from_str(text) {
-            Ok(raw) => raw,
-            Err(e) => {
-                let offset = e.span().map_or(0, |s| s.start);
-                src.error(offset, e.message().trim_end().to_string());
-                return Err(src.diagnostics);
-            }
-        };
-        let config = validate(raw, &mut src);
-        if src.diagnostics.is_empty() {
-            Ok(config)
-        } else {
-            src.diagnostics.sort_by_key(|d| (d.line, d.column));
-            Err(src.diagnostics)
-        }
     }
 }
 
@@ -544,7 +257,7 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
             src.at(srv, "server: max_headers, max_connections, workers, header_read_timeout and idle_timeout must be greater than zero");
         }
     }
-    let mut filter_limits = crate::runtime::Limits::default();
+    let mut filter_limits = FilterLimits::default();
     if let Some(l) = &raw.filter_limits {
         match l.get_ref().check("filter_limits") {
             Some(why) => src.at(l, why),
@@ -633,7 +346,7 @@ fn validate_route(
     spanned: &Spanned<RawRoute>,
     services: &HashSet<&str>,
     seen: &mut HashSet<String>,
-    filter_limits: crate::runtime::Limits,
+    filter_limits: FilterLimits,
     src: &mut Source<'_>,
 ) -> Option<RouteConfig> {
     let route = spanned.get_ref();
@@ -844,58 +557,4 @@ fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-#[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    use super::*;
-
-    const VALID: &str = r#"
-listen = "127.0.0.1:8080"
-[services.users]
-upstreams = ["http://127.0.0.1:3001"]
-[[routes]]
-name = "users"
-pattern = "/users/{id}"
-rewrite = "/v1/users/{id}"
-service = "users"
-filters = [{ name = "headers", services = ["users"], config = { request = { set = { "x-a" = "1" } } } }]
-"#;
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
-
-        /// Any text: parsing never panics, and every error has a place inside the text.
-        #[test]
-        fn arbitrary_text_never_panics_and_errors_have_places(text in "\\PC{0,400}") {
-            if let Err(diags) = Config::parse(&text) {
-                prop_assert!(!diags.is_empty());
-                let lines = text.lines().count().max(1);
-                for d in diags {
-                    prop_assert!(d.line >= 1 && d.line <= lines + 1, "{d} outside {lines} lines");
-                    prop_assert!(d.column >= 1);
-                }
-            }
-        }
-
-        /// A valid config with one character replaced: never panics; errors have places.
-        #[test]
-        fn mutated_valid_config_never_panics(at in 0usize..VALID.len(), c in any::<char>()) {
-            let mut text: Vec<char> = VALID.chars().collect();
-            let at = at.min(text.len() - 1);
-            text[at] = c;
-            let text: String = text.into_iter().collect();
-            if let Err(diags) = Config::parse(&text) {
-                prop_assert!(diags.iter().all(|d| d.line >= 1 && d.column >= 1));
-            }
-        }
-    }
-
-    #[test]
-    fn the_valid_config_parses() {
-        let config = Config::parse(VALID).unwrap();
-        assert_eq!(config.routes[0].filters[0].services, ["users"]);
-    }
 }

@@ -6,6 +6,8 @@ use std::fmt;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 
+use crate::upstream::UpstreamError;
+
 /// What went wrong, from the client's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -52,11 +54,6 @@ impl ErrorKind {
             ErrorKind::UpstreamTimeout => "upstream timed out",
             ErrorKind::Internal => "internal error",
         }
-    }
-
-    /// Whether the same request could succeed against another upstream instance.
-    pub fn retryable(self) -> bool {
-        matches!(self, ErrorKind::UpstreamUnavailable)
     }
 }
 
@@ -106,3 +103,15 @@ impl fmt::Display for GatewayError {
 }
 
 impl std::error::Error for GatewayError {}
+
+impl From<UpstreamError> for GatewayError {
+    fn from(err: UpstreamError) -> Self {
+        let kind = match &err {
+            UpstreamError::Timeout(_) => ErrorKind::UpstreamTimeout,
+            UpstreamError::Unavailable(_) => ErrorKind::UpstreamUnavailable,
+            UpstreamError::BodyTooLarge(_) => ErrorKind::BodyTooLarge,
+            UpstreamError::Invalid(_) => ErrorKind::Internal,
+        };
+        GatewayError::new(kind, err.to_string())
+    }
+}

@@ -23,21 +23,22 @@ use hyper_util::server::conn::auto;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-use crate::gateway::{ChainEntry, Gateway};
-use crate::router::PathMatch;
+use super::Control;
+use crate::config::PathMatch;
+use crate::snapshot::ChainEntry;
 
 /// Serve the admin API on `listener` until the task is aborted.
-pub fn spawn(gateway: Arc<Gateway>, listener: TcpListener) -> tokio::task::JoinHandle<()> {
+pub fn spawn(control: Arc<Control>, listener: TcpListener) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let gateway = gateway.clone();
+            let control = control.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
-                    let gateway = gateway.clone();
-                    async move { Ok::<_, Infallible>(handle(&gateway, req).await) }
+                    let control = control.clone();
+                    async move { Ok::<_, Infallible>(handle(&control, req).await) }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
@@ -47,13 +48,13 @@ pub fn spawn(gateway: Arc<Gateway>, listener: TcpListener) -> tokio::task::JoinH
     })
 }
 
-async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET, "/health") => (StatusCode::OK, json!({ "status": "ok" })),
-        (&Method::GET, "/routes") => (StatusCode::OK, routes(gateway)),
-        (&Method::GET, "/filters") => (StatusCode::OK, filters(gateway).await),
-        (&Method::GET, "/config") => (StatusCode::OK, config(gateway).await),
-        (&Method::POST, "/reload") => reload(gateway).await,
+        (&Method::GET, "/routes") => (StatusCode::OK, routes(control)),
+        (&Method::GET, "/filters") => (StatusCode::OK, filters(control).await),
+        (&Method::GET, "/config") => (StatusCode::OK, config(control).await),
+        (&Method::POST, "/reload") => reload(control).await,
         (_, "/health" | "/routes" | "/filters" | "/config" | "/reload") => (
             StatusCode::METHOD_NOT_ALLOWED,
             json!({ "error": "method not allowed" }),
@@ -69,8 +70,8 @@ async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<Byte
     resp
 }
 
-fn routes(gateway: &Gateway) -> Value {
-    let snapshot = gateway.snapshot();
+fn routes(control: &Control) -> Value {
+    let snapshot = control.snapshots.load();
     let routes: Vec<Value> = snapshot
         .routes
         .iter()
@@ -92,20 +93,16 @@ fn routes(gateway: &Gateway) -> Value {
                 .chain
                 .iter()
                 .map(|e| match e {
-                    ChainEntry::Ready {
-                        filter,
-                        needs,
-                        services,
-                        ..
-                    } => json!({
-                        "name": &*filter.name,
+                    ChainEntry::Ready(b) => json!({
+                        "name": &*b.filter.name,
                         "state": "ready",
-                        "version": filter.hash,
-                        "services": &**services,
-                        "request_phase": needs.request_phase,
-                        "response_phase": needs.response_phase,
-                        "needs_request_body": needs.request_body(),
-                        "needs_response_body": needs.response_body(),
+                        "version": b.filter.hash,
+                        "services": &*b.services,
+                        "request_phase": b.needs.request_phase,
+                        "response_phase": b.needs.response_phase,
+                        "needs_request_body": b.needs.request_body,
+                        "needs_response_body": b.needs.response_body,
+                        "reuse_instance": b.needs.reuse_instance,
                     }),
                     ChainEntry::Unavailable { name, reason } => json!({
                         "name": name,
@@ -127,8 +124,8 @@ fn routes(gateway: &Gateway) -> Value {
     Value::Array(routes)
 }
 
-async fn filters(gateway: &Gateway) -> Value {
-    let state = gateway.state().await;
+async fn filters(control: &Control) -> Value {
+    let state = control.state.lock().await;
     let list: Vec<Value> = state
         .registry
         .slots
@@ -161,8 +158,6 @@ async fn filters(gateway: &Gateway) -> Value {
                 entry["loaded_at"] = json!(time(f.loaded_at));
                 entry["source"] = json!(f.source.as_str());
                 entry["load_ms"] = json!(f.load_time.as_secs_f64() * 1e3);
-                entry["needs_request_body"] = json!(f.info.needs_request_body);
-                entry["needs_response_body"] = json!(f.info.needs_response_body);
             }
             entry
         })
@@ -170,8 +165,8 @@ async fn filters(gateway: &Gateway) -> Value {
     Value::Array(list)
 }
 
-async fn config(gateway: &Gateway) -> Value {
-    let state = gateway.state().await;
+async fn config(control: &Control) -> Value {
+    let state = control.state.lock().await;
     json!({
         "file": state.config_path.as_ref().map(|p| p.display().to_string()),
         "loaded_at": time(state.config_loaded_at),
@@ -180,10 +175,10 @@ async fn config(gateway: &Gateway) -> Value {
     })
 }
 
-async fn reload(gateway: &Gateway) -> (StatusCode, Value) {
-    let has_file = gateway.state().await.config_path.is_some();
+async fn reload(control: &Control) -> (StatusCode, Value) {
+    let has_file = control.state.lock().await.config_path.is_some();
     let config = if has_file {
-        match gateway.reload_config().await {
+        match control.reload_config().await {
             Ok(()) => json!({ "status": "reloaded" }),
             Err(errors) => {
                 return (
@@ -195,7 +190,7 @@ async fn reload(gateway: &Gateway) -> (StatusCode, Value) {
     } else {
         json!({ "status": "no config file" })
     };
-    let changed = gateway.reload_filters(None).await;
+    let changed = control.reload_filters(None).await;
     (
         StatusCode::OK,
         json!({ "config": config, "filters_changed": changed }),

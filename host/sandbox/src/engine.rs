@@ -1,0 +1,181 @@
+//! The engine, the linker and loading: compile, check the contract version, pre-instantiate.
+
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::bindings::{GatewayFilter, GatewayFilterPre};
+use crate::compile::{compile_cached, content_hash};
+use crate::imports::HostState;
+use crate::instance::{Grants, LoadedFilter};
+
+/// The version of the `wasmgate:filter` WIT package this sandbox speaks.
+pub const WIT_VERSION: &str = "0.2.0";
+/// The WIT package's name, before its `@version`.
+const WIT_PACKAGE: &str = "wasmgate:filter";
+
+/// How often the epoch advances; deadlines are checked at this granularity.
+/// A looping filter yields to other tasks at each tick, so the tick bounds how long it can
+/// keep a worker thread from other requests.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// Most memory any filter may be granted; sizes the pooling allocator's slots.
+pub const MAX_MEMORY_BYTES: usize = 256 << 20;
+/// Linear memory per pooled slot kept mapped between instances (reset by memset, not madvise).
+const KEEP_RESIDENT_BYTES: usize = 4 << 20;
+/// Filter instances alive at once across all requests (each in-flight request holds one per
+/// filter of its route).
+pub(crate) const POOL_INSTANCES: u32 = 2048;
+
+/// The process-wide filter sandbox: engine and linker.
+#[derive(Clone)]
+pub struct Sandbox {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+}
+
+impl Sandbox {
+    /// Build the engine and start the epoch ticker (it stops when the engine is dropped).
+    pub fn new() -> anyhow::Result<Sandbox> {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(POOL_INSTANCES)
+            .total_core_instances(POOL_INSTANCES * 4)
+            .total_memories(POOL_INSTANCES * 2)
+            .total_tables(POOL_INSTANCES * 4)
+            .total_stacks(POOL_INSTANCES)
+            .max_memory_size(MAX_MEMORY_BYTES)
+            // Reusing a slot resets it either way; keeping the first pages resident (and
+            // finding dirty pages with pagemap_scan where the kernel has it) replaces madvise
+            // calls and their cross-CPU TLB shootdowns with memset on the hot path.
+            .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+            .table_keep_resident(64 << 10)
+            .async_stack_keep_resident(64 << 10)
+            .pagemap_scan(Enabled::Auto);
+
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .max_wasm_stack(512 << 10);
+        let engine = Engine::new(&config).map_err(|e| context(e, "configuring the wasm engine"))?;
+
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("wasmgate-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .context("starting the epoch thread")?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| context(e, "linking WASI"))?;
+        GatewayFilter::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| context(e, "linking the wasmgate host interfaces"))?;
+        Ok(Sandbox {
+            engine,
+            linker: Arc::new(linker),
+        })
+    }
+
+    /// Compile (or fetch from `cache_dir`) and pre-instantiate a filter from its bytes.
+    ///
+    /// Fails, with a reason fit for a log line, when the bytes are not a component, were built
+    /// for another version of the `wasmgate:filter` contract (the reason names both versions),
+    /// do not implement `wasmgate:filter/filter`, import something the host does not provide,
+    /// or cannot be instantiated. Compilation runs on a blocking thread.
+    pub async fn load(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+        cache_dir: Option<&Path>,
+    ) -> anyhow::Result<LoadedFilter> {
+        let started = Instant::now();
+        let hash = content_hash(&bytes);
+        let cache_file =
+            cache_dir.map(|dir| dir.join(format!("{hash}-{}.cwasm", self.compat_tag())));
+        let engine = self.engine.clone();
+        let (component, source) =
+            tokio::task::spawn_blocking(move || compile_cached(&engine, &bytes, cache_file))
+                .await
+                .context("compile task")??;
+        self.check_contract(&component)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            anyhow::anyhow!("imports something the gateway does not provide: {e:#}")
+        })?;
+        let pre = GatewayFilterPre::new(pre).map_err(|e| {
+            anyhow::anyhow!("does not implement {WIT_PACKAGE}/filter@{WIT_VERSION}: {e:#}")
+        })?;
+        let mut filter = LoadedFilter {
+            name: name.into(),
+            engine: self.engine.clone(),
+            pre,
+            hash,
+            source,
+            load_time: Duration::ZERO,
+            loaded_at: SystemTime::now(),
+        };
+        // A start function that traps, or a component too large for a pool slot, is found
+        // now rather than on the first request.
+        filter
+            .instantiate(&Arc::from("load"), Grants::none())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        filter.load_time = started.elapsed();
+        Ok(filter)
+    }
+
+    /// Refuse a component built for another version of the contract, naming both versions.
+    fn check_contract(&self, component: &Component) -> anyhow::Result<()> {
+        let ty = component.component_type();
+        let prefix = format!("{WIT_PACKAGE}/");
+        let versions: Vec<String> = ty
+            .exports(&self.engine)
+            .chain(ty.imports(&self.engine))
+            .filter_map(|(name, _)| name.strip_prefix(&prefix)?.split_once('@'))
+            .map(|(_, version)| version.to_string())
+            .collect();
+        match versions.iter().find(|v| *v != WIT_VERSION) {
+            Some(built_for) => anyhow::bail!(
+                "built for {WIT_PACKAGE}@{built_for}, but this gateway speaks \
+                 {WIT_PACKAGE}@{WIT_VERSION}: rebuild it against a wasmgate-sdk for \
+                 {WIT_PACKAGE}@{WIT_VERSION}"
+            ),
+            None => Ok(()),
+        }
+    }
+
+    /// Identifies the engine build and settings a serialized component is valid for.
+    fn compat_tag(&self) -> String {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
+    }
+}
+
+/// wasmtime 48 has its own error type; give it context as an `anyhow::Error`.
+pub(crate) fn context(err: wasmtime::Error, what: &str) -> anyhow::Error {
+    anyhow::anyhow!("{what}: {err:#}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wit_package_declares_the_version_the_sandbox_speaks() {
+        let wit = include_str!("../../../wit/filter.wit");
+        assert!(wit.contains(&format!("package {WIT_PACKAGE}@{WIT_VERSION};")));
+    }
+}

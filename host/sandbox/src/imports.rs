@@ -1,0 +1,234 @@
+//! Every host import of the WIT world, beside the store data they work on: `log`, `host`
+//! (clock, randomness), `cache` (a small per-filter cache) and `outbound` (service calls, which
+//! the embedder implements through [`Outbound`]).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::wasmgate::filter::{cache, host, log, outbound, types};
+use crate::wit::{CallError, OutboundRequest, OutboundResponse};
+
+/// Entries one filter's cache holds at most.
+const CACHE_MAX_ENTRIES: usize = 10_000;
+/// Bytes (keys and values) one filter's cache holds at most.
+const CACHE_MAX_BYTES: usize = 8 << 20;
+/// Largest value stored; larger ones are silently not cached.
+const CACHE_MAX_VALUE: usize = 64 << 10;
+/// Longest key stored.
+const CACHE_MAX_KEY: usize = 1024;
+/// Most random bytes one call returns.
+const MAX_RANDOM_BYTES: u32 = 4096;
+
+/// The future an [`Outbound`] call returns.
+pub type OutboundFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<OutboundResponse, CallError>> + Send + 'a>>;
+
+/// Calls to services, as one request's filter may make them: the embedder says which services
+/// are granted and carries the calls. A call to a service not granted never reaches
+/// [`Outbound::call`]: the filter gets [`CallError::Denied`].
+pub trait Outbound: Send + Sync {
+    /// Whether the filter may call `service`.
+    fn granted(&self, service: &str) -> bool;
+
+    /// One call to a granted service. Never a trap: every failure is a [`CallError`] the
+    /// filter handles.
+    fn call(&self, req: OutboundRequest) -> OutboundFuture<'_>;
+}
+
+/// Store data for one filter instance.
+pub(crate) struct HostState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    pub(crate) filter: Arc<str>,
+    pub(crate) request_id: Arc<str>,
+    /// When the current call's execution budget runs out; host calls that wait (outbound
+    /// requests) push it back by the time they waited.
+    pub(crate) deadline: Instant,
+    pub(crate) cache: Arc<FilterCache>,
+    pub(crate) outbound: Option<Arc<dyn Outbound>>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for HostState {}
+
+impl log::Host for HostState {
+    async fn log(&mut self, level: types::LogLevel, message: String) {
+        use types::LogLevel as L;
+        let (filter, request_id) = (&*self.filter, &*self.request_id);
+        match level {
+            L::Trace => {
+                tracing::trace!(target: "wasmgate::filter", filter, request_id, "{message}")
+            }
+            L::Debug => {
+                tracing::debug!(target: "wasmgate::filter", filter, request_id, "{message}")
+            }
+            L::Info => tracing::info!(target: "wasmgate::filter", filter, request_id, "{message}"),
+            L::Warn => tracing::warn!(target: "wasmgate::filter", filter, request_id, "{message}"),
+            L::Error => {
+                tracing::error!(target: "wasmgate::filter", filter, request_id, "{message}")
+            }
+        }
+    }
+}
+
+impl host::Host for HostState {
+    async fn now_ms(&mut self) -> u64 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    async fn random_bytes(&mut self, len: u32) -> Vec<u8> {
+        let mut buf = vec![0u8; len.min(MAX_RANDOM_BYTES) as usize];
+        if getrandom::fill(&mut buf).is_err() {
+            // The OS generator is gone; nothing sane to return but an empty list.
+            buf.clear();
+        }
+        buf
+    }
+}
+
+impl cache::Host for HostState {
+    async fn get(&mut self, key: String) -> Option<Vec<u8>> {
+        self.cache.get(&key)
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u32) {
+        self.cache
+            .set(key, value, Duration::from_millis(u64::from(ttl_ms)));
+    }
+}
+
+impl outbound::Host for HostState {
+    async fn call(&mut self, req: OutboundRequest) -> Result<OutboundResponse, CallError> {
+        let started = Instant::now();
+        let result = match &self.outbound {
+            Some(outbound) if outbound.granted(&req.service) => outbound.call(req).await,
+            _ => Err(denied(&req.service)),
+        };
+        // Waiting is not executing: the filter's budget does not run while it waits.
+        self.deadline += started.elapsed();
+        result
+    }
+
+    async fn call_all(
+        &mut self,
+        reqs: Vec<OutboundRequest>,
+    ) -> Vec<Result<OutboundResponse, CallError>> {
+        let started = Instant::now();
+        let outbound = &self.outbound;
+        let calls = reqs.into_iter().map(|req| async move {
+            match outbound {
+                Some(outbound) if outbound.granted(&req.service) => outbound.call(req).await,
+                _ => Err(denied(&req.service)),
+            }
+        });
+        let results = futures_util::future::join_all(calls).await;
+        self.deadline += started.elapsed();
+        results
+    }
+}
+
+/// The error for a service the route does not grant.
+fn denied(service: &str) -> CallError {
+    CallError::Denied(format!(
+        "this route does not grant this filter the service {service:?}"
+    ))
+}
+
+/// A small in-memory cache shared by every instance of one filter.
+#[derive(Default)]
+pub struct FilterCache {
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    entries: HashMap<String, CacheEntry>,
+    bytes: usize,
+}
+
+struct CacheEntry {
+    value: Vec<u8>,
+    expires: Instant,
+}
+
+impl FilterCache {
+    /// The value under `key`, unless it expired or was evicted.
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .entries
+            .get(key)
+            .filter(|e| e.expires > Instant::now())
+            .map(|e| e.value.clone())
+    }
+
+    /// Keep `value` under `key` for `ttl`; values over 64 KiB and keys over 1 KiB are not kept.
+    pub fn set(&self, key: String, value: Vec<u8>, ttl: Duration) {
+        if value.len() > CACHE_MAX_VALUE || key.len() > CACHE_MAX_KEY || ttl.is_zero() {
+            return;
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let size = key.len() + value.len();
+        if let Some(old) = inner.entries.remove(&key) {
+            inner.bytes -= key.len() + old.value.len();
+        }
+        inner.bytes += size;
+        inner.entries.insert(
+            key,
+            CacheEntry {
+                value,
+                expires: Instant::now() + ttl,
+            },
+        );
+        if inner.entries.len() > CACHE_MAX_ENTRIES || inner.bytes > CACHE_MAX_BYTES {
+            inner.evict();
+        }
+    }
+}
+
+impl CacheInner {
+    /// Drop expired entries, then those expiring soonest, until within bounds.
+    fn evict(&mut self) {
+        let now = Instant::now();
+        let mut freed = 0;
+        self.entries.retain(|k, e| {
+            let keep = e.expires > now;
+            if !keep {
+                freed += k.len() + e.value.len();
+            }
+            keep
+        });
+        self.bytes -= freed;
+        while self.entries.len() > CACHE_MAX_ENTRIES || self.bytes > CACHE_MAX_BYTES {
+            let Some(key) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.expires)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            if let Some(e) = self.entries.remove(&key) {
+                self.bytes -= key.len() + e.value.len();
+            }
+        }
+    }
+}

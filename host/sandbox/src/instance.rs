@@ -1,0 +1,453 @@
+//! Loaded filters, their instances, and the limits every call runs under.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime_wasi::WasiCtx;
+
+use crate::bindings::{GatewayFilter, GatewayFilterPre};
+use crate::compile::LoadSource;
+use crate::engine::POOL_INSTANCES;
+use crate::imports::{FilterCache, HostState, Outbound};
+use crate::wit::{Needs, Request, RequestAction, Response, RouteContext};
+
+/// Idle instances kept per pool, and across all pools (a share of the engine's instance slots,
+/// so idle instances never starve requests of slots).
+const IDLE_PER_POOL: usize = 64;
+const IDLE_TOTAL: usize = POOL_INSTANCES as usize / 2;
+static IDLE_INSTANCES: AtomicUsize = AtomicUsize::new(0);
+
+/// What one filter call may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Execution budget for one phase call (instantiation and configure included); time spent
+    /// waiting on outbound calls is not counted.
+    pub deadline: Duration,
+    /// Cap on a filter instance's linear memory (at most [`crate::MAX_MEMORY_BYTES`]).
+    pub memory_bytes: usize,
+    /// Cap on what one phase returns (header names and values, path, body).
+    pub max_output_bytes: usize,
+    /// Requests one instance may serve when its filter allows reuse; 1 means a fresh instance
+    /// for every request.
+    pub requests_per_instance: u32,
+}
+
+/// Why a filter call did not produce a result.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// The filter returned an error value (it handled the situation itself).
+    #[error("filter returned an error: {0}")]
+    Returned(String),
+    /// The instance trapped (panic, out-of-bounds, unreachable, stack overflow, out of memory)
+    /// or was interrupted at its deadline. The instance is discarded.
+    #[error("filter trapped: {0}")]
+    Trap(String),
+    /// The filter returned something the host will not use (an invalid header, status, or
+    /// more output than its cap).
+    #[error("filter returned an invalid result: {0}")]
+    Invalid(String),
+}
+
+/// What one instance may reach besides its request, and the limits it runs under.
+#[derive(Clone)]
+pub struct Grants {
+    /// Its filter's cache.
+    pub cache: Arc<FilterCache>,
+    /// Service calls, when its route grants any.
+    pub outbound: Option<Arc<dyn Outbound>>,
+    /// Limits for each call.
+    pub limits: Limits,
+}
+
+impl Grants {
+    /// No services, a throwaway cache and the gateway's default limits (load-time and config
+    /// checks).
+    pub fn none() -> Grants {
+        Grants {
+            cache: Arc::default(),
+            outbound: None,
+            limits: Limits {
+                deadline: Duration::from_millis(100),
+                memory_bytes: 32 << 20,
+                max_output_bytes: 2 << 20,
+                requests_per_instance: 1,
+            },
+        }
+    }
+}
+
+/// A compiled, pre-instantiated filter version.
+pub struct LoadedFilter {
+    /// The filter's name (its file stem).
+    pub name: Arc<str>,
+    pub(crate) engine: Engine,
+    pub(crate) pre: GatewayFilterPre<HostState>,
+    /// `sha256` of the `.wasm` bytes, hex.
+    pub hash: String,
+    /// Compiled now, or taken from the compile cache.
+    pub source: LoadSource,
+    /// Time to compile or deserialize, pre-instantiate and instantiate once.
+    pub load_time: Duration,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+}
+
+impl LoadedFilter {
+    /// The first 12 hex digits of its content hash, for logs.
+    pub fn short_hash(&self) -> &str {
+        &self.hash[..self.hash.len().min(12)]
+    }
+
+    pub(crate) async fn instantiate(
+        &self,
+        request_id: &Arc<str>,
+        grants: Grants,
+    ) -> Result<(Store<HostState>, GatewayFilter), FilterError> {
+        let state = HostState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(grants.limits.memory_bytes)
+                .trap_on_grow_failure(true)
+                .build(),
+            filter: self.name.clone(),
+            request_id: request_id.clone(),
+            deadline: Instant::now() + grants.limits.deadline,
+            cache: grants.cache,
+            outbound: grants.outbound,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        let instance =
+            self.pre.instantiate_async(&mut store).await.map_err(|e| {
+                FilterError::Trap(format!("instantiation failed: {}", trap_reason(&e)))
+            })?;
+        Ok((store, instance))
+    }
+
+    /// A fresh instance configured with `config_json`, ready for one request's phases.
+    async fn start(
+        self: &Arc<Self>,
+        config_json: &str,
+        request_id: &Arc<str>,
+        grants: Grants,
+    ) -> Result<Box<FilterInstance>, FilterError> {
+        let limits = grants.limits;
+        let (mut store, bindings) = self.instantiate(request_id, grants).await?;
+        let mut needs = bindings
+            .wasmgate_filter_filter()
+            .call_configure(&mut store, config_json)
+            .await
+            .map_err(|e| FilterError::Trap(trap_reason(&e)))?
+            .map_err(|e| FilterError::Returned(format!("config rejected: {e}")))?;
+        // A body is read only by a phase that runs.
+        needs.request_body &= needs.request_phase;
+        needs.response_body &= needs.response_phase;
+        Ok(Box::new(FilterInstance {
+            store,
+            bindings,
+            needs,
+            limits,
+            pool: None,
+            served: 0,
+            failed: false,
+        }))
+    }
+
+    /// Check that the filter accepts `config_json`, and what that config needs; the error is
+    /// the filter's own message.
+    pub async fn check_config(self: &Arc<Self>, config_json: &str) -> Result<Needs, String> {
+        match self
+            .start(config_json, &Arc::from("check"), Grants::none())
+            .await
+        {
+            Ok(instance) => Ok(instance.needs),
+            Err(FilterError::Returned(msg)) => Err(msg),
+            Err(other) => Err(other.to_string()),
+        }
+    }
+}
+
+/// The instances of one configuration of a filter version.
+pub struct InstancePool {
+    filter: Arc<LoadedFilter>,
+    config_json: String,
+    /// What the configuration needs.
+    needs: Needs,
+    /// Zero when instances are not reused.
+    requests_per_instance: u32,
+    /// Boxed: an instance moves in and out of here, and through each call's future, on every
+    /// call; a box moves as one pointer.
+    #[allow(clippy::vec_box)]
+    idle: std::sync::Mutex<Vec<Box<FilterInstance>>>,
+}
+
+impl InstancePool {
+    /// Instances of `filter` configured with `config_json`, which [`LoadedFilter::check_config`]
+    /// said `needs`. They are reused when the configuration allows it
+    /// ([`Needs::reuse_instance`]) and `requests_per_instance` is more than one.
+    pub fn new(
+        filter: Arc<LoadedFilter>,
+        config_json: String,
+        needs: Needs,
+        requests_per_instance: u32,
+    ) -> InstancePool {
+        let reuse = needs.reuse_instance && requests_per_instance > 1;
+        InstancePool {
+            filter,
+            config_json,
+            needs,
+            requests_per_instance: if reuse { requests_per_instance } else { 0 },
+            idle: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The filter version.
+    pub fn filter(&self) -> &Arc<LoadedFilter> {
+        &self.filter
+    }
+
+    /// What the configuration needs.
+    pub fn needs(&self) -> Needs {
+        self.needs
+    }
+
+    /// One request's use of this pool; `grants` carries what the request's calls may reach.
+    pub fn lease(self: &Arc<Self>, request_id: &Arc<str>, grants: Grants) -> Lease {
+        Lease {
+            pool: self.clone(),
+            request_id: request_id.clone(),
+            grants,
+            held: None,
+        }
+    }
+
+    /// Instances idle in this pool.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// An instance for one call: an idle one when the pool reuses instances, else a fresh one
+    /// configured now.
+    async fn take(
+        self: &Arc<Self>,
+        request_id: &Arc<str>,
+        grants: Grants,
+    ) -> Result<Box<FilterInstance>, FilterError> {
+        let idle = match self.requests_per_instance {
+            0 => None,
+            _ => self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop(),
+        };
+        if let Some(mut instance) = idle {
+            IDLE_INSTANCES.fetch_sub(1, Ordering::Relaxed);
+            let data = instance.store.data_mut();
+            data.request_id = request_id.clone();
+            data.outbound = grants.outbound;
+            data.cache = grants.cache;
+            instance.limits = grants.limits;
+            // Epochs passed while it was idle; count its deadline from now.
+            instance.store.set_epoch_deadline(1);
+            instance.pool = Some(self.clone());
+            return Ok(instance);
+        }
+        let mut instance = self
+            .filter
+            .start(&self.config_json, request_id, grants)
+            .await?;
+        if self.requests_per_instance > 0 {
+            instance.pool = Some(self.clone());
+        }
+        Ok(instance)
+    }
+
+    fn put_back(&self, mut instance: Box<FilterInstance>) {
+        // Nothing of the finished request stays reachable from the idle instance, and it does
+        // not point back at its pool (a cycle that would keep both, and the engine, alive).
+        instance.store.data_mut().outbound = None;
+        instance.pool = None;
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() >= IDLE_PER_POOL {
+            return;
+        }
+        if IDLE_INSTANCES.fetch_add(1, Ordering::Relaxed) >= IDLE_TOTAL {
+            IDLE_INSTANCES.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        idle.push(instance);
+    }
+}
+
+impl Drop for InstancePool {
+    fn drop(&mut self) {
+        let idle = self.idle.get_mut().map_or(0, |v| v.len());
+        IDLE_INSTANCES.fetch_sub(idle, Ordering::Relaxed);
+    }
+}
+
+/// One request's use of a pool: runs its phases on a held fresh instance, or on shared
+/// instances taken per call when the pool reuses them.
+pub struct Lease {
+    pool: Arc<InstancePool>,
+    request_id: Arc<str>,
+    grants: Grants,
+    /// The request's own instance, when instances are not shared.
+    held: Option<Box<FilterInstance>>,
+}
+
+impl Lease {
+    async fn instance(&mut self) -> Result<Box<FilterInstance>, FilterError> {
+        match self.held.take() {
+            Some(instance) => Ok(instance),
+            None => self.pool.take(&self.request_id, self.grants.clone()).await,
+        }
+    }
+
+    fn done(&mut self, instance: Box<FilterInstance>) {
+        if instance.pool.is_some() {
+            instance.release();
+        } else {
+            self.held = Some(instance);
+        }
+    }
+
+    /// The request phase, on this lease's instance.
+    pub async fn on_request(
+        &mut self,
+        ctx: &RouteContext,
+        req: &Request,
+    ) -> Result<RequestAction, FilterError> {
+        let mut instance = self.instance().await?;
+        let action = instance.on_request(ctx, req).await?;
+        self.done(instance);
+        Ok(action)
+    }
+
+    /// The response phase, on this lease's instance.
+    pub async fn on_response(
+        &mut self,
+        ctx: &RouteContext,
+        resp: &Response,
+    ) -> Result<Response, FilterError> {
+        let mut instance = self.instance().await?;
+        let resp = instance.on_response(ctx, resp).await?;
+        self.done(instance);
+        Ok(resp)
+    }
+}
+
+/// One filter instance: held by a request for both phases, or taken per call from its pool.
+struct FilterInstance {
+    store: Store<HostState>,
+    bindings: GatewayFilter,
+    /// What this instance's configuration needs.
+    needs: Needs,
+    limits: Limits,
+    /// Where it goes back after a clean call, when its pool reuses instances.
+    pool: Option<Arc<InstancePool>>,
+    /// Calls it has completed.
+    served: u32,
+    /// A call failed or was left unfinished: never reused.
+    failed: bool,
+}
+
+impl FilterInstance {
+    /// A call succeeded: back to its pool when the pool reuses instances and it has uses left
+    /// (two calls per request), dropped otherwise. An instance that is simply dropped
+    /// (failure, abandoned request) is never reused.
+    fn release(mut self: Box<Self>) {
+        self.served += 1;
+        if let Some(pool) = self.pool.clone()
+            && !self.failed
+            && self.served < pool.requests_per_instance.saturating_mul(2)
+        {
+            pool.put_back(self);
+        }
+    }
+
+    fn arm_deadline(&mut self) {
+        self.store.data_mut().deadline = Instant::now() + self.limits.deadline;
+    }
+
+    async fn on_request(
+        &mut self,
+        ctx: &RouteContext,
+        req: &Request,
+    ) -> Result<RequestAction, FilterError> {
+        self.arm_deadline();
+        self.failed = true;
+        let action = self
+            .bindings
+            .wasmgate_filter_filter()
+            .call_on_request(&mut self.store, ctx, req)
+            .await
+            .map_err(|e| FilterError::Trap(trap_reason(&e)))?
+            .map_err(FilterError::Returned)?;
+        let size = match &action {
+            RequestAction::Continue(r) => {
+                r.path_with_query.len() + output_size(&r.headers, r.body.as_deref())
+            }
+            RequestAction::Respond(r) => output_size(&r.headers, r.body.as_deref()),
+        };
+        self.check_output(size)?;
+        self.failed = false;
+        Ok(action)
+    }
+
+    async fn on_response(
+        &mut self,
+        ctx: &RouteContext,
+        resp: &Response,
+    ) -> Result<Response, FilterError> {
+        self.arm_deadline();
+        self.failed = true;
+        let resp = self
+            .bindings
+            .wasmgate_filter_filter()
+            .call_on_response(&mut self.store, ctx, resp)
+            .await
+            .map_err(|e| FilterError::Trap(trap_reason(&e)))?
+            .map_err(FilterError::Returned)?;
+        self.check_output(output_size(&resp.headers, resp.body.as_deref()))?;
+        self.failed = false;
+        Ok(resp)
+    }
+
+    fn check_output(&self, size: usize) -> Result<(), FilterError> {
+        let cap = self.limits.max_output_bytes;
+        if size > cap {
+            return Err(FilterError::Invalid(format!(
+                "returned {size} bytes, over its cap of {cap}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Bytes a filter returned: header names and values, and the body.
+fn output_size(headers: &[(String, Vec<u8>)], body: Option<&[u8]>) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| n.len() + v.len())
+        .sum::<usize>()
+        + body.map_or(0, <[u8]>::len)
+}
+
+/// A one-line reason for a wasm error, naming deadline and memory hits plainly.
+fn trap_reason(err: &wasmtime::Error) -> String {
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => "deadline exceeded".into(),
+        Some(trap) => trap.to_string(),
+        None => format!("{err:#}"),
+    }
+}

@@ -1,0 +1,211 @@
+//! The control plane: the registry of loaded filters, reloads (of the config and of filters),
+//! the file watcher and the admin endpoint. It builds snapshots and publishes them; the request
+//! path only reads them.
+
+pub mod admin;
+mod registry;
+pub mod watch;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use wasmgate_sandbox::Sandbox;
+
+use self::registry::Registry;
+use crate::config::{self, Config};
+use crate::snapshot::{Current, FilterProblem, Snapshot};
+
+/// Reloads and the state they work from.
+pub struct Control {
+    sandbox: Sandbox,
+    /// Where snapshots are published for the request path.
+    snapshots: Arc<Current>,
+    /// Everything reloads change, behind one lock so reloads never interleave. Never taken on
+    /// the request path.
+    state: tokio::sync::Mutex<State>,
+}
+
+/// What reloads work from.
+struct State {
+    /// The config serving now.
+    config: Config,
+    /// The file it came from, when it came from one.
+    config_path: Option<PathBuf>,
+    registry: Registry,
+    config_loaded_at: SystemTime,
+    /// The last config reload that was rejected, if it came after the serving config.
+    config_rejected: Option<(SystemTime, Vec<String>)>,
+}
+
+impl Control {
+    /// Load `config`'s filters and publish the first snapshot. Filter problems are logged and
+    /// leave the affected routes answering 503.
+    pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Control> {
+        let sandbox = Sandbox::new()?;
+        let mut registry = Registry::load(&sandbox, &config).await;
+        let (snapshot, problems) = Snapshot::build(&config, &mut registry).await;
+        log_problems(&problems);
+        Ok(Control {
+            sandbox,
+            snapshots: Arc::new(Current::from_pointee(snapshot)),
+            state: tokio::sync::Mutex::new(State {
+                config,
+                config_path,
+                registry,
+                config_loaded_at: SystemTime::now(),
+                config_rejected: None,
+            }),
+        })
+    }
+
+    /// Where the current snapshot is published.
+    pub fn snapshots(&self) -> Arc<Current> {
+        self.snapshots.clone()
+    }
+
+    /// The filters directory of the serving config.
+    pub async fn filters_dir(&self) -> PathBuf {
+        self.state.lock().await.config.filters_dir.clone()
+    }
+
+    /// Re-read the config file. An invalid config is rejected with every error and the current
+    /// one keeps serving. Filters newly referenced are loaded.
+    pub async fn reload_config(&self) -> Result<(), Vec<String>> {
+        let mut state = self.state.lock().await;
+        let Some(path) = state.config_path.clone() else {
+            return Err(vec![
+                "the gateway was not started from a config file".into(),
+            ]);
+        };
+        let new = match Config::load(&path) {
+            Ok(config) => config,
+            Err(e) => {
+                let errors: Vec<String> = e.to_string().lines().map(str::to_string).collect();
+                for line in &errors {
+                    tracing::error!("config rejected, previous config keeps serving: {line}");
+                }
+                state.config_rejected = Some((SystemTime::now(), errors.clone()));
+                return Err(errors);
+            }
+        };
+        let old = &state.config;
+        if new.listen != old.listen {
+            tracing::warn!(old = %old.listen, new = %new.listen, "listen address changed: restart wasmgate to apply it");
+        }
+        if new.admin != old.admin {
+            tracing::warn!("admin listener changed: restart wasmgate to apply it");
+        }
+        if new.server != old.server {
+            tracing::warn!("[server] settings changed: restart wasmgate to apply them");
+        }
+        let dir_changed = new.filters_dir != old.filters_dir || new.cache_dir != old.cache_dir;
+        let referenced = referenced_filters(&new);
+        let state = &mut *state;
+        for name in &referenced {
+            if dir_changed || !state.registry.has(name) {
+                state.registry.refresh(&self.sandbox, &new, name).await;
+            }
+        }
+        state.registry.retain(&referenced);
+        self.publish(&new, &mut state.registry).await;
+        tracing::info!(file = %path.display(), routes = new.routes.len(), "config reloaded");
+        state.config = new;
+        state.config_loaded_at = SystemTime::now();
+        state.config_rejected = None;
+        Ok(())
+    }
+
+    /// Re-read the named filters (all referenced ones when `None`) and switch routes to any
+    /// new version that loads. Returns the names whose serving version changed.
+    pub async fn reload_filters(&self, names: Option<&[String]>) -> Vec<String> {
+        let mut state = self.state.lock().await;
+        let state = &mut *state;
+        let referenced = referenced_filters(&state.config);
+        let wanted: Vec<String> = match names {
+            Some(names) => names
+                .iter()
+                .filter(|n| referenced.contains(*n))
+                .cloned()
+                .collect(),
+            None => referenced.into_iter().collect(),
+        };
+        let mut changed = Vec::new();
+        for name in wanted {
+            if state
+                .registry
+                .refresh(&self.sandbox, &state.config, &name)
+                .await
+            {
+                changed.push(name);
+            }
+        }
+        if !changed.is_empty() {
+            self.publish(&state.config, &mut state.registry).await;
+        }
+        changed
+    }
+
+    /// Build a snapshot of `config` over `registry`, log its filter problems, and serve it.
+    async fn publish(&self, config: &Config, registry: &mut Registry) {
+        let (snapshot, problems) = Snapshot::build(config, registry).await;
+        log_problems(&problems);
+        self.snapshots.store(Arc::new(snapshot));
+    }
+}
+
+fn log_problems(problems: &[FilterProblem]) {
+    for p in problems {
+        tracing::error!("{p}");
+    }
+}
+
+/// Names of every filter `config`'s routes use.
+fn referenced_filters(config: &Config) -> BTreeSet<String> {
+    config
+        .routes
+        .iter()
+        .flat_map(|r| r.filters.iter().map(|f| f.name.clone()))
+        .collect()
+}
+
+/// Where the filter called `name` lives.
+fn filter_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.wasm"))
+}
+
+/// Validate the config at `path` and every filter it references, each with the config of every
+/// route that uses it.
+pub async fn check(path: &Path) -> Result<CheckReport, config::ConfigError> {
+    let config = Config::load(path)?;
+    let sandbox = Sandbox::new().map_err(|e| config::ConfigError {
+        file: path.display().to_string(),
+        diagnostics: vec![config::Diagnostic {
+            line: 0,
+            column: 0,
+            message: format!("cannot start the wasm runtime: {e:#}"),
+        }],
+    })?;
+    let mut registry = Registry::load(&sandbox, &config).await;
+    let (_, problems) = Snapshot::build(&config, &mut registry).await;
+    Ok(CheckReport {
+        routes: config.routes.len(),
+        filters: registry.len(),
+        problems: problems
+            .iter()
+            .map(|p| format!("{}:{p}", path.display()))
+            .collect(),
+    })
+}
+
+/// What `wasmgate check` found in a config whose syntax and structure are valid.
+#[derive(Debug)]
+pub struct CheckReport {
+    /// Routes in the config.
+    pub routes: usize,
+    /// Filters the routes reference.
+    pub filters: usize,
+    /// One line per filter problem, `file:line:col: route ..: filter ..: reason`.
+    pub problems: Vec<String>,
+}

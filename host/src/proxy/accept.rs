@@ -1,0 +1,110 @@
+//! Accept-side checks on a client request (framing, declared size) and the body policy: buffer
+//! the body when a filter reads it, else stream it, capped either way.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+
+use super::error::{ErrorKind, GatewayError};
+use crate::snapshot::{Route, Snapshot};
+use crate::upstream::BoxError;
+
+/// A request body: still streaming from the client, or buffered (read or set by a filter).
+pub(super) enum ReqBody {
+    /// `Sync` (unlike [`crate::upstream::Body`]) because the handler holds it across awaits.
+    Stream(BoxBody<Bytes, BoxError>),
+    Buffered(Bytes),
+}
+
+/// Refuse requests whose framing is ambiguous (both `content-length` and `transfer-encoding`,
+/// or more than one `content-length`) or whose declared length is over
+/// `server.max_request_body_bytes`. The framing check is defence in depth: the server's framing
+/// guard and hyper's parser already refuse these on HTTP/1 (see tests/e2e/hardening.rs); this
+/// guards any other path a request may come in by.
+pub(super) fn check_request(headers: &HeaderMap, snapshot: &Snapshot) -> Result<(), GatewayError> {
+    let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
+    if lengths > 1 {
+        return Err(GatewayError::new(
+            ErrorKind::BadRequest,
+            "more than one content-length",
+        ));
+    }
+    if lengths == 1 && headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(GatewayError::new(
+            ErrorKind::BadRequest,
+            "both content-length and transfer-encoding",
+        ));
+    }
+    if let (Some(max), Some(len)) = (snapshot.max_request_body, content_length(headers))
+        && len > max
+    {
+        return Err(GatewayError::new(
+            ErrorKind::BodyTooLarge,
+            format!("content-length {len} exceeds server.max_request_body_bytes {max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The body as the route needs it: buffered up to the route's limit when a filter reads it,
+/// otherwise streamed (cut off past `server.max_request_body_bytes`, so the upstream sees an
+/// aborted request).
+pub(super) async fn request_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    route: &Route,
+    snapshot: &Snapshot,
+) -> Result<ReqBody, GatewayError> {
+    let max_request = snapshot.max_request_body;
+    if route.needs_request_body {
+        let limit = route
+            .body_limit(&snapshot.body_limits)
+            .min(max_request.unwrap_or(u64::MAX));
+        return read_limited(body, headers, limit)
+            .await
+            .map(ReqBody::Buffered);
+    }
+    Ok(ReqBody::Stream(match max_request {
+        Some(max) => Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX))
+            .map_err(BoxError::from)
+            .boxed(),
+        None => body.map_err(BoxError::from).boxed(),
+    }))
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Read a body up to `limit` bytes; 413 beyond, refusing early when `content-length` says so.
+async fn read_limited(
+    body: Incoming,
+    headers: &HeaderMap,
+    limit: u64,
+) -> Result<Bytes, GatewayError> {
+    if let Some(declared) = content_length(headers).filter(|n| *n > limit) {
+        return Err(GatewayError::new(
+            ErrorKind::BodyTooLarge,
+            format!("content-length {declared} exceeds the limit of {limit} bytes"),
+        ));
+    }
+    match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(GatewayError::new(
+            ErrorKind::BodyTooLarge,
+            format!("request body exceeds the limit of {limit} bytes"),
+        )),
+        Err(e) => Err(GatewayError::new(
+            ErrorKind::BadRequest,
+            format!("reading request body: {e}"),
+        )),
+    }
+}

@@ -1,0 +1,364 @@
+//! The chain runner: a route's filters, request phases in chain order and response phases in
+//! reverse, with one way of handling every call's outcome (breaker, failure log, failure
+//! policy) for both phases.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Response;
+use http::header::{self, HeaderValue};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use wasmgate_sandbox::wit::{self, RequestAction, RouteContext};
+use wasmgate_sandbox::{FilterError, Grants, Lease, Outbound};
+
+use super::Exchange;
+use super::accept::ReqBody;
+use super::error::{ErrorKind, GatewayError};
+use super::service_calls::ServiceCalls;
+use super::wit::{CheckedRequest, check_request, check_response, convert_request};
+use super::wit::{from_wit_headers, to_wit_headers};
+use crate::config::FailurePolicy;
+use crate::route::Params;
+use crate::snapshot::{Binding, COOL_DOWN, ChainEntry, Route, Ticket};
+use crate::upstream::{Body, BoxError, strip_hop_by_hop};
+
+/// One request's run through its route's chain.
+pub(super) struct Chain<'a> {
+    route: &'a Route,
+    ex: &'a Exchange,
+    ctx: RouteContext,
+    /// Filters whose response phase is still to run, in chain order.
+    entered: Vec<Entered<'a>>,
+}
+
+/// A filter the request went through whose response phase is to run.
+struct Entered<'a> {
+    binding: &'a Binding,
+    lease: Lease,
+    ticket: Ticket<'a>,
+}
+
+/// Where the request goes after its request phases.
+pub(super) enum Proceed {
+    /// On to the upstream, as the filters left it.
+    Upstream(CheckedRequest, ReqBody),
+    /// A filter answered; its response goes through the response phases.
+    Respond(wit::Response),
+}
+
+/// The response the response phases work on.
+pub(super) enum Answer {
+    Filter(wit::Response),
+    Upstream(Response<Incoming>),
+}
+
+enum RespBody {
+    Stream(Incoming),
+    Buffered(Bytes),
+}
+
+#[derive(Clone, Copy)]
+enum Phase {
+    Request,
+    Response,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Request => "request",
+            Phase::Response => "response",
+        }
+    }
+}
+
+impl<'a> Chain<'a> {
+    pub(super) fn new(route: &'a Route, ex: &'a Exchange, params: Params) -> Chain<'a> {
+        Chain {
+            route,
+            ex,
+            ctx: RouteContext {
+                route: route.config.name.clone(),
+                params,
+                client_addr: ex.client.to_string(),
+                request_id: ex.request_id.to_string(),
+            },
+            entered: Vec::with_capacity(route.chain.len()),
+        }
+    }
+
+    /// Whether any filter the request went through has a response phase to run.
+    pub(super) fn has_response_phases(&self) -> bool {
+        !self.entered.is_empty()
+    }
+
+    /// Run the request phases in chain order.
+    pub(super) async fn request_phases(
+        &mut self,
+        req: CheckedRequest,
+        authority: String,
+        mut body: ReqBody,
+    ) -> Result<Proceed, GatewayError> {
+        let mut wit_req = wit::Request {
+            method: req.method.to_string(),
+            scheme: "http".into(),
+            authority,
+            path_with_query: req.path_and_query,
+            headers: to_wit_headers(&req.headers),
+            body: None,
+        };
+        let route = self.route;
+        for entry in &route.chain {
+            let binding = match entry {
+                ChainEntry::Ready(binding) => binding,
+                ChainEntry::Unavailable { name, reason } => {
+                    return Err(GatewayError::new(
+                        ErrorKind::FilterUnavailable,
+                        format!(
+                            "route {:?}: filter {name:?} is not loaded: {reason}",
+                            route.config.name
+                        ),
+                    ));
+                }
+            };
+            let Some(ticket) = binding.breaker.admit() else {
+                match binding.on_failure {
+                    FailurePolicy::FailClosed => {
+                        return Err(GatewayError::new(
+                            ErrorKind::FilterUnavailable,
+                            format!(
+                                "filter {:?} is failing repeatedly; not run (breaker open)",
+                                binding.filter.name
+                            ),
+                        ));
+                    }
+                    FailurePolicy::FailOpen => continue,
+                }
+            };
+            let mut lease = binding
+                .instances
+                .lease(&self.ex.request_id, self.grants(binding));
+            if !binding.needs.request_phase {
+                // Its config does nothing here; its response phase may.
+                if binding.needs.response_phase {
+                    self.entered.push(Entered {
+                        binding,
+                        lease,
+                        ticket,
+                    });
+                }
+                continue;
+            }
+            wit_req.body = match (&body, binding.needs.request_body) {
+                (ReqBody::Buffered(b), true) => Some(b.to_vec()),
+                _ => None,
+            };
+            let outcome = async {
+                let action = lease.on_request(&self.ctx, &wit_req).await?;
+                if let RequestAction::Continue(next) = &action {
+                    check_request(next)?;
+                }
+                Ok(action)
+            }
+            .await;
+            // Fail-open: as if the filter were absent, the request goes on unchanged.
+            let Some((action, ticket)) = self.settle(binding, Phase::Request, ticket, outcome)?
+            else {
+                continue;
+            };
+            if binding.needs.response_phase {
+                self.entered.push(Entered {
+                    binding,
+                    lease,
+                    ticket,
+                });
+            } else {
+                ticket.report(false);
+            }
+            match action {
+                RequestAction::Continue(mut next) => {
+                    if let Some(new_body) = next.body.take() {
+                        body = ReqBody::Buffered(Bytes::from(new_body));
+                    }
+                    wit_req = next;
+                }
+                RequestAction::Respond(resp) => return Ok(Proceed::Respond(resp)),
+            }
+        }
+        let req = convert_request(wit_req).map_err(|e| {
+            GatewayError::new(
+                ErrorKind::Internal,
+                format!("checked filter output did not convert: {e}"),
+            )
+        })?;
+        Ok(Proceed::Upstream(req, body))
+    }
+
+    /// Run the response phases, in reverse chain order, of every filter the request went
+    /// through; build the client's response.
+    pub(super) async fn response_phases(
+        mut self,
+        answer: Answer,
+    ) -> Result<Response<Body>, GatewayError> {
+        // What the response phases see, and the body that goes back if none replaces it.
+        let (mut wit_resp, mut body) = match answer {
+            Answer::Filter(mut resp) => {
+                let bytes = resp.body.take().map(Bytes::from).unwrap_or_default();
+                (resp, RespBody::Buffered(bytes))
+            }
+            Answer::Upstream(resp) => upstream_response(self.route, self.ex, resp).await?,
+        };
+        while let Some(Entered {
+            binding,
+            mut lease,
+            ticket,
+        }) = self.entered.pop()
+        {
+            wit_resp.body = match (&body, binding.needs.response_body) {
+                (RespBody::Buffered(b), true) => Some(b.to_vec()),
+                _ => None,
+            };
+            let outcome = async {
+                let next = lease.on_response(&self.ctx, &wit_resp).await?;
+                check_response(&next)?;
+                Ok(next)
+            }
+            .await;
+            match self.settle(binding, Phase::Response, ticket, outcome)? {
+                Some((mut next, ticket)) => {
+                    ticket.report(false);
+                    if let Some(new_body) = next.body.take() {
+                        body = RespBody::Buffered(Bytes::from(new_body));
+                    }
+                    wit_resp = next;
+                }
+                // Fail-open: the response goes on as the filter found it.
+                None => wit_resp.body = None,
+            }
+        }
+        client_response(wit_resp, body)
+    }
+
+    /// The one place a phase call's outcome is handled, for both phases. A failure is reported
+    /// to the binding's breaker (traps and invalid output count; an error value the filter
+    /// returned does not), logged, and resolved by the binding's failure policy: an error for
+    /// fail-closed, `None` for fail-open. A success comes back with its ticket, which the
+    /// caller reports once the request is done with the binding.
+    fn settle<'b, T>(
+        &self,
+        binding: &'b Binding,
+        phase: Phase,
+        ticket: Ticket<'b>,
+        outcome: Result<T, FilterError>,
+    ) -> Result<Option<(T, Ticket<'b>)>, GatewayError> {
+        let err = match outcome {
+            Ok(value) => return Ok(Some((value, ticket))),
+            Err(err) => err,
+        };
+        let counts = matches!(err, FilterError::Trap(_) | FilterError::Invalid(_));
+        let filter = &binding.filter;
+        if ticket.report(counts) {
+            tracing::error!(
+                filter = %filter.name,
+                version = %filter.short_hash(),
+                route = %self.route.config.name,
+                "filter keeps failing; not running it for {COOL_DOWN:?}"
+            );
+        }
+        tracing::warn!(
+            filter = %filter.name,
+            version = %filter.short_hash(),
+            request_id = %self.ex.request_id,
+            phase = phase.as_str(),
+            policy = ?binding.on_failure,
+            "filter failed: {err}"
+        );
+        match binding.on_failure {
+            FailurePolicy::FailClosed => Err(GatewayError::new(
+                ErrorKind::FilterFailed,
+                format!("filter {:?}: {err}", filter.name),
+            )),
+            FailurePolicy::FailOpen => Ok(None),
+        }
+    }
+
+    /// What `binding`'s instance may reach on this request.
+    fn grants(&self, binding: &Binding) -> Grants {
+        let outbound = (!binding.services.is_empty()).then(|| {
+            let snapshot = &self.ex.snapshot;
+            let body_limit = self
+                .route
+                .body_limit(&snapshot.body_limits)
+                .min(snapshot.max_request_body.unwrap_or(u64::MAX));
+            Arc::new(ServiceCalls {
+                services: snapshot.services.clone(),
+                granted: binding.services.clone(),
+                timeouts: super::forward::route_timeouts(self.route, self.ex),
+                max_body: usize::try_from(body_limit).unwrap_or(usize::MAX),
+            }) as Arc<dyn Outbound>
+        });
+        Grants {
+            cache: binding.cache.clone(),
+            outbound,
+            limits: binding.limits,
+        }
+    }
+}
+
+/// The upstream's response as the response phases see it, its body buffered when a filter
+/// reads it.
+async fn upstream_response(
+    route: &Route,
+    ex: &Exchange,
+    resp: Response<Incoming>,
+) -> Result<(wit::Response, RespBody), GatewayError> {
+    let (mut parts, incoming) = resp.into_parts();
+    let body = if route.needs_response_body {
+        let limit = route.body_limit(&ex.snapshot.body_limits);
+        let bytes = Limited::new(incoming, usize::try_from(limit).unwrap_or(usize::MAX))
+            .collect()
+            .await
+            .map_err(|e| {
+                GatewayError::new(
+                    ErrorKind::UpstreamUnavailable,
+                    format!("reading upstream response body (limit {limit} bytes): {e}"),
+                )
+            })?
+            .to_bytes();
+        parts.headers.remove(header::CONTENT_LENGTH);
+        RespBody::Buffered(bytes)
+    } else {
+        RespBody::Stream(incoming)
+    };
+    let wit = wit::Response {
+        status: parts.status.as_u16(),
+        headers: to_wit_headers(&parts.headers),
+        body: None,
+    };
+    Ok((wit, body))
+}
+
+/// The client's response from what the response phases left.
+fn client_response(resp: wit::Response, body: RespBody) -> Result<Response<Body>, GatewayError> {
+    let status = super::wit::status(&resp).ok_or_else(|| {
+        GatewayError::new(
+            ErrorKind::FilterFailed,
+            format!("a filter returned status {}", resp.status),
+        )
+    })?;
+    let mut headers = from_wit_headers(resp.headers)
+        .map_err(|e| GatewayError::new(ErrorKind::FilterFailed, e))?;
+    strip_hop_by_hop(&mut headers);
+    let body = match body {
+        RespBody::Stream(incoming) => incoming.map_err(BoxError::from).boxed_unsync(),
+        RespBody::Buffered(bytes) => {
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            super::full(bytes)
+        }
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    Ok(resp)
+}

@@ -1,0 +1,124 @@
+//! The upstream hand-off for a proxied request: forwarding headers, body framing, the route's
+//! service and timeout; the send itself is the one upstream client's.
+
+use std::net::SocketAddr;
+
+use http::Response;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::Exchange;
+use super::accept::ReqBody;
+use super::error::{ErrorKind, GatewayError};
+use super::wit::CheckedRequest;
+use crate::config::Timeouts;
+use crate::snapshot::Route;
+use crate::upstream::{self, Body, BoxError, Outgoing};
+
+pub(super) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Send the request to the route's service; the response's body streams.
+pub(super) async fn to_upstream(
+    route: &Route,
+    req: CheckedRequest,
+    body: ReqBody,
+    ex: &Exchange,
+) -> Result<Response<Incoming>, GatewayError> {
+    let service_name = route.config.service.as_deref().ok_or_else(|| {
+        GatewayError::new(
+            ErrorKind::UpstreamUnavailable,
+            format!(
+                "route {:?} has no service and no filter answered",
+                route.config.name
+            ),
+        )
+    })?;
+    let service = ex.snapshot.services.get(service_name).ok_or_else(|| {
+        GatewayError::new(
+            ErrorKind::Internal,
+            format!("service {service_name:?} missing from snapshot"),
+        )
+    })?;
+    let mut headers = req.headers;
+    let original_host = headers.remove(header::HOST);
+    let body = match body {
+        ReqBody::Stream(body) => body.boxed_unsync(),
+        ReqBody::Buffered(bytes) => {
+            headers.remove(header::TRANSFER_ENCODING);
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            super::full(bytes)
+        }
+    };
+    append_forwarded(&mut headers, ex.client, original_host);
+    if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
+        headers.insert(X_REQUEST_ID, id);
+    }
+    let outgoing = Outgoing {
+        method: req.method,
+        path_and_query: req.path_and_query,
+        headers,
+        body,
+    };
+    Ok(upstream::send(service, outgoing, route_timeouts(route, ex)).await?)
+}
+
+/// The upstream timeouts for `route`: its own request timeout, else the gateway's.
+pub(super) fn route_timeouts(route: &Route, ex: &Exchange) -> Timeouts {
+    let timeouts = ex.snapshot.timeouts;
+    Timeouts {
+        request: route.config.timeout.unwrap_or(timeouts.request),
+        ..timeouts
+    }
+}
+
+/// An upstream response going back as it came, streamed.
+pub(super) fn stream_back(resp: Response<Incoming>) -> Response<Body> {
+    resp.map(|body| body.map_err(BoxError::from).boxed_unsync())
+}
+
+fn append_forwarded(
+    headers: &mut HeaderMap,
+    client: SocketAddr,
+    original_host: Option<HeaderValue>,
+) {
+    let ip = client.ip().to_string();
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    match original_host {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+        None => {
+            headers.remove(X_FORWARDED_HOST);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_appends_to_an_existing_chain() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
+        append_forwarded(
+            &mut h,
+            "127.0.0.1:5000".parse().unwrap(),
+            Some(HeaderValue::from_static("api.test")),
+        );
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h[&X_FORWARDED_HOST], "api.test");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+    }
+}

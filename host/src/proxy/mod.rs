@@ -1,0 +1,177 @@
+//! The request pipeline, one step per function: accept-side checks, route lookup, rewrite, body
+//! policy, the filter chain, the upstream hand-off, the response phases, error mapping.
+//!
+//! - [`accept`]: framing and size checks, the request body policy.
+//! - [`chain`]: the chain runner (both phases, breaker, failure policy).
+//! - [`forward`]: the upstream hand-off of a proxied request.
+//! - [`service_calls`]: filters' calls to services, over the same upstream client.
+//! - [`wit`]: HTTP to the WIT records filters see, and their output checked.
+//! - [`error`]: the request-path error and its client-facing body.
+
+mod accept;
+mod chain;
+mod error;
+mod forward;
+mod service_calls;
+mod wit;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::HeaderValue;
+use http::request::Parts;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+
+use self::chain::{Answer, Chain, Proceed};
+use self::error::{ErrorKind, GatewayError};
+use self::forward::X_REQUEST_ID;
+use self::wit::CheckedRequest;
+use crate::route::{self, MatchInput, Params};
+use crate::snapshot::{Current, Route, Snapshot};
+use crate::upstream::{Body, strip_hop_by_hop};
+
+/// Serves client requests against the current snapshot.
+pub struct Proxy {
+    snapshots: Arc<Current>,
+    id_prefix: u32,
+    id_counter: AtomicU64,
+}
+
+/// What one request carries through the pipeline.
+struct Exchange {
+    request_id: Arc<str>,
+    client: SocketAddr,
+    /// The snapshot the request started with, kept for its whole life.
+    snapshot: Arc<Snapshot>,
+}
+
+impl Proxy {
+    pub fn new(snapshots: Arc<Current>) -> Proxy {
+        Proxy {
+            snapshots,
+            id_prefix: random_u32(),
+            id_counter: AtomicU64::new(0),
+        }
+    }
+
+    /// Serve one client request. Never fails: errors become small JSON responses.
+    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+        let started = Instant::now();
+        // Kept for the access log, when it is on.
+        let logged = tracing::enabled!(target: "wasmgate::access", tracing::Level::INFO)
+            .then(|| (req.method().clone(), req.uri().path().to_string()));
+        let ex = Exchange {
+            request_id: self.next_request_id(),
+            client,
+            snapshot: self.snapshots.load_full(),
+        };
+        let mut resp = match serve(req, &ex).await {
+            Ok(resp) => resp,
+            Err(err) => error_response(err, &ex),
+        };
+        if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
+            resp.headers_mut().insert(X_REQUEST_ID, id);
+        }
+        if let Some((method, path)) = logged {
+            tracing::info!(
+                target: "wasmgate::access",
+                request_id = %ex.request_id,
+                client = %client,
+                %method,
+                path,
+                status = resp.status().as_u16(),
+                micros = started.elapsed().as_micros() as u64,
+            );
+        }
+        resp
+    }
+
+    fn next_request_id(&self) -> Arc<str> {
+        let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}{n:08x}", self.id_prefix).into()
+    }
+}
+
+/// The pipeline, top to bottom.
+async fn serve(req: Request<Incoming>, ex: &Exchange) -> Result<Response<Body>, GatewayError> {
+    let (mut parts, body) = req.into_parts();
+    accept::check_request(&parts.headers, &ex.snapshot)?;
+    let authority = route::request_authority(&parts.uri, &parts.headers);
+    let (route, params) = find_route(&ex.snapshot, &parts, &authority)?;
+    let path_and_query = route::upstream_path(&route.config, &parts.uri, &params);
+    strip_hop_by_hop(&mut parts.headers);
+    let body = accept::request_body(body, &parts.headers, route, &ex.snapshot).await?;
+    let request = CheckedRequest {
+        method: parts.method,
+        path_and_query,
+        headers: parts.headers,
+    };
+    if route.chain.is_empty() {
+        let resp = forward::to_upstream(route, request, body, ex).await?;
+        return Ok(forward::stream_back(resp));
+    }
+
+    let mut chain = Chain::new(route, ex, params);
+    let (request, body) = match chain.request_phases(request, authority, body).await? {
+        Proceed::Upstream(request, body) => (request, body),
+        Proceed::Respond(resp) => return chain.response_phases(Answer::Filter(resp)).await,
+    };
+    let resp = forward::to_upstream(route, request, body, ex).await?;
+    if !chain.has_response_phases() {
+        return Ok(forward::stream_back(resp));
+    }
+    chain.response_phases(Answer::Upstream(resp)).await
+}
+
+/// The first route that matches, and its captures; 404 when none does.
+fn find_route<'s>(
+    snapshot: &'s Snapshot,
+    parts: &Parts,
+    authority: &str,
+) -> Result<(&'s Route, Params), GatewayError> {
+    let host = route::host_without_port(authority);
+    let input = MatchInput {
+        method: &parts.method,
+        host: &host,
+        path: parts.uri.path(),
+    };
+    snapshot
+        .routes
+        .iter()
+        .find_map(|r| route::matches(&r.config, &input).map(|params| (r, params)))
+        .ok_or_else(|| {
+            GatewayError::new(
+                ErrorKind::NoRoute,
+                format!("{} {}", parts.method, parts.uri.path()),
+            )
+        })
+}
+
+/// The client's answer for a failed request; the log gets the detail.
+fn error_response(err: GatewayError, ex: &Exchange) -> Response<Body> {
+    if err.kind.status().is_server_error() {
+        tracing::warn!(request_id = %ex.request_id, kind = ?err.kind, detail = %err.detail, "request failed");
+    } else {
+        tracing::debug!(request_id = %ex.request_id, kind = ?err.kind, detail = %err.detail, "request refused");
+    }
+    err.into_response(&ex.request_id).map(full)
+}
+
+fn full(bytes: Bytes) -> Body {
+    if bytes.is_empty() {
+        return Empty::new().map_err(|never| match never {}).boxed_unsync();
+    }
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn random_u32() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now()) as u32
+}

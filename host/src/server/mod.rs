@@ -1,0 +1,192 @@
+//! Listeners and serving threads: one `SO_REUSEPORT` listener, event loop and upstream pool per
+//! worker thread, a connection cap shared by all, the framing guard in front of hyper, and a
+//! graceful drain on stop.
+
+mod framing;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use self::framing::{FramingGuard, Guarding};
+use crate::config;
+use crate::proxy::Proxy;
+
+/// How long in-flight requests get to finish after a stop.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The serving threads; they stop and drain when [`Workers::stop`] is called or this is
+/// dropped.
+pub struct Workers {
+    /// The address every worker listens on.
+    pub addr: SocketAddr,
+    /// How many serving threads run.
+    pub count: usize,
+    stop: tokio::sync::watch::Sender<bool>,
+    exited: Vec<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl Workers {
+    /// Bind `listen` once per worker (port 0 picks one free port for all) and serve `proxy`
+    /// on each.
+    pub fn start(
+        listen: SocketAddr,
+        server: config::Server,
+        proxy: Arc<Proxy>,
+    ) -> anyhow::Result<Workers> {
+        let count = server.worker_count();
+        let listeners = bind(listen, count).with_context(|| format!("binding {listen}"))?;
+        let addr = listeners[0].local_addr()?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let connections = Arc::new(tokio::sync::Semaphore::new(server.max_connections));
+        let mut exited = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let (proxy, connections, mut stopped) =
+                (proxy.clone(), connections.clone(), stopped.clone());
+            let (done, exit) = tokio::sync::oneshot::channel::<()>();
+            exited.push(exit);
+            std::thread::Builder::new()
+                .name(format!("wasmgate-worker-{i}"))
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a worker runtime");
+                    runtime.block_on(async move {
+                        let listener = TcpListener::from_std(listener).expect("a listener");
+                        // Stop when told, or when the Workers are dropped.
+                        let shutdown = async move {
+                            let _ = stopped.wait_for(|stop| *stop).await;
+                        };
+                        serve(
+                            proxy,
+                            listener,
+                            server,
+                            connections,
+                            shutdown,
+                            DRAIN_TIMEOUT,
+                        )
+                        .await;
+                    });
+                    drop(done);
+                })
+                .context("starting a worker thread")?;
+        }
+        Ok(Workers {
+            addr,
+            count,
+            stop,
+            exited,
+        })
+    }
+
+    /// Stop accepting and wait until every worker has drained (up to [`DRAIN_TIMEOUT`]).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for exit in self.exited {
+            let _ = exit.await;
+        }
+    }
+}
+
+/// Accept connections on `listener` until `shutdown` resolves, then stop accepting and give
+/// in-flight requests up to `drain` to finish. `connections` is shared by every listener.
+async fn serve(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    server: config::Server,
+    connections: Arc<tokio::sync::Semaphore>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // hyper's timer runs from idle to a complete head; the guard times the head itself.
+        .header_read_timeout(server.idle_timeout)
+        .max_buf_size(server.max_header_bytes)
+        .max_headers(server.max_headers);
+    let guarding = Guarding {
+        max_head_bytes: server.max_header_bytes,
+        max_headers: server.max_headers,
+        head_timeout: server.header_read_timeout,
+    };
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        // Accept, then wait for a connection slot before serving: with one listener per
+        // worker, a slot taken before accepting could sit on a listener the kernel sends no
+        // connection to while another listener's connections wait.
+        let (stream, client) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit.expect("never closed"),
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let service = service_fn(move |req| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, client).await) }
+        });
+        let stream = FramingGuard::new(stream, client, guarding);
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%client, "connection ended: {e}");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!("stopped accepting; draining in-flight requests");
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timeout reached; closing remaining connections");
+    }
+}
+
+/// One listening socket per serving thread on `addr`, all in one `SO_REUSEPORT` group so the
+/// kernel spreads connections over them; port 0 picks one free port for all. Each is handed
+/// over unregistered: its worker registers it with its own runtime.
+fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    if addr.port() != 0 {
+        // SO_REUSEPORT would let a second gateway of the same user silently share the port;
+        // a plain bind first makes "address in use" an error as usual.
+        drop(std::net::TcpListener::bind(addr)?);
+    }
+    let mut addr = addr;
+    let mut listeners = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        addr = socket.local_addr()?;
+        listeners.push(socket.listen(4096)?.into_std()?);
+    }
+    Ok(listeners)
+}

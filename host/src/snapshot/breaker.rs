@@ -1,0 +1,131 @@
+//! A circuit breaker per binding: a filter that keeps failing on a route is not run again for
+//! a while; its requests get its failure policy at once, without spending CPU on it, so it
+//! cannot slow other routes down.
+//!
+//! A request's use of a binding counts once, as failed if any of its phase calls failed, and
+//! is reported when its last call is done. A [`Ticket`] carries that report from the request
+//! phase to the response phase; a ticket dropped unreported (the request ended before the
+//! filter's response phase could run: an upstream error, another filter's failure) counts
+//! nothing, and a probe that ends that way lets the next request probe instead.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Consecutive failed requests that open the breaker.
+pub const TRIP_AFTER: u32 = 5;
+/// How long an open breaker fails requests before letting one probe through.
+pub const COOL_DOWN: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+pub struct Breaker {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    consecutive: u32,
+    open_until: Option<Instant>,
+    probing: bool,
+}
+
+/// One request's admission through a breaker; report it with [`Ticket::report`].
+#[must_use = "an unreported ticket counts nothing"]
+pub struct Ticket<'a> {
+    breaker: &'a Breaker,
+    probe: bool,
+    reported: bool,
+}
+
+impl Breaker {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A ticket when the filter may run now. While open, none; after the cool-down, exactly
+    /// one (the probe) until it is reported or dropped.
+    pub fn admit(&self) -> Option<Ticket<'_>> {
+        let mut s = self.state();
+        let probe = match s.open_until {
+            None => false,
+            Some(until) if Instant::now() < until => return None,
+            Some(_) if s.probing => return None,
+            Some(_) => {
+                s.probing = true;
+                true
+            }
+        };
+        Some(Ticket {
+            breaker: self,
+            probe,
+            reported: false,
+        })
+    }
+}
+
+impl Ticket<'_> {
+    /// Report the request's outcome; true when this failure opened the breaker.
+    pub fn report(mut self, failed: bool) -> bool {
+        self.reported = true;
+        let mut s = self.breaker.state();
+        if self.probe {
+            s.probing = false;
+        }
+        if !failed {
+            s.consecutive = 0;
+            s.open_until = None;
+            return false;
+        }
+        s.consecutive += 1;
+        if s.consecutive >= TRIP_AFTER {
+            let was_closed = s.open_until.is_none();
+            s.open_until = Some(Instant::now() + COOL_DOWN);
+            return was_closed;
+        }
+        false
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if self.probe && !self.reported {
+            self.breaker.state().probing = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_after_consecutive_failures_and_probes_after_cool_down() {
+        let b = Breaker::default();
+        for _ in 0..TRIP_AFTER - 1 {
+            assert!(!b.admit().unwrap().report(true));
+        }
+        assert!(
+            b.admit().unwrap().report(true),
+            "the fifth failure opens it"
+        );
+        assert!(b.admit().is_none());
+        b.state().open_until = Some(Instant::now());
+        let probe = b.admit().expect("one probe after the cool-down");
+        assert!(b.admit().is_none(), "only one");
+        probe.report(false);
+        assert!(b.admit().is_some(), "a good probe closes it");
+    }
+
+    #[test]
+    fn an_unreported_probe_lets_the_next_request_probe() {
+        let b = Breaker::default();
+        for _ in 0..TRIP_AFTER {
+            b.admit().unwrap().report(true);
+        }
+        b.state().open_until = Some(Instant::now());
+        drop(b.admit().expect("a probe"));
+        assert!(
+            b.admit().is_some(),
+            "the dropped probe did not wedge the breaker"
+        );
+    }
+}

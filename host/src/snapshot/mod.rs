@@ -1,0 +1,200 @@
+//! A snapshot: the routes of one config with their filter chains resolved against the loaded
+//! filters, and the services they reach. Requests read the current snapshot; a reload builds a
+//! new one and swaps it in whole, so a request sees one consistent config for its whole life.
+
+mod breaker;
+
+use std::sync::Arc;
+
+use wasmgate_sandbox::{FilterCache, InstancePool, Limits, LoadedFilter, Needs};
+
+pub use breaker::{Breaker, COOL_DOWN, Ticket};
+
+use crate::config::{self, Config, FailurePolicy, FilterLimits, RouteConfig};
+use crate::upstream::{Service, Services};
+
+/// The snapshot serving now; requests load it, reloads store a new one.
+pub type Current = arc_swap::ArcSwap<Snapshot>;
+
+/// Everything a request needs, consistent for its whole life.
+pub struct Snapshot {
+    pub routes: Vec<Route>,
+    pub services: Arc<Services>,
+    pub timeouts: config::Timeouts,
+    pub body_limits: config::BodyLimits,
+    /// `server.max_request_body_bytes`.
+    pub max_request_body: Option<u64>,
+}
+
+/// A route with its filter chain resolved.
+pub struct Route {
+    pub config: RouteConfig,
+    pub chain: Vec<ChainEntry>,
+    /// Some filter of the chain reads the request body: it is buffered.
+    pub needs_request_body: bool,
+    /// Some filter of the chain reads the response body: it is buffered.
+    pub needs_response_body: bool,
+}
+
+impl Route {
+    /// Largest body buffered for this route's filters: its own `max_body_bytes`, else the
+    /// gateway's.
+    pub fn body_limit(&self, limits: &config::BodyLimits) -> u64 {
+        self.config.max_body_bytes.unwrap_or(limits.max_body_bytes)
+    }
+}
+
+/// One entry of a route's chain.
+pub enum ChainEntry {
+    /// The filter is loaded and accepted this route's config.
+    Ready(Binding),
+    /// The filter is not loaded or rejected this route's config: requests get 503.
+    Unavailable { name: String, reason: String },
+}
+
+/// A filter bound to one route: a loaded version with this route's config, grants, limits and
+/// failure policy, and the state that goes with them (instances, breaker).
+pub struct Binding {
+    pub filter: Arc<LoadedFilter>,
+    /// Instances of the filter configured with this route's config.
+    pub instances: Arc<InstancePool>,
+    /// What this route's config of the filter needs.
+    pub needs: Needs,
+    /// Services the route grants this filter.
+    pub services: Arc<[String]>,
+    pub cache: Arc<FilterCache>,
+    pub limits: Limits,
+    pub on_failure: FailurePolicy,
+    /// Opens when this binding keeps failing; new per snapshot.
+    pub breaker: Breaker,
+}
+
+/// A filter that could not be used, and where the config references it.
+#[derive(Debug, Clone)]
+pub struct FilterProblem {
+    pub route: String,
+    pub filter: String,
+    pub place: config::Place,
+    pub reason: String,
+}
+
+impl std::fmt::Display for FilterProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: route {:?}: filter {:?}: {}",
+            self.place, self.route, self.filter, self.reason
+        )
+    }
+}
+
+/// Where a snapshot finds filters by name.
+pub trait Filters {
+    /// The serving version of filter `name`, or why there is none.
+    fn resolve(&self, name: &str) -> Result<Arc<LoadedFilter>, String>;
+    /// The cache shared by every instance of filter `name`.
+    fn cache(&mut self, name: &str) -> Arc<FilterCache>;
+}
+
+impl Snapshot {
+    /// Resolve `config`'s routes against `filters`, checking each route's filter config with
+    /// the filter itself. Problems make the affected routes answer 503 and are returned.
+    pub async fn build(
+        config: &Config,
+        filters: &mut impl Filters,
+    ) -> (Snapshot, Vec<FilterProblem>) {
+        let mut problems = Vec::new();
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for rc in &config.routes {
+            let mut chain = Vec::with_capacity(rc.filters.len());
+            for f in &rc.filters {
+                let checked = match filters.resolve(&f.name) {
+                    Ok(filter) => filter
+                        .check_config(&f.config_json)
+                        .await
+                        .map(|needs| (filter, needs)),
+                    Err(e) => Err(e),
+                };
+                chain.push(match checked {
+                    Ok((filter, needs)) => ChainEntry::Ready(Binding {
+                        instances: Arc::new(InstancePool::new(
+                            filter.clone(),
+                            f.config_json.clone(),
+                            needs,
+                            f.limits.requests_per_instance,
+                        )),
+                        filter,
+                        needs,
+                        services: f.services.clone().into(),
+                        cache: filters.cache(&f.name),
+                        limits: sandbox_limits(f.limits),
+                        on_failure: f.on_failure,
+                        breaker: Breaker::default(),
+                    }),
+                    Err(reason) => {
+                        problems.push(FilterProblem {
+                            route: rc.name.clone(),
+                            filter: f.name.clone(),
+                            place: f.place,
+                            reason: reason.clone(),
+                        });
+                        ChainEntry::Unavailable {
+                            name: f.name.clone(),
+                            reason,
+                        }
+                    }
+                });
+            }
+            let any = |pick: fn(&Needs) -> bool| {
+                chain.iter().any(|e| match e {
+                    ChainEntry::Ready(b) => pick(&b.needs),
+                    ChainEntry::Unavailable { .. } => false,
+                })
+            };
+            let needs_request_body = any(|n| n.request_body);
+            let needs_response_body = any(|n| n.response_body);
+            routes.push(Route {
+                config: rc.clone(),
+                chain,
+                needs_request_body,
+                needs_response_body,
+            });
+        }
+        let services = config
+            .services
+            .iter()
+            .map(|s| (s.name.clone(), Service::new(s)))
+            .collect();
+        let snapshot = Snapshot {
+            routes,
+            services: Arc::new(services),
+            timeouts: config.timeouts,
+            body_limits: config.limits,
+            max_request_body: config.server.max_request_body_bytes,
+        };
+        (snapshot, problems)
+    }
+}
+
+/// The limits a filter's calls run under, from its config entry.
+fn sandbox_limits(l: FilterLimits) -> Limits {
+    Limits {
+        deadline: l.deadline,
+        memory_bytes: l.memory_bytes,
+        max_output_bytes: l.max_output_bytes,
+        requests_per_instance: l.requests_per_instance,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Config validates memory caps against its own maximum; the sandbox sizes its pool slots
+    /// by its own. They must agree.
+    #[test]
+    fn config_and_sandbox_agree_on_the_memory_maximum() {
+        assert_eq!(
+            crate::config::MAX_FILTER_MEMORY_BYTES,
+            wasmgate_sandbox::MAX_MEMORY_BYTES
+        );
+    }
+}
