@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use wasmgate_tests::{TestGateway, Upstream, dead_addr};
+use wasmgate_tests::{Filter, GatewayConfig, Route, TestGateway, Upstream, dead_addr};
 
 async fn user_service(delay: Duration) -> Upstream {
     Upstream::start_fn("users", delay, |seen, _| match seen.path.as_str() {
@@ -25,41 +25,37 @@ async fn order_service(delay: Duration) -> Upstream {
     .await
 }
 
-fn profile_route(users: &str, orders: &str, grants: &str, orders_required: bool) -> String {
-    format!(
-        r#"
-[services.users]
-upstreams = ["{users}"]
-[services.orders]
-upstreams = ["{orders}"]
-
-[[routes]]
-name = "profile"
-pattern = "/profile/{{id}}"
-[[routes.filters]]
-name = "aggregate"
-services = [{grants}]
-[routes.filters.config]
-forward_headers = ["authorization"]
-parts = [
-    {{ name = "user", service = "users", path = "/users/{{id}}", at = "user" }},
-    {{ name = "orders", service = "orders", path = "/orders/user/{{id}}", at = "orders", required = {orders_required}, timeout_ms = 1000 }},
-]
-"#
-    )
+/// The seed's profile route: `aggregate` asks users and orders, granted `grants`.
+async fn profile_gateway(
+    users: &str,
+    orders: &str,
+    grants: &[&str],
+    orders_required: bool,
+) -> TestGateway {
+    let parts = json!([
+        {"name": "user", "service": "users", "path": "/users/{id}", "at": "user"},
+        {"name": "orders", "service": "orders", "path": "/orders/user/{id}", "at": "orders",
+         "required": orders_required, "timeout_ms": 1000},
+    ]);
+    GatewayConfig::new()
+        .service("users", &[users.to_string()])
+        .service("orders", &[orders.to_string()])
+        .route(
+            Route::pattern("profile", "/profile/{id}").filter(
+                Filter::new("aggregate")
+                    .services(grants)
+                    .config(json!({"forward_headers": ["authorization"], "parts": parts})),
+            ),
+        )
+        .start()
+        .await
 }
 
 #[tokio::test]
 async fn profile_merges_user_and_orders_concurrently() {
     let delay = Duration::from_millis(200);
     let (users, orders) = (user_service(delay).await, order_service(delay).await);
-    let gw = TestGateway::start(&profile_route(
-        &users.url(),
-        &orders.url(),
-        r#""users", "orders""#,
-        true,
-    ))
-    .await;
+    let gw = profile_gateway(&users.url(), &orders.url(), &["users", "orders"], true).await;
 
     // Warm the connection pools so the measurement is about concurrency, not connects.
     gw.request("GET", "/profile/1", &[("authorization", "Bearer t")], "")
@@ -87,13 +83,7 @@ async fn profile_merges_user_and_orders_concurrently() {
 async fn an_optional_part_down_gives_a_partial_answer_and_a_required_one_gives_502() {
     let users = user_service(Duration::ZERO).await;
     let dead = format!("http://{}", dead_addr().await);
-    let gw = TestGateway::start(&profile_route(
-        &users.url(),
-        &dead,
-        r#""users", "orders""#,
-        false,
-    ))
-    .await;
+    let gw = profile_gateway(&users.url(), &dead, &["users", "orders"], false).await;
     let r = gw.get("/profile/1").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-wasmgate-partial"), Some("true"));
@@ -117,13 +107,7 @@ async fn a_call_to_a_service_the_route_does_not_grant_is_an_error_value_not_a_tr
     let users = user_service(Duration::ZERO).await;
     let orders = order_service(Duration::ZERO).await;
     // The route grants only "users"; the orders part asks for "orders".
-    let gw = TestGateway::start(&profile_route(
-        &users.url(),
-        &orders.url(),
-        r#""users""#,
-        true,
-    ))
-    .await;
+    let gw = profile_gateway(&users.url(), &orders.url(), &["users"], true).await;
     let r = gw
         .request("GET", "/profile/1", &[("authorization", "Bearer t")], "")
         .await;
@@ -136,13 +120,7 @@ async fn a_call_to_a_service_the_route_does_not_grant_is_an_error_value_not_a_tr
     assert_eq!(r.json()["part"], "orders");
     assert_eq!(orders.hits(), 0, "the denied service was never called");
 
-    let gw = TestGateway::start(&profile_route(
-        &users.url(),
-        &orders.url(),
-        r#""users""#,
-        false,
-    ))
-    .await;
+    let gw = profile_gateway(&users.url(), &orders.url(), &["users"], false).await;
     let r = gw.get("/profile/1").await;
     assert_eq!(
         (r.status.as_u16(), r.header("x-wasmgate-partial")),

@@ -2,7 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use wasmgate_tests::{TestGateway, Upstream, dead_addr};
+use serde_json::json;
+use wasmgate_tests::{Filter, GatewayConfig, Route, Upstream, dead_addr};
 
 fn assert_clean_error(r: &wasmgate_tests::TestResponse, status: u16) {
     assert_eq!(r.status, status, "body: {}", r.text());
@@ -23,39 +24,34 @@ fn assert_clean_error(r: &wasmgate_tests::TestResponse, status: u16) {
     }
 }
 
+/// A route `/{name}` to the service `svc`.
+fn route(name: &str) -> Route {
+    Route::prefix(name, &format!("/{name}")).service("svc")
+}
+
 #[tokio::test]
 async fn a_dead_upstream_gives_502() {
     let dead = dead_addr().await;
-    let gw = TestGateway::start(&format!(
-        r#"
-        [services.dead]
-        upstreams = ["http://{dead}"]
-        [[routes]]
-        name = "dead"
-        prefix = "/"
-        service = "dead"
-        "#
-    ))
-    .await;
+    let gw = GatewayConfig::new()
+        .service("dead", &[format!("http://{dead}")])
+        .route(Route::prefix("dead", "/").service("dead"))
+        .start()
+        .await;
     assert_clean_error(&gw.get("/x").await, 502);
 }
 
 #[tokio::test]
 async fn a_slow_upstream_gives_504_after_the_route_timeout() {
     let slow = Upstream::start_with_delay("slow", Duration::from_secs(3)).await;
-    let gw = TestGateway::start(&format!(
-        r#"
-        [services.slow]
-        upstreams = ["{}"]
-        [[routes]]
-        name = "slow"
-        prefix = "/"
-        service = "slow"
-        timeout = "300ms"
-        "#,
-        slow.url()
-    ))
-    .await;
+    let gw = GatewayConfig::new()
+        .service("slow", &[slow.url()])
+        .route(
+            Route::prefix("slow", "/")
+                .service("slow")
+                .set("timeout", json!("300ms")),
+        )
+        .start()
+        .await;
     let started = Instant::now();
     let r = gw.get("/x").await;
     let took = started.elapsed();
@@ -69,44 +65,19 @@ async fn a_slow_upstream_gives_504_after_the_route_timeout() {
 #[tokio::test]
 async fn failing_filters_give_500_without_leaking_and_other_requests_carry_on() {
     let up = Upstream::start("svc").await;
-    let gw = TestGateway::start(&format!(
-        r#"
-        [services.svc]
-        upstreams = ["{}"]
-        [[routes]]
-        name = "error"
-        prefix = "/error"
-        service = "svc"
-        filters = [{{ name = "fail", config = {{ mode = "error" }} }}]
-        [[routes]]
-        name = "panic"
-        prefix = "/panic"
-        service = "svc"
-        filters = [{{ name = "fail", config = {{ mode = "panic" }} }}]
-        [[routes]]
-        name = "loop"
-        prefix = "/loop"
-        service = "svc"
-        filters = [{{ name = "fail", config = {{ mode = "loop" }} }}]
-        [[routes]]
-        name = "alloc"
-        prefix = "/alloc"
-        service = "svc"
-        filters = [{{ name = "fail", config = {{ mode = "alloc" }} }}]
-        [[routes]]
-        name = "bad-path"
-        prefix = "/bad-path"
-        service = "svc"
-        filters = [{{ name = "rewrite-path", config = {{ to = "/has a space" }} }}]
-        [[routes]]
-        name = "ok"
-        prefix = "/ok"
-        service = "svc"
-        filters = [{{ name = "headers" }}]
-        "#,
-        up.url()
-    ))
-    .await;
+    let mut config = GatewayConfig::new().service("svc", &[up.url()]);
+    for mode in ["error", "panic", "loop", "alloc"] {
+        config =
+            config.route(route(mode).filter(Filter::new("fail").config(json!({ "mode": mode }))));
+    }
+    let gw = config
+        .route(
+            route("bad-path")
+                .filter(Filter::new("rewrite-path").config(json!({"to": "/has a space"}))),
+        )
+        .route(route("ok").filter(Filter::new("headers")))
+        .start()
+        .await;
 
     for path in ["/error", "/panic", "/alloc", "/bad-path"] {
         assert_clean_error(&gw.get(path).await, 500);
@@ -128,28 +99,13 @@ async fn failing_filters_give_500_without_leaking_and_other_requests_carry_on() 
 #[tokio::test]
 async fn a_route_whose_filter_is_missing_or_rejects_its_config_answers_503() {
     let up = Upstream::start("svc").await;
-    let gw = TestGateway::start(&format!(
-        r#"
-        [services.svc]
-        upstreams = ["{}"]
-        [[routes]]
-        name = "missing"
-        prefix = "/missing"
-        service = "svc"
-        filters = [{{ name = "no-such-filter" }}]
-        [[routes]]
-        name = "misconfigured"
-        prefix = "/misconfigured"
-        service = "svc"
-        filters = [{{ name = "deny", config = {{ status = 42 }} }}]
-        [[routes]]
-        name = "fine"
-        prefix = "/fine"
-        service = "svc"
-        "#,
-        up.url()
-    ))
-    .await;
+    let gw = GatewayConfig::new()
+        .service("svc", &[up.url()])
+        .route(route("missing").filter(Filter::new("no-such-filter")))
+        .route(route("misconfigured").filter(Filter::new("deny").config(json!({"status": 42}))))
+        .route(route("fine"))
+        .start()
+        .await;
     assert_clean_error(&gw.get("/missing").await, 503);
     assert_clean_error(&gw.get("/misconfigured").await, 503);
     assert_eq!(

@@ -1,33 +1,30 @@
 //! Filter chains: request and response phases, short-circuits, per-route config, bodies.
 
-use wasmgate_tests::{TestGateway, Upstream};
+use serde_json::json;
+use wasmgate_tests::{Filter, GatewayConfig, Route, Upstream};
 
-fn service(up: &Upstream) -> String {
-    format!("[services.svc]\nupstreams = [\"{}\"]\n", up.url())
+/// A config with the service `svc` at `up`.
+fn with_service(up: &Upstream) -> GatewayConfig {
+    GatewayConfig::new().service("svc", &[up.url()])
+}
+
+/// A prefix route to `svc`.
+fn to_svc(name: &str, prefix: &str) -> Route {
+    Route::prefix(name, prefix).service("svc")
 }
 
 #[tokio::test]
 async fn a_filter_changes_headers_the_upstream_and_client_see() {
     let up = Upstream::start("svc").await;
-    let gw = TestGateway::start(&format!(
-        r#"{}
-        [[routes]]
-        name = "decorated"
-        prefix = "/"
-        service = "svc"
-
-        [[routes.filters]]
-        name = "headers"
-        [routes.filters.config.request]
-        set = {{ "x-tenant" = "acme" }}
-        remove = ["x-internal-debug"]
-        [routes.filters.config.response]
-        set = {{ "x-powered-by" = "wasmgate" }}
-        remove = ["x-upstream"]
-        "#,
-        service(&up)
-    ))
-    .await;
+    let gw = with_service(&up)
+        .route(
+            to_svc("decorated", "/").filter(Filter::new("headers").config(json!({
+                "request": {"set": {"x-tenant": "acme"}, "remove": ["x-internal-debug"]},
+                "response": {"set": {"x-powered-by": "wasmgate"}, "remove": ["x-upstream"]},
+            }))),
+        )
+        .start()
+        .await;
 
     let r = gw
         .request(
@@ -55,20 +52,19 @@ async fn a_filter_changes_headers_the_upstream_and_client_see() {
 #[tokio::test]
 async fn a_filter_short_circuits_with_403_and_the_upstream_is_never_called() {
     let up = Upstream::start("svc").await;
-    let gw = TestGateway::start(&format!(
-        r#"{}
-        [[routes]]
-        name = "guarded"
-        prefix = "/"
-        service = "svc"
-        filters = [
-            {{ name = "deny", config = {{ status = 403, message = "no entry", unless_header = "x-pass" }} }},
-            {{ name = "headers", config = {{ request = {{ set = {{ "x-after-deny" = "1" }} }} }} }},
-        ]
-        "#,
-        service(&up)
-    ))
-    .await;
+    let gw = with_service(&up)
+        .route(
+            to_svc("guarded", "/")
+                .filter(Filter::new("deny").config(
+                    json!({"status": 403, "message": "no entry", "unless_header": "x-pass"}),
+                ))
+                .filter(
+                    Filter::new("headers")
+                        .config(json!({"request": {"set": {"x-after-deny": "1"}}})),
+                ),
+        )
+        .start()
+        .await;
 
     let r = gw.get("/secret").await;
     assert_eq!(r.status, 403);
@@ -88,23 +84,14 @@ async fn a_filter_short_circuits_with_403_and_the_upstream_is_never_called() {
 #[tokio::test]
 async fn two_routes_share_one_wasm_with_different_config() {
     let up = Upstream::start("svc").await;
-    let gw = TestGateway::start(&format!(
-        r#"{}
-        [[routes]]
-        name = "teapot"
-        prefix = "/teapot"
-        service = "svc"
-        filters = [{{ name = "deny", config = {{ status = 418, message = "short and stout" }} }}]
-
-        [[routes]]
-        name = "gone"
-        prefix = "/gone"
-        service = "svc"
-        filters = [{{ name = "deny", config = {{ status = 410, message = "moved on" }} }}]
-        "#,
-        service(&up)
-    ))
-    .await;
+    let deny = |status: u16, message: &str| {
+        Filter::new("deny").config(json!({"status": status, "message": message}))
+    };
+    let gw = with_service(&up)
+        .route(to_svc("teapot", "/teapot").filter(deny(418, "short and stout")))
+        .route(to_svc("gone", "/gone").filter(deny(410, "moved on")))
+        .start()
+        .await;
 
     let r = gw.get("/teapot").await;
     assert_eq!(
@@ -121,25 +108,21 @@ async fn two_routes_share_one_wasm_with_different_config() {
 #[tokio::test]
 async fn request_phases_run_in_order_and_response_phases_in_reverse() {
     let up = Upstream::start("svc").await;
-    let chain = |tag: &str| {
-        format!(
-            r#"{{ name = "headers", config = {{ request = {{ add = {{ "x-order" = "{tag}" }} }}, response = {{ add = {{ "x-order" = "{tag}" }} }} }} }}"#
-        )
+    let tag = |tag: &str| {
+        Filter::new("headers").config(json!({
+            "request": {"add": {"x-order": tag}},
+            "response": {"add": {"x-order": tag}},
+        }))
     };
-    let gw = TestGateway::start(&format!(
-        r#"{}
-        [[routes]]
-        name = "chain"
-        prefix = "/"
-        service = "svc"
-        filters = [{}, {}, {}]
-        "#,
-        service(&up),
-        chain("a"),
-        chain("b"),
-        chain("c")
-    ))
-    .await;
+    let gw = with_service(&up)
+        .route(
+            to_svc("chain", "/")
+                .filter(tag("a"))
+                .filter(tag("b"))
+                .filter(tag("c")),
+        )
+        .start()
+        .await;
 
     let r = gw.get("/").await;
     assert_eq!(r.status, 200);
@@ -164,21 +147,18 @@ async fn request_phases_run_in_order_and_response_phases_in_reverse() {
 #[tokio::test]
 async fn response_phases_run_for_filters_before_an_early_answer() {
     let up = Upstream::start("svc").await;
-    let gw = TestGateway::start(&format!(
-        r#"{}
-        [[routes]]
-        name = "early"
-        prefix = "/"
-        service = "svc"
-        filters = [
-            {{ name = "headers", config = {{ response = {{ set = {{ "x-cors" = "*" }} }} }} }},
-            {{ name = "deny", config = {{ status = 401 }} }},
-            {{ name = "headers", config = {{ response = {{ set = {{ "x-never" = "1" }} }} }} }},
-        ]
-        "#,
-        service(&up)
-    ))
-    .await;
+    let set_response = |name: &str, value: &str| {
+        Filter::new("headers").config(json!({"response": {"set": {name: value}}}))
+    };
+    let gw = with_service(&up)
+        .route(
+            to_svc("early", "/")
+                .filter(set_response("x-cors", "*"))
+                .filter(Filter::new("deny").config(json!({"status": 401})))
+                .filter(set_response("x-never", "1")),
+        )
+        .start()
+        .await;
     let r = gw.get("/").await;
     assert_eq!(r.status, 401);
     assert_eq!(
@@ -196,18 +176,17 @@ async fn response_phases_run_for_filters_before_an_early_answer() {
 #[tokio::test]
 async fn a_body_filter_reads_and_rewrites_both_bodies() {
     let up = Upstream::start("svc").await;
-    let gw = TestGateway::start(&format!(
-        r#"{}
-        [[routes]]
-        name = "bodies"
-        prefix = "/"
-        service = "svc"
-        max_body_bytes = 1024
-        filters = [{{ name = "body-rewrite", config = {{ via = "wasmgate", response_suffix = "\n-- checked" }} }}]
-        "#,
-        service(&up)
-    ))
-    .await;
+    let gw = with_service(&up)
+        .route(
+            to_svc("bodies", "/")
+                .set("max_body_bytes", json!(1024))
+                .filter(
+                    Filter::new("body-rewrite")
+                        .config(json!({"via": "wasmgate", "response_suffix": "\n-- checked"})),
+                ),
+        )
+        .start()
+        .await;
 
     let r = gw
         .request(
@@ -252,20 +231,15 @@ async fn a_body_filter_reads_and_rewrites_both_bodies() {
 #[tokio::test]
 async fn a_phase_the_filter_declares_unused_is_never_called() {
     let up = Upstream::start("svc").await;
-    let route = |name: &str, config: &str| {
-        format!(
-            "[[routes]]\nname = \"{name}\"\nprefix = \"/{name}\"\nservice = \"svc\"\n\
-             filters = [{{ name = \"phases\", config = {config} }}]\n"
-        )
+    let route = |name: &str, config| {
+        to_svc(name, &format!("/{name}")).filter(Filter::new("phases").config(config))
     };
-    let gw = TestGateway::start(&format!(
-        "{}{}{}{}",
-        service(&up),
-        route("both", "{}"),
-        route("request-only", "{ response = false }"),
-        route("response-only", "{ request = false }"),
-    ))
-    .await;
+    let gw = with_service(&up)
+        .route(route("both", json!({})))
+        .route(route("request-only", json!({"response": false})))
+        .route(route("response-only", json!({"request": false})))
+        .start()
+        .await;
 
     // (path, request phase called, response phase called)
     for (path, request, response) in [

@@ -3,9 +3,10 @@
 
 use std::time::{Duration, Instant};
 
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use wasmgate_tests::{TestGateway, Upstream};
+use wasmgate_tests::{GatewayConfig, Route, TestGateway, Upstream};
 
 /// Send raw bytes, read until the gateway closes or 3 s pass; the response text.
 async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
@@ -18,6 +19,13 @@ async fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
 
 fn status(response: &str) -> &str {
     response.get(9..12).unwrap_or("none")
+}
+
+/// One route, `/` to `up`.
+fn all_to(up: &Upstream) -> GatewayConfig {
+    GatewayConfig::new()
+        .service("svc", &[up.url()])
+        .route(Route::prefix("all", "/").service("svc"))
 }
 
 async fn gateway(up: &Upstream) -> TestGateway {
@@ -121,13 +129,13 @@ async fn ambiguous_framing_is_refused_even_after_requests_on_the_same_connection
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let up = Upstream::start("svc").await;
-    let gw = TestGateway::start(&format!(
-        "[server]\nidle_timeout = \"400ms\"\nheader_read_timeout = \"5s\"\n\
-         [services.svc]\nupstreams = [\"{}\"]\n\
-         [[routes]]\nname = \"all\"\nprefix = \"/\"\nservice = \"svc\"\n",
-        up.url()
-    ))
-    .await;
+    let gw = all_to(&up)
+        .set(
+            "server",
+            json!({"idle_timeout": "400ms", "header_read_timeout": "5s"}),
+        )
+        .start()
+        .await;
     let mut s = TcpStream::connect(gw.running.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
@@ -151,13 +159,10 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
 #[tokio::test]
 async fn connections_over_max_connections_wait_until_one_closes() {
     let up = Upstream::start("svc").await;
-    let gw = TestGateway::start(&format!(
-        "[server]\nmax_connections = 2\n\
-         [services.svc]\nupstreams = [\"{}\"]\n\
-         [[routes]]\nname = \"all\"\nprefix = \"/\"\nservice = \"svc\"\n",
-        up.url()
-    ))
-    .await;
+    let gw = all_to(&up)
+        .set("server", json!({"max_connections": 2}))
+        .start()
+        .await;
     let request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
     let mut buf = vec![0u8; 4096];
     let mut open = Vec::new();
@@ -229,11 +234,7 @@ async fn a_slowloris_client_is_cut_off_while_others_are_served() {
 #[tokio::test]
 async fn shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
     let slow = Upstream::start_with_delay("slow", Duration::from_millis(600)).await;
-    let gw = TestGateway::start(&format!(
-        "[services.slow]\nupstreams = [\"{}\"]\n[[routes]]\nname = \"slow\"\nprefix = \"/\"\nservice = \"slow\"\n",
-        slow.url()
-    ))
-    .await;
+    let gw = all_to(&slow).start().await;
     let addr = gw.running.addr;
     let url = gw.url("/in-flight");
     let in_flight = tokio::spawn(async move {

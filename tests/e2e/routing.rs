@@ -1,6 +1,6 @@
 //! Routing: prefix, exact, pattern with captures, method, host, prefix strip, rewrite, 404.
 
-use wasmgate_tests::{TestGateway, Upstream};
+use wasmgate_tests::{GatewayConfig, Route, TestGateway, Upstream};
 
 #[tokio::test]
 async fn routes_by_prefix_exact_and_pattern() {
@@ -201,18 +201,11 @@ async fn unknown_paths_get_a_json_404() {
 #[tokio::test]
 async fn forwards_standard_proxy_headers_and_drops_hop_by_hop_ones() {
     let up = Upstream::start("svc").await;
-    let gw = TestGateway::start(&format!(
-        r#"
-        [services.svc]
-        upstreams = ["{}"]
-        [[routes]]
-        name = "all"
-        prefix = "/"
-        service = "svc"
-        "#,
-        up.url()
-    ))
-    .await;
+    let gw = GatewayConfig::new()
+        .service("svc", &[up.url()])
+        .route(Route::prefix("all", "/").service("svc"))
+        .start()
+        .await;
     let r = gw
         .request(
             "GET",

@@ -9,29 +9,33 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use wasmgate_tests::{Filter, GatewayConfig, Route, TestGateway, Upstream};
 
-fn route(name: &str, mode: &str, extra: &str) -> String {
-    format!(
-        "[[routes]]\nname = \"{name}\"\nprefix = \"/{name}\"\nservice = \"svc\"\nfilters = [{{ name = \"fail\", config = {{ mode = \"{mode}\" }}{extra} }}]\n"
-    )
+/// A route `/{name}` to `svc` through `filter`.
+fn route(name: &str, filter: Filter) -> Route {
+    Route::prefix(name, &format!("/{name}"))
+        .service("svc")
+        .filter(filter)
+}
+
+/// The `fail` filter misbehaving in `mode`.
+fn fail(mode: &str) -> Filter {
+    Filter::new("fail").config(json!({ "mode": mode }))
 }
 
 async fn gateway(up: &Upstream) -> TestGateway {
-    let mut config = format!("[services.svc]\nupstreams = [\"{}\"]\n", up.url());
+    let mut config = GatewayConfig::new().service("svc", &[up.url()]);
     for mode in ["loop", "alloc", "panic", "stack", "huge", "error"] {
-        config.push_str(&route(mode, mode, ""));
-        config.push_str(&route(
-            &format!("{mode}-open"),
-            mode,
-            ", on_failure = \"fail-open\"",
-        ));
+        config = config
+            .route(route(mode, fail(mode)))
+            .route(route(&format!("{mode}-open"), fail(mode).fail_open()));
     }
-    config.push_str(&route(
-        "tight",
-        "loop",
-        ", limits = { deadline = \"20ms\" }",
-    ));
-    config.push_str("[[routes]]\nname = \"ok\"\nprefix = \"/ok\"\nservice = \"svc\"\nfilters = [{ name = \"headers\" }]\n");
-    TestGateway::start(&config).await
+    config
+        .route(route(
+            "tight",
+            fail("loop").limits(json!({"deadline": "20ms"})),
+        ))
+        .route(route("ok", Filter::new("headers")))
+        .start()
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,14 +147,15 @@ async fn instance_counts(gw: &TestGateway, path: &str, n: usize) -> Vec<String> 
 #[tokio::test]
 async fn instances_are_reused_only_when_the_filter_opts_in_and_never_after_a_failure() {
     let up = Upstream::start("svc").await;
-    let gw = TestGateway::start(&format!(
-        "[services.svc]\nupstreams = [\"{}\"]\n\
-         [[routes]]\nname = \"fresh\"\nprefix = \"/fresh\"\nservice = \"svc\"\nfilters = [{{ name = \"counter-fresh\" }}]\n\
-         [[routes]]\nname = \"reuse\"\nprefix = \"/reuse\"\nservice = \"svc\"\nfilters = [{{ name = \"counter-reuse\", limits = {{ requests_per_instance = 4 }} }}]\n\
-         [[routes]]\nname = \"forced-fresh\"\nprefix = \"/forced-fresh\"\nservice = \"svc\"\nfilters = [{{ name = \"counter-reuse\", limits = {{ requests_per_instance = 1 }} }}]\n",
-        up.url()
-    ))
-    .await;
+    let counter_reuse =
+        |n: u32| Filter::new("counter-reuse").limits(json!({ "requests_per_instance": n }));
+    let gw = GatewayConfig::new()
+        .service("svc", &[up.url()])
+        .route(route("fresh", Filter::new("counter-fresh")))
+        .route(route("reuse", counter_reuse(4)))
+        .route(route("forced-fresh", counter_reuse(1)))
+        .start()
+        .await;
 
     // Not opted in: every request starts from a fresh instance and sees nothing of the last.
     assert_eq!(instance_counts(&gw, "/fresh", 3).await, ["1", "1", "1"]);
@@ -212,11 +217,10 @@ async fn a_filter_failing_only_in_its_response_phase_opens_its_breaker() {
     let up = Upstream::start("svc").await;
     let gw = GatewayConfig::new()
         .service("svc", &[up.url()])
-        .route(
-            Route::prefix("late", "/late")
-                .service("svc")
-                .filter(Filter::new("fail").config(json!({"mode": "panic", "phase": "response"}))),
-        )
+        .route(route(
+            "late",
+            Filter::new("fail").config(json!({"mode": "panic", "phase": "response"})),
+        ))
         .start()
         .await;
     for i in 1..=5 {
