@@ -32,12 +32,7 @@ impl GatewayConfig {
 
     /// A route, after the ones added before it.
     pub fn route(mut self, route: Route) -> GatewayConfig {
-        self.table
-            .entry("routes")
-            .or_insert_with(|| toml::Value::Array(Vec::new()))
-            .as_array_mut()
-            .expect("routes is an array")
-            .push(toml::Value::Table(route.table));
+        push(&mut self.table, "routes", route.table);
         self
     }
 
@@ -94,12 +89,7 @@ impl Route {
 
     /// The next filter of the chain.
     pub fn filter(mut self, filter: Filter) -> Route {
-        self.table
-            .entry("filters")
-            .or_insert_with(|| toml::Value::Array(Vec::new()))
-            .as_array_mut()
-            .expect("filters is an array")
-            .push(toml::Value::Table(filter.table));
+        push(&mut self.table, "filters", filter.table);
         self
     }
 
@@ -149,6 +139,16 @@ impl Filter {
         self.table.insert(key.into(), to_toml(&value));
         self
     }
+}
+
+/// Append `item` to the array of tables under `key`.
+fn push(table: &mut toml::Table, key: &str, item: toml::Table) {
+    table
+        .entry(key)
+        .or_insert_with(|| toml::Value::Array(Vec::new()))
+        .as_array_mut()
+        .expect("an array of tables")
+        .push(toml::Value::Table(item));
 }
 
 fn to_toml(value: &impl serde::Serialize) -> toml::Value {

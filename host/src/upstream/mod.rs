@@ -146,10 +146,22 @@ fn classify(e: hyper_util::client::legacy::Error, whom: &str) -> UpstreamError {
     let timed_out = find_source::<std::io::Error>(&e)
         .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
     if e.is_connect() && timed_out {
-        UpstreamError::Timeout(format!("{whom}: connect timed out: {e:?}"))
+        UpstreamError::Timeout(format!("{whom}: connect timed out: {}", causes(&e)))
     } else {
-        UpstreamError::Unavailable(format!("{whom}: {e:?}"))
+        UpstreamError::Unavailable(format!("{whom}: {}", causes(&e)))
     }
+}
+
+/// An error and its sources, one line: `error: cause: cause`.
+fn causes(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }
 
 /// The first error of type `T` among `err`'s sources.
