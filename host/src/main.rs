@@ -1,9 +1,10 @@
 //! The `wasmgate` command.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 use wasmgate::{Config, RunningGateway};
 
@@ -19,8 +20,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "An API gateway whose policy runs as WebAssembly filters"
 )]
 struct Cli {
+    /// Log lines as text (coloured only on a terminal) or as one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -39,17 +49,25 @@ enum Command {
         /// The gateway config (TOML).
         #[arg(long, short)]
         config: PathBuf,
+        /// Check the filters in this directory instead of the config's `filters_dir` (a new
+        /// filter, before it is copied in).
+        #[arg(long)]
+        filters_dir: Option<PathBuf>,
     },
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+        .with_ansi(std::io::stderr().is_terminal());
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -62,7 +80,10 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Check { config } => check(config).await,
+            Command::Check {
+                config,
+                filters_dir,
+            } => check(config, filters_dir).await,
             Command::Serve {
                 config,
                 filters_dir,
@@ -77,8 +98,8 @@ fn main() -> ExitCode {
     })
 }
 
-async fn check(path: PathBuf) -> ExitCode {
-    match wasmgate::check(&path).await {
+async fn check(path: PathBuf, filters_dir: Option<PathBuf>) -> ExitCode {
+    match wasmgate::check(&path, filters_dir.as_deref()).await {
         Err(e) => {
             eprintln!("{e}");
             ExitCode::FAILURE

@@ -111,6 +111,106 @@ fn serve_refuses_an_invalid_config() {
     );
 }
 
+/// The log lines `wasmgate serve` (with `extra` arguments, stderr to a pipe) writes up to and
+/// including the one saying it serves.
+fn startup_log(name: &str, extra: &[&str]) -> Vec<String> {
+    startup_log_with(name, extra, "")
+}
+
+/// As [`startup_log`], with `config` after the listen and admin lines; `filters_dir` is
+/// `<dir>/filters`, created empty.
+fn startup_log_with(name: &str, extra: &[&str], config: &str) -> Vec<String> {
+    use std::io::BufRead;
+    let dir = tempdir(name);
+    std::fs::create_dir_all(dir.join("filters")).unwrap();
+    let file = dir.join("gateway.toml");
+    std::fs::write(
+        &file,
+        format!("listen = \"127.0.0.1:0\"\nadmin = {{ enabled = false }}\n{config}"),
+    )
+    .unwrap();
+    let mut child = wasmgate()
+        .args(extra)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let done = line.contains("wasmgate serving");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !reader.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let lines = reader.join().unwrap();
+    assert!(
+        lines.iter().any(|l| l.contains("wasmgate serving")),
+        "no startup line in {lines:?}"
+    );
+    lines
+}
+
+#[test]
+fn a_wasm_file_no_route_names_gets_a_warning_that_says_why() {
+    let dir = tempdir("stray");
+    std::fs::create_dir_all(dir.join("filters")).unwrap();
+    for stray in ["my_filter.wasm", "leftover.wasm"] {
+        std::fs::write(dir.join("filters").join(stray), b"not loaded anyway").unwrap();
+    }
+    let lines = startup_log_with(
+        "stray",
+        &[],
+        "[[routes]]\nname = \"r\"\nprefix = \"/\"\nfilters = [{ name = \"my-filter\" }]\n",
+    );
+    let log = lines.join("\n");
+    assert!(
+        log.contains("my_filter.wasm looks like cargo's output name for the filter \"my-filter\"")
+            && log.contains("rename it to my-filter.wasm"),
+        "{log}"
+    );
+    assert!(
+        log.contains("no route names the filter \"leftover\""),
+        "{log}"
+    );
+}
+
+#[test]
+fn logs_have_no_colour_codes_off_a_terminal() {
+    for line in startup_log("plain-logs", &[]) {
+        assert!(!line.contains('\x1b'), "colour codes in {line:?}");
+    }
+}
+
+#[test]
+fn logs_come_as_json_lines_on_request() {
+    let lines = startup_log("json-logs", &["--log-format", "json"]);
+    for line in &lines {
+        let record: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(
+            record["level"].is_string() && record["fields"].is_object(),
+            "{line}"
+        );
+    }
+    let serving: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert_eq!(serving["fields"]["message"], "wasmgate serving");
+    assert_eq!(serving["level"], "INFO");
+}
+
 fn tempdir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("wasmgate-cli-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

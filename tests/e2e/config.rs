@@ -94,7 +94,7 @@ filters = [
     )
     .unwrap();
 
-    let report = wasmgate::check(&path)
+    let report = wasmgate::check(&path, None)
         .await
         .expect("the config itself is valid");
     let p = path.display();
@@ -109,5 +109,33 @@ filters = [
             ),
         ]
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A new filter is checked from where it was built, before it is copied into the live
+/// filters directory.
+#[tokio::test]
+async fn check_takes_filters_from_another_directory() {
+    let dir = std::env::temp_dir().join(format!("wasmgate-check-dir-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("live")).unwrap();
+    let path = dir.join("gateway.toml");
+    std::fs::write(
+        &path,
+        "filters_dir = \"live\"\n[[routes]]\nname = \"r\"\nprefix = \"/\"\nfilters = [{ name = \"deny\", config = { status = 403 } }]\n",
+    )
+    .unwrap();
+    let live = wasmgate::check(&path, None).await.unwrap();
+    assert_eq!(live.problems.len(), 1, "{:?}", live.problems);
+    assert!(
+        live.problems[0].contains("live/deny.wasm: cannot read"),
+        "{:?}",
+        live.problems
+    );
+
+    let staged = wasmgate::check(&path, Some(std::path::Path::new(FILTERS_DIR)))
+        .await
+        .unwrap();
+    assert_eq!(staged.problems, Vec::<String>::new());
+    assert_eq!(staged.filters, 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }

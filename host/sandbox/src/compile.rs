@@ -58,6 +58,9 @@ pub(crate) fn compile_cached(
             }
         }
     }
+    if !bytes.starts_with(b"\0asm") {
+        anyhow::bail!("not a loadable wasm component: not wasm at all (no \\0asm header)");
+    }
     let component = Component::new(engine, bytes)
         .map_err(|e| anyhow::anyhow!("not a loadable wasm component: {e:#}"))?;
     if let Some(file) = cache_file

@@ -47,6 +47,7 @@ impl Control {
         let mut registry = Registry::load(&sandbox, &config).await;
         let (snapshot, problems) = Snapshot::build(&config, &mut registry).await;
         log_problems(&problems);
+        warn_unnamed_files(&config, None);
         Ok(Control {
             sandbox,
             snapshots: Arc::new(Current::from_pointee(snapshot)),
@@ -110,6 +111,7 @@ impl Control {
         }
         state.registry.retain(&referenced);
         self.publish(&new, &mut state.registry).await;
+        warn_unnamed_files(&new, None);
         tracing::info!(file = %path.display(), routes = new.routes.len(), "config reloaded");
         state.config = new;
         state.config_loaded_at = SystemTime::now();
@@ -123,6 +125,9 @@ impl Control {
         let mut state = self.state.lock().await;
         let state = &mut *state;
         let referenced = referenced_filters(&state.config);
+        if let Some(names) = names {
+            warn_unnamed_files(&state.config, Some(names));
+        }
         let wanted: Vec<String> = match names {
             Some(names) => names
                 .iter()
@@ -170,15 +175,57 @@ fn referenced_filters(config: &Config) -> BTreeSet<String> {
         .collect()
 }
 
+/// Warn about `.wasm` files in the filters directory that no route names (all of them, or
+/// those among `only`): they are never loaded, and a name like cargo's `my_filter.wasm` for a
+/// route's `my-filter` is an easy mistake to miss.
+fn warn_unnamed_files(config: &Config, only: Option<&[String]>) {
+    let referenced = referenced_filters(config);
+    let stems: Vec<String> = match only {
+        Some(names) => names.to_vec(),
+        None => match std::fs::read_dir(&config.filters_dir) {
+            Ok(entries) => entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+                .filter_map(|p| Some(p.file_stem()?.to_str()?.to_string()))
+                .collect(),
+            Err(_) => return,
+        },
+    };
+    for stem in stems.iter().filter(|s| !referenced.contains(*s)) {
+        let file = filter_path(&config.filters_dir, stem);
+        let dashed = stem.replace('_', "-");
+        if dashed != *stem && referenced.contains(&dashed) {
+            tracing::warn!(
+                file = %file.display(),
+                "{stem}.wasm looks like cargo's output name for the filter {dashed:?}, which a \
+                 route names: rename it to {dashed}.wasm"
+            );
+        } else {
+            tracing::warn!(
+                file = %file.display(),
+                "no route names the filter {stem:?}; it is not loaded (routes name a filter by \
+                 its file stem)"
+            );
+        }
+    }
+}
+
 /// Where the filter called `name` lives.
 fn filter_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.wasm"))
 }
 
 /// Validate the config at `path` and every filter it references, each with the config of every
-/// route that uses it.
-pub async fn check(path: &Path) -> Result<CheckReport, config::ConfigError> {
-    let config = Config::load(path)?;
+/// route that uses it; the filters come from `filters_dir` when given, else from the config's.
+pub async fn check(
+    path: &Path,
+    filters_dir: Option<&Path>,
+) -> Result<CheckReport, config::ConfigError> {
+    let mut config = Config::load(path)?;
+    if let Some(dir) = filters_dir {
+        config.filters_dir = dir.to_path_buf();
+    }
     let sandbox = Sandbox::new().map_err(|e| config::ConfigError {
         file: path.display().to_string(),
         diagnostics: vec![config::Diagnostic {

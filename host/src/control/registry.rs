@@ -118,12 +118,12 @@ impl Registry {
                 true
             }
             Err(e) => {
-                let reason = format!("{}: {e:#}", path.display());
+                let reason = one_line(&format!("{}: {e:#}", path.display()));
                 let keeps = match &slot.current {
                     Some(c) => format!("version {} keeps serving", c.short_hash()),
                     None => "no version is serving".to_string(),
                 };
-                tracing::error!(filter = name, file = %path.display(), version = %short(&hash), "filter rejected ({keeps}): {e:#}");
+                tracing::error!(filter = name, file = %path.display(), version = %short(&hash), "filter rejected ({keeps}): {reason}");
                 slot.rejected = Some(Rejection {
                     hash: Some(hash),
                     reason,
@@ -159,7 +159,32 @@ impl Filters for Registry {
     }
 }
 
+/// `text` on one line: line breaks and the indentation after them fold into single spaces
+/// (wasmtime pretty-prints some parse errors over many lines).
+fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.lines().map(str::trim).enumerate() {
+        if i > 0 && !line.is_empty() && !out.ends_with('[') && !line.starts_with(']') {
+            out.push(' ');
+        }
+        out.push_str(line);
+    }
+    out
+}
+
 /// The first 12 hex digits of a content hash, for logs.
 fn short(hash: &str) -> &str {
     &hash[..hash.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pretty_printed_errors_fold_onto_one_line() {
+        let text = "bad magic number - expected=[\n    0x0,\n    0x61,\n] actual=[\n    0x67,\n] (at offset 0x0)";
+        assert_eq!(
+            super::one_line(text),
+            "bad magic number - expected=[0x0, 0x61,] actual=[0x67,] (at offset 0x0)"
+        );
+    }
 }
