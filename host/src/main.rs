@@ -44,6 +44,12 @@ enum Command {
         #[arg(long)]
         filters_dir: Option<PathBuf>,
     },
+    /// Write a starter `gateway.toml` (with comments) and an empty `filters` directory into
+    /// DIR (created if missing); an existing config is never overwritten.
+    Init {
+        /// Where the gateway's files go.
+        dir: PathBuf,
+    },
     /// Validate a config and every filter it references, then exit.
     Check {
         /// The gateway config (TOML).
@@ -80,6 +86,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match cli.command {
+            Command::Init { dir } => init(&dir),
             Command::Check {
                 config,
                 filters_dir,
@@ -96,6 +103,33 @@ fn main() -> ExitCode {
             },
         }
     })
+}
+
+/// The config `wasmgate init` writes.
+const STARTER_CONFIG: &str = include_str!("starter/gateway.toml");
+
+fn init(dir: &std::path::Path) -> ExitCode {
+    let config = dir.join("gateway.toml");
+    if config.exists() {
+        eprintln!(
+            "error: {} exists; wasmgate init never overwrites a config",
+            config.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let written = std::fs::create_dir_all(dir.join("filters"))
+        .and_then(|()| std::fs::write(&config, STARTER_CONFIG));
+    if let Err(e) = written {
+        eprintln!("error: writing {}: {e}", config.display());
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "wrote {} and {}/; next: wasmgate serve --config {}",
+        config.display(),
+        dir.join("filters").display(),
+        config.display()
+    );
+    ExitCode::SUCCESS
 }
 
 async fn check(path: PathBuf, filters_dir: Option<PathBuf>) -> ExitCode {

@@ -34,6 +34,40 @@ fn check_lists_every_error_with_its_place_and_fails() {
 }
 
 #[test]
+fn init_writes_a_starter_config_that_checks_and_never_overwrites_one() {
+    let dir = tempdir("init").join("gw");
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = wasmgate().arg("init").arg(&dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.join("filters").is_dir());
+    let config = dir.join("gateway.toml");
+    let written = std::fs::read_to_string(&config).unwrap();
+    assert!(written.starts_with("# wasmgate config"), "{written}");
+
+    let out = wasmgate()
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 routes, 0 filters)"));
+
+    std::fs::write(&config, "# mine\n").unwrap();
+    let out = wasmgate().arg("init").arg(&dir).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("never overwrites"));
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), "# mine\n");
+}
+
+#[test]
 fn check_accepts_a_valid_config_without_filters() {
     let dir = tempdir("check-ok");
     let file = dir.join("gateway.toml");

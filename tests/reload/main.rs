@@ -299,8 +299,17 @@ async fn a_restart_loads_unchanged_filters_from_the_compile_cache() {
     ]
     .into();
     let dir = fg.stop().await;
+    // What another wasmgate build compiled can never load here: the restart prunes it.
+    let foreign = dir
+        .join("cache")
+        .join(format!("{}-0123456789abcdef.cwasm", "0".repeat(64)));
+    std::fs::write(&foreign, b"compiled by another engine").unwrap();
 
     let fg = FileGateway::start(dir, &body, &filters).await;
+    assert!(
+        !foreign.exists(),
+        "the restart pruned the foreign cache entry"
+    );
     let second: Vec<_> = [
         fg.admin_filter("headers").await,
         fg.admin_filter("deny").await,

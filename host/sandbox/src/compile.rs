@@ -52,7 +52,14 @@ pub(crate) fn compile_cached(
         // the gateway's user alone (see the README). A corrupt file fails to deserialize and is
         // recompiled below.
         match unsafe { Component::deserialize_file(engine, file) } {
-            Ok(component) => return Ok((component, LoadSource::Cache)),
+            Ok(component) => {
+                // Recently used: pruning keeps it (see `Sandbox::prune_cache`).
+                let _ = std::fs::File::options()
+                    .append(true)
+                    .open(file)
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                return Ok((component, LoadSource::Cache));
+            }
             Err(e) => {
                 tracing::warn!(file = %file.display(), "ignoring unusable compile cache entry: {e:#}")
             }

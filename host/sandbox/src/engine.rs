@@ -28,6 +28,8 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 pub const MAX_MEMORY_BYTES: usize = 256 << 20;
 /// Linear memory per pooled slot kept mapped between instances (reset by memset, not madvise).
 const KEEP_RESIDENT_BYTES: usize = 4 << 20;
+/// Compiled versions kept in the compile cache besides the serving ones.
+pub const CACHE_KEEP: usize = 32;
 /// Filter instances alive at once across all requests (each in-flight request holds one per
 /// filter of its route).
 pub(crate) const POOL_INSTANCES: u32 = 2048;
@@ -154,6 +156,39 @@ impl Sandbox {
         }
     }
 
+    /// Bound the compile cache in `dir`: remove what this engine can never load (another
+    /// engine build or settings), and of the rest keep the versions in `serving` plus the
+    /// [`CACHE_KEEP`] used most recently (a rollback to one of them loads from the cache).
+    /// Best effort: a file that cannot be read or removed is left.
+    pub fn prune_cache(&self, dir: &Path, serving: &[&str]) {
+        let tag = self.compat_tag();
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut others = Vec::new();
+        for path in entries.flatten().map(|e| e.path()) {
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Some((hash, file_tag)) = name
+                .strip_suffix(".cwasm")
+                .and_then(|stem| stem.split_once('-'))
+            else {
+                continue;
+            };
+            if file_tag != tag {
+                remove_cached(&path);
+            } else if !serving.contains(&hash) {
+                let used = std::fs::metadata(&path).and_then(|m| m.modified());
+                others.push((used.unwrap_or(SystemTime::UNIX_EPOCH), path));
+            }
+        }
+        others.sort_by_key(|(used, _)| std::cmp::Reverse(*used));
+        for (_, path) in others.into_iter().skip(CACHE_KEEP) {
+            remove_cached(&path);
+        }
+    }
+
     /// Identifies the engine build and settings a serialized component is valid for.
     fn compat_tag(&self) -> String {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
@@ -161,6 +196,13 @@ impl Sandbox {
             .precompile_compatibility_hash()
             .hash(&mut hasher);
         format!("{:016x}", hasher.finish())
+    }
+}
+
+fn remove_cached(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::debug!(file = %path.display(), "pruned from the compile cache"),
+        Err(e) => tracing::debug!(file = %path.display(), "cannot prune: {e}"),
     }
 }
 
@@ -172,6 +214,47 @@ pub(crate) fn context(err: wasmtime::Error, what: &str) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_compile_cache_keeps_serving_and_recent_versions_only() {
+        let sandbox = Sandbox::new().unwrap();
+        let dir = std::env::temp_dir().join(format!("wasmgate-prune-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let tag = sandbox.compat_tag();
+        let file = |hash: &str, tag: &str| dir.join(format!("{hash}-{tag}.cwasm"));
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        for i in 0..CACHE_KEEP + 5 {
+            let f = std::fs::File::create(file(&format!("{i:064x}"), &tag)).unwrap();
+            // Older files have smaller numbers.
+            f.set_modified(old + Duration::from_secs(i as u64)).unwrap();
+        }
+        let serving = format!("{:064x}", 0);
+        std::fs::write(file(&"f".repeat(64), "0123456789abcdef"), b"other engine").unwrap();
+        std::fs::write(dir.join("unrelated.txt"), b"kept").unwrap();
+
+        sandbox.prune_cache(&dir, &[&serving]);
+
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left.len(), CACHE_KEEP + 2, "{left:?}");
+        assert!(
+            left.contains(&format!("{serving}-{tag}.cwasm")),
+            "the serving one"
+        );
+        assert!(left.contains(&"unrelated.txt".to_string()));
+        for i in 1..5 {
+            assert!(
+                !left.contains(&format!("{i:064x}-{tag}.cwasm")),
+                "old {i} pruned"
+            );
+        }
+        assert!(left.contains(&format!("{:064x}-{tag}.cwasm", CACHE_KEEP + 4)));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn the_wit_package_declares_the_version_the_sandbox_speaks() {

@@ -48,6 +48,7 @@ impl Control {
         let (snapshot, problems) = Snapshot::build(&config, &mut registry).await;
         log_problems(&problems);
         warn_unnamed_files(&config, None);
+        prune_cache(&sandbox, &config, &registry);
         Ok(Control {
             sandbox,
             snapshots: Arc::new(Current::from_pointee(snapshot)),
@@ -157,6 +158,14 @@ impl Control {
         let (snapshot, problems) = Snapshot::build(config, registry).await;
         log_problems(&problems);
         self.snapshots.store(Arc::new(snapshot));
+        prune_cache(&self.sandbox, config, registry);
+    }
+}
+
+/// Keep the compile cache bounded: the serving versions and a few recent ones.
+fn prune_cache(sandbox: &Sandbox, config: &Config, registry: &Registry) {
+    if let Some(dir) = &config.cache_dir {
+        sandbox.prune_cache(dir, &registry.serving_hashes());
     }
 }
 

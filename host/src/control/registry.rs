@@ -54,6 +54,15 @@ impl Registry {
         self.slots.len()
     }
 
+    /// Content hashes of the versions serving now.
+    pub fn serving_hashes(&self) -> Vec<&str> {
+        self.slots
+            .values()
+            .filter_map(|slot| slot.current.as_ref())
+            .map(|f| f.hash.as_str())
+            .collect()
+    }
+
     /// Whether filter `name` is known (loaded or rejected).
     pub fn has(&self, name: &str) -> bool {
         self.slots.contains_key(name)
