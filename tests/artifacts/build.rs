@@ -3,7 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The target the guest filters build for.
+const GUEST_TARGET: &str = "wasm32-wasip2";
+
 fn main() {
+    require_guest_target();
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.join("../..").canonicalize().unwrap();
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
@@ -38,7 +42,7 @@ fn main() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
-        .args(["build", "--target", "wasm32-wasip2", "--profile", "filter"])
+        .args(["build", "--target", GUEST_TARGET, "--profile", "filter"])
         .env("CARGO_TARGET_DIR", &target_dir)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
@@ -65,7 +69,8 @@ fn main() {
     );
     for name in &crates {
         let built = target_dir
-            .join("wasm32-wasip2/filter")
+            .join(GUEST_TARGET)
+            .join("filter")
             .join(format!("{}.wasm", name.replace('-', "_")));
         let dest = filters_dir.join(format!("{name}.wasm"));
         copy_if_changed(&built, &dest);
@@ -76,6 +81,25 @@ fn main() {
     }
     src.push_str("];\n");
     std::fs::write(out_dir.join("artifacts.rs"), src).unwrap();
+}
+
+/// Stop at once, with one line that says what to do, when the toolchain lacks the guest target
+/// (rustup does not add a `rust-toolchain.toml` target to a toolchain already installed).
+fn require_guest_target() {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let libdir = Command::new(rustc)
+        .args(["--print", "target-libdir", "--target", GUEST_TARGET])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    if libdir.is_some_and(|dir| dir.is_dir()) {
+        return;
+    }
+    println!(
+        "cargo::error=this Rust toolchain lacks the {GUEST_TARGET} target the filters build for; add it with: rustup target add {GUEST_TARGET}"
+    );
+    std::process::exit(1);
 }
 
 fn copy_if_changed(from: &Path, to: &Path) {
