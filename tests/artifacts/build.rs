@@ -83,23 +83,41 @@ fn main() {
     std::fs::write(out_dir.join("artifacts.rs"), src).unwrap();
 }
 
-/// Stop at once, with one line that says what to do, when the toolchain lacks the guest target
-/// (rustup does not add a `rust-toolchain.toml` target to a toolchain already installed).
+/// The toolchain must have the guest target. rustup does not add a `rust-toolchain.toml`
+/// target to a toolchain that is already installed, so when it is missing it is added here (as
+/// `rust-toolchain.toml` asks), with one line that says so; without rustup, the build stops
+/// with one line that says what to do.
 fn require_guest_target() {
+    if guest_target_installed() {
+        return;
+    }
+    let toolchain = std::env::var("RUSTUP_TOOLCHAIN").ok();
+    println!(
+        "cargo::warning=this Rust toolchain lacks the {GUEST_TARGET} target the filters build for; adding it: rustup target add {GUEST_TARGET}"
+    );
+    let mut rustup = Command::new("rustup");
+    rustup.args(["target", "add", GUEST_TARGET]);
+    if let Some(toolchain) = &toolchain {
+        rustup.args(["--toolchain", toolchain]);
+    }
+    let added = rustup.status().is_ok_and(|s| s.success());
+    if !added || !guest_target_installed() {
+        println!(
+            "cargo::error=this Rust toolchain lacks the {GUEST_TARGET} target the filters build for; add it with: rustup target add {GUEST_TARGET}"
+        );
+        std::process::exit(1);
+    }
+}
+
+fn guest_target_installed() -> bool {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let libdir = Command::new(rustc)
+    Command::new(rustc)
         .args(["--print", "target-libdir", "--target", GUEST_TARGET])
         .output()
         .ok()
         .filter(|out| out.status.success())
-        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-    if libdir.is_some_and(|dir| dir.is_dir()) {
-        return;
-    }
-    println!(
-        "cargo::error=this Rust toolchain lacks the {GUEST_TARGET} target the filters build for; add it with: rustup target add {GUEST_TARGET}"
-    );
-    std::process::exit(1);
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        .is_some_and(|dir| dir.is_dir())
 }
 
 fn copy_if_changed(from: &Path, to: &Path) {
