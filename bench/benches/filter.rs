@@ -8,7 +8,15 @@ use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use wasmgate_sandbox::wit::{Request, Response, RouteContext};
-use wasmgate_sandbox::{Grants, InstancePool, Lease, Sandbox};
+use wasmgate_sandbox::{Grants, InstancePool, Lease, Limits, Sandbox};
+
+/// The gateway's default filter limits (`[filter_limits]`).
+const LIMITS: Limits = Limits {
+    deadline: std::time::Duration::from_millis(100),
+    memory_bytes: 32 << 20,
+    max_output_bytes: 2 << 20,
+    requests_per_instance: 1000,
+};
 
 const HEADERS_CONFIG: &str =
     r#"{"request":{"set":{"x-tenant":"bench"}},"response":{"set":{"x-served-by":"wasmgate"}}}"#;
@@ -75,7 +83,7 @@ impl Setup {
         self.rt.block_on(async {
             let bytes = std::fs::read(wasmgate_artifacts::filter(name)).unwrap();
             let filter = Arc::new(self.sandbox.load(name, bytes, None).await.unwrap());
-            let needs = filter.check_config(config).await.unwrap();
+            let needs = filter.check_config(config, LIMITS).await.unwrap();
             let requests_per_instance = if reuse { 1000 } else { 1 };
             Arc::new(InstancePool::new(
                 filter,
@@ -93,7 +101,7 @@ async fn through(chain: &[Arc<InstancePool>], req: &Request, ctx: &RouteContext)
     let request_id: Arc<str> = ctx.request_id.as_str().into();
     let mut ran: Vec<Lease> = Vec::with_capacity(chain.len());
     for pool in chain {
-        let mut lease = pool.lease(&request_id, Grants::none());
+        let mut lease = pool.lease(&request_id, Grants::none(LIMITS));
         lease.on_request(ctx, req).await.unwrap();
         ran.push(lease);
     }
@@ -115,7 +123,7 @@ fn phases(c: &mut Criterion) {
         let req = request(body);
         let pool = setup.pool(name, config, true);
         // One phase call on a reused instance: the cost the filter adds per phase.
-        let mut lease = pool.lease(&ctx.request_id.as_str().into(), Grants::none());
+        let mut lease = pool.lease(&ctx.request_id.as_str().into(), Grants::none(LIMITS));
         group.bench_function(BenchmarkId::new("on-request", filter), |b| {
             b.iter(|| setup.rt.block_on(lease.on_request(&ctx, &req)).unwrap())
         });

@@ -101,6 +101,10 @@ fn require_guest_target() {
         rustup.args(["--toolchain", toolchain]);
     }
     let added = rustup.status().is_ok_and(|s| s.success());
+    // Cargo replays a fresh build script's warnings on every build; a path that never exists
+    // makes it run once more, and then (the target present) it says nothing.
+    let out_dir = std::env::var("OUT_DIR").unwrap_or_default();
+    println!("cargo::rerun-if-changed={out_dir}/the-target-was-added");
     if !added || !guest_target_installed() {
         println!(
             "cargo::error=this Rust toolchain lacks the {GUEST_TARGET} target the filters build for; add it with: rustup target add {GUEST_TARGET}"

@@ -176,11 +176,17 @@ async fn instances_are_reused_only_when_the_filter_opts_in_and_never_after_a_fai
 #[tokio::test]
 async fn a_dropped_binding_frees_its_idle_instances() {
     use wasmgate_sandbox::wit::{Request, RouteContext};
-    use wasmgate_sandbox::{Grants, InstancePool, Sandbox};
+    use wasmgate_sandbox::{Grants, InstancePool, Limits, Sandbox};
+    let limits = Limits {
+        deadline: Duration::from_millis(100),
+        memory_bytes: 32 << 20,
+        max_output_bytes: 2 << 20,
+        requests_per_instance: 1000,
+    };
     let sandbox = Sandbox::new().unwrap();
     let bytes = std::fs::read(wasmgate_artifacts::filter("counter-reuse")).unwrap();
     let filter = Arc::new(sandbox.load("counter-reuse", bytes, None).await.unwrap());
-    let needs = filter.check_config("{}").await.unwrap();
+    let needs = filter.check_config("{}", limits).await.unwrap();
     assert!(needs.reuse_instance, "the filter opts in");
     let pool = Arc::new(InstancePool::new(filter.clone(), "{}".into(), needs, 1000));
     let ctx = RouteContext {
@@ -197,7 +203,7 @@ async fn a_dropped_binding_frees_its_idle_instances() {
         headers: vec![],
         body: None,
     };
-    let mut lease = pool.lease(&"r1".into(), Grants::none());
+    let mut lease = pool.lease(&"r1".into(), Grants::none(limits));
     lease.on_request(&ctx, &req).await.unwrap();
     drop(lease);
     assert_eq!(pool.idle(), 1, "given back to the pool after the call");

@@ -12,7 +12,7 @@ use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAlloc
 use crate::bindings::{GatewayFilter, GatewayFilterPre};
 use crate::compile::{compile_cached, content_hash};
 use crate::imports::HostState;
-use crate::instance::{Grants, LoadedFilter};
+use crate::instance::{Grants, Limits, LoadedFilter};
 
 /// The version of the `wasmgate:filter` WIT package this sandbox speaks.
 pub const WIT_VERSION: &str = "0.2.0";
@@ -28,6 +28,15 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 pub const MAX_MEMORY_BYTES: usize = 256 << 20;
 /// Linear memory per pooled slot kept mapped between instances (reset by memset, not madvise).
 const KEEP_RESIDENT_BYTES: usize = 4 << 20;
+/// Limits for the one instantiation that checks a filter loads (start functions run then);
+/// each route's own limits apply to its config check and requests.
+const LOAD_LIMITS: Limits = Limits {
+    deadline: Duration::from_secs(1),
+    memory_bytes: MAX_MEMORY_BYTES,
+    max_output_bytes: 0,
+    requests_per_instance: 1,
+};
+
 /// Compiled versions kept in the compile cache besides the serving ones.
 pub const CACHE_KEEP: usize = 32;
 /// Filter instances alive at once across all requests (each in-flight request holds one per
@@ -129,7 +138,7 @@ impl Sandbox {
         // A start function that traps, or a component too large for a pool slot, is found
         // now rather than on the first request.
         filter
-            .instantiate(&Arc::from("load"), Grants::none())
+            .instantiate(&Arc::from("load"), Grants::none(LOAD_LIMITS))
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         filter.load_time = started.elapsed();

@@ -63,18 +63,13 @@ pub struct Grants {
 }
 
 impl Grants {
-    /// No services, a throwaway cache and the gateway's default limits (load-time and config
-    /// checks).
-    pub fn none() -> Grants {
+    /// No services and a throwaway cache, under `limits` (load-time and config checks,
+    /// benchmarks).
+    pub fn none(limits: Limits) -> Grants {
         Grants {
             cache: Arc::default(),
             outbound: None,
-            limits: Limits {
-                deadline: Duration::from_millis(100),
-                memory_bytes: 32 << 20,
-                max_output_bytes: 2 << 20,
-                requests_per_instance: 1,
-            },
+            limits,
         }
     }
 }
@@ -165,11 +160,15 @@ impl LoadedFilter {
         }))
     }
 
-    /// Check that the filter accepts `config_json`, and what that config needs; the error is
-    /// the filter's own message.
-    pub async fn check_config(self: &Arc<Self>, config_json: &str) -> Result<Needs, String> {
+    /// Check that the filter accepts `config_json` under `limits`, and what that config needs;
+    /// the error is the filter's own message.
+    pub async fn check_config(
+        self: &Arc<Self>,
+        config_json: &str,
+        limits: Limits,
+    ) -> Result<Needs, String> {
         match self
-            .start(config_json, &Arc::from("check"), Grants::none())
+            .start(config_json, &Arc::from("check"), Grants::none(limits))
             .await
         {
             Ok(instance) => Ok(instance.needs),

@@ -108,9 +108,10 @@ impl Snapshot {
         for rc in &config.routes {
             let mut chain = Vec::with_capacity(rc.filters.len());
             for f in &rc.filters {
+                let limits = sandbox_limits(f.limits);
                 let checked = match filters.resolve(&f.name) {
                     Ok(filter) => filter
-                        .check_config(&f.config_json)
+                        .check_config(&f.config_json, limits)
                         .await
                         .map(|needs| (filter, needs)),
                     Err(e) => Err(e),
@@ -127,7 +128,7 @@ impl Snapshot {
                         needs,
                         services: f.services.clone().into(),
                         cache: filters.cache(&f.name),
-                        limits: sandbox_limits(f.limits),
+                        limits,
                         on_failure: f.on_failure,
                         breaker: Breaker::default(),
                     }),
