@@ -48,17 +48,7 @@ fn init_writes_a_starter_config_that_checks_and_never_overwrites_one() {
     let written = std::fs::read_to_string(&config).unwrap();
     assert!(written.starts_with("# wasmgate config"), "{written}");
 
-    let out = wasmgate()
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 routes, 0 filters)"));
+    assert_checks_ok(&config, "ok (1 routes, 0 filters)");
 
     std::fs::write(&config, "# mine\n").unwrap();
     let out = wasmgate().arg("init").arg(&dir).output().unwrap();
@@ -76,9 +66,14 @@ fn check_accepts_a_valid_config_without_filters() {
         "admin = { enabled = false }\n[services.a]\nupstreams = [\"http://127.0.0.1:9\"]\n[[routes]]\nname = \"a\"\nprefix = \"/\"\nservice = \"a\"\n",
     )
     .unwrap();
+    assert_checks_ok(&file, "ok (1 routes, 0 filters)");
+}
+
+/// `wasmgate check --config file` succeeds and says `summary`.
+fn assert_checks_ok(file: &Path, summary: &str) {
     let out = wasmgate()
         .args(["check", "--config"])
-        .arg(&file)
+        .arg(file)
         .output()
         .unwrap();
     assert!(
@@ -86,7 +81,8 @@ fn check_accepts_a_valid_config_without_filters() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 routes, 0 filters)"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(summary), "{stdout}");
 }
 
 #[test]
