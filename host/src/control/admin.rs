@@ -93,17 +93,20 @@ fn routes(control: &Control) -> Value {
                 .chain
                 .iter()
                 .map(|e| match e {
-                    ChainEntry::Ready(b) => json!({
-                        "name": &*b.filter.name,
-                        "state": "ready",
-                        "version": b.filter.hash,
-                        "services": &*b.services,
-                        "request_phase": b.needs.request_phase,
-                        "response_phase": b.needs.response_phase,
-                        "needs_request_body": b.needs.request_body,
-                        "needs_response_body": b.needs.response_body,
-                        "reuse_instance": b.needs.reuse_instance,
-                    }),
+                    ChainEntry::Ready(b) => {
+                        let needs = b.needs();
+                        json!({
+                            "name": &*b.filter().name,
+                            "state": "ready",
+                            "version": b.filter().hash,
+                            "services": &*b.services,
+                            "request_phase": needs.request_phase,
+                            "response_phase": needs.response_phase,
+                            "needs_request_body": needs.request_body,
+                            "needs_response_body": needs.response_body,
+                            "reuse_instance": needs.reuse_instance,
+                        })
+                    }
                     ChainEntry::Unavailable { name, reason } => json!({
                         "name": name,
                         "state": "unavailable",

@@ -57,16 +57,13 @@ pub(super) async fn request_body(
     route: &Route,
     snapshot: &Snapshot,
 ) -> Result<ReqBody, GatewayError> {
-    let max_request = snapshot.max_request_body;
     if route.needs_request_body {
-        let limit = route
-            .body_limit(&snapshot.body_limits)
-            .min(max_request.unwrap_or(u64::MAX));
+        let limit = snapshot.request_body_limit(route);
         return read_limited(body, headers, limit)
             .await
             .map(ReqBody::Buffered);
     }
-    Ok(ReqBody::Stream(match max_request {
+    Ok(ReqBody::Stream(match snapshot.max_request_body {
         Some(max) => Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX))
             .map_err(BoxError::from)
             .boxed(),

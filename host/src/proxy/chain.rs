@@ -96,10 +96,12 @@ impl<'a> Chain<'a> {
     /// Run the request phases in chain order.
     pub(super) async fn request_phases(
         &mut self,
-        req: CheckedRequest,
+        mut req: CheckedRequest,
         authority: String,
         mut body: ReqBody,
     ) -> Result<Proceed, GatewayError> {
+        // Filters never see connection-level headers (the upstream client drops them too).
+        strip_hop_by_hop(&mut req.headers);
         let mut wit_req = wit::Request {
             method: req.method.to_string(),
             scheme: "http".into(),
@@ -129,19 +131,20 @@ impl<'a> Chain<'a> {
                             ErrorKind::FilterUnavailable,
                             format!(
                                 "filter {:?} is failing repeatedly; not run (breaker open)",
-                                binding.filter.name
+                                binding.filter().name
                             ),
                         ));
                     }
                     FailurePolicy::FailOpen => continue,
                 }
             };
+            let needs = binding.needs();
             let mut lease = binding
                 .instances
                 .lease(&self.ex.request_id, self.grants(binding));
-            if !binding.needs.request_phase {
+            if !needs.request_phase {
                 // Its config does nothing here; its response phase may.
-                if binding.needs.response_phase {
+                if needs.response_phase {
                     self.entered.push(Entered {
                         binding,
                         lease,
@@ -150,7 +153,7 @@ impl<'a> Chain<'a> {
                 }
                 continue;
             }
-            wit_req.body = match (&body, binding.needs.request_body) {
+            wit_req.body = match (&body, needs.request_body) {
                 (ReqBody::Buffered(b), true) => Some(b.to_vec()),
                 _ => None,
             };
@@ -167,7 +170,7 @@ impl<'a> Chain<'a> {
             else {
                 continue;
             };
-            if binding.needs.response_phase {
+            if needs.response_phase {
                 self.entered.push(Entered {
                     binding,
                     lease,
@@ -215,7 +218,7 @@ impl<'a> Chain<'a> {
             ticket,
         }) = self.entered.pop()
         {
-            wit_resp.body = match (&body, binding.needs.response_body) {
+            wit_resp.body = match (&body, binding.needs().response_body) {
                 (RespBody::Buffered(b), true) => Some(b.to_vec()),
                 _ => None,
             };
@@ -257,7 +260,7 @@ impl<'a> Chain<'a> {
             Err(err) => err,
         };
         let counts = matches!(err, FilterError::Trap(_) | FilterError::Invalid(_));
-        let filter = &binding.filter;
+        let filter = binding.filter();
         if ticket.report(counts) {
             tracing::error!(
                 filter = %filter.name,
@@ -287,10 +290,7 @@ impl<'a> Chain<'a> {
     fn grants(&self, binding: &Binding) -> Grants {
         let outbound = (!binding.services.is_empty()).then(|| {
             let snapshot = &self.ex.snapshot;
-            let body_limit = self
-                .route
-                .body_limit(&snapshot.body_limits)
-                .min(snapshot.max_request_body.unwrap_or(u64::MAX));
+            let body_limit = snapshot.request_body_limit(self.route);
             Arc::new(ServiceCalls {
                 services: snapshot.services.clone(),
                 granted: binding.services.clone(),

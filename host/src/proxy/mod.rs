@@ -33,7 +33,7 @@ use self::forward::X_REQUEST_ID;
 use self::wit::CheckedRequest;
 use crate::route::{self, MatchInput, Params};
 use crate::snapshot::{Current, Route, Snapshot};
-use crate::upstream::{Body, strip_hop_by_hop};
+use crate::upstream::Body;
 
 /// Serves client requests against the current snapshot.
 pub struct Proxy {
@@ -99,12 +99,11 @@ impl Proxy {
 
 /// The pipeline, top to bottom.
 async fn serve(req: Request<Incoming>, ex: &Exchange) -> Result<Response<Body>, GatewayError> {
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     accept::check_request(&parts.headers, &ex.snapshot)?;
     let authority = route::request_authority(&parts.uri, &parts.headers);
     let (route, params) = find_route(&ex.snapshot, &parts, &authority)?;
     let path_and_query = route::upstream_path(&route.config, &parts.uri, &params);
-    strip_hop_by_hop(&mut parts.headers);
     let body = accept::request_body(body, &parts.headers, route, &ex.snapshot).await?;
     let request = CheckedRequest {
         method: parts.method,

@@ -25,7 +25,7 @@ pub(super) struct ServiceCalls {
 
 impl Outbound for ServiceCalls {
     fn granted(&self, service: &str) -> bool {
-        self.granted.iter().any(|g| g == service) && self.services.contains_key(service)
+        self.granted.iter().any(|g| g == service)
     }
 
     fn call(&self, req: OutboundRequest) -> OutboundFuture<'_> {
@@ -38,6 +38,7 @@ impl ServiceCalls {
         let service = self
             .services
             .get(&req.service)
+            // Config validation grants only known services; an unknown one is still a denial.
             .ok_or_else(|| CallError::Denied(format!("no service {:?}", req.service)))?;
         let method = Method::from_bytes(req.method.as_bytes())
             .map_err(|_| CallError::Invalid(format!("method {:?}", req.method)))?;

@@ -44,6 +44,16 @@ impl Route {
     }
 }
 
+impl Snapshot {
+    /// Largest request body buffered for `route`'s filters, and largest body a service call
+    /// of its filters may return: the route's limit, capped by `server.max_request_body_bytes`.
+    pub fn request_body_limit(&self, route: &Route) -> u64 {
+        route
+            .body_limit(&self.body_limits)
+            .min(self.max_request_body.unwrap_or(u64::MAX))
+    }
+}
+
 /// One entry of a route's chain.
 pub enum ChainEntry {
     /// The filter is loaded and accepted this route's config.
@@ -55,11 +65,8 @@ pub enum ChainEntry {
 /// A filter bound to one route: a loaded version with this route's config, grants, limits and
 /// failure policy, and the state that goes with them (instances, breaker).
 pub struct Binding {
-    pub filter: Arc<LoadedFilter>,
-    /// Instances of the filter configured with this route's config.
+    /// Instances of the filter version configured with this route's config.
     pub instances: Arc<InstancePool>,
-    /// What this route's config of the filter needs.
-    pub needs: Needs,
     /// Services the route grants this filter.
     pub services: Arc<[String]>,
     pub cache: Arc<FilterCache>,
@@ -67,6 +74,18 @@ pub struct Binding {
     pub on_failure: FailurePolicy,
     /// Opens when this binding keeps failing; new per snapshot.
     pub breaker: Breaker,
+}
+
+impl Binding {
+    /// The filter version.
+    pub fn filter(&self) -> &Arc<LoadedFilter> {
+        self.instances.filter()
+    }
+
+    /// What this route's config of the filter needs.
+    pub fn needs(&self) -> Needs {
+        self.instances.needs()
+    }
 }
 
 /// A filter that could not be used, and where the config references it.
@@ -119,13 +138,11 @@ impl Snapshot {
                 chain.push(match checked {
                     Ok((filter, needs)) => ChainEntry::Ready(Binding {
                         instances: Arc::new(InstancePool::new(
-                            filter.clone(),
+                            filter,
                             f.config_json.clone(),
                             needs,
                             f.limits.requests_per_instance,
                         )),
-                        filter,
-                        needs,
                         services: f.services.clone().into(),
                         cache: filters.cache(&f.name),
                         limits,
@@ -148,7 +165,7 @@ impl Snapshot {
             }
             let any = |pick: fn(&Needs) -> bool| {
                 chain.iter().any(|e| match e {
-                    ChainEntry::Ready(b) => pick(&b.needs),
+                    ChainEntry::Ready(b) => pick(&b.needs()),
                     ChainEntry::Unavailable { .. } => false,
                 })
             };
