@@ -400,6 +400,18 @@ impl Context {
         }
     }
 
+    /// Builder: the client's address (`ip:port`; default `127.0.0.1:0`).
+    pub fn with_client_addr(mut self, addr: &str) -> Self {
+        self.client_addr = addr.into();
+        self
+    }
+
+    /// Builder: the request id (default `test`).
+    pub fn with_request_id(mut self, id: &str) -> Self {
+        self.request_id = id.into();
+        self
+    }
+
     /// The route's name from the gateway config.
     pub fn route(&self) -> &str {
         &self.route

@@ -234,12 +234,76 @@ macro_rules! export_filter {
 #[doc(hidden)]
 pub mod __bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "gateway-filter",
         pub_export_macro: true,
         export_macro_name: "__export_filter_glue",
         default_bindings_module: "wasmgate_sdk::__bindings",
     });
+}
+
+/// Conversions `wasmgate-testkit` uses to drive a built filter with the SDK's own types; not
+/// part of the API.
+#[doc(hidden)]
+pub mod __testkit {
+    use crate::{Context, Headers, Request, Response};
+
+    /// Header list in wire order.
+    pub type Wire = Vec<(String, Vec<u8>)>;
+
+    /// A request's fields.
+    pub struct RequestParts {
+        pub method: String,
+        pub scheme: String,
+        pub authority: String,
+        pub path_with_query: String,
+        pub headers: Wire,
+        pub body: Option<Vec<u8>>,
+    }
+
+    pub fn request_into_parts(req: Request) -> RequestParts {
+        RequestParts {
+            method: req.method,
+            scheme: req.scheme,
+            authority: req.authority,
+            path_with_query: req.path_with_query,
+            headers: req.headers.into_wire(),
+            body: req.body,
+        }
+    }
+
+    pub fn request_from_parts(p: RequestParts) -> Request {
+        Request {
+            method: p.method,
+            scheme: p.scheme,
+            authority: p.authority,
+            path_with_query: p.path_with_query,
+            headers: Headers::from_wire(p.headers),
+            body: p.body,
+        }
+    }
+
+    pub fn response_into_parts(resp: Response) -> (u16, Wire, Option<Vec<u8>>) {
+        (resp.status, resp.headers.into_wire(), resp.body)
+    }
+
+    pub fn response_from_parts(status: u16, headers: Wire, body: Option<Vec<u8>>) -> Response {
+        Response {
+            status,
+            headers: Headers::from_wire(headers),
+            body,
+        }
+    }
+
+    /// Route, params, client address, request id.
+    pub fn context_into_parts(ctx: &Context) -> (String, Vec<(String, String)>, String, String) {
+        (
+            ctx.route.clone(),
+            ctx.params.clone(),
+            ctx.client_addr.clone(),
+            ctx.request_id.clone(),
+        )
+    }
 }
 
 /// Glue used by [`export_filter!`]; not part of the API.

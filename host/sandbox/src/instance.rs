@@ -1,7 +1,7 @@
 //! Loaded filters, their instances, and the limits every call runs under.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use wasmtime::component::ResourceTable;
@@ -33,6 +33,20 @@ pub struct Limits {
     /// Requests one instance may serve when its filter allows reuse; 1 means a fresh instance
     /// for every request.
     pub requests_per_instance: u32,
+}
+
+impl Default for Limits {
+    /// The gateway's defaults (`[filter_limits]` in its config, which a host test keeps equal
+    /// to these): 100 ms per phase, 32 MiB of memory, 2 MiB of output, 1000 requests per
+    /// reused instance.
+    fn default() -> Self {
+        Limits {
+            deadline: Duration::from_millis(100),
+            memory_bytes: 32 << 20,
+            max_output_bytes: 2 << 20,
+            requests_per_instance: 1000,
+        }
+    }
 }
 
 /// Why a filter call did not produce a result.
@@ -190,6 +204,8 @@ pub struct InstancePool {
     /// call; a box moves as one pointer.
     #[allow(clippy::vec_box)]
     idle: std::sync::Mutex<Vec<Box<FilterInstance>>>,
+    /// Instances configured so far.
+    started: AtomicU64,
 }
 
 impl InstancePool {
@@ -209,6 +225,7 @@ impl InstancePool {
             needs,
             requests_per_instance: if reuse { requests_per_instance } else { 0 },
             idle: std::sync::Mutex::default(),
+            started: AtomicU64::new(0),
         }
     }
 
@@ -230,6 +247,11 @@ impl InstancePool {
             grants,
             held: None,
         }
+    }
+
+    /// Instances this pool has configured (each ran `configure` once).
+    pub fn instances_started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
     }
 
     /// Instances idle in this pool.
@@ -260,6 +282,7 @@ impl InstancePool {
             instance.pool = Some(self.clone());
             return Ok(instance);
         }
+        self.started.fetch_add(1, Ordering::Relaxed);
         let mut instance = self
             .filter
             .start(&self.config_json, request_id, grants)

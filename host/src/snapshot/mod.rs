@@ -206,6 +206,16 @@ fn sandbox_limits(l: FilterLimits) -> Limits {
 
 #[cfg(test)]
 mod tests {
+    /// The testkit runs filters under the sandbox's default limits; the gateway under its
+    /// config's. They must agree.
+    #[test]
+    fn config_and_sandbox_agree_on_the_default_limits() {
+        assert_eq!(
+            super::sandbox_limits(crate::config::FilterLimits::default()),
+            wasmgate_sandbox::Limits::default()
+        );
+    }
+
     /// Config validates memory caps against its own maximum; the sandbox sizes its pool slots
     /// by its own. They must agree.
     #[test]

@@ -1,0 +1,124 @@
+//! The built `auth-jwt.wasm` in the gateway's sandbox (wasmgate-testkit), with its JWKS service
+//! stubbed.
+
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::json;
+use wasmgate_sdk::{Action, Request, Response};
+use wasmgate_testkit::{Level, TestFilter, TestRoute};
+
+/// HS256 with secret `wasmgate-demo-secret`, `sub: demo-user`, expires in 2100 (the README's
+/// demo token).
+const TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJkZW1vLXVzZXIiLCJleHAiOjQxMDI0NDQ4MDB9.bVtlg4IDUbM_bsfVLWEWtfwWZQCPtafWRJTytHVyJ6k";
+
+fn filter() -> TestFilter {
+    TestFilter::load(wasmgate_artifacts::filter("auth-jwt")).unwrap()
+}
+
+fn with_token(token: &str) -> Request {
+    Request::new("GET", "/profile").with_header("authorization", format!("Bearer {token}"))
+}
+
+/// A route whose keys come from the `idp` service.
+fn jwks_route() -> TestRoute {
+    filter()
+        .route(json!({
+            "jwks_service": "idp",
+            "forward_claims": { "sub": "x-user-id" },
+        }))
+        .unwrap()
+}
+
+/// The repository's test RSA key.
+const RSA_KEY: &str = include_str!("../../../tests/keys/rsa.key");
+
+/// An RS256 token for `sub: jwks-user`, signed with [`RSA_KEY`], valid for ten minutes.
+fn rsa_token() -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("k1".into());
+    let key = EncodingKey::from_rsa_pem(RSA_KEY.as_bytes()).unwrap();
+    encode(&header, &json!({ "sub": "jwks-user", "exp": exp }), &key).unwrap()
+}
+
+/// The JWKS holding [`RSA_KEY`]'s public half as `k1`.
+fn jwks() -> Response {
+    let key = EncodingKey::from_rsa_pem(RSA_KEY.as_bytes()).unwrap();
+    let mut jwk =
+        serde_json::to_value(Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap()).unwrap();
+    jwk["kid"] = json!("k1");
+    Response::json(200, &json!({ "keys": [jwk] }))
+}
+
+#[test]
+fn a_valid_token_passes_with_its_claims_forwarded() {
+    let route = filter()
+        .route(json!({
+            "secret": "wasmgate-demo-secret",
+            "forward_claims": { "sub": "x-user-id" },
+        }))
+        .unwrap();
+    let req = with_token(TOKEN).with_header("x-user-id", "forged");
+    let Action::Continue(req) = route.on_request(req).unwrap() else {
+        panic!("refused a valid token");
+    };
+    assert_eq!(req.header("x-user-id"), Some("demo-user"));
+
+    let Action::Respond(resp) = route.on_request(with_token("not.a.token")).unwrap() else {
+        panic!("let a malformed token through");
+    };
+    assert_eq!(resp.status(), 401);
+    assert!(
+        resp.header("www-authenticate")
+            .unwrap()
+            .contains("invalid_token")
+    );
+}
+
+#[test]
+fn keys_from_the_jwks_service_are_fetched_once_and_cached() {
+    let route = jwks_route().service("idp", |_| jwks());
+    for _ in 0..3 {
+        let Action::Continue(req) = route.on_request(with_token(&rsa_token())).unwrap() else {
+            panic!("refused a valid token");
+        };
+        assert_eq!(req.header("x-user-id"), Some("jwks-user"));
+    }
+    let calls = route.service_calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].request.path(), "/.well-known/jwks.json");
+}
+
+#[test]
+fn an_unreachable_jwks_service_refuses_with_401_and_logs_why() {
+    let route = jwks_route().service_down("idp");
+    let Action::Respond(resp) = route.on_request(with_token(&rsa_token())).unwrap() else {
+        panic!("let a token through without keys");
+    };
+    assert_eq!(resp.status(), 401);
+    let body = String::from_utf8_lossy(resp.body().unwrap());
+    assert!(body.contains("the signing keys are unavailable"), "{body}");
+    let logs = route.logs();
+    assert!(
+        logs.iter()
+            .any(|l| l.level == Level::WARN && l.message.contains("fetching the JWKS")),
+        "{logs:?}"
+    );
+}
+
+#[test]
+fn a_service_the_route_does_not_grant_is_denied() {
+    let route = jwks_route().service("other", |_| jwks());
+    let Action::Respond(resp) = route.on_request(with_token(&rsa_token())).unwrap() else {
+        panic!("let a token through without keys");
+    };
+    assert_eq!(resp.status(), 401);
+    assert!(
+        route.service_calls().is_empty(),
+        "the call never left the filter's grant"
+    );
+}
