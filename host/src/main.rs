@@ -1,12 +1,14 @@
 //! The `wasmgate` command.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 use wasmgate::{Config, RunningGateway};
+
+mod cli;
 
 /// glibc's allocator cost 7% of the proxy's CPU under load (perf, bench/README.md); mimalloc's
 /// thread-local free lists take most of that back.
@@ -49,7 +51,27 @@ enum Command {
     Init {
         /// Where the gateway's files go.
         dir: PathBuf,
+        /// Also scaffold a filter crate of this name in DIR/NAME (as `wasmgate filter new`)
+        /// and run it on the starter route.
+        #[arg(long, value_name = "NAME")]
+        filter: Option<String>,
+        /// With --filter: depend on the SDK in this checkout's `sdk/` directory (see
+        /// `wasmgate filter new --help`).
+        #[arg(long, value_name = "DIR", requires = "filter")]
+        sdk_path: Option<PathBuf>,
+        /// The address the gateway listens on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// The admin endpoint's address.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// The service the starter route proxies to.
+        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        upstream: String,
     },
+    /// Write and build filters.
+    #[command(subcommand)]
+    Filter(FilterCommand),
     /// Validate a config and every filter it references, then exit.
     Check {
         /// The gateway config (TOML).
@@ -59,6 +81,33 @@ enum Command {
         /// filter, before it is copied in).
         #[arg(long)]
         filters_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum FilterCommand {
+    /// Create a standalone filter crate NAME (in ./NAME unless --dir says where) that builds,
+    /// tests and runs as is: both phases, a config, unit tests, sandbox tests, a README.
+    New {
+        /// The filter's name: its crate name and the name routes give it.
+        name: String,
+        /// Where the crate goes (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Depend on the SDK (and the test kit beside it) in this wasmgate checkout's `sdk/`
+        /// directory instead of on the published crates.
+        #[arg(long, value_name = "DIR")]
+        sdk_path: Option<PathBuf>,
+    },
+    /// Build a filter crate for wasm32-wasip2 (release), check that the gateway would load the
+    /// component, and with --install copy it into a filters directory as `<crate name>.wasm`.
+    Build {
+        /// The crate's Cargo.toml (default: the crate in the current directory).
+        #[arg(long)]
+        manifest_path: Option<PathBuf>,
+        /// A gateway's filters directory; a gateway serving it loads the new version at once.
+        #[arg(long, value_name = "DIR")]
+        install: Option<PathBuf>,
     },
 }
 
@@ -86,7 +135,32 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Init { dir } => init(&dir),
+            Command::Init {
+                dir,
+                filter,
+                sdk_path,
+                listen,
+                admin,
+                upstream,
+            } => init(
+                &dir,
+                &Starter {
+                    listen,
+                    admin,
+                    upstream,
+                    filter,
+                    sdk_path,
+                },
+            ),
+            Command::Filter(FilterCommand::New {
+                name,
+                dir,
+                sdk_path,
+            }) => filter_new(&name, dir, sdk_path.as_deref()),
+            Command::Filter(FilterCommand::Build {
+                manifest_path,
+                install,
+            }) => filter_build(manifest_path.as_deref(), install.as_deref()).await,
             Command::Check {
                 config,
                 filters_dir,
@@ -108,7 +182,16 @@ fn main() -> ExitCode {
 /// The config `wasmgate init` writes.
 const STARTER_CONFIG: &str = include_str!("starter/gateway.toml");
 
-fn init(dir: &std::path::Path) -> ExitCode {
+/// What `wasmgate init` writes into the starter config.
+struct Starter {
+    listen: String,
+    admin: String,
+    upstream: String,
+    filter: Option<String>,
+    sdk_path: Option<PathBuf>,
+}
+
+fn init(dir: &Path, starter: &Starter) -> ExitCode {
     let config = dir.join("gateway.toml");
     if config.exists() {
         eprintln!(
@@ -117,18 +200,94 @@ fn init(dir: &std::path::Path) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let written = std::fs::create_dir_all(dir.join("filters"))
-        .and_then(|()| std::fs::write(&config, STARTER_CONFIG));
+    let chain = match &starter.filter {
+        Some(name) => format!(
+            "# The filter chain, in order: filters/{name}.wasm, built from ./{name}/ with\n\
+             # `wasmgate filter build --manifest-path {name}/Cargo.toml --install filters`.\n\
+             [[routes.filters]]\nname = \"{name}\"\nconfig = {{ greeting = \"hello\" }}\n"
+        ),
+        None => "# The filter chain, in order. Uncomment to run filters/require-header.wasm on this route:\n\
+                 # [[routes.filters]]\n# name = \"require-header\"\n# config = { header = \"x-api-key\" }\n"
+            .to_string(),
+    };
+    let text = STARTER_CONFIG
+        .replace("{{listen}}", &starter.listen)
+        .replace("{{admin}}", &starter.admin)
+        .replace("{{upstream}}", &starter.upstream)
+        .replace("{{chain}}", &chain);
+    let written =
+        std::fs::create_dir_all(dir.join("filters")).and_then(|()| std::fs::write(&config, text));
     if let Err(e) = written {
         eprintln!("error: writing {}: {e}", config.display());
         return ExitCode::FAILURE;
     }
     println!(
-        "wrote {} and {}/; next: wasmgate serve --config {}",
+        "wrote {} and {}/",
         config.display(),
-        dir.join("filters").display(),
-        config.display()
+        dir.join("filters").display()
     );
+    if let Some(name) = &starter.filter {
+        let crate_dir = dir.join(name);
+        if let Err(e) = cli::scaffold::new_filter(name, &crate_dir, starter.sdk_path.as_deref()) {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+        println!(
+            "wrote the filter crate {}/; next: wasmgate filter build --manifest-path {} --install {}",
+            crate_dir.display(),
+            crate_dir.join("Cargo.toml").display(),
+            dir.join("filters").display()
+        );
+    }
+    println!("serve it: wasmgate serve --config {}", config.display());
+    ExitCode::SUCCESS
+}
+
+fn filter_new(name: &str, dir: Option<PathBuf>, sdk_path: Option<&Path>) -> ExitCode {
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    match cli::scaffold::new_filter(name, &dir, sdk_path) {
+        Ok(files) => {
+            for file in files {
+                println!("wrote {}", file.display());
+            }
+            println!(
+                "next: cd {} && cargo test && wasmgate filter build --install GATEWAY/filters",
+                dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn filter_build(manifest_path: Option<&Path>, install: Option<&Path>) -> ExitCode {
+    let built = match cli::build::build(manifest_path).await {
+        Ok(built) => built,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for component in &built {
+        println!(
+            "built {} ({} KiB), implements {}",
+            component.path.display(),
+            component.bytes.div_ceil(1024),
+            cli::build::contract()
+        );
+        if let Some(dir) = install {
+            match cli::build::install(component, dir) {
+                Ok(dest) => println!("installed {}", dest.display()),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
     ExitCode::SUCCESS
 }
 

@@ -1,6 +1,6 @@
 //! # wasmgate-sdk
 //!
-//! Write [wasmgate](https://example.invalid/wasmgate) filters in plain Rust. A filter is a type
+//! Write wasmgate filters in plain Rust. A filter is a type
 //! that implements [`Filter`]; one line, [`export_filter!`], turns it into a WebAssembly
 //! component the gateway loads. You never see the WIT glue.
 //!
@@ -35,12 +35,17 @@
 //! # fn main() {}
 //! ```
 //!
-//! Build it with `cargo build --target wasm32-wasip2 --release` (crate type `cdylib`) and drop the
-//! `.wasm` into the gateway's filters directory.
+//! Build it with `cargo build --target wasm32-wasip2 --release` (crate type `cdylib`), or
+//! `wasmgate filter build --install DIR`, which also checks the component and copies it into a
+//! gateway's filters directory as `<package-name>.wasm`. `wasmgate filter new NAME` scaffolds a
+//! crate with all of this set up. The contract underneath is the WIT package in this crate's
+//! `wit/filter.wit` ([`WIT_VERSION`]).
 //!
 //! ## Unit tests without a gateway
 //! [`Request`], [`Response`] and [`Context`] are plain Rust values, so a filter's phases can be
-//! called directly in a native `cargo test`; [`log`] prints to stderr there.
+//! called directly in a native `cargo test`; [`log`] prints to stderr there. To run the built
+//! component under the gateway's real sandbox (limits, instance reuse, stubbed services), use
+//! the `wasmgate-testkit` crate as a dev-dependency.
 #![deny(missing_docs)]
 
 pub mod header_edits;
@@ -53,6 +58,11 @@ pub mod services;
 pub use host::cache;
 
 pub use http::{Action, Context, Headers, Request, Response, percent_encode};
+
+/// The version of the `wasmgate:filter` WIT package this SDK builds filters for. A gateway
+/// loads only filters built for the version it speaks; this crate's `major.minor` version is
+/// the WIT version's (see the crate README's compatibility rule).
+pub const WIT_VERSION: &str = "0.2.0";
 pub use serde;
 pub use serde_json;
 
@@ -415,5 +425,23 @@ pub mod __rt {
             Some(i) => msg[..i].to_string(),
             None => msg,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WIT_VERSION;
+
+    #[test]
+    fn the_bindings_are_generated_from_the_wit_version_this_sdk_names() {
+        let wit = include_str!("../wit/filter.wit");
+        assert!(wit.contains(&format!("package wasmgate:filter@{WIT_VERSION};")));
+    }
+
+    /// The compatibility rule: the crate's `major.minor` is the WIT package's.
+    #[test]
+    fn the_crate_version_follows_the_wit_version() {
+        let minor = |v: &str| v.rsplit_once('.').map(|(mm, _)| mm.to_string());
+        assert_eq!(minor(env!("CARGO_PKG_VERSION")), minor(WIT_VERSION));
     }
 }

@@ -270,4 +270,15 @@ mod tests {
         let wit = include_str!("../../../wit/filter.wit");
         assert!(wit.contains(&format!("package {WIT_PACKAGE}@{WIT_VERSION};")));
     }
+
+    /// The SDK carries a copy of the contract so that it builds (and packages) alone; filters
+    /// built with it must speak exactly what the sandbox does.
+    #[test]
+    fn the_sdk_builds_against_the_same_contract() {
+        assert_eq!(
+            include_str!("../../../sdk/wit/filter.wit"),
+            include_str!("../../../wit/filter.wit"),
+            "sdk/wit/filter.wit differs from wit/filter.wit: copy it over"
+        );
+    }
 }

@@ -1,0 +1,185 @@
+//! The README's path from nothing to a custom filter in live traffic, run as a new user runs
+//! it: `wasmgate init DIR --filter NAME`, `wasmgate filter build --install`, `wasmgate serve`,
+//! then requests through the gateway to a real upstream; and the generated crate's own
+//! `cargo test` (its unit tests, and its built `.wasm` under the test kit).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn wasmgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_wasmgate"))
+}
+
+fn checkout() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An upstream that answers every request with 200 and the `x-greeting` header it received
+/// as its body.
+fn upstream() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || serve_one(conn));
+        }
+    });
+    port
+}
+
+fn serve_one(conn: TcpStream) {
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut conn = conn;
+    loop {
+        let mut greeting = String::from("none");
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("x-greeting")
+            {
+                greeting = value.trim().to_string();
+            }
+        }
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{greeting}",
+            greeting.len()
+        );
+        if conn.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// GET `path` from the gateway on `port`: the status line, headers and body as one string.
+fn get(port: u16, path: &str) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    buf
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+/// Serve `config` and wait until the gateway says it serves.
+fn serve(config: &Path) -> Child {
+    let mut child = wasmgate()
+        .args(["serve", "--config"])
+        .arg(config)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("wasmgate serving") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("the gateway did not start");
+    child
+}
+
+#[test]
+fn init_build_serve_a_custom_filter_and_its_crate_tests_pass() {
+    let dir = std::env::temp_dir().join(format!("wasmgate-first-filter-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (listen, admin, upstream) = (free_port(), free_port(), upstream());
+    let gw = dir.join("my-gateway");
+    let started = Instant::now();
+
+    // 1. A gateway directory with a config whose route runs the new filter `hello`, and the
+    //    filter's crate.
+    run(wasmgate()
+        .current_dir(&dir)
+        .args(["init", "my-gateway", "--filter", "hello", "--sdk-path"])
+        .arg(checkout().join("sdk"))
+        .args(["--listen", &format!("127.0.0.1:{listen}")])
+        .args(["--admin", &format!("127.0.0.1:{admin}")])
+        .args(["--upstream", &format!("http://127.0.0.1:{upstream}")]));
+
+    // 2. Build, check and install the component.
+    let built = run(wasmgate()
+        .current_dir(&dir)
+        .args([
+            "filter",
+            "build",
+            "--manifest-path",
+            "my-gateway/hello/Cargo.toml",
+        ])
+        .args(["--install", "my-gateway/filters"]));
+    assert!(built.contains("implements wasmgate:filter@"), "{built}");
+    assert!(gw.join("filters/hello.wasm").is_file());
+
+    // 3. Serve, and send requests through it.
+    let mut gateway = serve(&gw.join("gateway.toml"));
+    let ok = get(listen, "/users");
+    let blocked = get(listen, "/blocked");
+    let took = started.elapsed();
+    let _ = gateway.kill();
+    let _ = gateway.wait();
+    eprintln!("init + filter build + serve + first request: {took:.1?}");
+
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(ok.contains("x-filtered-by: hello"), "{ok}");
+    assert!(
+        ok.ends_with("\r\n\r\nhello"),
+        "the upstream got the greeting: {ok}"
+    );
+    assert!(blocked.starts_with("HTTP/1.1 403"), "{blocked}");
+    assert!(blocked.contains("blocked by hello"), "{blocked}");
+
+    // The crate's own tests: unit tests natively, then its .wasm in the real sandbox. A target
+    // dir under the workspace's keeps reruns incremental.
+    let tested = run(Command::new(env!("CARGO"))
+        .current_dir(gw.join("hello"))
+        .arg("test")
+        .env(
+            "CARGO_TARGET_DIR",
+            checkout().join("target").join("first-filter"),
+        ));
+    assert!(tested.contains("test result: ok. 3 passed"), "{tested}");
+    assert!(tested.contains("test result: ok. 2 passed"), "{tested}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
