@@ -112,6 +112,55 @@ filters = [
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Unknown keys do not hide unknown services, which do not hide rejected filter configs or
+/// missing filters: one run lists them all, in file order.
+#[tokio::test]
+async fn check_lists_problems_of_every_kind_in_one_run() {
+    let dir = std::env::temp_dir().join(format!("wasmgate-check-all-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"filters_dir = {FILTERS_DIR:?}
+listen_on = "127.0.0.1:8080"
+
+[services.svc]
+upstreams = ["http://127.0.0.1:9"]
+
+[[routes]]
+name = "orders"
+prefix = "/orders"
+service = "order-service"
+timeot = "5s"
+filters = [
+    {{ name = "headers", config = {{ requets = {{}} }}, on_fail = "fail-open" }},
+    {{ name = "not-there" }},
+]
+"#
+        ),
+    )
+    .unwrap();
+
+    let report = wasmgate::check(&path, None).await.expect("readable");
+    let p = path.display();
+    let expected = [
+        "2:1: unknown field `listen_on`, expected one of `listen`, `filters_dir`, `cache_dir`, `admin`, `server`, `filter_limits`, `timeouts`, `limits`, `services`, `routes`".to_string(),
+        "10:11: route \"orders\": unknown service \"order-service\"".to_string(),
+        "11:1: unknown field `timeot`, expected one of `name`, `prefix`, `exact`, `pattern`, `methods`, `host`, `strip_prefix`, `rewrite`, `service`, `timeout`, `max_body_bytes`, `filters`".to_string(),
+        "13:5: route \"orders\": filter \"headers\": config rejected: unknown field `requets`, expected `request` or `response`".to_string(),
+        "13:52: unknown field `on_fail`, expected one of `name`, `services`, `limits`, `on_failure`, `config`".to_string(),
+        format!("14:5: route \"orders\": filter \"not-there\": {FILTERS_DIR}/not-there.wasm: cannot read: No such file or directory (os error 2)"),
+    ];
+    let expected: Vec<String> = expected.iter().map(|e| format!("{p}:{e}")).collect();
+    assert_eq!(report.problems, expected);
+
+    // The same file is refused as a whole when served or reloaded.
+    let refused = wasmgate::Config::load(&path).unwrap_err().to_string();
+    assert!(refused.contains("unknown field `timeot`"), "{refused}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A new filter is checked from where it was built, before it is copied into the live
 /// filters directory.
 #[tokio::test]

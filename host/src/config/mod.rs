@@ -1,8 +1,9 @@
 //! Gateway configuration: strict TOML, validated as it is parsed.
 //!
 //! [`Config::parse`] reports every problem it finds, each with its line and column, instead of
-//! stopping at the first. The raw serde types mirror the file (`deny_unknown_fields` throughout);
-//! the validated [`Config`] is what the rest of the gateway uses.
+//! stopping at the first: every unknown key (found while the file is read, each with the keys
+//! its table accepts), and every invalid value. The raw serde types mirror the file; the
+//! validated [`Config`] is what the rest of the gateway uses.
 //!
 //! A leaf: it imports nothing else of the gateway.
 
@@ -86,7 +87,6 @@ pub struct Config {
 
 /// Timeouts towards upstreams.
 #[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Timeouts {
     /// Time to establish a TCP connection to an upstream (default 2 s).
     #[serde(default = "default_connect", with = "humantime_serde")]
@@ -115,7 +115,6 @@ fn default_request() -> Duration {
 
 /// Body size limits (`[limits]`).
 #[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BodyLimits {
     /// Largest request or response body buffered for a filter that reads bodies; a larger
     /// request body is answered with 413. Bodies no filter reads stream through unbuffered.
@@ -137,7 +136,6 @@ fn default_max_body() -> u64 {
 
 /// Client-side protections of the listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Server {
     /// Largest request head (request line and headers) in bytes; larger gets 431. Min 8192.
     #[serde(default = "default_max_header_bytes")]
@@ -318,6 +316,22 @@ impl Config {
     /// Read and validate the config file at `path`. A relative `filters_dir` is resolved
     /// against the file's directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let (config, diagnostics) = Config::load_checked(path)?;
+        if diagnostics.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                file: path.display().to_string(),
+                diagnostics,
+            })
+        }
+    }
+
+    /// For `wasmgate check`: read the config file at `path` and return what it describes
+    /// together with every problem found in it, so that the routes' filters can be checked
+    /// too. Routes with problems are kept when their path match could be read (or matched as
+    /// `/`); such a config is never served. Fails only when the file cannot be read or parsed.
+    pub fn load_checked(path: &Path) -> Result<(Config, Vec<Diagnostic>), ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: file.clone(),
@@ -327,8 +341,8 @@ impl Config {
                 message: format!("cannot read config file: {e}"),
             }],
         })?;
-        let mut config =
-            Config::parse(&text).map_err(|diagnostics| ConfigError { file, diagnostics })?;
+        let (mut config, diagnostics) = validate::parse_checked(&text)
+            .map_err(|diagnostics| ConfigError { file, diagnostics })?;
         let base = path.parent().unwrap_or(Path::new("."));
         if config.filters_dir.is_relative() {
             config.filters_dir = base.join(&config.filters_dir);
@@ -338,7 +352,7 @@ impl Config {
         {
             config.cache_dir = Some(base.join(cache));
         }
-        Ok(config)
+        Ok((config, diagnostics))
     }
 
     /// Parse and validate config text; on failure, every problem found, in file order.

@@ -11,11 +11,26 @@ use super::*;
 
 /// Parse and validate config text; on failure, every problem found, in file order.
 pub(super) fn parse(text: &str) -> Result<Config, Vec<Diagnostic>> {
+    match parse_checked(text)? {
+        (config, diagnostics) if diagnostics.is_empty() => Ok(config),
+        (_, diagnostics) => Err(diagnostics),
+    }
+}
+
+/// Parse and validate config text: what it describes (routes with problems included when
+/// their path match could be read, for `check` to look at their filters) and every problem,
+/// in file order. Fails only when the TOML cannot be read into the config's shape (syntax, a
+/// wrong type), with that one problem.
+pub(super) fn parse_checked(text: &str) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
     let mut src = Source {
         text,
         diagnostics: Vec::new(),
     };
-    let raw: RawConfig = match toml::from_str(text) {
+    let mut unknown = Vec::new();
+    let read = toml::Deserializer::parse(text).and_then(|de| {
+        serde_ignored::deserialize(de, |path| unknown.push(unknown_key::segments(&path)))
+    });
+    let raw: RawConfig = match read {
         Ok(raw) => raw,
         Err(e) => {
             let offset = e.span().map_or(0, |s| s.start);
@@ -23,17 +38,148 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Diagnostic>> {
             return Err(src.diagnostics);
         }
     };
+    if !unknown.is_empty() {
+        let doc = toml::de::DeTable::parse(text).ok();
+        for path in &unknown {
+            let offset = doc.as_ref().map_or(0, |d| unknown_key::offset(d, path));
+            src.error(offset, unknown_key::message(path));
+        }
+    }
     let config = validate(raw, &mut src);
-    if src.diagnostics.is_empty() {
-        Ok(config)
-    } else {
-        src.diagnostics.sort_by_key(|d| (d.line, d.column));
-        Err(src.diagnostics)
+    src.diagnostics.sort_by_key(|d| (d.line, d.column));
+    Ok((config, src.diagnostics))
+}
+
+/// Unknown keys: where they are and what their table accepts.
+mod unknown_key {
+    use serde::Deserialize;
+    use serde::de::{self, Deserializer, Visitor};
+    use toml::Spanned;
+    use toml::de::{DeTable, DeValue};
+
+    use super::*;
+
+    /// `serde_ignored`'s path as keys and indexes, without serde's wrappers.
+    pub(super) fn segments(path: &serde_ignored::Path<'_>) -> Vec<String> {
+        use serde_ignored::Path as P;
+        let mut out = match path {
+            P::Root => return Vec::new(),
+            P::Seq { parent, .. }
+            | P::Map { parent, .. }
+            | P::Some { parent }
+            | P::NewtypeStruct { parent }
+            | P::NewtypeVariant { parent } => segments(parent),
+        };
+        match path {
+            P::Seq { index, .. } => out.push(index.to_string()),
+            // `Spanned` reads its value through a private key.
+            P::Map { key, .. } if !key.starts_with("$__serde_spanned") => out.push(key.clone()),
+            _ => {}
+        }
+        out
+    }
+
+    /// The byte offset of the key at `path` in the document (of its nearest ancestor found).
+    pub(super) fn offset(doc: &Spanned<DeTable<'_>>, path: &[String]) -> usize {
+        let mut at = doc.span().start;
+        let mut value: Option<&DeValue<'_>> = None;
+        let mut table = Some(doc.get_ref());
+        for segment in path {
+            let next = match (table, value) {
+                (Some(t), _) => t
+                    .iter()
+                    .find(|(k, _)| k.get_ref().as_ref() == segment.as_str())
+                    .map(|(k, v)| (k.span().start, v)),
+                (None, Some(DeValue::Array(items))) => segment
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| items.get(i))
+                    .map(|v| (v.span().start, v)),
+                _ => None,
+            };
+            let Some((start, v)) = next else { break };
+            at = start;
+            value = Some(v.get_ref());
+            table = match v.get_ref() {
+                DeValue::Table(t) => Some(t),
+                _ => None,
+            };
+        }
+        at
+    }
+
+    /// "unknown field `x`, expected one of ...", as serde says it, naming the keys accepted
+    /// where `x` was written.
+    pub(super) fn message(path: &[String]) -> String {
+        let key = path.last().map_or("", String::as_str);
+        let parents: Vec<&str> = path[..path.len().saturating_sub(1)]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let accepted = match parents.as_slice() {
+            [] => fields::<RawConfig>(),
+            ["admin"] => fields::<RawAdmin>(),
+            ["server"] => fields::<Server>(),
+            ["filter_limits"] | ["routes", _, "filters", _, "limits"] => {
+                fields::<RawFilterLimits>()
+            }
+            ["timeouts"] => fields::<Timeouts>(),
+            ["limits"] => fields::<BodyLimits>(),
+            ["services", _] => fields::<RawService>(),
+            ["routes", _] => fields::<RawRoute>(),
+            ["routes", _, "filters", _] => fields::<RawFilterRef>(),
+            _ => &[],
+        };
+        let listed: Vec<String> = accepted.iter().map(|f| format!("`{f}`")).collect();
+        match listed.as_slice() {
+            [] => format!("unknown field `{key}`"),
+            [one] => format!("unknown field `{key}`, expected {one}"),
+            [init @ .., last] if init.len() == 1 => {
+                format!("unknown field `{key}`, expected {} or {last}", init[0])
+            }
+            _ => format!(
+                "unknown field `{key}`, expected one of {}",
+                listed.join(", ")
+            ),
+        }
+    }
+
+    /// The keys a config struct accepts, as its `Deserialize` impl declares them.
+    fn fields<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+        let mut fields: &'static [&'static str] = &[];
+        let _ = T::deserialize(Probe(&mut fields));
+        fields
+    }
+
+    /// A deserializer that only records the field list a struct asks for.
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> Deserializer<'de> for Probe<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("probed"))
+        }
+
+        fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("probed"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
     }
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawAdmin {
     listen: Option<Spanned<String>>,
     #[serde(default = "yes")]
@@ -46,7 +192,6 @@ fn yes() -> bool {
 
 /// Limits for filter execution, as written (every field optional).
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawFilterLimits {
     #[serde(default, with = "humantime_serde")]
     deadline: Option<Duration>,
@@ -99,7 +244,6 @@ impl RawFilterLimits {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: Option<Spanned<String>>,
     filters_dir: Option<Spanned<String>>,
@@ -116,13 +260,11 @@ struct RawConfig {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawService {
     upstreams: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRoute {
     name: Spanned<String>,
     prefix: Option<Spanned<String>>,
@@ -142,7 +284,6 @@ struct RawRoute {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawFilterRef {
     name: Spanned<String>,
     #[serde(default)]
@@ -268,9 +409,7 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
     let routes = raw
         .routes
         .iter()
-        .filter_map(|route| {
-            validate_route(route, &service_names, &mut route_names, filter_limits, src)
-        })
+        .map(|route| validate_route(route, &service_names, &mut route_names, filter_limits, src))
         .collect();
 
     Config {
@@ -348,10 +487,9 @@ fn validate_route(
     seen: &mut HashSet<String>,
     filter_limits: FilterLimits,
     src: &mut Source<'_>,
-) -> Option<RouteConfig> {
+) -> RouteConfig {
     let route = spanned.get_ref();
     let name = route.name.get_ref().clone();
-    let errors_before = src.diagnostics.len();
     let label = format!("route {name:?}");
 
     if !valid_name(&name) {
@@ -525,12 +663,11 @@ fn validate_route(
         })
         .collect();
 
-    if src.diagnostics.len() > errors_before {
-        return None;
-    }
-    Some(RouteConfig {
+    // A route with problems is kept only for `check`, which looks at its filters too; a
+    // config with any problem is never served.
+    RouteConfig {
         name,
-        path: path?,
+        path: path.unwrap_or_else(|| PathMatch::Prefix(String::new())),
         methods,
         host,
         strip_prefix,
@@ -540,7 +677,7 @@ fn validate_route(
         max_body_bytes: route.max_body_bytes.as_ref().map(|m| *m.get_ref()),
         filters,
         place: src.place(spanned.span().start),
-    })
+    }
 }
 
 /// `$XDG_CACHE_HOME/wasmgate`, else `$HOME/.cache/wasmgate`, else no cache.

@@ -231,7 +231,7 @@ pub async fn check(
     path: &Path,
     filters_dir: Option<&Path>,
 ) -> Result<CheckReport, config::ConfigError> {
-    let mut config = Config::load(path)?;
+    let (mut config, diagnostics) = Config::load_checked(path)?;
     if let Some(dir) = filters_dir {
         config.filters_dir = dir.to_path_buf();
     }
@@ -244,24 +244,40 @@ pub async fn check(
         }],
     })?;
     let mut registry = Registry::load(&sandbox, &config).await;
-    let (_, problems) = Snapshot::build(&config, &mut registry).await;
+    let (_, filter_problems) = Snapshot::build(&config, &mut registry).await;
+    // One list in file order: the config's own problems and its filters'.
+    let mut problems: Vec<(config::Place, String)> = diagnostics
+        .iter()
+        .map(|d| {
+            (
+                config::Place {
+                    line: d.line,
+                    column: d.column,
+                },
+                d.to_string(),
+            )
+        })
+        .chain(filter_problems.iter().map(|p| (p.place, p.to_string())))
+        .collect();
+    problems.sort_by_key(|(place, _)| (place.line, place.column));
     Ok(CheckReport {
         routes: config.routes.len(),
         filters: registry.len(),
         problems: problems
-            .iter()
-            .map(|p| format!("{}:{p}", path.display()))
+            .into_iter()
+            .map(|(_, p)| format!("{}:{p}", path.display()))
             .collect(),
     })
 }
 
-/// What `wasmgate check` found in a config whose syntax and structure are valid.
+/// What `wasmgate check` found in a config it could read.
 #[derive(Debug)]
 pub struct CheckReport {
     /// Routes in the config.
     pub routes: usize,
     /// Filters the routes reference.
     pub filters: usize,
-    /// One line per filter problem, `file:line:col: route ..: filter ..: reason`.
+    /// One line per problem, in file order: the config's (`file:line:col: reason`) and its
+    /// filters' (`file:line:col: route ..: filter ..: reason`).
     pub problems: Vec<String>,
 }
