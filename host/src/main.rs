@@ -15,10 +15,16 @@ mod cli;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `wasmgate --version`: the gateway's version and the filter contract it speaks.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (loads filters built for wasmgate:filter@0.2.0)"
+);
+
 #[derive(Parser)]
 #[command(
     name = "wasmgate",
-    version,
+    version = VERSION,
     about = "An API gateway whose policy runs as WebAssembly filters"
 )]
 struct Cli {
@@ -337,5 +343,14 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_version_names_the_contract_the_sandbox_speaks() {
+        let contract = format!("wasmgate:filter@{})", wasmgate_sandbox::WIT_VERSION);
+        assert!(super::VERSION.ends_with(&contract), "{}", super::VERSION);
     }
 }
