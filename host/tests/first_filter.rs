@@ -120,6 +120,25 @@ fn serve(config: &Path) -> Child {
     child
 }
 
+/// The commands the README gives for this path, in order.
+const README_COMMANDS: [&str; 3] = [
+    "wasmgate init my-gateway --filter hello --sdk-path sdk",
+    "wasmgate filter build --manifest-path my-gateway/hello/Cargo.toml --install my-gateway/filters",
+    "wasmgate serve --config my-gateway/gateway.toml",
+];
+
+#[test]
+fn the_readme_gives_these_three_commands() {
+    let readme = std::fs::read_to_string(checkout().join("README.md")).unwrap();
+    let section = &readme[readme
+        .find("### With your own filter: three commands")
+        .expect("the README's section")..];
+    let block = section.split("```sh\n").nth(1).unwrap().split("```").next().unwrap();
+    let lines: Vec<&str> = block.lines().collect();
+    assert_eq!(lines, README_COMMANDS);
+}
+
+/// Runs [`README_COMMANDS`], with free ports and the checkout's absolute `sdk/` path.
 #[test]
 fn init_build_serve_a_custom_filter_and_its_crate_tests_pass() {
     let dir = std::env::temp_dir().join(format!("wasmgate-first-filter-{}", std::process::id()));
