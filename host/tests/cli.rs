@@ -241,6 +241,83 @@ fn logs_come_as_json_lines_on_request() {
     assert_eq!(serving["level"], "INFO");
 }
 
+#[test]
+fn filter_new_writes_a_crate_on_the_published_sdk_and_never_into_a_used_directory() {
+    let dir = tempdir("filter-new").join("rate-limit2");
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = wasmgate()
+        .args(["filter", "new", "rate-limit2", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+    let version = wasmgate_sandbox::WIT_VERSION;
+    assert!(
+        manifest.contains(&format!("wasmgate-sdk = \"{version}\"")),
+        "{manifest}"
+    );
+    assert!(
+        manifest.contains(&format!("wasmgate-testkit = \"{version}\"")),
+        "{manifest}"
+    );
+    assert!(manifest.contains("crate-type = [\"cdylib\"]"), "{manifest}");
+    let lib = std::fs::read_to_string(dir.join("src/lib.rs")).unwrap();
+    assert!(lib.contains("export_filter!(RateLimit2);"), "{lib}");
+    for file in [
+        ".cargo/config.toml",
+        "tests/sandbox.rs",
+        "README.md",
+        ".gitignore",
+    ] {
+        assert!(dir.join(file).is_file(), "{file} missing");
+    }
+    assert!(
+        !dir.join("Cargo.lock").exists(),
+        "no checkout lock without --sdk-path"
+    );
+
+    let again = wasmgate()
+        .args(["filter", "new", "rate-limit2", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists and is not empty"));
+
+    let bad = wasmgate()
+        .args(["filter", "new", "Bad Name"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a filter name"));
+}
+
+#[test]
+fn filter_build_says_what_is_missing_from_a_crate_that_makes_no_component() {
+    let dir = tempdir("filter-build-rlib");
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        "[package]\nname = \"not-a-filter\"\nversion = \"0.1.0\"\nedition = \"2024\"\n[workspace]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("src/lib.rs"), "pub fn f() {}\n").unwrap();
+    let out = wasmgate()
+        .args(["filter", "build", "--manifest-path"])
+        .arg(dir.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", dir.join("target"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("crate-type = [\"cdylib\"]"), "{stderr}");
+}
+
 fn tempdir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("wasmgate-cli-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -133,7 +133,13 @@ fn the_readme_gives_these_three_commands() {
     let section = &readme[readme
         .find("### With your own filter: three commands")
         .expect("the README's section")..];
-    let block = section.split("```sh\n").nth(1).unwrap().split("```").next().unwrap();
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
     let lines: Vec<&str> = block.lines().collect();
     assert_eq!(lines, README_COMMANDS);
 }

@@ -50,4 +50,3 @@ fn guest_target_installed() -> bool {
         .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
         .is_some_and(|dir| dir.is_dir())
 }
-

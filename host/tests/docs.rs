@@ -1,0 +1,59 @@
+//! The documentation pages: every relative link reaches a file, and the config reference's
+//! example is a config the gateway accepts.
+
+use std::path::{Path, PathBuf};
+
+fn checkout() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The pages: the README, docs/, and the READMEs of the SDK and the bundled filters.
+fn pages() -> Vec<PathBuf> {
+    let root = checkout();
+    let mut pages = vec![root.join("README.md"), root.join("sdk/README.md")];
+    for dir in ["docs", "filters"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "md") {
+                pages.push(path);
+            } else if path.join("README.md").is_file() {
+                pages.push(path.join("README.md"));
+            }
+        }
+    }
+    pages
+}
+
+#[test]
+fn every_relative_link_reaches_a_file() {
+    let mut broken = Vec::new();
+    for page in pages() {
+        let text = std::fs::read_to_string(&page).unwrap();
+        for (i, _) in text.match_indices("](") {
+            let rest = &text[i + 2..];
+            let Some(end) = rest.find(')') else { continue };
+            let target = rest[..end].split('#').next().unwrap_or_default();
+            if target.is_empty() || target.contains("://") {
+                continue;
+            }
+            if !page.parent().unwrap().join(target).exists() {
+                broken.push(format!("{}: {target}", page.display()));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links: {broken:#?}");
+}
+
+#[test]
+fn the_config_reference_example_is_a_valid_config() {
+    let page = std::fs::read_to_string(checkout().join("docs/config.md")).unwrap();
+    let example = page
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a toml example in docs/config.md");
+    let config = wasmgate::Config::parse(example)
+        .unwrap_or_else(|errors| panic!("docs/config.md's example is refused: {errors:?}"));
+    assert_eq!(config.routes.len(), 1);
+    assert_eq!(config.routes[0].filters[0].name, "headers");
+}
