@@ -76,6 +76,10 @@ async fn smuggling_vectors_and_oversized_requests_are_refused_before_the_upstrea
         ("too many headers", format!("GET / HTTP/1.1\r\nhost: x\r\n{many_headers}\r\n"), "431"),
         ("request line too long", format!("GET {long_target} HTTP/1.1\r\nhost: x\r\n\r\n"), "431"),
         ("body over server.max_request_body_bytes", format!("POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2000\r\n\r\n{}", "b".repeat(2000)), "413"),
+        ("an HTTP/1.1 request without Host", "GET / HTTP/1.1\r\n\r\n".into(), "400"),
+        ("two Host headers", "GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n".into(), "400"),
+        ("two Host headers on HTTP/1.0", "GET / HTTP/1.0\r\nhost: a\r\nHost: b\r\n\r\n".into(), "400"),
+        ("request target over server.max_uri_bytes", format!("GET /{} HTTP/1.1\r\nhost: x\r\n\r\n", "p".repeat(9000)), "414"),
     ];
     for (what, request, expected) in cases {
         let response = raw(addr, request.as_bytes()).await;
@@ -90,6 +94,25 @@ async fn smuggling_vectors_and_oversized_requests_are_refused_before_the_upstrea
     )
     .await;
     assert_eq!(status(&ok), "200", "{ok}");
+}
+
+/// A chunked body that turns out malformed while it streams to the upstream is the client's
+/// fault: 400, not a 502 that blames the upstream. HTTP/1.0 needs no Host.
+#[tokio::test]
+async fn a_malformed_streamed_body_is_a_bad_request_and_http_1_0_needs_no_host() {
+    let up = Upstream::start("svc").await;
+    let gw = gateway(&up).await;
+    let addr = gw.running.addr;
+    let malformed = raw(
+        addr,
+        b"POST / HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status(&malformed), "400", "{malformed:.300}");
+    assert!(malformed.contains("bad request"), "{malformed:.300}");
+
+    let old = raw(addr, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status(&old), "200", "{old:.300}");
 }
 
 /// RFC 9112 lets a server resolve these (transfer-encoding wins); a gateway refuses them, because

@@ -158,6 +158,9 @@ pub struct Server {
     pub workers: Option<usize>,
     /// Largest request body on any route, streamed or not (413 beyond). Unlimited when absent.
     pub max_request_body_bytes: Option<u64>,
+    /// Longest request target (path and query, or the absolute URI); longer gets 414.
+    #[serde(default = "default_max_uri_bytes")]
+    pub max_uri_bytes: usize,
 }
 
 impl Server {
@@ -179,8 +182,15 @@ impl Default for Server {
             max_connections: default_max_connections(),
             workers: None,
             max_request_body_bytes: None,
+            max_uri_bytes: default_max_uri_bytes(),
         }
     }
+}
+
+/// 8 KiB, as nginx's default request line buffer: far beyond real paths and queries, and it
+/// keeps oversized targets out of logs, filters and upstreams.
+fn default_max_uri_bytes() -> usize {
+    8 << 10
 }
 
 fn default_max_header_bytes() -> usize {

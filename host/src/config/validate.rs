@@ -389,6 +389,9 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
         if v.max_header_bytes < 8192 {
             src.at(srv, "server.max_header_bytes must be at least 8192");
         }
+        if v.max_uri_bytes < 256 {
+            src.at(srv, "server.max_uri_bytes must be at least 256");
+        }
         if v.max_headers == 0
             || v.max_connections == 0
             || v.header_read_timeout.is_zero()

@@ -9,7 +9,7 @@ use hyper::body::Incoming;
 
 use super::error::{ErrorKind, GatewayError};
 use crate::snapshot::{Route, Snapshot};
-use crate::upstream::BoxError;
+use crate::upstream::{BoxError, ClientBodyError};
 
 /// A request body: still streaming from the client, or buffered (read or set by a filter).
 pub(super) enum ReqBody {
@@ -18,12 +18,27 @@ pub(super) enum ReqBody {
     Buffered(Bytes),
 }
 
-/// Refuse requests whose framing is ambiguous (both `content-length` and `transfer-encoding`,
-/// or more than one `content-length`) or whose declared length is over
-/// `server.max_request_body_bytes`. The framing check is defence in depth: the server's framing
+/// Refuse requests whose target is over `server.max_uri_bytes` (414), whose framing is
+/// ambiguous (both `content-length` and `transfer-encoding`, or more than one
+/// `content-length`), or whose declared length is over `server.max_request_body_bytes`. The framing check is defence in depth: the server's framing
 /// guard and hyper's parser already refuse these on HTTP/1 (see tests/e2e/hardening.rs); this
 /// guards any other path a request may come in by.
-pub(super) fn check_request(headers: &HeaderMap, snapshot: &Snapshot) -> Result<(), GatewayError> {
+pub(super) fn check_request(
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    snapshot: &Snapshot,
+) -> Result<(), GatewayError> {
+    let target = uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if target > snapshot.max_uri {
+        return Err(GatewayError::new(
+            ErrorKind::UriTooLong,
+            format!(
+                "request target of {target} bytes exceeds server.max_uri_bytes {}",
+                snapshot.max_uri
+            ),
+        ));
+    }
     let lengths = headers.get_all(header::CONTENT_LENGTH).iter().count();
     if lengths > 1 {
         return Err(GatewayError::new(
@@ -63,6 +78,8 @@ pub(super) async fn request_body(
             .await
             .map(ReqBody::Buffered);
     }
+    // A failure reading the client's body (a malformed chunk, a reset) is the client's: 400.
+    let body = body.map_err(ClientBodyError);
     Ok(ReqBody::Stream(match snapshot.max_request_body {
         Some(max) => Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX))
             .map_err(BoxError::from)

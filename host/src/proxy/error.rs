@@ -17,6 +17,8 @@ pub enum ErrorKind {
     BadRequest,
     /// The request body exceeds the route's limit.
     BodyTooLarge,
+    /// The request target exceeds `server.max_uri_bytes`.
+    UriTooLong,
     /// A filter trapped, timed out, returned an error or an invalid result.
     FilterFailed,
     /// A filter the route needs is not loaded (never compiled, or its config was rejected).
@@ -35,6 +37,7 @@ impl ErrorKind {
             ErrorKind::NoRoute => StatusCode::NOT_FOUND,
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::UriTooLong => StatusCode::URI_TOO_LONG,
             ErrorKind::FilterFailed | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::FilterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
@@ -48,6 +51,7 @@ impl ErrorKind {
             ErrorKind::NoRoute => "no route matches this request",
             ErrorKind::BadRequest => "bad request",
             ErrorKind::BodyTooLarge => "request body too large",
+            ErrorKind::UriTooLong => "request target too long",
             ErrorKind::FilterFailed => "a filter failed to process the request",
             ErrorKind::FilterUnavailable => "a filter for this route is not available",
             ErrorKind::UpstreamUnavailable => "upstream unavailable",
@@ -110,6 +114,7 @@ impl From<UpstreamError> for GatewayError {
             UpstreamError::Timeout(_) => ErrorKind::UpstreamTimeout,
             UpstreamError::Unavailable(_) => ErrorKind::UpstreamUnavailable,
             UpstreamError::BodyTooLarge(_) => ErrorKind::BodyTooLarge,
+            UpstreamError::ClientBody(_) => ErrorKind::BadRequest,
             UpstreamError::Invalid(_) => ErrorKind::Internal,
         };
         GatewayError::new(kind, err.to_string())

@@ -100,7 +100,7 @@ impl Proxy {
 /// The pipeline, top to bottom.
 async fn serve(req: Request<Incoming>, ex: &Exchange) -> Result<Response<Body>, GatewayError> {
     let (parts, body) = req.into_parts();
-    accept::check_request(&parts.headers, &ex.snapshot)?;
+    accept::check_request(&parts.uri, &parts.headers, &ex.snapshot)?;
     let authority = route::request_authority(&parts.uri, &parts.headers);
     let (route, params) = find_route(&ex.snapshot, &parts, &authority)?;
     let path_and_query = route::upstream_path(&route.config, &parts.uri, &params);

@@ -96,9 +96,9 @@ impl From<UpstreamError> for CallError {
         match err {
             UpstreamError::Timeout(_) => CallError::Timeout,
             UpstreamError::Unavailable(detail) => CallError::Unavailable(detail),
-            UpstreamError::BodyTooLarge(detail) | UpstreamError::Invalid(detail) => {
-                CallError::Invalid(detail)
-            }
+            UpstreamError::BodyTooLarge(detail)
+            | UpstreamError::Invalid(detail)
+            | UpstreamError::ClientBody(detail) => CallError::Invalid(detail),
         }
     }
 }

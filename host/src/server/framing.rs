@@ -4,7 +4,8 @@
 //! request carries both `Content-Length` and `Transfer-Encoding` it uses the chunked framing and
 //! drops the length, and it collapses repeated equal `Content-Length` lines into one. A gateway
 //! must refuse both instead: some other hop in front of or behind it may have read the other
-//! framing, which is how requests are smuggled. The headers hyper hands over no longer show the
+//! framing, which is how requests are smuggled. Likewise a request with more than one `Host`,
+//! or an HTTP/1.1 request with none (RFC 9112 §3.2). The headers hyper hands over no longer show the
 //! ambiguity, so this guard reads the raw request heads, following each request's body framing
 //! to find the next head on a keep-alive connection, and replaces a refused head with one hyper
 //! answers with `400 Bad Request` before closing the connection.
@@ -175,9 +176,11 @@ impl<T> FramingGuard<T> {
         };
         self.head_deadline = None;
         let (mut lengths, mut encodings, mut chunked, mut upgrade) = (0, 0, false, false);
-        let mut length = None;
+        let (mut length, mut hosts) = (None, 0);
         for h in req.headers.iter() {
-            if h.name.eq_ignore_ascii_case("content-length") {
+            if h.name.eq_ignore_ascii_case("host") {
+                hosts += 1;
+            } else if h.name.eq_ignore_ascii_case("content-length") {
                 lengths += 1;
                 length = std::str::from_utf8(h.value)
                     .ok()
@@ -199,6 +202,14 @@ impl<T> FramingGuard<T> {
         }
         if lengths > 1 {
             return self.refuse("more than one Content-Length");
+        }
+        // RFC 9112 §3.2: a server must answer 400 to an HTTP/1.1 request without a Host, and to
+        // any request with more than one (hops may pick different ones to route by).
+        if hosts > 1 {
+            return self.refuse("more than one Host");
+        }
+        if hosts == 0 && req.version == Some(1) {
+            return self.refuse("an HTTP/1.1 request without Host");
         }
         self.ready = len;
         self.state = match (req.method, encodings, length) {
@@ -222,7 +233,7 @@ impl<T> FramingGuard<T> {
     }
 
     fn refuse(&mut self, why: &str) -> bool {
-        tracing::warn!(client = %self.client, "refused a request with ambiguous framing: {why}");
+        tracing::warn!(client = %self.client, "refused a request: {why}");
         self.rx.clear();
         self.rx.extend_from_slice(REFUSED);
         self.ready = REFUSED.len();
@@ -391,13 +402,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn ambiguous_heads_are_replaced_wherever_they_appear() {
+    async fn ambiguous_or_hostless_heads_are_replaced_wherever_they_appear() {
         let first = b"POST /a HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n\
             3\r\nabc\r\n0\r\n\r\n";
         for bad in [
             &b"POST / HTTP/1.1\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n"[..],
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
             b"POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\nabc",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
         ] {
             let input = [&first[..], bad, b"0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n"].concat();
             for step in [1, 5, input.len()] {
@@ -429,7 +442,8 @@ mod properties {
                 .concat()
             }),
             proptest::collection::vec(body, 0..4).prop_map(|chunks| {
-                let mut r = b"PUT /c HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+                let mut r =
+                    b"PUT /c HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
                 for c in chunks.iter().filter(|c| !c.is_empty()) {
                     r.extend(format!("{:x}\r\n", c.len()).into_bytes());
                     r.extend(c);
@@ -452,6 +466,25 @@ mod properties {
             let input = requests.concat();
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             prop_assert_eq!(rt.block_on(through(&input, step)), input);
+        }
+
+        /// Whatever came before on the connection, an HTTP/1.1 head without exactly one Host is
+        /// replaced and nothing after it is read.
+        #[test]
+        fn a_head_without_exactly_one_host_ends_any_sequence(
+            before in proptest::collection::vec(request(), 0..4),
+            hosts in prop_oneof![Just(0usize), 2usize..4],
+            step in 1usize..200,
+        ) {
+            let good = before.concat();
+            let bad_head = format!(
+                "GET /bad HTTP/1.1\r\n{}\r\n",
+                "host: x\r\n".repeat(hosts)
+            );
+            let input = [&good[..], bad_head.as_bytes(), b"GET /next HTTP/1.1\r\nhost: x\r\n\r\n"].concat();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let out = rt.block_on(through(&input, step));
+            prop_assert_eq!(out, [&good[..], super::REFUSED].concat());
         }
     }
 }

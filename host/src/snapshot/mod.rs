@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub body_limits: config::BodyLimits,
     /// `server.max_request_body_bytes`.
     pub max_request_body: Option<u64>,
+    /// `server.max_uri_bytes`.
+    pub max_uri: usize,
 }
 
 /// A route with its filter chain resolved.
@@ -189,6 +191,7 @@ impl Snapshot {
             timeouts: config.timeouts,
             body_limits: config.limits,
             max_request_body: config.server.max_request_body_bytes,
+            max_uri: config.server.max_uri_bytes,
         };
         (snapshot, problems)
     }

@@ -85,7 +85,16 @@ pub enum UpstreamError {
     /// The request could not be built (path and query).
     #[error("{0}")]
     Invalid(String),
+    /// The client's streamed request body failed (malformed chunked framing, a reset).
+    #[error("{0}")]
+    ClientBody(String),
 }
+
+/// An error reading the client's request body while it streams upstream: marks the failure as
+/// the client's, not the upstream's.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the client's request body: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
 
 /// The request an upstream receives, before an instance is picked.
 pub struct Outgoing {
@@ -136,6 +145,9 @@ pub async fn send(
 
 /// Classify a client error.
 fn classify(e: hyper_util::client::legacy::Error, whom: &str) -> UpstreamError {
+    if let Some(client) = find_source::<ClientBodyError>(&e) {
+        return UpstreamError::ClientBody(format!("{whom}: {client}"));
+    }
     if find_source::<LengthLimitError>(&e).is_some() {
         return UpstreamError::BodyTooLarge(format!(
             "{whom}: the streamed request body exceeded server.max_request_body_bytes"
