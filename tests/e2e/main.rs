@@ -2,6 +2,7 @@
 
 mod aggregate;
 mod auth;
+mod compression;
 mod config;
 mod errors;
 mod filters;

@@ -79,6 +79,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Body limits (`[limits]`).
     pub limits: BodyLimits,
+    /// How `compress = true` routes compress.
+    pub compression: Compression,
     /// The services routes and filters reach (`[services.NAME]`).
     pub services: Vec<ServiceConfig>,
     /// The routes, in file order (`[[routes]]`).
@@ -111,6 +113,48 @@ fn default_connect() -> Duration {
 
 fn default_request() -> Duration {
     Duration::from_secs(30)
+}
+
+/// Response compression for routes with `compress = true` (`[compression]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Compression {
+    /// Responses that declare a smaller `content-length` are sent as they are: below about a
+    /// kilobyte the encoding's framing eats most of the gain.
+    #[serde(default = "default_min_compress_bytes")]
+    pub min_bytes: u64,
+    /// Media types that are compressed; `text/*` covers every subtype. Images, video, archives
+    /// and fonts are compressed already.
+    #[serde(default = "default_compress_types")]
+    pub content_types: Vec<String>,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Self {
+            min_bytes: default_min_compress_bytes(),
+            content_types: default_compress_types(),
+        }
+    }
+}
+
+fn default_min_compress_bytes() -> u64 {
+    1024
+}
+
+fn default_compress_types() -> Vec<String> {
+    [
+        "text/*",
+        "application/json",
+        "application/javascript",
+        "application/xml",
+        "application/xhtml+xml",
+        "application/problem+json",
+        "application/x-ndjson",
+        "application/wasm",
+        "image/svg+xml",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// Body size limits (`[limits]`).
@@ -245,6 +289,8 @@ pub struct RouteConfig {
     pub service: Option<String>,
     pub timeout: Option<Duration>,
     pub max_body_bytes: Option<u64>,
+    /// Compress responses for clients that accept it (see [`Compression`]).
+    pub compress: bool,
     pub filters: Vec<FilterRef>,
     pub place: Place,
 }

@@ -125,6 +125,7 @@ mod unknown_key {
             }
             ["timeouts"] => fields::<Timeouts>(),
             ["limits"] => fields::<BodyLimits>(),
+            ["compression"] => fields::<Compression>(),
             ["services", _] => fields::<RawService>(),
             ["routes", _] => fields::<RawRoute>(),
             ["routes", _, "filters", _] => fields::<RawFilterRef>(),
@@ -253,6 +254,7 @@ struct RawConfig {
     filter_limits: Option<Spanned<RawFilterLimits>>,
     timeouts: Option<Spanned<Timeouts>>,
     limits: Option<Spanned<BodyLimits>>,
+    compression: Option<Spanned<Compression>>,
     #[serde(default)]
     services: BTreeMap<String, Spanned<RawService>>,
     #[serde(default)]
@@ -279,6 +281,8 @@ struct RawRoute {
     #[serde(default, with = "humantime_serde")]
     timeout: Option<Duration>,
     max_body_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
+    compress: bool,
     #[serde(default)]
     filters: Vec<Spanned<RawFilterRef>>,
 }
@@ -371,6 +375,17 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
     {
         src.at(t, "timeouts: a timeout must be greater than zero");
     }
+    if let Some(c) = &raw.compression {
+        for t in &c.get_ref().content_types {
+            let (kind, sub) = t.split_once('/').unwrap_or((t, ""));
+            if kind.is_empty() || sub.is_empty() || kind == "*" || t.contains([';', ' ']) {
+                src.at(
+                    c,
+                    format!("compression.content_types: {t:?} is not a media type like \"text/*\" or \"application/json\""),
+                );
+            }
+        }
+    }
     if let Some(l) = &raw.limits
         && l.get_ref().max_body_bytes == 0
     {
@@ -429,6 +444,7 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
         server: raw.server.map(Spanned::into_inner).unwrap_or_default(),
         timeouts: raw.timeouts.map(Spanned::into_inner).unwrap_or_default(),
         limits: raw.limits.map(Spanned::into_inner).unwrap_or_default(),
+        compression: raw.compression.map(Spanned::into_inner).unwrap_or_default(),
         services,
         routes,
     }
@@ -678,6 +694,7 @@ fn validate_route(
         service: route.service.as_ref().map(|s| s.get_ref().clone()),
         timeout: route.timeout,
         max_body_bytes: route.max_body_bytes.as_ref().map(|m| *m.get_ref()),
+        compress: route.compress,
         filters,
         place: src.place(spanned.span().start),
     }

@@ -10,6 +10,7 @@
 
 mod accept;
 mod chain;
+mod compress;
 mod error;
 mod forward;
 mod service_calls;
@@ -103,6 +104,23 @@ async fn serve(req: Request<Incoming>, ex: &Exchange) -> Result<Response<Body>, 
     accept::check_request(&parts.uri, &parts.headers, &ex.snapshot)?;
     let authority = route::request_authority(&parts.uri, &parts.headers);
     let (route, params) = find_route(&ex.snapshot, &parts, &authority)?;
+    if !route.config.compress || parts.method == http::Method::HEAD {
+        return respond(route, params, parts, body, authority, ex).await;
+    }
+    let coding = compress::negotiate(&parts.headers);
+    let resp = respond(route, params, parts, body, authority, ex).await?;
+    Ok(compress::apply(resp, coding, &ex.snapshot.compression))
+}
+
+/// The route's answer: through its filters and its upstream.
+async fn respond(
+    route: &Route,
+    params: Params,
+    parts: Parts,
+    body: Incoming,
+    authority: String,
+    ex: &Exchange,
+) -> Result<Response<Body>, GatewayError> {
     let path_and_query = route::upstream_path(&route.config, &parts.uri, &params);
     let body = accept::request_body(body, &parts.headers, route, &ex.snapshot).await?;
     let request = CheckedRequest {

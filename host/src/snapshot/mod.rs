@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub max_request_body: Option<u64>,
     /// `server.max_uri_bytes`.
     pub max_uri: usize,
+    /// How `compress = true` routes compress.
+    pub compression: config::Compression,
 }
 
 /// A route with its filter chain resolved.
@@ -192,6 +194,7 @@ impl Snapshot {
             body_limits: config.limits,
             max_request_body: config.server.max_request_body_bytes,
             max_uri: config.server.max_uri_bytes,
+            compression: config.compression.clone(),
         };
         (snapshot, problems)
     }
