@@ -9,3 +9,4 @@ mod filters;
 mod hardening;
 mod routing;
 mod transform;
+mod websocket;

@@ -202,6 +202,10 @@ pub struct Server {
     pub workers: Option<usize>,
     /// Largest request body on any route, streamed or not (413 beyond). Unlimited when absent.
     pub max_request_body_bytes: Option<u64>,
+    /// How long an upgraded connection (WebSocket) may pass no bytes either way before the
+    /// gateway closes it.
+    #[serde(default = "default_websocket_idle_timeout", with = "humantime_serde")]
+    pub websocket_idle_timeout: Duration,
     /// Longest request target (path and query, or the absolute URI); longer gets 414.
     #[serde(default = "default_max_uri_bytes")]
     pub max_uri_bytes: usize,
@@ -227,8 +231,15 @@ impl Default for Server {
             workers: None,
             max_request_body_bytes: None,
             max_uri_bytes: default_max_uri_bytes(),
+            websocket_idle_timeout: default_websocket_idle_timeout(),
         }
     }
+}
+
+/// 5 minutes: chat and live-update sockets often sit quiet for a minute or two between
+/// messages or pings; a socket silent for longer is most likely abandoned.
+fn default_websocket_idle_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// 8 KiB, as nginx's default request line buffer: far beyond real paths and queries, and it

@@ -411,9 +411,10 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
             || v.max_connections == 0
             || v.header_read_timeout.is_zero()
             || v.idle_timeout.is_zero()
+            || v.websocket_idle_timeout.is_zero()
             || v.workers == Some(0)
         {
-            src.at(srv, "server: max_headers, max_connections, workers, header_read_timeout and idle_timeout must be greater than zero");
+            src.at(srv, "server: max_headers, max_connections, workers, header_read_timeout, idle_timeout and websocket_idle_timeout must be greater than zero");
         }
     }
     let mut filter_limits = FilterLimits::default();

@@ -27,6 +27,7 @@ pub(super) async fn to_upstream(
     req: CheckedRequest,
     body: ReqBody,
     ex: &Exchange,
+    upgrade: Option<HeaderValue>,
 ) -> Result<Response<Incoming>, GatewayError> {
     let service_name = route.config.service.as_deref().ok_or_else(|| {
         GatewayError::new(
@@ -62,6 +63,7 @@ pub(super) async fn to_upstream(
         path_and_query: req.path_and_query,
         headers,
         body,
+        upgrade,
     };
     Ok(upstream::send(service, outgoing, route_timeouts(route, ex)).await?)
 }

@@ -14,6 +14,7 @@ mod compress;
 mod error;
 mod forward;
 mod service_calls;
+mod websocket;
 mod wit;
 
 use std::net::SocketAddr;
@@ -112,15 +113,19 @@ async fn serve(req: Request<Incoming>, ex: &Exchange) -> Result<Response<Body>, 
     Ok(compress::apply(resp, coding, &ex.snapshot.compression))
 }
 
-/// The route's answer: through its filters and its upstream.
+/// The route's answer: through its filters and its upstream. A WebSocket handshake the
+/// upstream accepts (101) becomes a relay between the two connections; its response phases
+/// are not run.
 async fn respond(
     route: &Route,
     params: Params,
-    parts: Parts,
+    mut parts: Parts,
     body: Incoming,
     authority: String,
     ex: &Exchange,
 ) -> Result<Response<Body>, GatewayError> {
+    let handshake = websocket::take_handshake(&mut parts);
+    let upgrade = handshake.as_ref().map(|h| h.protocol.clone());
     let path_and_query = route::upstream_path(&route.config, &parts.uri, &params);
     let body = accept::request_body(body, &parts.headers, route, &ex.snapshot).await?;
     let request = CheckedRequest {
@@ -129,8 +134,8 @@ async fn respond(
         headers: parts.headers,
     };
     if route.chain.is_empty() {
-        let resp = forward::to_upstream(route, request, body, ex).await?;
-        return Ok(forward::stream_back(resp));
+        let resp = forward::to_upstream(route, request, body, ex, upgrade).await?;
+        return Ok(switch_or_stream(resp, handshake, ex));
     }
 
     let mut chain = Chain::new(route, ex, params);
@@ -138,11 +143,31 @@ async fn respond(
         Proceed::Upstream(request, body) => (request, body),
         Proceed::Respond(resp) => return chain.response_phases(Answer::Filter(resp)).await,
     };
-    let resp = forward::to_upstream(route, request, body, ex).await?;
-    if !chain.has_response_phases() {
-        return Ok(forward::stream_back(resp));
+    let resp = forward::to_upstream(route, request, body, ex, upgrade).await?;
+    if !chain.has_response_phases() || switched(&resp, &handshake) {
+        return Ok(switch_or_stream(resp, handshake, ex));
     }
     chain.response_phases(Answer::Upstream(resp)).await
+}
+
+/// The upstream switched protocols for a client that asked to.
+fn switched(resp: &Response<Incoming>, handshake: &Option<websocket::Handshake>) -> bool {
+    handshake.is_some() && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
+}
+
+/// Relay a switched connection, or stream the response back as it came.
+fn switch_or_stream(
+    resp: Response<Incoming>,
+    handshake: Option<websocket::Handshake>,
+    ex: &Exchange,
+) -> Response<Body> {
+    match handshake {
+        Some(handshake) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+            let idle = ex.snapshot.websocket_idle;
+            websocket::relay(resp, handshake, idle, ex.request_id.clone())
+        }
+        _ => forward::stream_back(resp),
+    }
 }
 
 /// The first route that matches, and its captures; 404 when none does.

@@ -64,6 +64,7 @@ impl ServiceCalls {
             path_and_query: req.path_with_query,
             headers,
             body,
+            upgrade: None,
         };
         let timeouts = Timeouts {
             request: timeout,

@@ -147,7 +147,7 @@ async fn serve(
             async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, client).await) }
         });
         let stream = FramingGuard::new(stream, client, guarding);
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {
             if let Err(e) = conn.await {

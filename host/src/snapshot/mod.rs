@@ -28,6 +28,8 @@ pub struct Snapshot {
     pub max_uri: usize,
     /// How `compress = true` routes compress.
     pub compression: config::Compression,
+    /// `server.websocket_idle_timeout`.
+    pub websocket_idle: std::time::Duration,
 }
 
 /// A route with its filter chain resolved.
@@ -195,6 +197,7 @@ impl Snapshot {
             max_request_body: config.server.max_request_body_bytes,
             max_uri: config.server.max_uri_bytes,
             compression: config.compression.clone(),
+            websocket_idle: config.server.websocket_idle_timeout,
         };
         (snapshot, problems)
     }

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body_util::LengthLimitError;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -104,6 +104,9 @@ pub struct Outgoing {
     /// Hop-by-hop headers and `Host` are dropped; the client sets `Host` to the instance's.
     pub headers: HeaderMap,
     pub body: Body,
+    /// The protocol to upgrade the connection to (the client's `Upgrade` value, e.g.
+    /// `websocket`); sent with `Connection: upgrade`.
+    pub upgrade: Option<HeaderValue>,
 }
 
 /// Send `req` to an instance of `service` and wait for its response headers, at most
@@ -121,6 +124,10 @@ pub async fn send(
     let mut headers = req.headers;
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
+    if let Some(protocol) = req.upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+    }
     let mut outgoing = Request::new(req.body);
     *outgoing.method_mut() = req.method;
     *outgoing.uri_mut() = uri;
@@ -138,6 +145,10 @@ pub async fn send(
         Ok(Err(e)) => return Err(classify(e, &where_())),
         Ok(Ok(resp)) => resp,
     };
+    // A 101 keeps `Connection` and `Upgrade`: the client needs them to switch too.
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(resp);
+    }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, body))
