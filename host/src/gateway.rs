@@ -6,17 +6,23 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
+
+use crate::config::CertificateFiles;
 
 use crate::config::Config;
 use crate::control::{self, Control};
 use crate::proxy::Proxy;
 use crate::server::Workers;
+use crate::tls;
 
 /// A running gateway: its listeners, the admin endpoint and the file watcher. Dropping it stops
 /// the serving threads; [`RunningGateway::stop`] also waits for them to drain.
 pub struct RunningGateway {
     /// The address the gateway serves on.
     pub addr: SocketAddr,
+    /// The HTTPS address, when `[tls]` is configured.
+    pub tls_addr: Option<SocketAddr>,
     /// The admin endpoint's address, when enabled.
     pub admin_addr: Option<SocketAddr>,
     workers: Workers,
@@ -44,10 +50,28 @@ impl RunningGateway {
             ),
             None => None,
         };
+        let mut background = Vec::new();
+        let https = match &config.tls {
+            Some(tls) => {
+                let settings = tls::load(&tls.certificates).map_err(|problems| {
+                    let lines: Vec<String> = problems
+                        .iter()
+                        .map(|p| format!("{}: {}", p.place, p.reason))
+                        .collect();
+                    anyhow::anyhow!("unusable TLS certificates:\n{}", lines.join("\n"))
+                })?;
+                let acceptor: tls::Acceptor = Arc::new(ArcSwap::new(settings));
+                background.push(tokio::spawn(reload_certificates(
+                    tls.certificates.clone(),
+                    acceptor.clone(),
+                )));
+                Some((tls.listen, acceptor))
+            }
+            None => None,
+        };
         let control = Arc::new(Control::start(config, config_path.clone()).await?);
         let proxy = Arc::new(Proxy::new(control.snapshots()));
-        let workers = Workers::start(listen, server, proxy)?;
-        let mut background = Vec::new();
+        let workers = Workers::start(listen, https, server, proxy)?;
         let admin_addr = match admin_listener {
             Some(l) => {
                 let addr = l.local_addr()?;
@@ -61,9 +85,10 @@ impl RunningGateway {
             filters_dir,
             config_path,
         )?);
-        tracing::info!(listen = %workers.addr, admin = ?admin_addr, workers = workers.count, "wasmgate serving");
+        tracing::info!(listen = %workers.addr, https = ?workers.tls_addr, admin = ?admin_addr, workers = workers.count, "wasmgate serving");
         Ok(RunningGateway {
             addr: workers.addr,
+            tls_addr: workers.tls_addr,
             admin_addr,
             workers,
             background,
@@ -76,6 +101,35 @@ impl RunningGateway {
         self.workers.stop().await;
         for task in &self.background {
             task.abort();
+        }
+    }
+}
+
+/// Re-read the certificate files whenever one changes on disk (checked every
+/// [`tls::POLL`]); new connections get the new certificates, and files that cannot be used are
+/// logged while the previous certificates keep serving.
+async fn reload_certificates(files: Vec<CertificateFiles>, acceptor: tls::Acceptor) {
+    let mut seen = tls::stamp(&files);
+    loop {
+        tokio::time::sleep(tls::POLL).await;
+        let now = tls::stamp(&files);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match tls::load(&files) {
+            Ok(settings) => {
+                acceptor.store(settings);
+                tracing::info!("TLS certificates reloaded");
+            }
+            Err(problems) => {
+                for p in problems {
+                    tracing::warn!(
+                        "new TLS certificate rejected, the previous one keeps serving: {}",
+                        p.reason
+                    );
+                }
+            }
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - `control`: the filter registry, reloads, the file watcher, the admin endpoint.
 //! - `proxy`: the request pipeline (accept-side checks, the filter chain, the upstream
 //!   hand-off, error mapping) and filters' service calls.
+//! - `tls`: certificates and keys from PEM files, SNI, the TLS settings HTTPS starts from.
 //! - `snapshot`: routes with their filter bindings resolved, and each binding's breaker.
 //! - `route`: path, method and host matching; the path sent upstream.
 //! - `upstream`: services, instance choice, the one upstream client.
@@ -25,6 +26,7 @@ mod proxy;
 mod route;
 mod server;
 mod snapshot;
+mod tls;
 mod upstream;
 
 pub use config::{Config, ConfigError, Diagnostic};

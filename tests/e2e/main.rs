@@ -8,5 +8,6 @@ mod errors;
 mod filters;
 mod hardening;
 mod routing;
+mod tls;
 mod transform;
 mod websocket;

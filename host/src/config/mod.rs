@@ -81,6 +81,8 @@ pub struct Config {
     pub limits: BodyLimits,
     /// How `compress = true` routes compress.
     pub compression: Compression,
+    /// The HTTPS listener, when configured.
+    pub tls: Option<Tls>,
     /// The services routes and filters reach (`[services.NAME]`).
     pub services: Vec<ServiceConfig>,
     /// The routes, in file order (`[[routes]]`).
@@ -113,6 +115,29 @@ fn default_connect() -> Duration {
 
 fn default_request() -> Duration {
     Duration::from_secs(30)
+}
+
+/// The HTTPS listener (`[tls]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// Certificates with their keys; each serves the names it is valid for (SNI), the first
+    /// also clients that send no name or one no certificate covers.
+    pub certificates: Vec<CertificateFiles>,
+    /// The plaintext `listen` answers every request with a redirect to HTTPS.
+    pub redirect_http: bool,
+}
+
+/// One certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    /// The chain, leaf first; relative paths are resolved against the config file's directory.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Where the entry is written.
+    pub place: Place,
 }
 
 /// Response compression for routes with `compress = true` (`[compression]`).
@@ -418,6 +443,12 @@ impl Config {
             && cache.is_relative()
         {
             config.cache_dir = Some(base.join(cache));
+        }
+        if let Some(tls) = &mut config.tls {
+            for files in &mut tls.certificates {
+                files.cert = base.join(&files.cert);
+                files.key = base.join(&files.key);
+            }
         }
         Ok((config, diagnostics))
     }

@@ -126,6 +126,8 @@ mod unknown_key {
             ["timeouts"] => fields::<Timeouts>(),
             ["limits"] => fields::<BodyLimits>(),
             ["compression"] => fields::<Compression>(),
+            ["tls"] => fields::<RawTls>(),
+            ["tls", "certificates", _] => fields::<RawCertificate>(),
             ["services", _] => fields::<RawService>(),
             ["routes", _] => fields::<RawRoute>(),
             ["routes", _, "filters", _] => fields::<RawFilterRef>(),
@@ -255,10 +257,26 @@ struct RawConfig {
     timeouts: Option<Spanned<Timeouts>>,
     limits: Option<Spanned<BodyLimits>>,
     compression: Option<Spanned<Compression>>,
+    tls: Option<Spanned<RawTls>>,
     #[serde(default)]
     services: BTreeMap<String, Spanned<RawService>>,
     #[serde(default)]
     routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Deserialize)]
+struct RawTls {
+    listen: Spanned<String>,
+    #[serde(default)]
+    certificates: Vec<Spanned<RawCertificate>>,
+    #[serde(default)]
+    redirect_http: bool,
+}
+
+#[derive(Deserialize)]
+struct RawCertificate {
+    cert: String,
+    key: String,
 }
 
 #[derive(Deserialize)]
@@ -417,6 +435,7 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
             src.at(srv, "server: max_headers, max_connections, workers, header_read_timeout, idle_timeout and websocket_idle_timeout must be greater than zero");
         }
     }
+    let tls = raw.tls.as_ref().and_then(|t| validate_tls(t, src));
     let mut filter_limits = FilterLimits::default();
     if let Some(l) = &raw.filter_limits {
         match l.get_ref().check("filter_limits") {
@@ -446,9 +465,47 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
         timeouts: raw.timeouts.map(Spanned::into_inner).unwrap_or_default(),
         limits: raw.limits.map(Spanned::into_inner).unwrap_or_default(),
         compression: raw.compression.map(Spanned::into_inner).unwrap_or_default(),
+        tls,
         services,
         routes,
     }
+}
+
+fn validate_tls(spanned: &Spanned<RawTls>, src: &mut Source<'_>) -> Option<Tls> {
+    let tls = spanned.get_ref();
+    let listen = match tls.listen.get_ref().parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            src.at(
+                &tls.listen,
+                format!(
+                    "tls.listen: {:?} is not an address like \"127.0.0.1:8443\"",
+                    tls.listen.get_ref()
+                ),
+            );
+            None
+        }
+    };
+    if tls.certificates.is_empty() {
+        src.at(
+            spanned,
+            "tls: needs at least one certificate: certificates = [{ cert = \"cert.pem\", key = \"key.pem\" }]",
+        );
+    }
+    let certificates = tls
+        .certificates
+        .iter()
+        .map(|c| CertificateFiles {
+            cert: PathBuf::from(&c.get_ref().cert),
+            key: PathBuf::from(&c.get_ref().key),
+            place: src.place(c.span().start),
+        })
+        .collect();
+    Some(Tls {
+        listen: listen?,
+        certificates,
+        redirect_http: tls.redirect_http,
+    })
 }
 
 fn validate_service(name: &str, svc: &Spanned<RawService>, src: &mut Source<'_>) -> ServiceConfig {

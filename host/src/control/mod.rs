@@ -259,6 +259,15 @@ pub async fn check(
         })
         .chain(filter_problems.iter().map(|p| (p.place, p.to_string())))
         .collect();
+    if let Some(tls) = &config.tls
+        && let Err(certificates) = crate::tls::load(&tls.certificates)
+    {
+        problems.extend(
+            certificates
+                .into_iter()
+                .map(|p| (p.place, format!("{}: tls: {}", p.place, p.reason))),
+        );
+    }
     problems.sort_by_key(|(place, _)| (place.line, place.column));
     Ok(CheckReport {
         routes: config.routes.len(),

@@ -104,7 +104,7 @@ impl<'a> Chain<'a> {
         strip_hop_by_hop(&mut req.headers);
         let mut wit_req = wit::Request {
             method: req.method.to_string(),
-            scheme: "http".into(),
+            scheme: if self.ex.tls { "https" } else { "http" }.into(),
             authority,
             path_with_query: req.path_and_query,
             headers: to_wit_headers(&req.headers),

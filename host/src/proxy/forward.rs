@@ -54,7 +54,7 @@ pub(super) async fn to_upstream(
             super::full(bytes)
         }
     };
-    append_forwarded(&mut headers, ex.client, original_host);
+    append_forwarded(&mut headers, ex.client, original_host, ex.tls);
     if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
         headers.insert(X_REQUEST_ID, id);
     }
@@ -86,6 +86,7 @@ fn append_forwarded(
     headers: &mut HeaderMap,
     client: SocketAddr,
     original_host: Option<HeaderValue>,
+    tls: bool,
 ) {
     let ip = client.ip().to_string();
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -95,7 +96,8 @@ fn append_forwarded(
     if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    let proto = if tls { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     match original_host {
         Some(host) => {
             headers.insert(X_FORWARDED_HOST, host);
@@ -118,6 +120,7 @@ mod tests {
             &mut h,
             "127.0.0.1:5000".parse().unwrap(),
             Some(HeaderValue::from_static("api.test")),
+            false,
         );
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1");
         assert_eq!(h[&X_FORWARDED_HOST], "api.test");

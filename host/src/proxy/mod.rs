@@ -48,6 +48,8 @@ pub struct Proxy {
 struct Exchange {
     request_id: Arc<str>,
     client: SocketAddr,
+    /// The client came over TLS.
+    tls: bool,
     /// The snapshot the request started with, kept for its whole life.
     snapshot: Arc<Snapshot>,
 }
@@ -62,7 +64,12 @@ impl Proxy {
     }
 
     /// Serve one client request. Never fails: errors become small JSON responses.
-    pub async fn handle(&self, req: Request<Incoming>, client: SocketAddr) -> Response<Body> {
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        client: SocketAddr,
+        tls: bool,
+    ) -> Response<Body> {
         let started = Instant::now();
         // Kept for the access log, when it is on.
         let logged = tracing::enabled!(target: "wasmgate::access", tracing::Level::INFO)
@@ -70,9 +77,14 @@ impl Proxy {
         let ex = Exchange {
             request_id: self.next_request_id(),
             client,
+            tls,
             snapshot: self.snapshots.load_full(),
         };
-        let mut resp = match serve(req, &ex).await {
+        let outcome = match ex.snapshot.https_redirect {
+            Some(port) if !tls => redirect_to_https(&req, port),
+            _ => serve(req, &ex).await,
+        };
+        let mut resp = match outcome {
             Ok(resp) => resp,
             Err(err) => error_response(err, &ex),
         };
@@ -168,6 +180,29 @@ fn switch_or_stream(
         }
         _ => forward::stream_back(resp),
     }
+}
+
+/// `308` to the same host and path over HTTPS on `port`.
+fn redirect_to_https(req: &Request<Incoming>, port: u16) -> Result<Response<Body>, GatewayError> {
+    let authority = route::request_authority(req.uri(), req.headers());
+    let host = route::host_without_port(&authority);
+    if host.is_empty() {
+        return Err(GatewayError::new(
+            ErrorKind::BadRequest,
+            "no host to redirect to",
+        ));
+    }
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = match port {
+        443 => format!("https://{host}{path}"),
+        port => format!("https://{host}:{port}{path}"),
+    };
+    let location = HeaderValue::from_str(&location)
+        .map_err(|_| GatewayError::new(ErrorKind::BadRequest, "unusable host for a redirect"))?;
+    let mut resp = Response::new(full(Bytes::new()));
+    *resp.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+    resp.headers_mut().insert(http::header::LOCATION, location);
+    Ok(resp)
 }
 
 /// The first route that matches, and its captures; 404 when none does.

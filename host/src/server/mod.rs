@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use self::framing::{FramingGuard, Guarding};
 use crate::config;
 use crate::proxy::Proxy;
+use crate::tls;
 
 /// How long in-flight requests get to finish after a stop.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -27,6 +28,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Workers {
     /// The address every worker listens on.
     pub addr: SocketAddr,
+    /// The HTTPS address, when there is one.
+    pub tls_addr: Option<SocketAddr>,
     /// How many serving threads run.
     pub count: usize,
     stop: tokio::sync::watch::Sender<bool>,
@@ -38,18 +41,33 @@ impl Workers {
     /// on each.
     pub fn start(
         listen: SocketAddr,
+        https: Option<(SocketAddr, tls::Acceptor)>,
         server: config::Server,
         proxy: Arc<Proxy>,
     ) -> anyhow::Result<Workers> {
         let count = server.worker_count();
         let listeners = bind(listen, count).with_context(|| format!("binding {listen}"))?;
         let addr = listeners[0].local_addr()?;
+        let (mut tls_listeners, acceptor) = match https {
+            Some((tls_listen, acceptor)) => {
+                let bound =
+                    bind(tls_listen, count).with_context(|| format!("binding {tls_listen}"))?;
+                (bound.into_iter().map(Some).collect(), Some(acceptor))
+            }
+            None => ((0..count).map(|_| None).collect::<Vec<_>>(), None),
+        };
+        let tls_addr = match tls_listeners.first() {
+            Some(Some(l)) => Some(l.local_addr()?),
+            _ => None,
+        };
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let connections = Arc::new(tokio::sync::Semaphore::new(server.max_connections));
         let mut exited = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             let (proxy, connections, mut stopped) =
                 (proxy.clone(), connections.clone(), stopped.clone());
+            let tls_listener = tls_listeners[i].take();
+            let (acceptor, mut tls_stopped) = (acceptor.clone(), stopped.clone());
             let (done, exit) = tokio::sync::oneshot::channel::<()>();
             exited.push(exit);
             std::thread::Builder::new()
@@ -65,15 +83,36 @@ impl Workers {
                         let shutdown = async move {
                             let _ = stopped.wait_for(|stop| *stop).await;
                         };
-                        serve(
-                            proxy,
+                        let https = async {
+                            let (Some(l), Some(acceptor)) = (tls_listener, acceptor) else {
+                                return;
+                            };
+                            let l = TcpListener::from_std(l).expect("a listener");
+                            let shutdown = async move {
+                                let _ = tls_stopped.wait_for(|stop| *stop).await;
+                            };
+                            let (proxy, connections) = (proxy.clone(), connections.clone());
+                            serve(
+                                proxy,
+                                l,
+                                Some(acceptor),
+                                server,
+                                connections,
+                                shutdown,
+                                DRAIN_TIMEOUT,
+                            )
+                            .await;
+                        };
+                        let http = serve(
+                            proxy.clone(),
                             listener,
+                            None,
                             server,
-                            connections,
+                            connections.clone(),
                             shutdown,
                             DRAIN_TIMEOUT,
-                        )
-                        .await;
+                        );
+                        tokio::join!(http, https);
                     });
                     drop(done);
                 })
@@ -81,6 +120,7 @@ impl Workers {
         }
         Ok(Workers {
             addr,
+            tls_addr,
             count,
             stop,
             exited,
@@ -101,6 +141,7 @@ impl Workers {
 async fn serve(
     proxy: Arc<Proxy>,
     listener: TcpListener,
+    tls: Option<tls::Acceptor>,
     server: config::Server,
     connections: Arc<tokio::sync::Semaphore>,
     shutdown: impl Future<Output = ()>,
@@ -141,10 +182,41 @@ async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        if let Some(tls) = &tls {
+            // The handshake runs in the connection's task, bounded like a request head.
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
+            let (builder, watcher, proxy) = (builder.clone(), graceful.watcher(), proxy.clone());
+            tokio::spawn(async move {
+                let handshake =
+                    tokio::time::timeout(guarding.head_timeout, acceptor.accept(stream));
+                match handshake.await {
+                    Ok(Ok(stream)) => {
+                        let service = service_fn(move |req| {
+                            let proxy = proxy.clone();
+                            async move {
+                                Ok::<_, std::convert::Infallible>(
+                                    proxy.handle(req, client, true).await,
+                                )
+                            }
+                        });
+                        let stream = FramingGuard::new(stream, client, guarding);
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        if let Err(e) = watcher.watch(conn.into_owned()).await {
+                            tracing::debug!(%client, "connection ended: {e}");
+                        }
+                    }
+                    Ok(Err(e)) => tracing::debug!(%client, "TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
+                }
+                drop(permit);
+            });
+            continue;
+        }
         let proxy = proxy.clone();
         let service = service_fn(move |req| {
             let proxy = proxy.clone();
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, client).await) }
+            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, client, false).await) }
         });
         let stream = FramingGuard::new(stream, client, guarding);
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);

@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub compression: config::Compression,
     /// `server.websocket_idle_timeout`.
     pub websocket_idle: std::time::Duration,
+    /// With `tls.redirect_http`, the HTTPS port plaintext requests are redirected to.
+    pub https_redirect: Option<u16>,
 }
 
 /// A route with its filter chain resolved.
@@ -198,6 +200,11 @@ impl Snapshot {
             max_uri: config.server.max_uri_bytes,
             compression: config.compression.clone(),
             websocket_idle: config.server.websocket_idle_timeout,
+            https_redirect: config
+                .tls
+                .as_ref()
+                .filter(|t| t.redirect_http)
+                .map(|t| t.listen.port()),
         };
         (snapshot, problems)
     }
