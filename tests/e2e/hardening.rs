@@ -283,3 +283,39 @@ async fn shutdown_finishes_in_flight_requests_and_refuses_new_connections() {
     );
     stopping.await.unwrap();
 }
+
+/// HTTP/2 (h2c with prior knowledge here) is served with the same header budget as HTTP/1: a
+/// header list over `server.max_header_bytes` never reaches the upstream.
+#[tokio::test]
+async fn http2_requests_get_the_same_header_budget() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let up = Upstream::start("svc").await;
+    let gw = gateway(&up).await;
+    let tcp = TcpStream::connect(gw.running.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let get = |big: Option<String>| {
+        let mut req = http::Request::get("http://x/h2");
+        if let Some(value) = big {
+            req = req.header("x-big", value);
+        }
+        req.body(Empty::<bytes::Bytes>::new()).unwrap()
+    };
+    let ok = send.send_request(get(None)).await.unwrap();
+    assert_eq!(
+        (ok.version(), ok.status().as_u16()),
+        (http::Version::HTTP_2, 200)
+    );
+    let big = send.send_request(get(Some("a".repeat(20_000)))).await;
+    assert!(
+        big.as_ref().map_or(true, |r| r.status() != 200),
+        "a 20 KB header list passed: {:?}",
+        big.map(|r| r.status())
+    );
+    assert_eq!(up.hits(), 1, "only the small request reached the upstream");
+}

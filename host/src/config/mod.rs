@@ -231,6 +231,9 @@ pub struct Server {
     /// gateway closes it.
     #[serde(default = "default_websocket_idle_timeout", with = "humantime_serde")]
     pub websocket_idle_timeout: Duration,
+    /// Requests one HTTP/2 connection may have in flight at once.
+    #[serde(default = "default_http2_max_concurrent_streams")]
+    pub http2_max_concurrent_streams: u32,
     /// Longest request target (path and query, or the absolute URI); longer gets 414.
     #[serde(default = "default_max_uri_bytes")]
     pub max_uri_bytes: usize,
@@ -257,6 +260,7 @@ impl Default for Server {
             max_request_body_bytes: None,
             max_uri_bytes: default_max_uri_bytes(),
             websocket_idle_timeout: default_websocket_idle_timeout(),
+            http2_max_concurrent_streams: default_http2_max_concurrent_streams(),
         }
     }
 }
@@ -265,6 +269,12 @@ impl Default for Server {
 /// messages or pings; a socket silent for longer is most likely abandoned.
 fn default_websocket_idle_timeout() -> Duration {
     Duration::from_secs(300)
+}
+
+/// 128, as nginx: browsers open far fewer; a client cannot make one connection cost more than
+/// that many requests' worth of filters and upstream calls.
+fn default_http2_max_concurrent_streams() -> u32 {
+    128
 }
 
 /// 8 KiB, as nginx's default request line buffer: far beyond real paths and queries, and it

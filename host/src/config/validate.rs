@@ -430,9 +430,10 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
             || v.header_read_timeout.is_zero()
             || v.idle_timeout.is_zero()
             || v.websocket_idle_timeout.is_zero()
+            || v.http2_max_concurrent_streams == 0
             || v.workers == Some(0)
         {
-            src.at(srv, "server: max_headers, max_connections, workers, header_read_timeout, idle_timeout and websocket_idle_timeout must be greater than zero");
+            src.at(srv, "server: max_headers, max_connections, workers, header_read_timeout, idle_timeout, websocket_idle_timeout and http2_max_concurrent_streams must be greater than zero");
         }
     }
     let tls = raw.tls.as_ref().and_then(|t| validate_tls(t, src));

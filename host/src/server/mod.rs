@@ -155,6 +155,16 @@ async fn serve(
         .header_read_timeout(server.idle_timeout)
         .max_buf_size(server.max_header_bytes)
         .max_headers(server.max_headers);
+    // HTTP/2 (h2c, or ALPN h2 over TLS): the same header budget as HTTP/1, a stream cap, and
+    // the bounds against rapid reset (RST_STREAM right after HEADERS) and streams the server
+    // itself has to reset; CONTINUATION floods end at the header list size.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(server.http2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024);
     let guarding = Guarding {
         max_head_bytes: server.max_header_bytes,
         max_headers: server.max_headers,
