@@ -25,6 +25,9 @@
 //! A filter that calls services gets stubs with [`TestRoute::service`]; every call it made is in
 //! [`TestRoute::service_calls`]. [`TestRoute::cache`] is the filter's cache, to seed or inspect.
 //! [`TestRoute::metrics`] counts phase calls, failures and configured instances.
+//!
+//! The calls block (the sandbox runs on the kit's own runtime): use them from plain `#[test]`
+//! functions, not from inside an async runtime such as `#[tokio::test]`.
 #![deny(missing_docs)]
 
 mod build;
