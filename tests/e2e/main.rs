@@ -10,4 +10,5 @@ mod hardening;
 mod routing;
 mod tls;
 mod transform;
+mod upstreams;
 mod websocket;

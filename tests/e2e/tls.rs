@@ -17,12 +17,12 @@ use tokio::net::TcpStream;
 use wasmgate_tests::{TestGateway, Upstream, eventually, temp_dir};
 
 /// A CA that signs the test certificates.
-struct Ca {
+pub(crate) struct Ca {
     issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl Ca {
-    fn new() -> Ca {
+    pub(crate) fn new() -> Ca {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         Ca {
@@ -31,7 +31,7 @@ impl Ca {
     }
 
     /// A leaf for `names`, written as `<dir>/<file>.pem` and `.key`; the two paths.
-    fn leaf(&self, dir: &Path, file: &str, names: &[&str], expired: bool) -> (PathBuf, PathBuf) {
+    pub(crate) fn leaf(&self, dir: &Path, file: &str, names: &[&str], expired: bool) -> (PathBuf, PathBuf) {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
@@ -50,8 +50,13 @@ impl Ca {
         (cert_path, key_path)
     }
 
-    fn der(&self) -> CertificateDer<'static> {
+    pub(crate) fn der(&self) -> CertificateDer<'static> {
         self.issuer.der().clone()
+    }
+
+    /// The CA certificate as PEM, for a `ca_file`.
+    pub(crate) fn pem(&self) -> String {
+        self.issuer.pem()
     }
 }
 

@@ -313,11 +313,13 @@ pub struct Admin {
 /// Default admin listener.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 
-/// An upstream service: a name and the base URLs of its instances.
+/// An upstream service: a name, the base URLs of its instances and how to talk to them.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
     pub name: String,
     pub upstreams: Vec<http::Uri>,
+    /// Protocol and TLS settings (files already read).
+    pub transport: crate::upstream::Transport,
 }
 
 /// A route, validated.
@@ -443,9 +445,9 @@ impl Config {
                 message: format!("cannot read config file: {e}"),
             }],
         })?;
-        let (mut config, diagnostics) = validate::parse_checked(&text)
-            .map_err(|diagnostics| ConfigError { file, diagnostics })?;
         let base = path.parent().unwrap_or(Path::new("."));
+        let (mut config, diagnostics) = validate::parse_checked(&text, base)
+            .map_err(|diagnostics| ConfigError { file, diagnostics })?;
         if config.filters_dir.is_relative() {
             config.filters_dir = base.join(&config.filters_dir);
         }

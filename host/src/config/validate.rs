@@ -1,17 +1,18 @@
 //! The file as written (serde types that mirror it) and its validation into [`Config`].
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::*;
+use crate::upstream::{Protocol, TlsFiles, Transport};
 
 /// Parse and validate config text; on failure, every problem found, in file order.
 pub(super) fn parse(text: &str) -> Result<Config, Vec<Diagnostic>> {
-    match parse_checked(text)? {
+    match parse_checked(text, Path::new(""))? {
         (config, diagnostics) if diagnostics.is_empty() => Ok(config),
         (_, diagnostics) => Err(diagnostics),
     }
@@ -21,9 +22,13 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Diagnostic>> {
 /// their path match could be read, for `check` to look at their filters) and every problem,
 /// in file order. Fails only when the TOML cannot be read into the config's shape (syntax, a
 /// wrong type), with that one problem.
-pub(super) fn parse_checked(text: &str) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
+pub(super) fn parse_checked(
+    text: &str,
+    base: &Path,
+) -> Result<(Config, Vec<Diagnostic>), Vec<Diagnostic>> {
     let mut src = Source {
         text,
+        base,
         diagnostics: Vec::new(),
     };
     let mut unknown = Vec::new();
@@ -282,6 +287,11 @@ struct RawCertificate {
 #[derive(Deserialize)]
 struct RawService {
     upstreams: Vec<Spanned<String>>,
+    protocol: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    client_cert: Option<Spanned<String>>,
+    client_key: Option<Spanned<String>>,
+    tls_verify: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -319,6 +329,8 @@ struct RawFilterRef {
 /// Maps byte offsets in the source to lines and columns.
 struct Source<'a> {
     text: &'a str,
+    /// The config file's directory: relative paths in it are resolved against this.
+    base: &'a Path,
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -343,6 +355,11 @@ impl Source<'_> {
 
     fn at<T>(&mut self, spanned: &Spanned<T>, message: impl Into<String>) {
         self.error(spanned.span().start, message);
+    }
+
+    /// A path as written, relative to the config file's directory.
+    fn resolve(&self, path: &str) -> PathBuf {
+        self.base.join(path)
     }
 }
 
@@ -510,20 +527,20 @@ fn validate_tls(spanned: &Spanned<RawTls>, src: &mut Source<'_>) -> Option<Tls> 
 }
 
 fn validate_service(name: &str, svc: &Spanned<RawService>, src: &mut Source<'_>) -> ServiceConfig {
+    let raw = svc.get_ref();
     if !valid_name(name) {
         src.at(
             svc,
             format!("service {name:?}: names use letters, digits, '-' and '_'"),
         );
     }
-    if svc.get_ref().upstreams.is_empty() {
+    if raw.upstreams.is_empty() {
         src.at(
             svc,
             format!("service {name:?}: needs at least one upstream"),
         );
     }
-    let upstreams = svc
-        .get_ref()
+    let upstreams: Vec<http::Uri> = raw
         .upstreams
         .iter()
         .filter_map(|url| match parse_upstream(url.get_ref()) {
@@ -537,18 +554,91 @@ fn validate_service(name: &str, svc: &Spanned<RawService>, src: &mut Source<'_>)
             }
         })
         .collect();
+    let transport = validate_transport(name, raw, &upstreams, src);
     ServiceConfig {
         name: name.to_string(),
         upstreams,
+        transport,
+    }
+}
+
+/// A service's protocol and TLS settings, their files read; the plain transport when they
+/// have problems (reported).
+fn validate_transport(
+    name: &str,
+    raw: &RawService,
+    upstreams: &[http::Uri],
+    src: &mut Source<'_>,
+) -> Transport {
+    let https = upstreams.iter().any(|u| u.scheme_str() == Some("https"));
+    let http = upstreams.iter().any(|u| u.scheme_str() == Some("http"));
+    let protocol = match &raw.protocol {
+        None => Protocol::Http1,
+        Some(p) => match Protocol::parse(p.get_ref()) {
+            Some(Protocol::H2) if http => {
+                src.at(p, format!("service {name:?}: protocol \"h2\" is HTTP/2 over TLS and needs https:// upstreams; use \"h2c\" for cleartext HTTP/2"));
+                Protocol::H2
+            }
+            Some(Protocol::H2c) if https => {
+                src.at(p, format!("service {name:?}: protocol \"h2c\" is cleartext HTTP/2 and needs http:// upstreams; use \"h2\" over TLS"));
+                Protocol::H2c
+            }
+            Some(protocol) => protocol,
+            None => {
+                src.at(p, format!("service {name:?}: protocol {:?}: expected \"http1\", \"h2\" or \"h2c\"", p.get_ref()));
+                Protocol::Http1
+            }
+        },
+    };
+    let tls_keys = [
+        raw.ca_file.as_ref().map(|s| (s.span().start, "ca_file")),
+        raw.client_cert.as_ref().map(|s| (s.span().start, "client_cert")),
+        raw.client_key.as_ref().map(|s| (s.span().start, "client_key")),
+        raw.tls_verify.as_ref().map(|s| (s.span().start, "tls_verify")),
+    ];
+    if !https {
+        for (at, key) in tls_keys.into_iter().flatten() {
+            src.error(at, format!("service {name:?}: {key} applies to https:// upstreams only"));
+        }
+        return Transport::plain(protocol);
+    }
+    let client_cert = match (&raw.client_cert, &raw.client_key) {
+        (Some(cert), Some(key)) => Some((src.resolve(cert.get_ref()), src.resolve(key.get_ref()))),
+        (None, None) => None,
+        (Some(cert), None) => {
+            src.at(cert, format!("service {name:?}: client_cert needs client_key"));
+            return Transport::plain(protocol);
+        }
+        (None, Some(key)) => {
+            src.at(key, format!("service {name:?}: client_key needs client_cert"));
+            return Transport::plain(protocol);
+        }
+    };
+    let ca_file = raw.ca_file.as_ref().map(|ca| src.resolve(ca.get_ref()));
+    let files = TlsFiles {
+        ca_file: ca_file.as_deref(),
+        client_cert: client_cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+        verify: raw.tls_verify.as_ref().is_none_or(|v| *v.get_ref()),
+    };
+    match Transport::new(protocol, &files) {
+        Ok(transport) => transport,
+        Err(why) => {
+            let at = raw
+                .ca_file
+                .as_ref()
+                .or(raw.client_cert.as_ref())
+                .map_or(0, |s| s.span().start);
+            src.error(at, format!("service {name:?}: {why}"));
+            Transport::plain(protocol)
+        }
     }
 }
 
 fn parse_upstream(url: &str) -> Result<http::Uri, &'static str> {
     let uri: http::Uri = url.parse().map_err(|_| "not a URL")?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err("https upstreams are not supported yet; use http"),
-        _ => return Err("expected a URL like \"http://127.0.0.1:3000\""),
+        Some("http" | "https") => {}
+        _ => return Err("expected a URL like \"http://127.0.0.1:3000\" or \"https://api.internal\""),
     }
     if uri.authority().is_none() {
         return Err("missing host");

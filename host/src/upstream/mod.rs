@@ -2,7 +2,12 @@
 //! proxy forwards and service calls filters make. An instance is picked round-robin, the URI
 //! joined, hop-by-hop headers dropped both ways, the response awaited under a timeout, and a
 //! failure classified once ([`UpstreamError`]). Each serving thread has its own pooled
-//! keep-alive client, shared by every route and across config reloads.
+//! keep-alive clients, one per transport (protocol and TLS settings, [`Transport`]), shared by
+//! every route and across config reloads.
+
+mod transport;
+
+pub use self::transport::{Protocol, TlsFiles, Transport};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,6 +20,7 @@ use http_body_util::LengthLimitError;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
@@ -24,7 +30,7 @@ use crate::config::{ServiceConfig, Timeouts};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type used on both sides of the proxy.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
-type HttpClient = Client<HttpConnector, Body>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// Idle upstream connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -46,14 +52,22 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 pub struct Service {
     pub name: String,
     upstreams: Vec<http::Uri>,
+    transport: Transport,
     next: AtomicUsize,
 }
 
 impl Service {
     pub fn new(cfg: &ServiceConfig) -> Self {
+        if cfg.transport.insecure {
+            tracing::warn!(
+                service = %cfg.name,
+                "tls_verify = false: the certificates of this service's upstreams are not verified"
+            );
+        }
         Self {
             name: cfg.name.clone(),
             upstreams: cfg.upstreams.clone(),
+            transport: cfg.transport.clone(),
             next: AtomicUsize::new(0),
         }
     }
@@ -133,9 +147,8 @@ pub async fn send(
     *outgoing.uri_mut() = uri;
     *outgoing.headers_mut() = headers;
     let where_ = || format!("service {:?} ({base})", service.name);
-    let resp = match tokio::time::timeout(timeout, local_client(timeouts.connect).request(outgoing))
-        .await
-    {
+    let client = local_client(timeouts.connect, &service.transport);
+    let resp = match tokio::time::timeout(timeout, client.request(outgoing)).await {
         Err(_) => {
             return Err(UpstreamError::Timeout(format!(
                 "{} sent no response within {timeout:?}",
@@ -201,37 +214,57 @@ fn find_source<'a, T: std::error::Error + 'static>(
     None
 }
 
+/// A thread's pools are keyed by connect timeout, transport settings and protocol.
+type PoolKey = (Duration, u64, Protocol);
+
+/// Pools kept per thread before the map is cleared (settings changed by many reloads).
+const MAX_POOLS: usize = 64;
+
 thread_local! {
-    /// This thread's pool: a request and the upstream connection it uses stay on one thread.
-    static LOCAL: std::cell::RefCell<Option<(Duration, HttpClient)>> =
-        const { std::cell::RefCell::new(None) };
+    /// This thread's pools: a request and the upstream connection it uses stay on one thread.
+    static LOCAL: std::cell::RefCell<HashMap<PoolKey, HttpClient>> =
+        std::cell::RefCell::new(HashMap::new());
 }
 
-/// The calling thread's pooled client; a new pool when the connect timeout changed.
-fn local_client(connect_timeout: Duration) -> HttpClient {
+/// The calling thread's pooled client for `transport`.
+fn local_client(connect_timeout: Duration, transport: &Transport) -> HttpClient {
+    let key = (connect_timeout, transport.key, transport.protocol);
     LOCAL.with(|local| {
         let mut local = local.borrow_mut();
-        match &*local {
-            Some((timeout, client)) if *timeout == connect_timeout => client.clone(),
-            _ => {
-                let fresh = client(connect_timeout);
-                *local = Some((connect_timeout, fresh.clone()));
-                fresh
-            }
+        if let Some(client) = local.get(&key) {
+            return client.clone();
         }
+        if local.len() >= MAX_POOLS {
+            local.clear();
+        }
+        let fresh = client(connect_timeout, transport);
+        local.insert(key, fresh.clone());
+        fresh
     })
 }
 
-/// Build a pooled client.
-fn client(connect_timeout: Duration) -> HttpClient {
+/// Build a pooled client: HTTP/1.1 or HTTP/2 as the transport says, `https://` through rustls
+/// with the transport's settings (SNI from the upstream's host).
+fn client(connect_timeout: Duration, transport: &Transport) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_nodelay(true);
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
+    connector.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*transport.tls).clone())
+        .https_or_http();
+    let https = match transport.protocol {
+        Protocol::Http1 => https.enable_http1().wrap_connector(connector),
+        Protocol::H2 | Protocol::H2c => https.enable_http2().wrap_connector(connector),
+    };
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(usize::MAX)
-        .build(connector)
+        .pool_max_idle_per_host(usize::MAX);
+    if transport.protocol != Protocol::Http1 {
+        builder.http2_only(true);
+    }
+    builder.build(https)
 }
 
 /// `base` joined with `path_and_query` (which starts with `/`).
@@ -258,6 +291,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     {
         return;
     }
+    // `TE: trailers` says the client accepts trailers; gRPC needs it end to end.
+    let trailers = headers
+        .get(header::TE)
+        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -272,6 +309,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     headers.remove(header::UPGRADE);
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
 }
 
 #[cfg(test)]

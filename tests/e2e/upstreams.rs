@@ -1,0 +1,290 @@
+//! Upstreams over HTTPS and HTTP/2: verification on by default against the bundled roots or a
+//! service's `ca_file`, SNI from the upstream's host, a client certificate for mutual TLS,
+//! `tls_verify = false`, and `protocol = "h2"` (TLS, ALPN) and `"h2c"` (prior knowledge).
+//! The upstreams are real TLS and HTTP/2 servers made here; certificates are made with rcgen.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use wasmgate_tests::{TestGateway, temp_dir};
+
+use crate::tls::Ca;
+
+/// What an upstream reports about each request: the HTTP version it came over, the SNI name
+/// of its TLS connection and whether the gateway presented a client certificate.
+fn describe(version: http::Version, sni: Option<String>, client_cert: bool) -> Response<Full<Bytes>> {
+    let body = json!({
+        "version": format!("{version:?}"),
+        "sni": sni,
+        "client_cert": client_cert,
+    });
+    Response::new(Full::new(Bytes::from(body.to_string())))
+}
+
+/// An HTTPS upstream for `localhost` signed by `ca`, offering `alpn`; when `clients` is given,
+/// it requires a client certificate signed by it.
+async fn tls_upstream(ca: &Ca, dir: &Path, alpn: &[&[u8]], clients: Option<&Ca>) -> SocketAddr {
+    let (cert, key) = ca.leaf(dir, "upstream", &["localhost"], false);
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match clients {
+        None => builder.with_no_client_auth(),
+        Some(clients) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(clients.der()).unwrap();
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key).unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A refused handshake (unknown CA, no client certificate) ends here.
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let conn = tls.get_ref().1;
+                let sni = conn.server_name().map(str::to_string);
+                let client_cert = conn.peer_certificates().is_some();
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let sni = sni.clone();
+                    async move { Ok::<_, Infallible>(describe(req.version(), sni, client_cert)) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A cleartext upstream that speaks HTTP/2 only (prior knowledge): HTTP/1.1 fails on it.
+async fn h2c_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    Ok::<_, Infallible>(describe(req.version(), None, false))
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A gateway with one route per service, `/<service>/` going to service `<service>`.
+async fn gateway(services: &[(&str, String)]) -> TestGateway {
+    let mut text = String::new();
+    for (name, table) in services {
+        text.push_str(&format!(
+            "[services.{name}]\n{table}\n\n[[routes]]\nname = \"{name}\"\nprefix = \"/{name}/\"\nservice = \"{name}\"\n\n"
+        ));
+    }
+    TestGateway::start(&text).await
+}
+
+fn path_str(p: &Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+#[tokio::test]
+async fn https_upstreams_are_verified_by_default_and_get_the_upstream_host_as_sni() {
+    let dir = temp_dir("upstream-tls");
+    let ca = Ca::new();
+    let addr = tls_upstream(&ca, &dir, &[b"http/1.1"], None).await;
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let url = format!("https://localhost:{}", addr.port());
+    let gw = gateway(&[
+        (
+            "trusted",
+            format!("upstreams = [\"{url}\"]\nca_file = {}", path_str(&ca_file)),
+        ),
+        // The bundled web roots do not know the test CA.
+        ("untrusted", format!("upstreams = [\"{url}\"]")),
+        (
+            "unverified",
+            format!("upstreams = [\"{url}\"]\ntls_verify = false"),
+        ),
+    ])
+    .await;
+
+    let r = gw.get("/trusted/x").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = r.json();
+    assert_eq!(seen["sni"], "localhost");
+    assert_eq!(seen["version"], "HTTP/1.1");
+    assert_eq!(seen["client_cert"], false);
+
+    let r = gw.get("/untrusted/x").await;
+    assert_eq!(r.status, 502, "an unknown issuer is refused");
+    assert_eq!(r.json()["error"]["message"], "upstream unavailable");
+    assert!(!r.text().contains("certificate"), "no detail leaks: {}", r.text());
+
+    let r = gw.get("/unverified/x").await;
+    assert_eq!(r.status, 200, "tls_verify = false accepts it: {}", r.text());
+}
+
+#[tokio::test]
+async fn a_client_certificate_is_presented_for_mutual_tls() {
+    let dir = temp_dir("upstream-mtls");
+    let ca = Ca::new();
+    let clients = Ca::new();
+    let addr = tls_upstream(&ca, &dir, &[b"http/1.1"], Some(&clients)).await;
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let (cert, key) = clients.leaf(&dir, "gateway", &["gateway.test"], false);
+    let url = format!("https://localhost:{}", addr.port());
+    let gw = gateway(&[
+        (
+            "mtls",
+            format!(
+                "upstreams = [\"{url}\"]\nca_file = {}\nclient_cert = {}\nclient_key = {}",
+                path_str(&ca_file),
+                path_str(&cert),
+                path_str(&key)
+            ),
+        ),
+        (
+            "anonymous",
+            format!("upstreams = [\"{url}\"]\nca_file = {}", path_str(&ca_file)),
+        ),
+    ])
+    .await;
+
+    let r = gw.get("/mtls/x").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["client_cert"], true);
+
+    let r = gw.get("/anonymous/x").await;
+    assert_eq!(r.status, 502, "the upstream requires a client certificate");
+}
+
+#[tokio::test]
+async fn services_speak_http2_over_tls_and_in_cleartext() {
+    let dir = temp_dir("upstream-h2");
+    let ca = Ca::new();
+    let h2 = tls_upstream(&ca, &dir, &[b"h2"], None).await;
+    let h2c = h2c_upstream().await;
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let gw = gateway(&[
+        (
+            "h2",
+            format!(
+                "upstreams = [\"https://localhost:{}\"]\nprotocol = \"h2\"\nca_file = {}",
+                h2.port(),
+                path_str(&ca_file)
+            ),
+        ),
+        (
+            "h2c",
+            format!("upstreams = [\"http://{h2c}\"]\nprotocol = \"h2c\""),
+        ),
+        // Without `protocol`, HTTP/1.1 is spoken, which an HTTP/2-only upstream refuses.
+        ("plain", format!("upstreams = [\"http://{h2c}\"]")),
+    ])
+    .await;
+
+    for name in ["h2", "h2c"] {
+        // Several requests, so the second and later reuse the pooled HTTP/2 connection.
+        for _ in 0..3 {
+            let r = gw.get(&format!("/{name}/x")).await;
+            assert_eq!(r.status, 200, "{name}: {}", r.text());
+            assert_eq!(r.json()["version"], "HTTP/2.0", "{name}");
+        }
+    }
+    assert_eq!(gw.get("/plain/x").await.status, 502);
+}
+
+#[test]
+fn transport_settings_are_checked_with_their_place() {
+    let dir = temp_dir("upstream-config");
+    let missing = dir.join("missing.pem");
+    let not_pem = dir.join("not.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let cases: [(String, &str); 6] = [
+        (
+            format!(
+                "upstreams = [\"https://a.test\"]\nca_file = {}",
+                path_str(&missing)
+            ),
+            "4:11: service \"s\": ",
+        ),
+        (
+            format!(
+                "upstreams = [\"https://a.test\"]\nca_file = {}",
+                path_str(&not_pem)
+            ),
+            "no certificate in the file",
+        ),
+        (
+            "upstreams = [\"http://a.test\"]\nprotocol = \"h2\"".into(),
+            "4:12: service \"s\": protocol \"h2\" is HTTP/2 over TLS and needs https:// upstreams",
+        ),
+        (
+            "upstreams = [\"https://a.test\"]\nprotocol = \"h3\"".into(),
+            "expected \"http1\", \"h2\" or \"h2c\"",
+        ),
+        (
+            "upstreams = [\"http://a.test\"]\ntls_verify = false".into(),
+            "4:14: service \"s\": tls_verify applies to https:// upstreams only",
+        ),
+        (
+            "upstreams = [\"https://a.test\"]\nclient_cert = \"c.pem\"".into(),
+            "client_cert needs client_key",
+        ),
+    ];
+    for (table, expected) in cases {
+        let text = format!("\n[services.s]\n{table}\n");
+        let errors = match wasmgate::Config::parse(&text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(errors) => errors
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        };
+        assert!(errors.contains(expected), "{expected:?} not in:\n{errors}");
+    }
+    // A missing file is named, with why.
+    let text = format!(
+        "[services.s]\nupstreams = [\"https://a.test\"]\nca_file = {}\n",
+        path_str(&missing)
+    );
+    let errors = format!("{:?}", wasmgate::Config::parse(&text).err().unwrap());
+    assert!(errors.contains("missing.pem: cannot read"), "{errors}");
+}
