@@ -6,6 +6,7 @@ mod compression;
 mod config;
 mod errors;
 mod filters;
+mod grpc;
 mod hardening;
 mod routing;
 mod tls;

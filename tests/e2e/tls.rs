@@ -31,7 +31,13 @@ impl Ca {
     }
 
     /// A leaf for `names`, written as `<dir>/<file>.pem` and `.key`; the two paths.
-    pub(crate) fn leaf(&self, dir: &Path, file: &str, names: &[&str], expired: bool) -> (PathBuf, PathBuf) {
+    pub(crate) fn leaf(
+        &self,
+        dir: &Path,
+        file: &str,
+        names: &[&str],
+        expired: bool,
+    ) -> (PathBuf, PathBuf) {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();

@@ -23,7 +23,11 @@ use crate::tls::Ca;
 
 /// What an upstream reports about each request: the HTTP version it came over, the SNI name
 /// of its TLS connection and whether the gateway presented a client certificate.
-fn describe(version: http::Version, sni: Option<String>, client_cert: bool) -> Response<Full<Bytes>> {
+fn describe(
+    version: http::Version,
+    sni: Option<String>,
+    client_cert: bool,
+) -> Response<Full<Bytes>> {
     let body = json!({
         "version": format!("{version:?}"),
         "sni": sni,
@@ -152,7 +156,11 @@ async fn https_upstreams_are_verified_by_default_and_get_the_upstream_host_as_sn
     let r = gw.get("/untrusted/x").await;
     assert_eq!(r.status, 502, "an unknown issuer is refused");
     assert_eq!(r.json()["error"]["message"], "upstream unavailable");
-    assert!(!r.text().contains("certificate"), "no detail leaks: {}", r.text());
+    assert!(
+        !r.text().contains("certificate"),
+        "no detail leaks: {}",
+        r.text()
+    );
 
     let r = gw.get("/unverified/x").await;
     assert_eq!(r.status, 200, "tls_verify = false accepts it: {}", r.text());

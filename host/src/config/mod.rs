@@ -339,6 +339,8 @@ pub struct RouteConfig {
     pub max_body_bytes: Option<u64>,
     /// Compress responses for clients that accept it (see [`Compression`]).
     pub compress: bool,
+    /// Translate gRPC-Web calls (binary and text) to gRPC for the upstream.
+    pub grpc_web: bool,
     pub filters: Vec<FilterRef>,
     pub place: Place,
 }

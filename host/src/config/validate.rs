@@ -312,6 +312,8 @@ struct RawRoute {
     #[serde(default)]
     compress: bool,
     #[serde(default)]
+    grpc_web: bool,
+    #[serde(default)]
     filters: Vec<Spanned<RawFilterRef>>,
 }
 
@@ -574,31 +576,42 @@ fn validate_transport(
     let http = upstreams.iter().any(|u| u.scheme_str() == Some("http"));
     let protocol = match &raw.protocol {
         None => Protocol::Http1,
-        Some(p) => match Protocol::parse(p.get_ref()) {
-            Some(Protocol::H2) if http => {
-                src.at(p, format!("service {name:?}: protocol \"h2\" is HTTP/2 over TLS and needs https:// upstreams; use \"h2c\" for cleartext HTTP/2"));
-                Protocol::H2
+        Some(p) => {
+            match Protocol::parse(p.get_ref()) {
+                Some(Protocol::H2) if http => {
+                    src.at(p, format!("service {name:?}: protocol \"h2\" is HTTP/2 over TLS and needs https:// upstreams; use \"h2c\" for cleartext HTTP/2"));
+                    Protocol::H2
+                }
+                Some(Protocol::H2c) if https => {
+                    src.at(p, format!("service {name:?}: protocol \"h2c\" is cleartext HTTP/2 and needs http:// upstreams; use \"h2\" over TLS"));
+                    Protocol::H2c
+                }
+                Some(protocol) => protocol,
+                None => {
+                    src.at(p, format!("service {name:?}: protocol {:?}: expected \"http1\", \"h2\" or \"h2c\"", p.get_ref()));
+                    Protocol::Http1
+                }
             }
-            Some(Protocol::H2c) if https => {
-                src.at(p, format!("service {name:?}: protocol \"h2c\" is cleartext HTTP/2 and needs http:// upstreams; use \"h2\" over TLS"));
-                Protocol::H2c
-            }
-            Some(protocol) => protocol,
-            None => {
-                src.at(p, format!("service {name:?}: protocol {:?}: expected \"http1\", \"h2\" or \"h2c\"", p.get_ref()));
-                Protocol::Http1
-            }
-        },
+        }
     };
     let tls_keys = [
         raw.ca_file.as_ref().map(|s| (s.span().start, "ca_file")),
-        raw.client_cert.as_ref().map(|s| (s.span().start, "client_cert")),
-        raw.client_key.as_ref().map(|s| (s.span().start, "client_key")),
-        raw.tls_verify.as_ref().map(|s| (s.span().start, "tls_verify")),
+        raw.client_cert
+            .as_ref()
+            .map(|s| (s.span().start, "client_cert")),
+        raw.client_key
+            .as_ref()
+            .map(|s| (s.span().start, "client_key")),
+        raw.tls_verify
+            .as_ref()
+            .map(|s| (s.span().start, "tls_verify")),
     ];
     if !https {
         for (at, key) in tls_keys.into_iter().flatten() {
-            src.error(at, format!("service {name:?}: {key} applies to https:// upstreams only"));
+            src.error(
+                at,
+                format!("service {name:?}: {key} applies to https:// upstreams only"),
+            );
         }
         return Transport::plain(protocol);
     }
@@ -606,18 +619,26 @@ fn validate_transport(
         (Some(cert), Some(key)) => Some((src.resolve(cert.get_ref()), src.resolve(key.get_ref()))),
         (None, None) => None,
         (Some(cert), None) => {
-            src.at(cert, format!("service {name:?}: client_cert needs client_key"));
+            src.at(
+                cert,
+                format!("service {name:?}: client_cert needs client_key"),
+            );
             return Transport::plain(protocol);
         }
         (None, Some(key)) => {
-            src.at(key, format!("service {name:?}: client_key needs client_cert"));
+            src.at(
+                key,
+                format!("service {name:?}: client_key needs client_cert"),
+            );
             return Transport::plain(protocol);
         }
     };
     let ca_file = raw.ca_file.as_ref().map(|ca| src.resolve(ca.get_ref()));
     let files = TlsFiles {
         ca_file: ca_file.as_deref(),
-        client_cert: client_cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+        client_cert: client_cert
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path())),
         verify: raw.tls_verify.as_ref().is_none_or(|v| *v.get_ref()),
     };
     match Transport::new(protocol, &files) {
@@ -638,7 +659,9 @@ fn parse_upstream(url: &str) -> Result<http::Uri, &'static str> {
     let uri: http::Uri = url.parse().map_err(|_| "not a URL")?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
-        _ => return Err("expected a URL like \"http://127.0.0.1:3000\" or \"https://api.internal\""),
+        _ => {
+            return Err("expected a URL like \"http://127.0.0.1:3000\" or \"https://api.internal\"");
+        }
     }
     if uri.authority().is_none() {
         return Err("missing host");
@@ -844,6 +867,7 @@ fn validate_route(
         timeout: route.timeout,
         max_body_bytes: route.max_body_bytes.as_ref().map(|m| *m.get_ref()),
         compress: route.compress,
+        grpc_web: route.grpc_web,
         filters,
         place: src.place(spanned.span().start),
     }

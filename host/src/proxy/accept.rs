@@ -1,15 +1,57 @@
 //! Accept-side checks on a client request (framing, declared size) and the body policy: buffer
 //! the body when a filter reads it, else stream it, capped either way.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
+use http_body::{Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 
 use super::error::{ErrorKind, GatewayError};
+use super::grpc_web::TextDecoder;
 use crate::snapshot::{Route, Snapshot};
 use crate::upstream::{BoxError, ClientBodyError};
+
+/// The client's request body as the pipeline reads it: as it came, or decoded from gRPC-Web
+/// text. A failure reading it is the client's ([`ClientBodyError`], a 400).
+pub(super) enum ClientBody {
+    Plain(Incoming),
+    Base64(TextDecoder),
+}
+
+impl http_body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let polled = match self.get_mut() {
+            ClientBody::Plain(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+            ClientBody::Base64(body) => Pin::new(body).poll_frame(cx),
+        };
+        polled.map(|frame| frame.map(|f| f.map_err(ClientBodyError)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Plain(body) => body.is_end_stream(),
+            ClientBody::Base64(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Plain(body) => body.size_hint(),
+            ClientBody::Base64(_) => SizeHint::default(),
+        }
+    }
+}
 
 /// A request body: still streaming from the client, or buffered (read or set by a filter).
 pub(super) enum ReqBody {
@@ -67,7 +109,7 @@ pub(super) fn check_request(
 /// otherwise streamed (cut off past `server.max_request_body_bytes`, so the upstream sees an
 /// aborted request).
 pub(super) async fn request_body(
-    body: Incoming,
+    body: ClientBody,
     headers: &HeaderMap,
     route: &Route,
     snapshot: &Snapshot,
@@ -79,7 +121,6 @@ pub(super) async fn request_body(
             .map(ReqBody::Buffered);
     }
     // A failure reading the client's body (a malformed chunk, a reset) is the client's: 400.
-    let body = body.map_err(ClientBodyError);
     Ok(ReqBody::Stream(match snapshot.max_request_body {
         Some(max) => Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX))
             .map_err(BoxError::from)
@@ -97,7 +138,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 
 /// Read a body up to `limit` bytes; 413 beyond, refusing early when `content-length` says so.
 async fn read_limited(
-    body: Incoming,
+    body: ClientBody,
     headers: &HeaderMap,
     limit: u64,
 ) -> Result<Bytes, GatewayError> {

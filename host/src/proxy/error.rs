@@ -46,7 +46,7 @@ impl ErrorKind {
     }
 
     /// The fixed text the client sees.
-    fn public_message(self) -> &'static str {
+    pub(super) fn public_message(self) -> &'static str {
         match self {
             ErrorKind::NoRoute => "no route matches this request",
             ErrorKind::BadRequest => "bad request",

@@ -44,6 +44,12 @@ pub(super) async fn to_upstream(
             format!("service {service_name:?} missing from snapshot"),
         )
     })?;
+    let mut timeouts = route_timeouts(route, ex);
+    if let Some(deadline) =
+        super::grpc::flavour(&req.headers).and(super::grpc::timeout(&req.headers))
+    {
+        timeouts.request = timeouts.request.min(deadline);
+    }
     let mut headers = req.headers;
     let original_host = headers.remove(header::HOST);
     let body = match body {
@@ -65,7 +71,7 @@ pub(super) async fn to_upstream(
         body,
         upgrade,
     };
-    Ok(upstream::send(service, outgoing, route_timeouts(route, ex)).await?)
+    Ok(upstream::send(service, outgoing, timeouts).await?)
 }
 
 /// The upstream timeouts for `route`: its own request timeout, else the gateway's.

@@ -13,6 +13,8 @@ mod chain;
 mod compress;
 mod error;
 mod forward;
+mod grpc;
+mod grpc_web;
 mod service_calls;
 mod websocket;
 mod wit;
@@ -29,6 +31,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 
+use self::accept::ClientBody;
 use self::chain::{Answer, Chain, Proceed};
 use self::error::{ErrorKind, GatewayError};
 use self::forward::X_REQUEST_ID;
@@ -74,6 +77,7 @@ impl Proxy {
         // Kept for the access log, when it is on.
         let logged = tracing::enabled!(target: "wasmgate::access", tracing::Level::INFO)
             .then(|| (req.method().clone(), req.uri().path().to_string()));
+        let grpc = grpc::flavour(req.headers());
         let ex = Exchange {
             request_id: self.next_request_id(),
             client,
@@ -84,9 +88,10 @@ impl Proxy {
             Some(port) if !tls => redirect_to_https(&req, port),
             _ => serve(req, &ex).await,
         };
-        let mut resp = match outcome {
-            Ok(resp) => resp,
-            Err(err) => error_response(err, &ex),
+        let mut resp = match (outcome, grpc) {
+            (Ok(resp), None) => resp,
+            (Ok(resp), Some(flavour)) => grpc::translate(resp, flavour),
+            (Err(err), grpc) => error_response(err, &ex, grpc),
         };
         if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
             resp.headers_mut().insert(X_REQUEST_ID, id);
@@ -113,16 +118,36 @@ impl Proxy {
 
 /// The pipeline, top to bottom.
 async fn serve(req: Request<Incoming>, ex: &Exchange) -> Result<Response<Body>, GatewayError> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     accept::check_request(&parts.uri, &parts.headers, &ex.snapshot)?;
     let authority = route::request_authority(&parts.uri, &parts.headers);
     let (route, params) = find_route(&ex.snapshot, &parts, &authority)?;
-    if !route.config.compress || parts.method == http::Method::HEAD {
-        return respond(route, params, parts, body, authority, ex).await;
+    let web = route
+        .config
+        .grpc_web
+        .then(|| grpc::flavour(&parts.headers))
+        .flatten()
+        .filter(|f| *f != grpc::Flavour::Grpc);
+    let body = match web {
+        Some(flavour) => {
+            grpc_web::translate_request(&mut parts);
+            match flavour {
+                grpc::Flavour::WebText => ClientBody::Base64(grpc_web::TextDecoder::new(body)),
+                _ => ClientBody::Plain(body),
+            }
+        }
+        None => ClientBody::Plain(body),
+    };
+    let coding = (route.config.compress && parts.method != http::Method::HEAD)
+        .then(|| compress::negotiate(&parts.headers));
+    let mut resp = respond(route, params, parts, body, authority, ex).await?;
+    if let Some(flavour) = web {
+        resp = grpc_web::translate_response(resp, flavour);
     }
-    let coding = compress::negotiate(&parts.headers);
-    let resp = respond(route, params, parts, body, authority, ex).await?;
-    Ok(compress::apply(resp, coding, &ex.snapshot.compression))
+    if let Some(coding) = coding {
+        resp = compress::apply(resp, coding, &ex.snapshot.compression);
+    }
+    Ok(resp)
 }
 
 /// The route's answer: through its filters and its upstream. A WebSocket handshake the
@@ -132,7 +157,7 @@ async fn respond(
     route: &Route,
     params: Params,
     mut parts: Parts,
-    body: Incoming,
+    body: ClientBody,
     authority: String,
     ex: &Exchange,
 ) -> Result<Response<Body>, GatewayError> {
@@ -229,14 +254,18 @@ fn find_route<'s>(
         })
 }
 
-/// The client's answer for a failed request; the log gets the detail.
-fn error_response(err: GatewayError, ex: &Exchange) -> Response<Body> {
+/// The client's answer for a failed request (a gRPC status for a gRPC call); the log gets the
+/// detail.
+fn error_response(err: GatewayError, ex: &Exchange, grpc: Option<grpc::Flavour>) -> Response<Body> {
     if err.kind.status().is_server_error() {
         tracing::warn!(request_id = %ex.request_id, kind = ?err.kind, detail = %err.detail, "request failed");
     } else {
         tracing::debug!(request_id = %ex.request_id, kind = ?err.kind, detail = %err.detail, "request refused");
     }
-    err.into_response(&ex.request_id).map(full)
+    match grpc {
+        Some(flavour) => grpc::error(&err, flavour),
+        None => err.into_response(&ex.request_id).map(full),
+    }
 }
 
 fn full(bytes: Bytes) -> Body {

@@ -10,17 +10,18 @@ mod transport;
 pub use self::transport::{Protocol, TlsFiles, Transport};
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
-use http_body_util::LengthLimitError;
 use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, LengthLimitError};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
@@ -108,7 +109,7 @@ pub enum UpstreamError {
 /// the client's, not the upstream's.
 #[derive(Debug, thiserror::Error)]
 #[error("reading the client's request body: {0}")]
-pub struct ClientBodyError(#[source] pub hyper::Error);
+pub struct ClientBodyError(#[source] pub BoxError);
 
 /// The request an upstream receives, before an instance is picked.
 pub struct Outgoing {
@@ -142,7 +143,19 @@ pub async fn send(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
     }
-    let mut outgoing = Request::new(req.body);
+    // Over HTTP/2 a failing request body resets the stream and the response fails with the
+    // reset, not the body's error: the body reports it here.
+    let client_failure = (service.transport.protocol != Protocol::Http1)
+        .then(|| Arc::new(std::sync::OnceLock::new()));
+    let body = match &client_failure {
+        Some(failed) => Watched {
+            inner: req.body,
+            failed: failed.clone(),
+        }
+        .boxed_unsync(),
+        None => req.body,
+    };
+    let mut outgoing = Request::new(body);
     *outgoing.method_mut() = req.method;
     *outgoing.uri_mut() = uri;
     *outgoing.headers_mut() = headers;
@@ -155,7 +168,12 @@ pub async fn send(
                 where_()
             )));
         }
-        Ok(Err(e)) => return Err(classify(e, &where_())),
+        Ok(Err(e)) => {
+            if let Some(why) = client_failure.as_ref().and_then(|f| f.get()) {
+                return Err(UpstreamError::ClientBody(format!("{}: {why}", where_())));
+            }
+            return Err(classify(e, &where_()));
+        }
         Ok(Ok(resp)) => resp,
     };
     // A 101 keeps `Connection` and `Upgrade`: the client needs them to switch too.
@@ -165,6 +183,38 @@ pub async fn send(
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(parts, body))
+}
+
+/// A request body that records the client's failure to send it ([`ClientBodyError`]).
+struct Watched {
+    inner: Body,
+    failed: Arc<std::sync::OnceLock<String>>,
+}
+
+impl http_body::Body for Watched {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(e))) = &polled
+            && (e.is::<ClientBodyError>() || find_source::<ClientBodyError>(&**e).is_some())
+        {
+            let _ = self.failed.set(causes(&**e));
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Classify a client error.
