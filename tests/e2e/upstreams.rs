@@ -278,16 +278,13 @@ fn transport_settings_are_checked_with_their_place() {
     ];
     for (table, expected) in cases {
         let text = format!("\n[services.s]\n{table}\n");
-        let errors = match wasmgate::Config::parse(&text) {
-            Ok(_) => panic!("accepted:\n{text}"),
-            Err(errors) => errors
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join("\n"),
-        };
-        assert!(errors.contains(expected), "{expected:?} not in:\n{errors}");
+        check_refused(&text, expected);
     }
+    // gRPC-Web needs an HTTP/2 upstream.
+    check_refused(
+        "[services.s]\nupstreams = [\"http://a.test\"]\n[[routes]]\nname = \"r\"\nprefix = \"/\"\nservice = \"s\"\ngrpc_web = true\n",
+        "7:12: route \"r\": grpc_web needs a gRPC upstream: give service \"s\" protocol = \"h2\" or \"h2c\"",
+    );
     // A missing file is named, with why.
     let text = format!(
         "[services.s]\nupstreams = [\"https://a.test\"]\nca_file = {}\n",
@@ -295,4 +292,17 @@ fn transport_settings_are_checked_with_their_place() {
     );
     let errors = format!("{:?}", wasmgate::Config::parse(&text).err().unwrap());
     assert!(errors.contains("missing.pem: cannot read"), "{errors}");
+}
+
+/// `text` is refused with a problem containing `expected`.
+fn check_refused(text: &str, expected: &str) {
+    let errors = match wasmgate::Config::parse(text) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(errors) => errors
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
+    assert!(errors.contains(expected), "{expected:?} not in:\n{errors}");
 }

@@ -1,6 +1,6 @@
 //! The file as written (serde types that mirror it) and its validation into [`Config`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -311,8 +311,7 @@ struct RawRoute {
     max_body_bytes: Option<Spanned<u64>>,
     #[serde(default)]
     compress: bool,
-    #[serde(default)]
-    grpc_web: bool,
+    grpc_web: Option<Spanned<bool>>,
     #[serde(default)]
     filters: Vec<Spanned<RawFilterRef>>,
 }
@@ -434,7 +433,10 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
         .iter()
         .map(|(name, svc)| validate_service(name, svc, src))
         .collect::<Vec<_>>();
-    let service_names: HashSet<&str> = raw.services.keys().map(String::as_str).collect();
+    let service_names: HashMap<&str, Protocol> = services
+        .iter()
+        .map(|s| (s.name.as_str(), s.transport.protocol))
+        .collect();
 
     if let Some(srv) = &raw.server {
         let v = srv.get_ref();
@@ -660,7 +662,9 @@ fn parse_upstream(url: &str) -> Result<http::Uri, &'static str> {
     match uri.scheme_str() {
         Some("http" | "https") => {}
         _ => {
-            return Err("expected a URL like \"http://127.0.0.1:3000\" or \"https://api.internal\"");
+            return Err(
+                "expected a URL like \"http://127.0.0.1:3000\" or \"https://api.internal\"",
+            );
         }
     }
     if uri.authority().is_none() {
@@ -674,7 +678,7 @@ fn parse_upstream(url: &str) -> Result<http::Uri, &'static str> {
 
 fn validate_route(
     spanned: &Spanned<RawRoute>,
-    services: &HashSet<&str>,
+    services: &HashMap<&str, Protocol>,
     seen: &mut HashSet<String>,
     filter_limits: FilterLimits,
     src: &mut Source<'_>,
@@ -797,9 +801,22 @@ fn validate_route(
     });
 
     if let Some(svc) = &route.service
-        && !services.contains(svc.get_ref().as_str())
+        && !services.contains_key(svc.get_ref().as_str())
     {
         src.at(svc, format!("{label}: unknown service {:?}", svc.get_ref()));
+    }
+    if let Some(web) = &route.grpc_web
+        && *web.get_ref()
+        && let Some(svc) = &route.service
+        && services.get(svc.get_ref().as_str()) == Some(&Protocol::Http1)
+    {
+        src.at(
+            web,
+            format!(
+                "{label}: grpc_web needs a gRPC upstream: give service {:?} protocol = \"h2\" or \"h2c\"",
+                svc.get_ref()
+            ),
+        );
     }
     if route.timeout.is_some_and(|t| t.is_zero()) {
         src.at(
@@ -829,7 +846,7 @@ fn validate_route(
                 );
             }
             for svc in &f.get_ref().services {
-                if !services.contains(svc.get_ref().as_str()) {
+                if !services.contains_key(svc.get_ref().as_str()) {
                     src.at(svc, format!("{label}: filter {fname:?} is granted unknown service {:?}", svc.get_ref()));
                 }
             }
@@ -867,7 +884,7 @@ fn validate_route(
         timeout: route.timeout,
         max_body_bytes: route.max_body_bytes.as_ref().map(|m| *m.get_ref()),
         compress: route.compress,
-        grpc_web: route.grpc_web,
+        grpc_web: route.grpc_web.as_ref().is_some_and(|g| *g.get_ref()),
         filters,
         place: src.place(spanned.span().start),
     }
