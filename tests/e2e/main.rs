@@ -8,6 +8,7 @@ mod errors;
 mod filters;
 mod grpc;
 mod hardening;
+mod http2_attacks;
 mod routing;
 mod tls;
 mod transform;
