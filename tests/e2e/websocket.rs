@@ -141,3 +141,74 @@ async fn an_idle_socket_is_closed_after_the_idle_timeout() {
         "closed after {idle:?}"
     );
 }
+
+/// RFC 8441: a WebSocket over an HTTP/2 stream (extended CONNECT), to the same HTTP/1.1
+/// upstream; a filter refuses the handshake the same way.
+#[tokio::test]
+async fn websockets_ride_http2_streams_too() {
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let gw = gateway("30s").await;
+    let tcp = tokio::net::TcpStream::connect(gw.running.addr)
+        .await
+        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let connect = |path: &str, pass: bool| {
+        let mut req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(format!("http://{}{path}", gw.running.addr))
+            .header("sec-websocket-version", "13");
+        if pass {
+            req = req.header("x-pass", "1");
+        }
+        let mut req = req.body(Empty::<Bytes>::new()).unwrap();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        req
+    };
+    // One plain request first, so the server's settings (extended CONNECT on) have arrived.
+    let plain = http::Request::get(format!("http://{}/", gw.running.addr))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    send.send_request(plain).await.unwrap();
+
+    let refused = send.send_request(connect("/guarded", false)).await.unwrap();
+    assert_eq!(refused.status(), 403);
+
+    let mut resp = send.send_request(connect("/chat", false)).await.unwrap();
+    assert_eq!(resp.status(), 200, "an HTTP/2 WebSocket opens with 200");
+    assert!(!resp.headers().contains_key("sec-websocket-accept"));
+    let stream = hyper::upgrade::on(&mut resp).await.unwrap();
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(stream),
+        Role::Client,
+        None,
+    )
+    .await;
+    for i in 0..3 {
+        ws.send(Message::text(format!("over h2 {i}")))
+            .await
+            .unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a message in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            msg.into_text().unwrap().as_str(),
+            format!("echo: over h2 {i}")
+        );
+    }
+    ws.close(None).await.unwrap();
+
+    // The same connection serves another stream meanwhile.
+    let again = send.send_request(connect("/guarded", true)).await.unwrap();
+    assert_eq!(again.status(), 200);
+}

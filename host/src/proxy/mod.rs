@@ -120,6 +120,7 @@ impl Proxy {
 async fn serve(req: Request<Incoming>, ex: &Exchange) -> Result<Response<Body>, GatewayError> {
     let (mut parts, body) = req.into_parts();
     accept::check_request(&parts.uri, &parts.headers, &ex.snapshot)?;
+    websocket::from_extended_connect(&mut parts);
     let authority = route::request_authority(&parts.uri, &parts.headers);
     let (route, params) = find_route(&ex.snapshot, &parts, &authority)?;
     let web = route

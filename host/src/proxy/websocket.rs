@@ -1,6 +1,8 @@
-//! WebSocket (HTTP/1.1 `Upgrade`) pass-through: the handshake goes through the route's request
-//! filters like any request; once the upstream answers 101, the gateway relays bytes both ways
-//! until either side closes or neither sends anything for `server.websocket_idle_timeout`.
+//! WebSocket pass-through: the handshake goes through the route's request filters like any
+//! request; once the upstream answers 101, the gateway relays bytes both ways until either side
+//! closes or neither sends anything for `server.websocket_idle_timeout`. Clients handshake with
+//! HTTP/1.1 `Upgrade`, or over HTTP/2 with an extended CONNECT (RFC 8441), which reaches the
+//! upstream as the HTTP/1.1 handshake it stands for and is answered 200.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,12 +24,57 @@ pub(super) struct Handshake {
     client: OnUpgrade,
     /// The `Upgrade` value to send upstream.
     pub protocol: HeaderValue,
+    /// The client asked over HTTP/2 (RFC 8441): it gets 200, not 101.
+    http2: bool,
+}
+
+/// Marks a request that came as an HTTP/2 extended CONNECT for `websocket`.
+#[derive(Clone, Copy)]
+struct ExtendedConnect;
+
+/// RFC 8441: an HTTP/2 `CONNECT` with `:protocol = websocket` becomes the `GET` handshake it
+/// stands for (with a `Sec-WebSocket-Key` for the HTTP/1.1 upstream), so that routes and
+/// filters see one kind of handshake.
+pub(super) fn from_extended_connect(parts: &mut Parts) {
+    if parts.method != Method::CONNECT || parts.version != Version::HTTP_2 {
+        return;
+    }
+    let websocket = parts
+        .extensions
+        .get::<hyper::ext::Protocol>()
+        .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+    if !websocket {
+        return;
+    }
+    parts.method = Method::GET;
+    parts
+        .headers
+        .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(key) = HeaderValue::from_str(&handshake_key()) {
+        parts.headers.insert(header::SEC_WEBSOCKET_KEY, key);
+    }
+    parts.extensions.insert(ExtendedConnect);
+}
+
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes, base64.
+fn handshake_key() -> String {
+    use base64::Engine;
+    use std::hash::{BuildHasher, RandomState};
+    let (a, b) = (RandomState::new(), RandomState::new());
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&a.hash_one(Instant::now()).to_le_bytes());
+    bytes[8..].copy_from_slice(&b.hash_one(Instant::now()).to_le_bytes());
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// The handshake in `parts`, when it is one: `GET` over HTTP/1.1 with `Connection: upgrade` and
-/// `Upgrade: websocket`.
+/// `Upgrade: websocket`, or an extended CONNECT seen by [`from_extended_connect`].
 pub(super) fn take_handshake(parts: &mut Parts) -> Option<Handshake> {
-    if parts.method != Method::GET || parts.version != Version::HTTP_11 {
+    let http2 = parts.extensions.remove::<ExtendedConnect>().is_some();
+    if parts.method != Method::GET || (parts.version != Version::HTTP_11 && !http2) {
         return None;
     }
     let protocol = parts.headers.get(header::UPGRADE)?;
@@ -38,7 +85,11 @@ pub(super) fn take_handshake(parts: &mut Parts) -> Option<Handshake> {
     }
     let protocol = protocol.clone();
     let client = parts.extensions.remove::<OnUpgrade>()?;
-    Some(Handshake { client, protocol })
+    Some(Handshake {
+        client,
+        protocol,
+        http2,
+    })
 }
 
 fn connection_upgrade(headers: &HeaderMap) -> bool {
@@ -59,6 +110,7 @@ pub(super) fn relay(
     request_id: Arc<str>,
 ) -> Response<Body> {
     let upstream = hyper::upgrade::on(&mut resp);
+    let http2 = handshake.http2;
     tokio::spawn(async move {
         let (client, upstream) = match tokio::join!(handshake.client, upstream) {
             (Ok(client), Ok(upstream)) => (TokioIo::new(client), TokioIo::new(upstream)),
@@ -77,6 +129,17 @@ pub(super) fn relay(
         );
         tracing::debug!(%request_id, ?up, ?down, "websocket closed");
     });
+    if http2 {
+        // RFC 8441: a 2xx opens the stream; the HTTP/1.1 handshake headers have no place.
+        *resp.status_mut() = http::StatusCode::OK;
+        for name in [
+            header::CONNECTION,
+            header::UPGRADE,
+            header::SEC_WEBSOCKET_ACCEPT,
+        ] {
+            resp.headers_mut().remove(name);
+        }
+    }
     resp.map(|_| super::full(bytes::Bytes::new()))
 }
 

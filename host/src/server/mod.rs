@@ -164,7 +164,9 @@ async fn serve(
         .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(server.http2_max_concurrent_streams)
         .max_pending_accept_reset_streams(20)
-        .max_local_error_reset_streams(1024);
+        .max_local_error_reset_streams(1024)
+        // WebSocket over HTTP/2 (RFC 8441).
+        .enable_connect_protocol();
     let guarding = Guarding {
         max_head_bytes: server.max_header_bytes,
         max_headers: server.max_headers,
