@@ -319,3 +319,39 @@ async fn http2_requests_get_the_same_header_budget() {
     );
     assert_eq!(up.hits(), 1, "only the small request reached the upstream");
 }
+
+/// An answer to HEAD carries no body over HTTP/2 either, whoever made it (here the gateway's
+/// own 404): a body there is a protocol error that fails the client's stream.
+#[tokio::test]
+async fn head_over_http2_gets_headers_only() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let up = Upstream::start("svc").await;
+    let gw = TestGateway::start(&format!(
+        "[services.svc]\nupstreams = [\"{}\"]\n\n[[routes]]\nname = \"get\"\nprefix = \"/get\"\nmethods = [\"GET\"]\nservice = \"svc\"\n",
+        up.url()
+    ))
+    .await;
+    let tcp = TcpStream::connect(gw.running.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for path in ["/nowhere", "/get"] {
+        let req = http::Request::head(format!("http://x{path}"))
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+        let length: usize = resp.headers()["content-length"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(length > 0, "the length of the body a GET would get");
+        let body = resp.into_body().collect().await.expect("a clean stream");
+        assert!(body.to_bytes().is_empty());
+    }
+}

@@ -104,3 +104,29 @@ fn orders(id: &str) -> Option<String> {
         _ => None,
     }
 }
+
+/// The demo's HTTPS certificate: a throwaway CA (`ca.pem`, for `curl --cacert`) and a
+/// certificate it signs for `localhost` and `127.0.0.1` (`localhost.pem`, `localhost.key`),
+/// written to `dir` unless they are there already. Made on the machine that runs the demo;
+/// no private key is committed.
+pub fn demo_certificate(dir: &std::path::Path) -> anyhow::Result<()> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+    let files = ["ca.pem", "localhost.pem", "localhost.key"].map(|f| dir.join(f));
+    if files.iter().all(|f| f.is_file()) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "wasmgate demo CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+    let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+    let key = KeyPair::generate()?;
+    let cert = leaf.signed_by(&key, &ca)?;
+    std::fs::write(&files[0], ca.pem())?;
+    std::fs::write(&files[1], cert.pem())?;
+    std::fs::write(&files[2], key.serialize_pem())?;
+    Ok(())
+}

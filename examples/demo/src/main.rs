@@ -15,7 +15,10 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    let config_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml");
+    let demo_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    wasmgate_demo::demo_certificate(&demo_dir.join("certs"))
+        .context("making the demo's HTTPS certificate")?;
+    let config_path = demo_dir.join("gateway.toml");
     let mut config = Config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     config.filters_dir = wasmgate_artifacts::FILTERS_DIR.into();
 
@@ -32,12 +35,16 @@ async fn main() -> anyhow::Result<()> {
         running.addr,
         config_path.display()
     );
+    if let Some(https) = running.tls_addr {
+        println!("and on https://{https} (HTTP/1.1 and HTTP/2; CA in examples/demo/certs/ca.pem)");
+    }
     if let Some(admin) = running.admin_addr {
         println!("admin endpoint on http://{admin} (try /routes, /filters)");
     }
     println!("try:");
     println!("  curl -s localhost:8080/api/users/1");
     println!("  curl -si localhost:8080/api/users/1/orders");
+    println!("  curl -s --cacert examples/demo/certs/ca.pem https://localhost:8443/api/users/1");
     println!("  curl -s -H 'x-api-key: demo' localhost:8080/api/users/2/orders");
     println!(
         "  curl -s -H \"authorization: Bearer $TOKEN\" localhost:8080/api/profile/1   (TOKEN: see the README)"

@@ -3,8 +3,79 @@
 
 use std::path::Path;
 
-use wasmgate_demo::{DemoService, start};
-use wasmgate_tests::{FILTERS_DIR, TestGateway};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use wasmgate_demo::{DemoService, demo_certificate, start};
+use wasmgate_tests::{FILTERS_DIR, TestGateway, temp_dir};
+
+/// Where the README tells curl to find the demo's CA.
+const README_CA: &str = "examples/demo/certs/ca.pem";
+
+/// What an HTTPS request through the demo answered: status, headers and body.
+struct Answer {
+    status: http::StatusCode,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+/// `curl --cacert ... https://localhost:8443/...`: TLS to the gateway's HTTPS listener with SNI
+/// `localhost`, trusting only the demo's CA, over HTTP/2 (`--http2`) or HTTP/1.1.
+async fn https_request(
+    addr: SocketAddr,
+    ca: &Path,
+    http2: bool,
+    req: http::Request<Full<Bytes>>,
+) -> Answer {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(ca).unwrap())
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![if http2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .expect("the demo's certificate is valid for localhost");
+    let resp = if http2 {
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        send.send_request(req).await.unwrap()
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        send.send_request(req).await.unwrap()
+    };
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
 
 /// A `$ curl ...` line and the output shown under it.
 struct Example {
@@ -78,8 +149,14 @@ async fn readme_curl_lines_answer_as_shown() {
                 &format!("filters_dir = {FILTERS_DIR:?}"),
             )
             .replace("127.0.0.1:3001", &users.to_string())
-            .replace("127.0.0.1:3002", &orders.to_string());
+            .replace("127.0.0.1:3002", &orders.to_string())
+            .replace("listen = \"127.0.0.1:8443\"", "listen = \"127.0.0.1:0\"");
+    // The certificate the demo makes at startup, made here in a directory of the test's own.
+    let certs = temp_dir("demo-certs");
+    demo_certificate(&certs).unwrap();
+    let config = config.replace("\"certs/", &format!("\"{}/", certs.display()));
     let gw = TestGateway::start(&config).await;
+    let https = gw.running.tls_addr.expect("the demo serves HTTPS");
 
     let examples = readme_examples();
     assert!(examples.len() >= 4, "the README lost its curl examples");
@@ -88,6 +165,7 @@ async fn readme_curl_lines_answer_as_shown() {
         assert_eq!(args[0], "curl", "{}", ex.command);
         let (mut include, mut method, mut headers, mut url) =
             (false, "GET".to_string(), Vec::new(), None);
+        let (mut cacert, mut http2) = (None, false);
         let mut body = String::new();
         let mut i = 1;
         while i < args.len() {
@@ -99,6 +177,11 @@ async fn readme_curl_lines_answer_as_shown() {
                     let (k, v) = args[i].split_once(':').unwrap();
                     headers.push((k.trim().to_string(), v.trim().to_string()));
                 }
+                "--cacert" => {
+                    i += 1;
+                    cacert = Some(args[i].clone());
+                }
+                "--http2" => http2 = true,
                 "-X" => {
                     i += 1;
                     method = args[i].clone();
@@ -115,15 +198,33 @@ async fn readme_curl_lines_answer_as_shown() {
             }
             i += 1;
         }
-        let path = url
-            .unwrap()
-            .trim_start_matches("localhost:8080")
-            .to_string();
-        let header_refs: Vec<(&str, &str)> = headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let r = gw.request(&method, &path, &header_refs, &body).await;
+        let url = url.unwrap();
+        let r = if let Some(path) = url.strip_prefix("https://localhost:8443") {
+            assert_eq!(cacert.as_deref(), Some(README_CA), "{}", ex.command);
+            let mut req = http::Request::builder()
+                .method(method.as_str())
+                .uri(format!("https://localhost{path}"));
+            if !http2 {
+                req = req.header("host", "localhost:8443");
+            }
+            for (k, v) in &headers {
+                req = req.header(k, v);
+            }
+            let req = req.body(Full::new(Bytes::from(body.clone()))).unwrap();
+            https_request(https, &certs.join("ca.pem"), http2, req).await
+        } else {
+            let path = url.trim_start_matches("localhost:8080").to_string();
+            let header_refs: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let r = gw.request(&method, &path, &header_refs, &body).await;
+            Answer {
+                status: r.status,
+                body: r.text(),
+                headers: r.headers,
+            }
+        };
 
         let mut expected = ex.expected.iter();
         if include {
@@ -140,12 +241,13 @@ async fn readme_curl_lines_answer_as_shown() {
                     break;
                 }
                 let (k, v) = line.split_once(": ").unwrap();
-                assert_eq!(r.header(k), Some(v), "{}: header {k}", ex.command);
+                let got = r.headers.get(k).and_then(|v| v.to_str().ok());
+                assert_eq!(got, Some(v), "{}: header {k}", ex.command);
             }
         }
         let body: Vec<&str> = expected.map(String::as_str).collect();
         if !body.is_empty() || !include {
-            assert_eq!(r.text().trim_end(), body.join("\n"), "{}", ex.command);
+            assert_eq!(r.body.trim_end(), body.join("\n"), "{}", ex.command);
         }
     }
 }

@@ -78,6 +78,7 @@ impl Proxy {
         let logged = tracing::enabled!(target: "wasmgate::access", tracing::Level::INFO)
             .then(|| (req.method().clone(), req.uri().path().to_string()));
         let grpc = grpc::flavour(req.headers());
+        let head = req.method() == http::Method::HEAD;
         let ex = Exchange {
             request_id: self.next_request_id(),
             client,
@@ -95,6 +96,18 @@ impl Proxy {
         };
         if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
             resp.headers_mut().insert(X_REQUEST_ID, id);
+        }
+        if head {
+            // An answer to HEAD has no body, whoever made it (an error, a filter). HTTP/1 drops
+            // one; over HTTP/2 it would be a protocol error for the client.
+            let length = http_body::Body::size_hint(resp.body()).exact();
+            if let Some(length) =
+                length.filter(|_| !resp.headers().contains_key(http::header::CONTENT_LENGTH))
+            {
+                resp.headers_mut()
+                    .insert(http::header::CONTENT_LENGTH, HeaderValue::from(length));
+            }
+            resp = resp.map(|_| full(Bytes::new()));
         }
         if let Some((method, path)) = logged {
             tracing::info!(
