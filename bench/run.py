@@ -93,6 +93,42 @@ def wrk(url, connections=CONNECTIONS, body_file=None, headers=()):
     return {"rps": rps, "p50": p50, "p99": p99, "failed": failed}
 
 
+def h2load(url, headers=()):
+    """HTTP/2 load with h2load: `CONNECTIONS` connections, 10 streams in flight on each."""
+    cmd = ["h2load", "-t1", f"-c{CONNECTIONS}", "-m10", f"-D{DURATION}"]
+    for h in headers:
+        cmd += ["-H", h]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    req = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, "
+                    r"(\d+) errored, (\d+) timeout", out)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out).group(1)
+    status = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    failed = int(req.group(2)) + int(req.group(3)) + int(req.group(4))
+    failed += int(status.group(3)) + int(status.group(4))
+    return {"rps": rps, "mean": ms(mean), "failed": failed}
+
+
+def tls_session(port):
+    """The protocol version and cipher suite a TLS 1.3-capable client gets from `port`."""
+    import ssl
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            return f"{tls.version()} {tls.cipher()[0]}"
+
+
+def make_certificate(work):
+    """A self-signed P-256 certificate for localhost, served by both nginx and wasmgate."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(work / "key.pem"), "-out", str(work / "cert.pem"), "-days", "2",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True)
+
+
 def fixed_rate(url, body_file=None, headers=()):
     cmd = [str(RELEASE / "bench-load"), url, f"--rate={RATE}", f"--duration={DURATION}"]
     cmd += [f"--connections={CONNECTIONS}"]
@@ -141,7 +177,9 @@ def main():
 
 def run(work, procs):
     up_port, nginx_port, gw_port = free_port(), free_port(), free_port()
+    nginx_tls, nginx_h2c, gw_tls = free_port(), free_port(), free_port()
     upstream = f"127.0.0.1:{up_port}"
+    make_certificate(work)
 
     filters = work / "filters"
     filters.mkdir()
@@ -149,8 +187,9 @@ def run(work, procs):
         shutil.copy(FILTERS / f"{name.replace('-', '_')}.wasm", filters / f"{name}.wasm")
     fill = {"@UPSTREAM@": upstream, "@FILTERS@": str(filters), "@DIR@": str(work)}
 
-    def template(name, listen):
+    def template(name, listen, tls_listen, h2c_listen=""):
         text = (BENCH / name).read_text().replace("@LISTEN@", listen)
+        text = text.replace("@TLS_LISTEN@", tls_listen).replace("@H2C_LISTEN@", h2c_listen)
         for key, value in fill.items():
             text = text.replace(key, value)
         (work / name).write_text(text)
@@ -164,14 +203,15 @@ def run(work, procs):
     procs.append(up)
     wait_for(up_port, "bench-upstream", up)
     nginx = subprocess.Popen(
-        [nginx_bin, "-c", str(template("nginx.conf", f"127.0.0.1:{nginx_port}")), "-e",
+        [nginx_bin, "-c", str(template("nginx.conf", f"127.0.0.1:{nginx_port}",
+                                       f"127.0.0.1:{nginx_tls}", f"127.0.0.1:{nginx_h2c}")), "-e",
          str(work / "nginx-error.log")]
     )
     procs.append(nginx)
     wait_for(nginx_port, "nginx", nginx)
     gw = subprocess.Popen(
         [str(RELEASE / "wasmgate"), "serve", "--config",
-         str(template("gateway.toml", f"127.0.0.1:{gw_port}"))],
+         str(template("gateway.toml", f"127.0.0.1:{gw_port}", f"127.0.0.1:{gw_tls}"))],
         env={**os.environ, "RUST_LOG": "warn"},
     )
     procs.append(gw)
@@ -216,6 +256,23 @@ def run(work, procs):
     for name, url, body, _ in scenarios:
         print(f"fixed rate: {name}", file=sys.stderr)
         results[name]["fixed"] = fixed_rate(url, body_file=body, headers=auth)
+
+    # TLS and HTTP/2: the same certificate and cipher suite on both (checked below).
+    wait_for(gw_tls, "wasmgate HTTPS", gw)
+    sessions = {"nginx": tls_session(nginx_tls), "wasmgate": tls_session(gw_tls)}
+    ng_tls, wg_tls = f"https://127.0.0.1:{nginx_tls}", f"https://127.0.0.1:{gw_tls}"
+    ng_h2c = f"http://127.0.0.1:{nginx_h2c}"
+    protocols = [
+        ("HTTPS, HTTP/1.1 (wrk)", wrk, f"{ng_tls}/", f"{wg_tls}/plain/"),
+        ("HTTPS, HTTP/2 (h2load)", h2load, f"{ng_tls}/", f"{wg_tls}/plain/"),
+        ("h2c, HTTP/2 (h2load)", h2load, f"{ng_h2c}/", f"{wg}/plain/"),
+        ("HTTPS, HTTP/2, 1 filter (headers)", h2load, f"{ng_tls}/", f"{wg_tls}/headers/"),
+    ]
+    protocol_results = []
+    for name, tool, ng_url, wg_url in protocols:
+        print(f"protocols: {name}", file=sys.stderr)
+        protocol_results.append((name, tool(ng_url, headers=auth), tool(wg_url, headers=auth)))
+
     gw_rss = rss_kib([gw.pid])
     nginx_rss = rss_kib(nginx_pids(nginx.pid))
 
@@ -269,6 +326,26 @@ def run(work, procs):
         )
     lines += [
         "",
+        "## TLS and HTTP/2",
+        "",
+        f"Same self-signed P-256 certificate on both; sessions negotiated: nginx "
+        f"{sessions['nginx']}, wasmgate {sessions['wasmgate']}. HTTPS/1.1 with "
+        f"`wrk -t1 -c{CONNECTIONS}` (p99 from wrk); HTTP/2 with `h2load -t1 -c{CONNECTIONS} -m10 "
+        f"-D{DURATION}` (10 streams in flight per connection; h2load reports the mean, not "
+        "percentiles). Connections are kept for the whole run, so handshakes are not measured.",
+        "",
+        "| scenario | nginx req/s | wasmgate req/s | vs nginx | nginx latency ms | "
+        "wasmgate latency ms | failed |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, n, w in protocol_results:
+        kind = "p99" if "p99" in n else "mean"
+        lines.append(
+            f"| {name} | {n['rps']:,.0f} | {w['rps']:,.0f} | {ratio(w['rps'], n['rps'])} | "
+            f"{n[kind]:.2f} ({kind}) | {w[kind]:.2f} ({kind}) | {n['failed'] + w['failed']} |"
+        )
+    lines += [
+        "",
         "## Resident memory",
         "",
         "| process | RSS after the scenarios above | RSS after scaling runs | peak RSS |",
@@ -306,6 +383,7 @@ def run(work, procs):
         )
     failed = sum(r["failed"] + r["fixed"]["failed"] for r in results.values())
     failed += sum(r["failed"] for _, row in scaling_conns + scaling_body for r in row.values())
+    failed += sum(n["failed"] + w["failed"] for _, n, w in protocol_results)
     lines += ["", f"Failed requests over the whole run: {failed}.", ""]
     text = "\n".join(lines)
     (BENCH / "RESULTS.md").write_text(text)

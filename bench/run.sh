@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # wasmgate vs nginx, one command: `bench/run.sh`. See bench/README.md.
-# Installs nginx, wrk and python3 from Debian's packages when missing, builds release, then runs
+# Installs nginx, wrk, h2load, openssl and python3 from Debian's packages when missing, builds release, then runs
 # bench/run.py, which writes bench/RESULTS.md. DURATION (seconds per run, default 10) and RATE
 # (requests per second for the fixed-rate runs, default 5000) may be set in the environment.
 set -euo pipefail
@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v wrk >/dev/null || missing+=(wrk)
 command -v python3 >/dev/null || missing+=(python3)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
+command -v openssl >/dev/null || missing+=(openssl)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""

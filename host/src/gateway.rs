@@ -61,16 +61,20 @@ impl RunningGateway {
                     anyhow::anyhow!("unusable TLS certificates:\n{}", lines.join("\n"))
                 })?;
                 let acceptor: tls::Acceptor = Arc::new(ArcSwap::new(settings));
-                background.push(tokio::spawn(reload_certificates(
-                    tls.certificates.clone(),
-                    acceptor.clone(),
-                )));
-                Some((tls.listen, acceptor))
+                Some((tls.listen, tls.certificates.clone(), acceptor))
             }
             None => None,
         };
         let control = Arc::new(Control::start(config, config_path.clone()).await?);
         let proxy = Arc::new(Proxy::new(control.snapshots()));
+        let https = https.map(|(listen, files, acceptor)| {
+            background.push(tokio::spawn(reload_certificates(
+                control.clone(),
+                files,
+                acceptor.clone(),
+            )));
+            (listen, acceptor)
+        });
         let workers = Workers::start(listen, https, server, proxy)?;
         let admin_addr = match admin_listener {
             Some(l) => {
@@ -105,13 +109,24 @@ impl RunningGateway {
     }
 }
 
-/// Re-read the certificate files whenever one changes on disk (checked every
-/// [`tls::POLL`]); new connections get the new certificates, and files that cannot be used are
-/// logged while the previous certificates keep serving.
-async fn reload_certificates(files: Vec<CertificateFiles>, acceptor: tls::Acceptor) {
+/// Re-read the certificate files whenever one changes on disk or a config reload lists others
+/// (checked every [`tls::POLL`]); new connections get the new certificates, and files that
+/// cannot be used are logged while the previous certificates keep serving.
+async fn reload_certificates(
+    control: Arc<Control>,
+    mut files: Vec<CertificateFiles>,
+    acceptor: tls::Acceptor,
+) {
     let mut seen = tls::stamp(&files);
     loop {
         tokio::time::sleep(tls::POLL).await;
+        // `[tls]` removed by a reload keeps the listener, and its certificates, until a restart.
+        if let Some(listed) = control.certificate_files().await
+            && listed != files
+        {
+            files = listed;
+            seen.clear();
+        }
         let now = tls::stamp(&files);
         if now == seen {
             continue;

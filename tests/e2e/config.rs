@@ -5,7 +5,14 @@
 use std::path::{Path, PathBuf};
 
 use wasmgate::Config;
-use wasmgate_tests::FILTERS_DIR;
+use wasmgate_tests::{FILTERS_DIR, temp_dir};
+
+/// `text` written as `gateway.toml` in a fresh directory; the file's path.
+fn config_file(label: &str, text: &str) -> PathBuf {
+    let path = temp_dir(label).join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
 
 fn configs(kind: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -64,12 +71,9 @@ fn valid_configs_parse() {
 
 #[tokio::test]
 async fn check_reports_missing_filters_and_rejected_filter_config_with_their_place() {
-    let dir = std::env::temp_dir().join(format!("wasmgate-check-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("gateway.toml");
-    std::fs::write(
-        &path,
-        format!(
+    let path = config_file(
+        "check",
+        &format!(
             r#"filters_dir = {FILTERS_DIR:?}
 
 [services.svc]
@@ -91,8 +95,7 @@ filters = [
 ]
 "#
         ),
-    )
-    .unwrap();
+    );
 
     let report = wasmgate::check(&path, None)
         .await
@@ -109,19 +112,15 @@ filters = [
             ),
         ]
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Unknown keys do not hide unknown services, which do not hide rejected filter configs or
 /// missing filters: one run lists them all, in file order.
 #[tokio::test]
 async fn check_lists_problems_of_every_kind_in_one_run() {
-    let dir = std::env::temp_dir().join(format!("wasmgate-check-all-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("gateway.toml");
-    std::fs::write(
-        &path,
-        format!(
+    let path = config_file(
+        "check-all",
+        &format!(
             r#"filters_dir = {FILTERS_DIR:?}
 listen_on = "127.0.0.1:8080"
 
@@ -139,8 +138,7 @@ filters = [
 ]
 "#
         ),
-    )
-    .unwrap();
+    );
 
     let report = wasmgate::check(&path, None).await.expect("readable");
     let p = path.display();
@@ -158,21 +156,17 @@ filters = [
     // The same file is refused as a whole when served or reloaded.
     let refused = wasmgate::Config::load(&path).unwrap_err().to_string();
     assert!(refused.contains("unknown field `timeot`"), "{refused}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A new filter is checked from where it was built, before it is copied into the live
 /// filters directory.
 #[tokio::test]
 async fn check_takes_filters_from_another_directory() {
-    let dir = std::env::temp_dir().join(format!("wasmgate-check-dir-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("live")).unwrap();
-    let path = dir.join("gateway.toml");
-    std::fs::write(
-        &path,
+    let path = config_file(
+        "check-dir",
         "filters_dir = \"live\"\n[[routes]]\nname = \"r\"\nprefix = \"/\"\nfilters = [{ name = \"deny\", config = { status = 403 } }]\n",
-    )
-    .unwrap();
+    );
+    std::fs::create_dir_all(path.with_file_name("live")).unwrap();
     let live = wasmgate::check(&path, None).await.unwrap();
     assert_eq!(live.problems.len(), 1, "{:?}", live.problems);
     assert!(
@@ -186,5 +180,4 @@ async fn check_takes_filters_from_another_directory() {
         .unwrap();
     assert_eq!(staged.problems, Vec::<String>::new());
     assert_eq!(staged.filters, 1);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

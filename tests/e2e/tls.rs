@@ -317,3 +317,59 @@ async fn check_names_expired_and_mismatched_certificates() {
         "{problems}"
     );
 }
+
+/// A config reload that lists other certificate files serves them without a restart; one that
+/// lists an unusable file is rejected and the serving certificates stay.
+#[tokio::test]
+async fn a_config_reload_may_list_other_certificates() {
+    let dir = temp_dir("tls-config-reload");
+    let ca = Ca::new();
+    let first = ca.leaf(&dir, "first", &["first.test"], false);
+    let second = ca.leaf(&dir, "second", &["second.test"], false);
+    let up = Upstream::start("svc").await;
+    let body = |certs: &str| {
+        format!(
+            "\n[tls]\nlisten = \"127.0.0.1:0\"\ncertificates = [{certs}]\n\n[services.svc]\nupstreams = [\"{}\"]\n\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nservice = \"svc\"\n",
+            up.url()
+        )
+    };
+    let fg = wasmgate_tests::FileGateway::start(dir.clone(), &body(&entry(&first)), &[]).await;
+    let addr = fg.gw.running.tls_addr.unwrap();
+    assert!(get(addr, "first.test", &ca, &[], "/").await.is_ok());
+
+    fg.write_config(&body(&format!("{}, {}", entry(&first), entry(&second))));
+    eventually(
+        Duration::from_secs(10),
+        "the listed certificate serves",
+        || async {
+            get(addr, "second.test", &ca, &[], "/")
+                .await
+                .ok()
+                .map(|r| r.status)
+        },
+    )
+    .await;
+
+    let missing = (dir.join("missing.pem"), second.1.clone());
+    fg.write_config(&body(&entry(&missing)));
+    eventually(
+        Duration::from_secs(10),
+        "the reload is rejected",
+        || async {
+            let config = fg.gw.admin("/config").await;
+            let rejected = config["rejected"]["errors"].to_string();
+            rejected.contains("missing.pem").then_some(rejected)
+        },
+    )
+    .await;
+    tokio::time::sleep(tls_poll()).await;
+    for name in ["first.test", "second.test"] {
+        let r = get(addr, name, &ca, &[], "/").await.unwrap();
+        assert_eq!(r.status, 200, "{name}");
+    }
+}
+
+/// A little over the certificate poll interval.
+fn tls_poll() -> Duration {
+    Duration::from_millis(2500)
+}

@@ -62,6 +62,12 @@ impl Control {
         })
     }
 
+    /// The certificate files of the serving config's `[tls]`, when it has one.
+    pub async fn certificate_files(&self) -> Option<Vec<config::CertificateFiles>> {
+        let state = self.state.lock().await;
+        state.config.tls.as_ref().map(|t| t.certificates.clone())
+    }
+
     /// Where the current snapshot is published.
     pub fn snapshots(&self) -> Arc<Current> {
         self.snapshots.clone()
@@ -93,6 +99,13 @@ impl Control {
             }
         };
         let old = &state.config;
+        if let Err(errors) = check_new_certificates(old, &new) {
+            for line in &errors {
+                tracing::error!("config rejected, previous config keeps serving: {line}");
+            }
+            state.config_rejected = Some((SystemTime::now(), errors.clone()));
+            return Err(errors);
+        }
         if new.listen != old.listen {
             tracing::warn!(old = %old.listen, new = %new.listen, "listen address changed: restart wasmgate to apply it");
         }
@@ -160,6 +173,40 @@ impl Control {
         self.snapshots.store(Arc::new(snapshot));
         prune_cache(&self.sandbox, config, registry);
     }
+}
+
+/// A reload that changes `[tls]`: a new certificate list must be usable as a whole (its
+/// problems reject the config, with their places); the listener and the redirect switch need a
+/// restart, which is said.
+fn check_new_certificates(old: &Config, new: &Config) -> Result<(), Vec<String>> {
+    let paths = |c: &Config| {
+        c.tls.as_ref().map(|t| {
+            t.certificates
+                .iter()
+                .map(|f| (f.cert.clone(), f.key.clone()))
+                .collect::<Vec<_>>()
+        })
+    };
+    match (&old.tls, &new.tls) {
+        (Some(old_tls), Some(new_tls)) => {
+            if old_tls.listen != new_tls.listen || old_tls.redirect_http != new_tls.redirect_http {
+                tracing::warn!(
+                    "[tls] listen or redirect_http changed: restart wasmgate to apply it"
+                );
+            }
+            if paths(old) != paths(new)
+                && let Err(problems) = crate::tls::load(&new_tls.certificates)
+            {
+                return Err(problems
+                    .into_iter()
+                    .map(|p| format!("{}: tls: {}", p.place, p.reason))
+                    .collect());
+            }
+        }
+        (None, None) => {}
+        _ => tracing::warn!("[tls] added or removed: restart wasmgate to apply it"),
+    }
+    Ok(())
 }
 
 /// Keep the compile cache bounded: the serving versions and a few recent ones.

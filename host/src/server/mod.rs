@@ -4,6 +4,7 @@
 
 mod framing;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -203,14 +204,7 @@ async fn serve(
                     tokio::time::timeout(guarding.head_timeout, acceptor.accept(stream));
                 match handshake.await {
                     Ok(Ok(stream)) => {
-                        let service = service_fn(move |req| {
-                            let proxy = proxy.clone();
-                            async move {
-                                Ok::<_, std::convert::Infallible>(
-                                    proxy.handle(req, client, true).await,
-                                )
-                            }
-                        });
+                        let service = proxy_service(proxy, client, true);
                         let stream = FramingGuard::new(stream, client, guarding);
                         let conn =
                             builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -225,11 +219,7 @@ async fn serve(
             });
             continue;
         }
-        let proxy = proxy.clone();
-        let service = service_fn(move |req| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, client, false).await) }
-        });
+        let service = proxy_service(proxy.clone(), client, false);
         let stream = FramingGuard::new(stream, client, guarding);
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let conn = graceful.watch(conn.into_owned());
@@ -248,6 +238,28 @@ async fn serve(
     {
         tracing::warn!("drain timeout reached; closing remaining connections");
     }
+}
+
+/// A connection's service: each request to the proxy, with the connection's peer and whether it
+/// came over TLS.
+fn proxy_service(
+    proxy: Arc<Proxy>,
+    client: SocketAddr,
+    tls: bool,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<crate::upstream::Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<http::Response<crate::upstream::Body>, Infallible>>
+             + Send
+             + 'static,
+> + Clone
++ Send
++ 'static {
+    service_fn(move |req| {
+        let proxy = proxy.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(req, client, tls).await) }
+    })
 }
 
 /// One listening socket per serving thread on `addr`, all in one `SO_REUSEPORT` group so the

@@ -362,7 +362,7 @@ impl TestRoute {
             response_calls: self.counters.response_calls.load(Ordering::Relaxed),
             failures: self.counters.failures.load(Ordering::Relaxed),
             instances_started: self.pool.instances_started(),
-            service_calls: self.stubs.calls().len() as u64,
+            service_calls: self.stubs.call_count() as u64,
         }
     }
 

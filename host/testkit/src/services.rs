@@ -36,6 +36,10 @@ impl Stubs {
     pub(crate) fn calls(&self) -> Vec<ServiceCall> {
         lock(&self.calls).clone()
     }
+
+    pub(crate) fn call_count(&self) -> usize {
+        lock(&self.calls).len()
+    }
 }
 
 impl Outbound for Stubs {
