@@ -142,7 +142,8 @@ fn load_one(
     })
 }
 
-fn pem_error(e: rustls::pki_types::pem::Error) -> String {
+/// What is wrong with a PEM file, in words.
+pub(crate) fn pem_error(e: rustls::pki_types::pem::Error) -> String {
     match e {
         rustls::pki_types::pem::Error::Io(io) => format!("cannot read: {io}"),
         rustls::pki_types::pem::Error::NoItemsFound => "no PEM item of the expected kind".into(),

@@ -13,6 +13,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
+use crate::tls::pem_error;
+
 /// The HTTP version spoken to a service's instances.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Protocol {
@@ -172,14 +174,6 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String
         return Err(format!("{}: no certificate in the file", path.display()));
     }
     Ok(certs)
-}
-
-fn pem_error(e: rustls::pki_types::pem::Error) -> String {
-    match e {
-        rustls::pki_types::pem::Error::Io(io) => format!("cannot read: {io}"),
-        rustls::pki_types::pem::Error::NoItemsFound => "no PEM item of the expected kind".into(),
-        other => format!("not valid PEM: {other:?}"),
-    }
 }
 
 /// `tls_verify = false`: any certificate is accepted; handshake signatures are still checked.
