@@ -8,6 +8,7 @@
 //! A leaf: it imports nothing else of the gateway.
 
 mod path;
+mod traffic;
 mod validate;
 
 use std::fmt;
@@ -18,6 +19,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use path::{PathMatch, Pattern, Segment, Template, TemplatePart};
+pub use traffic::{
+    AllUnhealthy, Balance, HashOn, HealthCheck, OutlierDetection, Retry, RetryOn, ServiceLimits,
+};
 
 /// Default listener when the file names none.
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -318,8 +322,15 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
 pub struct ServiceConfig {
     pub name: String,
     pub upstreams: Vec<http::Uri>,
+    /// One per upstream, in the same order (1 unless `weights` says otherwise).
+    pub weights: Vec<u32>,
     /// Protocol and TLS settings (files already read).
     pub transport: crate::upstream::Transport,
+    pub balance: Balance,
+    pub all_unhealthy: AllUnhealthy,
+    pub health_check: Option<HealthCheck>,
+    pub outlier: Option<OutlierDetection>,
+    pub limits: ServiceLimits,
 }
 
 /// A route, validated.
@@ -341,6 +352,8 @@ pub struct RouteConfig {
     pub compress: bool,
     /// Translate gRPC-Web calls (binary and text) to gRPC for the upstream.
     pub grpc_web: bool,
+    /// Retries of failed upstream tries.
+    pub retry: Option<Retry>,
     pub filters: Vec<FilterRef>,
     pub place: Place,
 }

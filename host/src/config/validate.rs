@@ -7,6 +7,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::traffic::{
+    AllUnhealthy, Balance, HashOn, HealthCheck, OutlierDetection, Retry, RetryOn, ServiceLimits,
+};
 use super::*;
 use crate::upstream::{Protocol, TlsFiles, Transport};
 
@@ -134,6 +137,9 @@ mod unknown_key {
             ["tls"] => fields::<RawTls>(),
             ["tls", "certificates", _] => fields::<RawCertificate>(),
             ["services", _] => fields::<RawService>(),
+            ["services", _, "health_check"] => fields::<HealthCheck>(),
+            ["services", _, "outlier_detection"] => fields::<OutlierDetection>(),
+            ["routes", _, "retry"] => fields::<RawRetry>(),
             ["routes", _] => fields::<RawRoute>(),
             ["routes", _, "filters", _] => fields::<RawFilterRef>(),
             _ => &[],
@@ -287,11 +293,33 @@ struct RawCertificate {
 #[derive(Deserialize)]
 struct RawService {
     upstreams: Vec<Spanned<String>>,
+    weights: Option<Spanned<Vec<u32>>>,
     protocol: Option<Spanned<String>>,
     ca_file: Option<Spanned<String>>,
     client_cert: Option<Spanned<String>>,
     client_key: Option<Spanned<String>>,
     tls_verify: Option<Spanned<bool>>,
+    balance: Option<Spanned<String>>,
+    hash_on: Option<Spanned<String>>,
+    when_all_unhealthy: Option<Spanned<String>>,
+    health_check: Option<Spanned<HealthCheck>>,
+    outlier_detection: Option<Spanned<OutlierDetection>>,
+    max_connections: Option<Spanned<usize>>,
+    max_pending: Option<Spanned<usize>>,
+    max_requests: Option<Spanned<usize>>,
+}
+
+#[derive(Deserialize)]
+struct RawRetry {
+    attempts: Option<Spanned<u32>>,
+    on: Option<Vec<Spanned<String>>>,
+    #[serde(default, with = "humantime_serde")]
+    per_try_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    backoff: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    max_backoff: Option<Duration>,
+    budget_percent: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -312,6 +340,7 @@ struct RawRoute {
     #[serde(default)]
     compress: bool,
     grpc_web: Option<Spanned<bool>>,
+    retry: Option<Spanned<RawRetry>>,
     #[serde(default)]
     filters: Vec<Spanned<RawFilterRef>>,
 }
@@ -559,11 +588,176 @@ fn validate_service(name: &str, svc: &Spanned<RawService>, src: &mut Source<'_>)
         })
         .collect();
     let transport = validate_transport(name, raw, &upstreams, src);
+    let weights = match &raw.weights {
+        None => vec![1; upstreams.len()],
+        Some(w) if w.get_ref().len() != raw.upstreams.len() => {
+            src.at(w, format!("service {name:?}: weights: {} given for {} upstreams; give one per upstream, in the same order", w.get_ref().len(), raw.upstreams.len()));
+            vec![1; upstreams.len()]
+        }
+        Some(w) if w.get_ref().iter().any(|w| !(1..=1000).contains(w)) => {
+            src.at(
+                w,
+                format!("service {name:?}: weights are whole numbers from 1 to 1000"),
+            );
+            vec![1; upstreams.len()]
+        }
+        // Upstreams that did not parse were dropped above; so are their weights.
+        Some(w) => raw
+            .upstreams
+            .iter()
+            .zip(w.get_ref())
+            .filter(|(url, _)| parse_upstream(url.get_ref()).is_ok())
+            .map(|(_, w)| *w)
+            .collect(),
+    };
     ServiceConfig {
         name: name.to_string(),
         upstreams,
+        weights,
         transport,
+        balance: validate_balance(name, raw, src),
+        all_unhealthy: match &raw.when_all_unhealthy {
+            None => AllUnhealthy::Fail,
+            Some(w) => match w.get_ref().as_str() {
+                "fail" => AllUnhealthy::Fail,
+                "panic" => AllUnhealthy::Panic,
+                other => {
+                    src.at(w, format!("service {name:?}: when_all_unhealthy {other:?}: expected \"fail\" (answer 503) or \"panic\" (use every endpoint)"));
+                    AllUnhealthy::Fail
+                }
+            },
+        },
+        health_check: raw.health_check.as_ref().map(|h| {
+            let check = h.get_ref();
+            if !check.path.starts_with('/') {
+                src.at(h, format!("service {name:?}: health_check.path must start with '/'"));
+            }
+            if check.interval.is_zero() || check.timeout.is_zero() || check.healthy_threshold == 0 || check.unhealthy_threshold == 0 {
+                src.at(h, format!("service {name:?}: health_check: interval, timeout and thresholds must be greater than zero"));
+            }
+            if check.expected_statuses.iter().any(|s| !(100..600).contains(s)) {
+                src.at(h, format!("service {name:?}: health_check.expected_statuses are HTTP statuses (100 to 599)"));
+            }
+            check.clone()
+        }),
+        outlier: raw.outlier_detection.as_ref().map(|o| {
+            let outlier = *o.get_ref();
+            if outlier.consecutive_failures == 0 || outlier.base_ejection.is_zero() || outlier.max_ejection < outlier.base_ejection || outlier.max_ejected_percent > 100 {
+                src.at(o, format!("service {name:?}: outlier_detection: consecutive_failures and base_ejection must be greater than zero, max_ejection at least base_ejection, max_ejected_percent at most 100"));
+            }
+            outlier
+        }),
+        limits: ServiceLimits {
+            max_connections: positive(name, "max_connections", &raw.max_connections, src),
+            max_pending: positive(name, "max_pending", &raw.max_pending, src),
+            max_requests: positive(name, "max_requests", &raw.max_requests, src),
+        },
     }
+}
+
+fn positive(
+    name: &str,
+    key: &str,
+    value: &Option<Spanned<usize>>,
+    src: &mut Source<'_>,
+) -> Option<usize> {
+    let value = value.as_ref()?;
+    if *value.get_ref() == 0 {
+        src.at(
+            value,
+            format!("service {name:?}: {key} must be greater than zero"),
+        );
+    }
+    Some(*value.get_ref())
+}
+
+fn validate_balance(name: &str, raw: &RawService, src: &mut Source<'_>) -> Balance {
+    let hash_on = raw.hash_on.as_ref().and_then(|h| {
+        let parsed = HashOn::parse(h.get_ref());
+        if parsed.is_none() {
+            src.at(h, format!("service {name:?}: hash_on {:?}: expected \"header:<name>\", \"cookie:<name>\", \"client\" or \"path\"", h.get_ref()));
+        }
+        parsed
+    });
+    let Some(balance) = &raw.balance else {
+        if let Some(h) = &raw.hash_on {
+            src.at(
+                h,
+                format!("service {name:?}: hash_on needs balance = \"consistent_hash\""),
+            );
+        }
+        return Balance::RoundRobin;
+    };
+    match balance.get_ref().as_str() {
+        "round_robin" => Balance::RoundRobin,
+        "least_request" => Balance::LeastRequest,
+        "random" => Balance::Random,
+        "consistent_hash" => match hash_on {
+            Some(on) => Balance::ConsistentHash(on),
+            None => {
+                if raw.hash_on.is_none() {
+                    src.at(balance, format!("service {name:?}: consistent_hash needs hash_on (\"header:<name>\", \"cookie:<name>\", \"client\" or \"path\")"));
+                }
+                Balance::RoundRobin
+            }
+        },
+        other => {
+            src.at(balance, format!("service {name:?}: balance {other:?}: expected \"round_robin\", \"least_request\", \"random\" or \"consistent_hash\""));
+            Balance::RoundRobin
+        }
+    }
+}
+
+fn validate_retry(label: &str, spanned: &Spanned<RawRetry>, src: &mut Source<'_>) -> Retry {
+    let raw = spanned.get_ref();
+    let mut retry = Retry::default();
+    if let Some(a) = &raw.attempts {
+        if !(1..=10).contains(a.get_ref()) {
+            src.at(
+                a,
+                format!("{label}: retry.attempts counts every try, the first included: 1 to 10"),
+            );
+        }
+        retry.attempts = *a.get_ref();
+    }
+    if let Some(on) = &raw.on {
+        retry.on = on
+            .iter()
+            .filter_map(|o| {
+                let parsed = RetryOn::parse(o.get_ref());
+                if parsed.is_none() {
+                    src.at(o, format!("{label}: retry.on {:?}: expected \"connect-failure\", \"refused\", \"reset\", \"timeout\" or a 5xx status like \"503\"", o.get_ref()));
+                }
+                parsed
+            })
+            .collect();
+    }
+    if let Some(t) = raw.per_try_timeout {
+        if t.is_zero() {
+            src.at(
+                spanned,
+                format!("{label}: retry.per_try_timeout must be greater than zero"),
+            );
+        }
+        retry.per_try_timeout = Some(t);
+    }
+    retry.backoff = raw.backoff.unwrap_or(retry.backoff);
+    retry.max_backoff = raw
+        .max_backoff
+        .unwrap_or(retry.max_backoff.max(retry.backoff));
+    if retry.max_backoff < retry.backoff {
+        src.at(
+            spanned,
+            format!("{label}: retry.max_backoff must be at least retry.backoff"),
+        );
+    }
+    if let Some(b) = &raw.budget_percent {
+        if *b.get_ref() > 100 {
+            src.at(b, format!("{label}: retry.budget_percent is at most 100"));
+        }
+        retry.budget_percent = *b.get_ref();
+    }
+    retry
 }
 
 /// A service's protocol and TLS settings, their files read; the plain transport when they
@@ -885,6 +1079,7 @@ fn validate_route(
         max_body_bytes: route.max_body_bytes.as_ref().map(|m| *m.get_ref()),
         compress: route.compress,
         grpc_web: route.grpc_web.as_ref().is_some_and(|g| *g.get_ref()),
+        retry: route.retry.as_ref().map(|r| validate_retry(&label, r, src)),
         filters,
         place: src.place(spanned.span().start),
     }

@@ -5,6 +5,8 @@
 //! - `GET /filters`: each filter: version (content hash), loaded-at time, where its code came
 //!   from (compiled or the cache), state (`serving`, `rejected`, `unavailable`), the last
 //!   rejection and the routes using it.
+//! - `GET /services`: each service, its balancing policy and limits, and each endpoint with its
+//!   weight, health, ejection, requests in flight and failures.
 //! - `GET /config`: the config file, when it was loaded, and the last rejected reload.
 //! - `POST /reload`: re-read the config and every filter now; answers what happened.
 
@@ -54,8 +56,9 @@ async fn handle(control: &Control, req: Request<Incoming>) -> Response<Full<Byte
         (&Method::GET, "/routes") => (StatusCode::OK, routes(control)),
         (&Method::GET, "/filters") => (StatusCode::OK, filters(control).await),
         (&Method::GET, "/config") => (StatusCode::OK, config(control).await),
+        (&Method::GET, "/services") => (StatusCode::OK, services(control)),
         (&Method::POST, "/reload") => reload(control).await,
-        (_, "/health" | "/routes" | "/filters" | "/config" | "/reload") => (
+        (_, "/health" | "/routes" | "/filters" | "/config" | "/services" | "/reload") => (
             StatusCode::METHOD_NOT_ALLOWED,
             json!({ "error": "method not allowed" }),
         ),
@@ -166,6 +169,13 @@ async fn filters(control: &Control) -> Value {
         })
         .collect();
     Value::Array(list)
+}
+
+fn services(control: &Control) -> Value {
+    let snapshot = control.snapshots.load();
+    let mut services: Vec<&crate::upstream::Service> = snapshot.services.values().collect();
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    Value::Array(services.iter().map(|s| s.describe()).collect())
 }
 
 async fn config(control: &Control) -> Value {

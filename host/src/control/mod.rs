@@ -16,6 +16,7 @@ use wasmgate_sandbox::Sandbox;
 use self::registry::Registry;
 use crate::config::{self, Config};
 use crate::snapshot::{Current, FilterProblem, Snapshot};
+use crate::upstream::EndpointRegistry;
 
 /// Reloads and the state they work from.
 pub struct Control {
@@ -34,6 +35,8 @@ struct State {
     /// The file it came from, when it came from one.
     config_path: Option<PathBuf>,
     registry: Registry,
+    /// Endpoint state and health checkers, kept across reloads.
+    endpoints: EndpointRegistry,
     config_loaded_at: SystemTime,
     /// The last config reload that was rejected, if it came after the serving config.
     config_rejected: Option<(SystemTime, Vec<String>)>,
@@ -45,7 +48,9 @@ impl Control {
     pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Control> {
         let sandbox = Sandbox::new()?;
         let mut registry = Registry::load(&sandbox, &config).await;
-        let (snapshot, problems) = Snapshot::build(&config, &mut registry).await;
+        let mut endpoints = EndpointRegistry::default();
+        let (snapshot, problems) = Snapshot::build(&config, &mut registry, &mut endpoints).await;
+        endpoints.sync(&snapshot.services);
         log_problems(&problems);
         warn_unnamed_files(&config, None);
         prune_cache(&sandbox, &config, &registry);
@@ -56,6 +61,7 @@ impl Control {
                 config,
                 config_path,
                 registry,
+                endpoints,
                 config_loaded_at: SystemTime::now(),
                 config_rejected: None,
             }),
@@ -124,7 +130,8 @@ impl Control {
             }
         }
         state.registry.retain(&referenced);
-        self.publish(&new, &mut state.registry).await;
+        self.publish(&new, &mut state.registry, &mut state.endpoints)
+            .await;
         warn_unnamed_files(&new, None);
         tracing::info!(file = %path.display(), routes = new.routes.len(), "config reloaded");
         state.config = new;
@@ -161,14 +168,21 @@ impl Control {
             }
         }
         if !changed.is_empty() {
-            self.publish(&state.config, &mut state.registry).await;
+            self.publish(&state.config, &mut state.registry, &mut state.endpoints)
+                .await;
         }
         changed
     }
 
     /// Build a snapshot of `config` over `registry`, log its filter problems, and serve it.
-    async fn publish(&self, config: &Config, registry: &mut Registry) {
-        let (snapshot, problems) = Snapshot::build(config, registry).await;
+    async fn publish(
+        &self,
+        config: &Config,
+        registry: &mut Registry,
+        endpoints: &mut EndpointRegistry,
+    ) {
+        let (snapshot, problems) = Snapshot::build(config, registry, endpoints).await;
+        endpoints.sync(&snapshot.services);
         log_problems(&problems);
         self.snapshots.store(Arc::new(snapshot));
         prune_cache(&self.sandbox, config, registry);
@@ -291,7 +305,8 @@ pub async fn check(
         }],
     })?;
     let mut registry = Registry::load(&sandbox, &config).await;
-    let (_, filter_problems) = Snapshot::build(&config, &mut registry).await;
+    let (_, filter_problems) =
+        Snapshot::build(&config, &mut registry, &mut EndpointRegistry::default()).await;
     // One list in file order: the config's own problems and its filters'.
     let mut problems: Vec<(config::Place, String)> = diagnostics
         .iter()

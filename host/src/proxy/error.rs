@@ -27,6 +27,10 @@ pub enum ErrorKind {
     UpstreamUnavailable,
     /// The upstream did not answer in time.
     UpstreamTimeout,
+    /// No endpoint of the service takes traffic (all unhealthy or ejected).
+    NoHealthyUpstream,
+    /// The service is at one of its limits (connections, pending or active requests).
+    UpstreamOverloaded,
     /// A bug or resource exhaustion inside the gateway.
     Internal,
 }
@@ -39,7 +43,9 @@ impl ErrorKind {
             ErrorKind::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::UriTooLong => StatusCode::URI_TOO_LONG,
             ErrorKind::FilterFailed | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorKind::FilterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::FilterUnavailable
+            | ErrorKind::NoHealthyUpstream
+            | ErrorKind::UpstreamOverloaded => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             ErrorKind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -56,6 +62,8 @@ impl ErrorKind {
             ErrorKind::FilterUnavailable => "a filter for this route is not available",
             ErrorKind::UpstreamUnavailable => "upstream unavailable",
             ErrorKind::UpstreamTimeout => "upstream timed out",
+            ErrorKind::NoHealthyUpstream => "no healthy upstream",
+            ErrorKind::UpstreamOverloaded => "upstream overloaded",
             ErrorKind::Internal => "internal error",
         }
     }
@@ -111,8 +119,14 @@ impl std::error::Error for GatewayError {}
 impl From<UpstreamError> for GatewayError {
     fn from(err: UpstreamError) -> Self {
         let kind = match &err {
-            UpstreamError::Timeout(_) => ErrorKind::UpstreamTimeout,
-            UpstreamError::Unavailable(_) => ErrorKind::UpstreamUnavailable,
+            UpstreamError::Timeout(_) | UpstreamError::ConnectTimeout(_) => {
+                ErrorKind::UpstreamTimeout
+            }
+            UpstreamError::Unavailable(_)
+            | UpstreamError::Refused(_)
+            | UpstreamError::ConnectFailed(_) => ErrorKind::UpstreamUnavailable,
+            UpstreamError::NoEndpoint(_) => ErrorKind::NoHealthyUpstream,
+            UpstreamError::Overloaded(_) => ErrorKind::UpstreamOverloaded,
             UpstreamError::BodyTooLarge(_) => ErrorKind::BodyTooLarge,
             UpstreamError::ClientBody(_) => ErrorKind::BadRequest,
             UpstreamError::Invalid(_) => ErrorKind::Internal,

@@ -3,8 +3,10 @@
 
 use std::net::SocketAddr;
 
+use bytes::Bytes;
 use http::Response;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -12,9 +14,10 @@ use super::Exchange;
 use super::accept::ReqBody;
 use super::error::{ErrorKind, GatewayError};
 use super::wit::CheckedRequest;
+use crate::config::RetryOn;
 use crate::config::Timeouts;
 use crate::snapshot::Route;
-use crate::upstream::{self, Body, BoxError, Outgoing};
+use crate::upstream::{self, Body, BoxError, Outgoing, Pick};
 
 pub(super) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -52,26 +55,105 @@ pub(super) async fn to_upstream(
     }
     let mut headers = req.headers;
     let original_host = headers.remove(header::HOST);
-    let body = match body {
-        ReqBody::Stream(body) => body.boxed_unsync(),
-        ReqBody::Buffered(bytes) => {
-            headers.remove(header::TRANSFER_ENCODING);
-            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-            super::full(bytes)
-        }
-    };
     append_forwarded(&mut headers, ex.client, original_host, ex.tls);
     if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
         headers.insert(X_REQUEST_ID, id);
     }
-    let outgoing = Outgoing {
-        method: req.method,
-        path_and_query: req.path_and_query,
-        headers,
-        body,
-        upgrade,
+    let path = req.path_and_query.split('?').next().unwrap_or("");
+    let mut pick = Pick {
+        key: service.hash_key(&headers, ex.client, path),
+        tried: Vec::new(),
     };
-    Ok(upstream::send(service, outgoing, timeouts).await?)
+    let retry = route.config.retry.as_ref().filter(|_| upgrade.is_none());
+    // Buffered bodies, and requests without one whose method is idempotent, can be sent again.
+    let replay = match (&body, retry) {
+        (ReqBody::Buffered(bytes), Some(retry)) => Some((retry, Some(bytes.clone()))),
+        (ReqBody::Stream(stream), Some(retry))
+            if stream.is_end_stream() && idempotent(&req.method) =>
+        {
+            Some((retry, None))
+        }
+        _ => None,
+    };
+    let Some((retry, bytes)) = replay else {
+        let body = match body {
+            ReqBody::Stream(body) => body.boxed_unsync(),
+            ReqBody::Buffered(bytes) => buffered(&mut headers, bytes),
+        };
+        let outgoing = Outgoing {
+            method: req.method,
+            path_and_query: req.path_and_query,
+            headers,
+            body,
+            upgrade,
+        };
+        return Ok(upstream::send(service, outgoing, timeouts, &mut pick).await?);
+    };
+
+    let try_timeouts = Timeouts {
+        request: retry
+            .per_try_timeout
+            .map_or(timeouts.request, |t| t.min(timeouts.request)),
+        ..timeouts
+    };
+    let mut retrying = None;
+    for attempt in 1.. {
+        let mut headers = headers.clone();
+        let body = match &bytes {
+            Some(bytes) => buffered(&mut headers, bytes.clone()),
+            None => super::full(Bytes::new()),
+        };
+        let outgoing = Outgoing {
+            method: req.method.clone(),
+            path_and_query: req.path_and_query.clone(),
+            headers,
+            body,
+            upgrade: None,
+        };
+        let result = upstream::send(service, outgoing, try_timeouts, &mut pick).await;
+        let failed = match &result {
+            Ok(resp) => retry.on.contains(&RetryOn::Status(resp.status().as_u16())),
+            Err(e) => retry.on.iter().any(|on| e.is(*on)),
+        };
+        if !failed || attempt >= retry.attempts {
+            return Ok(result?);
+        }
+        if !service.retry_allowed(retry.budget_percent) {
+            tracing::debug!(request_id = %ex.request_id, service = %service.name, "retry budget spent: not retrying");
+            return Ok(result?);
+        }
+        let why = match &result {
+            Ok(resp) => format!("status {}", resp.status()),
+            Err(e) => e.to_string(),
+        };
+        tracing::debug!(request_id = %ex.request_id, service = %service.name, attempt, %why, "retrying");
+        retrying.get_or_insert_with(|| service.retrying());
+        // Drop the failed answer (and its connection) before waiting.
+        drop(result);
+        tokio::time::sleep(upstream::backoff(retry, attempt)).await;
+    }
+    unreachable!("the loop returns by its last attempt")
+}
+
+/// Methods whose requests may be sent twice (RFC 9110 §9.2.2).
+fn idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(method)
+}
+
+/// A buffered body, with the headers that frame it.
+fn buffered(headers: &mut HeaderMap, bytes: Bytes) -> Body {
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    super::full(bytes)
 }
 
 /// The upstream timeouts for `route`: its own request timeout, else the gateway's.

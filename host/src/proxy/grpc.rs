@@ -87,7 +87,10 @@ impl ErrorKind {
         match self {
             ErrorKind::NoRoute => Code::Unimplemented,
             ErrorKind::BodyTooLarge | ErrorKind::UriTooLong => Code::ResourceExhausted,
-            ErrorKind::FilterUnavailable | ErrorKind::UpstreamUnavailable => Code::Unavailable,
+            ErrorKind::FilterUnavailable
+            | ErrorKind::UpstreamUnavailable
+            | ErrorKind::NoHealthyUpstream
+            | ErrorKind::UpstreamOverloaded => Code::Unavailable,
             ErrorKind::UpstreamTimeout => Code::DeadlineExceeded,
             ErrorKind::BadRequest | ErrorKind::FilterFailed | ErrorKind::Internal => Code::Internal,
         }

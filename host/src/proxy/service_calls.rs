@@ -71,7 +71,8 @@ impl ServiceCalls {
             ..self.timeouts
         };
         let exchange = async {
-            let resp = upstream::send(service, outgoing, timeouts).await?;
+            let mut pick = upstream::Pick::default();
+            let resp = upstream::send(service, outgoing, timeouts, &mut pick).await?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, self.max_body)
                 .collect()
@@ -95,8 +96,12 @@ impl ServiceCalls {
 impl From<UpstreamError> for CallError {
     fn from(err: UpstreamError) -> Self {
         match err {
-            UpstreamError::Timeout(_) => CallError::Timeout,
-            UpstreamError::Unavailable(detail) => CallError::Unavailable(detail),
+            UpstreamError::Timeout(_) | UpstreamError::ConnectTimeout(_) => CallError::Timeout,
+            UpstreamError::Unavailable(detail)
+            | UpstreamError::Refused(detail)
+            | UpstreamError::ConnectFailed(detail)
+            | UpstreamError::NoEndpoint(detail)
+            | UpstreamError::Overloaded(detail) => CallError::Unavailable(detail),
             UpstreamError::BodyTooLarge(detail)
             | UpstreamError::Invalid(detail)
             | UpstreamError::ClientBody(detail) => CallError::Invalid(detail),

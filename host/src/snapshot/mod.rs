@@ -11,7 +11,7 @@ use wasmgate_sandbox::{FilterCache, InstancePool, Limits, LoadedFilter, Needs};
 pub use breaker::{Breaker, COOL_DOWN, Ticket};
 
 use crate::config::{self, Config, FailurePolicy, FilterLimits, RouteConfig};
-use crate::upstream::{Service, Services};
+use crate::upstream::{EndpointRegistry, Service, Services};
 
 /// The snapshot serving now; requests load it, reloads store a new one.
 pub type Current = arc_swap::ArcSwap<Snapshot>;
@@ -129,6 +129,7 @@ impl Snapshot {
     pub async fn build(
         config: &Config,
         filters: &mut impl Filters,
+        endpoints: &mut EndpointRegistry,
     ) -> (Snapshot, Vec<FilterProblem>) {
         let mut problems = Vec::new();
         let mut routes = Vec::with_capacity(config.routes.len());
@@ -189,7 +190,7 @@ impl Snapshot {
         let services = config
             .services
             .iter()
-            .map(|s| (s.name.clone(), Service::new(s)))
+            .map(|s| (s.name.clone(), Service::new(s, endpoints)))
             .collect();
         let snapshot = Snapshot {
             routes,

@@ -5,9 +5,17 @@
 //! keep-alive clients, one per transport (protocol and TLS settings, [`Transport`]), shared by
 //! every route and across config reloads.
 
+mod balance;
+mod capped;
+mod endpoints;
 mod transport;
 
+pub use self::endpoints::{EndpointRegistry, EndpointState};
 pub use self::transport::{Protocol, TlsFiles, Transport};
+
+use self::balance::Balancer;
+use self::capped::{Capped, ConnectionLimit};
+use self::endpoints::Outcome;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,18 +28,20 @@ use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, LengthLimitError};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use crate::config::{ServiceConfig, Timeouts};
+use crate::config::{
+    AllUnhealthy, Balance, HealthCheck, OutlierDetection, RetryOn, ServiceConfig, ServiceLimits,
+    Timeouts,
+};
 
 /// Boxed error for bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type used on both sides of the proxy.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
-type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+type HttpClient = Client<Capped, Body>;
 
 /// Idle upstream connections are closed after this long.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -48,35 +58,177 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
-/// A named service and its instances.
+/// A named service: its endpoints, how it picks one, and what it is allowed to be sent.
 #[derive(Debug)]
 pub struct Service {
     pub name: String,
-    upstreams: Vec<http::Uri>,
+    endpoints: Vec<Endpoint>,
+    balancer: Balancer,
     transport: Transport,
-    next: AtomicUsize,
+    all_unhealthy: AllUnhealthy,
+    health_check: Option<HealthCheck>,
+    outlier: Option<OutlierDetection>,
+    shared: Arc<ServiceShared>,
+}
+
+/// One upstream URL of a service.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// The base URL requests are joined to.
+    pub base: http::Uri,
+    pub weight: u32,
+    pub state: Arc<EndpointState>,
+}
+
+/// What every snapshot of one service shares: its limits and their counters, and the retry
+/// budget's.
+#[derive(Debug)]
+pub struct ServiceShared {
+    pub(crate) limits: ServiceLimits,
+    /// Requests in flight to the service, retries included.
+    active: AtomicUsize,
+    /// Retries in flight.
+    retries: AtomicUsize,
+    /// Open connections, when `max_connections` caps them.
+    connections: Option<Arc<tokio::sync::Semaphore>>,
+    /// Requests waiting for a connection.
+    pending: AtomicUsize,
+}
+
+impl ServiceShared {
+    fn new(limits: ServiceLimits) -> ServiceShared {
+        ServiceShared {
+            limits,
+            active: AtomicUsize::new(0),
+            retries: AtomicUsize::new(0),
+            connections: limits
+                .max_connections
+                .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
+            pending: AtomicUsize::new(0),
+        }
+    }
 }
 
 impl Service {
-    pub fn new(cfg: &ServiceConfig) -> Self {
+    /// The service `cfg` describes, its endpoints' state taken from `registry` (kept from the
+    /// previous config for endpoints that did not change).
+    pub fn new(cfg: &ServiceConfig, registry: &mut EndpointRegistry) -> Self {
         if cfg.transport.insecure {
             tracing::warn!(
                 service = %cfg.name,
                 "tls_verify = false: the certificates of this service's upstreams are not verified"
             );
         }
+        let endpoints: Vec<Endpoint> = cfg
+            .upstreams
+            .iter()
+            .zip(cfg.weights.iter().chain(std::iter::repeat(&1)))
+            .map(|(base, weight)| Endpoint {
+                state: registry.state(&cfg.name, &base.to_string()),
+                base: base.clone(),
+                weight: *weight,
+            })
+            .collect();
         Self {
             name: cfg.name.clone(),
-            upstreams: cfg.upstreams.clone(),
+            balancer: Balancer::new(cfg.balance.clone(), &endpoints),
+            endpoints,
             transport: cfg.transport.clone(),
-            next: AtomicUsize::new(0),
+            all_unhealthy: cfg.all_unhealthy,
+            health_check: cfg.health_check.clone(),
+            outlier: cfg.outlier,
+            shared: registry.shared(cfg),
         }
     }
 
-    /// The next instance, round-robin.
-    fn pick(&self) -> &http::Uri {
-        let i = self.next.fetch_add(1, Ordering::Relaxed);
-        &self.upstreams[i % self.upstreams.len()]
+    fn urls(&self) -> Vec<String> {
+        self.endpoints.iter().map(|e| e.base.to_string()).collect()
+    }
+
+    /// The consistent-hashing key of a request, when the service hashes.
+    pub fn hash_key(
+        &self,
+        headers: &HeaderMap,
+        client: std::net::SocketAddr,
+        path: &str,
+    ) -> Option<u64> {
+        match self.balancer.policy() {
+            Balance::ConsistentHash(on) => balance::hash_key(on, headers, client, path),
+            _ => None,
+        }
+    }
+
+    /// May one more retry be sent: retries in flight stay within `budget_percent` of the
+    /// requests in flight, or 3.
+    pub fn retry_allowed(&self, budget_percent: u32) -> bool {
+        let active = self.shared.active.load(Ordering::Relaxed);
+        let retries = self.shared.retries.load(Ordering::Relaxed);
+        retries < (active * budget_percent as usize / 100).max(3)
+    }
+
+    /// Count a retry in flight until the guard drops.
+    pub fn retrying(&self) -> impl Drop + use<> {
+        Counted::new(self.shared.clone(), |s| &s.retries)
+    }
+
+    /// For the admin endpoint: the policy and each endpoint's state.
+    pub fn describe(&self) -> serde_json::Value {
+        let now = endpoints::now_ms();
+        let endpoints: Vec<serde_json::Value> = self
+            .endpoints
+            .iter()
+            .map(|e| {
+                let s = &e.state;
+                serde_json::json!({
+                    "url": e.base.to_string(),
+                    "weight": e.weight,
+                    "healthy": s.healthy(),
+                    "ejected": s.ejected(now),
+                    "ejected_for_ms": s.ejected_for_ms(),
+                    "ejections": s.ejections(),
+                    "active_requests": s.active.load(Ordering::Relaxed),
+                    "consecutive_failures": s.consecutive_failures(),
+                    "requests": s.requests.load(Ordering::Relaxed),
+                    "failures": s.failures.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "name": self.name,
+            "balance": self.balancer.policy().name(),
+            "when_all_unhealthy": match self.all_unhealthy {
+                AllUnhealthy::Fail => "fail",
+                AllUnhealthy::Panic => "panic",
+            },
+            "health_check": self.health_check.as_ref().map(|h| h.path.clone()),
+            "outlier_detection": self.outlier.is_some(),
+            "active_requests": self.shared.active.load(Ordering::Relaxed),
+            "limits": {
+                "max_connections": self.shared.limits.max_connections,
+                "max_pending": self.shared.limits.max_pending,
+                "max_requests": self.shared.limits.max_requests,
+            },
+            "endpoints": endpoints,
+        })
+    }
+}
+
+/// A counter of `ServiceShared` held up while the guard lives.
+struct Counted {
+    shared: Arc<ServiceShared>,
+    field: fn(&ServiceShared) -> &AtomicUsize,
+}
+
+impl Counted {
+    fn new(shared: Arc<ServiceShared>, field: fn(&ServiceShared) -> &AtomicUsize) -> Counted {
+        field(&shared).fetch_add(1, Ordering::Relaxed);
+        Counted { shared, field }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        (self.field)(&self.shared).fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -87,13 +239,27 @@ pub type Services = HashMap<String, Service>;
 /// sees (a status for a client, a `call-error` for a filter).
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// No connection within the connect timeout, or no response headers within the request
-    /// timeout.
+    /// No response headers within the (try's) timeout.
     #[error("{0}")]
     Timeout(String),
-    /// Connection refused or broken, or a malformed response.
+    /// No connection within the connect timeout.
+    #[error("{0}")]
+    ConnectTimeout(String),
+    /// The endpoint refused the connection.
+    #[error("{0}")]
+    Refused(String),
+    /// No connection for another reason (unreachable, TLS handshake refused).
+    #[error("{0}")]
+    ConnectFailed(String),
+    /// The connection broke before a response, or the response was malformed.
     #[error("{0}")]
     Unavailable(String),
+    /// No endpoint takes traffic (all unhealthy or ejected).
+    #[error("{0}")]
+    NoEndpoint(String),
+    /// The service is at one of its limits.
+    #[error("{0}")]
+    Overloaded(String),
     /// The streamed request body grew past its cap.
     #[error("{0}")]
     BodyTooLarge(String),
@@ -103,6 +269,39 @@ pub enum UpstreamError {
     /// The client's streamed request body failed (malformed chunked framing, a reset).
     #[error("{0}")]
     ClientBody(String),
+}
+
+impl UpstreamError {
+    /// The failure is one `on` names.
+    pub fn is(&self, on: RetryOn) -> bool {
+        match on {
+            RetryOn::ConnectFailure => matches!(
+                self,
+                UpstreamError::ConnectTimeout(_)
+                    | UpstreamError::Refused(_)
+                    | UpstreamError::ConnectFailed(_)
+            ),
+            RetryOn::Refused => matches!(self, UpstreamError::Refused(_)),
+            RetryOn::Reset => matches!(self, UpstreamError::Unavailable(_)),
+            RetryOn::Timeout => matches!(
+                self,
+                UpstreamError::Timeout(_) | UpstreamError::ConnectTimeout(_)
+            ),
+            RetryOn::Status(_) => false,
+        }
+    }
+
+    /// Counts against the endpoint (outlier detection).
+    fn outcome(&self) -> Outcome {
+        match self {
+            UpstreamError::Timeout(_)
+            | UpstreamError::ConnectTimeout(_)
+            | UpstreamError::Refused(_)
+            | UpstreamError::ConnectFailed(_)
+            | UpstreamError::Unavailable(_) => Outcome::Failure,
+            _ => Outcome::Neither,
+        }
+    }
 }
 
 /// An error reading the client's request body while it streams upstream: marks the failure as
@@ -124,16 +323,75 @@ pub struct Outgoing {
     pub upgrade: Option<HeaderValue>,
 }
 
-/// Send `req` to an instance of `service` and wait for its response headers, at most
-/// `timeouts.request`; connections come from this thread's pool.
+/// Which endpoint a try goes to: the request's consistent-hashing key, and the endpoints
+/// earlier tries of the same request went to.
+#[derive(Debug, Default, Clone)]
+pub struct Pick {
+    pub key: Option<u64>,
+    pub tried: Vec<usize>,
+}
+
+/// Send `req` to an endpoint of `service` and wait for its response headers, at most
+/// `timeouts.request`; connections come from this thread's pool. The endpoint used is added
+/// to `pick.tried`, and the outcome recorded for outlier detection.
 /// The response's hop-by-hop headers are dropped; its body streams.
 pub async fn send(
     service: &Service,
     req: Outgoing,
     timeouts: Timeouts,
+    pick: &mut Pick,
+) -> Result<Response<Incoming>, UpstreamError> {
+    let limits = service.shared.limits;
+    let _active = Counted::new(service.shared.clone(), |s| &s.active);
+    if let Some(max) = limits.max_requests
+        && service.shared.active.load(Ordering::Relaxed) > max
+    {
+        return Err(UpstreamError::Overloaded(format!(
+            "service {:?} has max_requests = {max} in flight",
+            service.name
+        )));
+    }
+    let Some(index) = service.balancer.pick(
+        &service.endpoints,
+        pick.key,
+        &pick.tried,
+        service.all_unhealthy,
+    ) else {
+        return Err(UpstreamError::NoEndpoint(format!(
+            "service {:?}: no endpoint is healthy",
+            service.name
+        )));
+    };
+    pick.tried.push(index);
+    let endpoint = &service.endpoints[index];
+    let state = endpoint.state.clone();
+    state.active.fetch_add(1, Ordering::Relaxed);
+    let result = send_to(service, endpoint, req, timeouts).await;
+    state.active.fetch_sub(1, Ordering::Relaxed);
+    let outcome = match &result {
+        Ok(resp) if resp.status().is_server_error() => Outcome::Failure,
+        Ok(_) => Outcome::Success,
+        Err(e) => e.outcome(),
+    };
+    endpoints::record(
+        &service.name,
+        &service.endpoints,
+        index,
+        outcome,
+        service.outlier.as_ref(),
+    );
+    result
+}
+
+/// One exchange with one endpoint.
+async fn send_to(
+    service: &Service,
+    endpoint: &Endpoint,
+    req: Outgoing,
+    timeouts: Timeouts,
 ) -> Result<Response<Incoming>, UpstreamError> {
     let timeout = timeouts.request;
-    let base = service.pick();
+    let base = &endpoint.base;
     let uri = join(base, &req.path_and_query)
         .map_err(|e| UpstreamError::Invalid(format!("path {:?}: {e}", req.path_and_query)))?;
     let mut headers = req.headers;
@@ -160,7 +418,7 @@ pub async fn send(
     *outgoing.uri_mut() = uri;
     *outgoing.headers_mut() = headers;
     let where_ = || format!("service {:?} ({base})", service.name);
-    let client = local_client(timeouts.connect, &service.transport);
+    let client = local_client(timeouts.connect, &service.transport, &service.shared);
     let resp = match tokio::time::timeout(timeout, client.request(outgoing)).await {
         Err(_) => {
             return Err(UpstreamError::Timeout(format!(
@@ -227,14 +485,21 @@ fn classify(e: hyper_util::client::legacy::Error, whom: &str) -> UpstreamError {
             "{whom}: the streamed request body exceeded server.max_request_body_bytes"
         ));
     }
-    // hyper-util reports a connect timeout as an io::Error of kind TimedOut nested under its
-    // ConnectError.
-    let timed_out = find_source::<std::io::Error>(&e)
-        .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
-    if e.is_connect() && timed_out {
-        UpstreamError::Timeout(format!("{whom}: connect timed out: {}", causes(&e)))
-    } else {
-        UpstreamError::Unavailable(format!("{whom}: {}", causes(&e)))
+    if let Some(limit) = find_source::<ConnectionLimit>(&e) {
+        return UpstreamError::Overloaded(format!("{whom}: {limit}"));
+    }
+    if !e.is_connect() {
+        return UpstreamError::Unavailable(format!("{whom}: {}", causes(&e)));
+    }
+    // hyper-util reports connect failures as an io::Error nested under its ConnectError.
+    match find_source::<std::io::Error>(&e).map(std::io::Error::kind) {
+        Some(std::io::ErrorKind::TimedOut) => {
+            UpstreamError::ConnectTimeout(format!("{whom}: connect timed out: {}", causes(&e)))
+        }
+        Some(std::io::ErrorKind::ConnectionRefused) => {
+            UpstreamError::Refused(format!("{whom}: {}", causes(&e)))
+        }
+        _ => UpstreamError::ConnectFailed(format!("{whom}: {}", causes(&e))),
     }
 }
 
@@ -264,8 +529,9 @@ fn find_source<'a, T: std::error::Error + 'static>(
     None
 }
 
-/// A thread's pools are keyed by connect timeout, transport settings and protocol.
-type PoolKey = (Duration, u64, Protocol);
+/// A thread's pools are keyed by connect timeout, transport settings and protocol, and for a
+/// service with `max_connections`, the service (its connections are counted apart).
+type PoolKey = (Duration, u64, Protocol, usize);
 
 /// Pools kept per thread before the map is cleared (settings changed by many reloads).
 const MAX_POOLS: usize = 64;
@@ -276,9 +542,19 @@ thread_local! {
         std::cell::RefCell::new(HashMap::new());
 }
 
-/// The calling thread's pooled client for `transport`.
-fn local_client(connect_timeout: Duration, transport: &Transport) -> HttpClient {
-    let key = (connect_timeout, transport.key, transport.protocol);
+/// The calling thread's pooled client for `transport` (and `shared`'s connection cap).
+fn local_client(
+    connect_timeout: Duration,
+    transport: &Transport,
+    shared: &Arc<ServiceShared>,
+) -> HttpClient {
+    let capped = shared.connections.is_some().then(|| shared.clone());
+    let key = (
+        connect_timeout,
+        transport.key,
+        transport.protocol,
+        capped.as_ref().map_or(0, |s| Arc::as_ptr(s) as usize),
+    );
     LOCAL.with(|local| {
         let mut local = local.borrow_mut();
         if let Some(client) = local.get(&key) {
@@ -287,7 +563,7 @@ fn local_client(connect_timeout: Duration, transport: &Transport) -> HttpClient 
         if local.len() >= MAX_POOLS {
             local.clear();
         }
-        let fresh = client(connect_timeout, transport);
+        let fresh = client(connect_timeout, transport, capped);
         local.insert(key, fresh.clone());
         fresh
     })
@@ -295,7 +571,11 @@ fn local_client(connect_timeout: Duration, transport: &Transport) -> HttpClient 
 
 /// Build a pooled client: HTTP/1.1 or HTTP/2 as the transport says, `https://` through rustls
 /// with the transport's settings (SNI from the upstream's host).
-fn client(connect_timeout: Duration, transport: &Transport) -> HttpClient {
+fn client(
+    connect_timeout: Duration,
+    transport: &Transport,
+    shared: Option<Arc<ServiceShared>>,
+) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_nodelay(true);
@@ -314,7 +594,27 @@ fn client(connect_timeout: Duration, transport: &Transport) -> HttpClient {
     if transport.protocol != Protocol::Http1 {
         builder.http2_only(true);
     }
-    builder.build(https)
+    builder.build(Capped {
+        inner: https,
+        shared,
+        wait: connect_timeout,
+    })
+}
+
+/// The wait before retry number `attempt` (1 for the first): the backoff doubled per retry,
+/// capped, and a random part of that (full jitter).
+pub fn backoff(retry: &crate::config::Retry, attempt: u32) -> Duration {
+    let doubled = retry
+        .backoff
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16));
+    balance::jitter(doubled.min(retry.max_backoff))
+}
+
+/// An empty body.
+fn empty() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// `base` joined with `path_and_query` (which starts with `/`).

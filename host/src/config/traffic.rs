@@ -1,0 +1,239 @@
+//! Traffic management settings: how a service balances, checks and ejects its endpoints and
+//! caps what it is sent, and how a route retries.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// How a service spreads requests over its endpoints (`balance`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// In turn, in proportion to the weights (smooth weighted round robin). The default.
+    #[default]
+    RoundRobin,
+    /// The less busy of two endpoints picked at random (power of two choices).
+    LeastRequest,
+    /// At random, in proportion to the weights.
+    Random,
+    /// The same key to the same endpoint while it is available (a hash ring: removing one of N
+    /// endpoints moves about 1/N of the keys).
+    ConsistentHash(HashOn),
+}
+
+impl Balance {
+    /// The config spelling.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastRequest => "least_request",
+            Balance::Random => "random",
+            Balance::ConsistentHash(_) => "consistent_hash",
+        }
+    }
+}
+
+/// What consistent hashing keys on (`hash_on`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// `header:<name>`
+    Header(http::HeaderName),
+    /// `cookie:<name>`
+    Cookie(String),
+    /// `client`: the client's IP address.
+    Client,
+    /// `path`: the request path.
+    Path,
+}
+
+impl HashOn {
+    pub fn parse(text: &str) -> Option<HashOn> {
+        match text.split_once(':') {
+            Some(("header", name)) => http::HeaderName::from_bytes(name.trim().as_bytes())
+                .ok()
+                .map(HashOn::Header),
+            Some(("cookie", name)) if !name.trim().is_empty() => {
+                Some(HashOn::Cookie(name.trim().to_string()))
+            }
+            None if text == "client" => Some(HashOn::Client),
+            None if text == "path" => Some(HashOn::Path),
+            _ => None,
+        }
+    }
+}
+
+/// What a service does when no endpoint is available (`when_all_unhealthy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AllUnhealthy {
+    /// Answer 503 at once. The default.
+    #[default]
+    Fail,
+    /// Use every endpoint, as if all were healthy (Envoy's panic mode).
+    Panic,
+}
+
+/// Active health checks of a service's endpoints (`[services.x.health_check]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct HealthCheck {
+    /// Path (and query) requested with `GET` on each endpoint.
+    pub path: String,
+    /// Time between two checks of one endpoint (default 5s).
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// A check without a response in this time failed (default 1s).
+    #[serde(default = "default_check_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Statuses that pass; empty (the default) means any 2xx.
+    #[serde(default)]
+    pub expected_statuses: Vec<u16>,
+    /// Passing checks in a row that bring an unhealthy endpoint back (default 2).
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    /// Failing checks in a row that take an endpoint out (default 3).
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+impl HealthCheck {
+    /// `status` passes the check.
+    pub fn passes(&self, status: u16) -> bool {
+        if self.expected_statuses.is_empty() {
+            (200..300).contains(&status)
+        } else {
+            self.expected_statuses.contains(&status)
+        }
+    }
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_healthy_threshold() -> u32 {
+    2
+}
+
+fn default_unhealthy_threshold() -> u32 {
+    3
+}
+
+/// Passive outlier detection (`[services.x.outlier_detection]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct OutlierDetection {
+    /// 5xx answers or connection failures in a row that eject an endpoint (default 5).
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// The first ejection's length; the n-th lasts n times as long (default 30s).
+    #[serde(default = "default_base_ejection", with = "humantime_serde")]
+    pub base_ejection: Duration,
+    /// The longest an ejection lasts (default 5m).
+    #[serde(default = "default_max_ejection", with = "humantime_serde")]
+    pub max_ejection: Duration,
+    /// At most this share of the service's endpoints is ejected at once (default 50).
+    #[serde(default = "default_max_ejected_percent")]
+    pub max_ejected_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_failures: default_consecutive_failures(),
+            base_ejection: default_base_ejection(),
+            max_ejection: default_max_ejection(),
+            max_ejected_percent: default_max_ejected_percent(),
+        }
+    }
+}
+
+fn default_consecutive_failures() -> u32 {
+    5
+}
+
+fn default_base_ejection() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_ejection() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_max_ejected_percent() -> u32 {
+    50
+}
+
+/// Caps on what a service is sent (the Envoy sense of circuit breaking); past one, a fast 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ServiceLimits {
+    /// Connections open to the service's endpoints, over all serving threads.
+    pub max_connections: Option<usize>,
+    /// Requests waiting for a connection when `max_connections` are open.
+    pub max_pending: Option<usize>,
+    /// Requests in flight to the service.
+    pub max_requests: Option<usize>,
+}
+
+/// A failure a route may retry (`retry.on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOn {
+    /// No connection could be made (`connect-failure`): refused, unreachable, timed out.
+    ConnectFailure,
+    /// The connection was refused (`refused`).
+    Refused,
+    /// The connection broke before a response came (`reset`).
+    Reset,
+    /// No response within the try's timeout (`timeout`).
+    Timeout,
+    /// The upstream answered with this status (`"503"`).
+    Status(u16),
+}
+
+impl RetryOn {
+    pub fn parse(text: &str) -> Option<RetryOn> {
+        match text {
+            "connect-failure" => Some(RetryOn::ConnectFailure),
+            "refused" => Some(RetryOn::Refused),
+            "reset" => Some(RetryOn::Reset),
+            "timeout" => Some(RetryOn::Timeout),
+            status => status
+                .parse::<u16>()
+                .ok()
+                .filter(|s| (500..600).contains(s))
+                .map(RetryOn::Status),
+        }
+    }
+}
+
+/// A route's retries (`[routes.retry]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    /// Tries in all, the first included (default 2).
+    pub attempts: u32,
+    /// Which failures are retried (default connect-failure, refused, reset).
+    pub on: Vec<RetryOn>,
+    /// Each try's timeout; the route's timeout when absent.
+    pub per_try_timeout: Option<Duration>,
+    /// The first wait before a retry; it doubles each time, up to `max_backoff`, and a random
+    /// part of it is waited (full jitter). Default 25ms.
+    pub backoff: Duration,
+    /// Default 250ms.
+    pub max_backoff: Duration,
+    /// Retries in flight to a service are at most this share of its requests in flight, but
+    /// at least 3 (default 20).
+    pub budget_percent: u32,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Retry {
+            attempts: 2,
+            on: vec![RetryOn::ConnectFailure, RetryOn::Refused, RetryOn::Reset],
+            per_try_timeout: None,
+            backoff: Duration::from_millis(25),
+            max_backoff: Duration::from_millis(250),
+            budget_percent: 20,
+        }
+    }
+}
