@@ -220,8 +220,8 @@ pub struct Retry {
     pub backoff: Duration,
     /// Default 250ms.
     pub max_backoff: Duration,
-    /// Retries in flight to a service are at most this share of its requests in flight, but
-    /// at least 3 (default 20).
+    /// Retries in flight to a service (waiting their backoff or sent) are at most this share
+    /// of its requests in flight, but at least 3 (default 20).
     pub budget_percent: u32,
 }
 

@@ -90,6 +90,7 @@ pub(super) async fn to_upstream(
         return Ok(upstream::send(service, outgoing, timeouts, &mut pick).await?);
     };
 
+    let _requesting = service.requesting();
     let try_timeouts = Timeouts {
         request: retry
             .per_try_timeout
@@ -111,6 +112,7 @@ pub(super) async fn to_upstream(
             upgrade: None,
         };
         let result = upstream::send(service, outgoing, try_timeouts, &mut pick).await;
+        drop(retrying.take());
         let failed = match &result {
             Ok(resp) => retry.on.contains(&RetryOn::Status(resp.status().as_u16())),
             Err(e) => retry.on.iter().any(|on| e.is(*on)),
@@ -118,7 +120,9 @@ pub(super) async fn to_upstream(
         if !failed || attempt >= retry.attempts {
             return Ok(result?);
         }
-        if !service.retry_allowed(retry.budget_percent) {
+        // The retry holds its place in the budget through its backoff and its try.
+        retrying = service.try_retry(retry.budget_percent);
+        if retrying.is_none() {
             tracing::debug!(request_id = %ex.request_id, service = %service.name, "retry budget spent: not retrying");
             return Ok(result?);
         }
@@ -127,7 +131,6 @@ pub(super) async fn to_upstream(
             Err(e) => e.to_string(),
         };
         tracing::debug!(request_id = %ex.request_id, service = %service.name, attempt, %why, "retrying");
-        retrying.get_or_insert_with(|| service.retrying());
         // Drop the failed answer (and its connection) before waiting.
         drop(result);
         tokio::time::sleep(upstream::backoff(retry, attempt)).await;

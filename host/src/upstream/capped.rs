@@ -16,14 +16,34 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{BoxError, ServiceShared};
+use super::BoxError;
 
-/// The connector of every upstream pool; `shared` is set for services with `max_connections`.
+/// The connector of every upstream pool; `cap` is set for services with `max_connections`.
 #[derive(Clone)]
 pub(super) struct Capped {
     pub inner: HttpsConnector<HttpConnector>,
-    pub shared: Option<Arc<ServiceShared>>,
+    pub cap: Option<Arc<ConnectionCap>>,
     pub wait: Duration,
+}
+
+/// A service's connection cap and the requests waiting under it.
+#[derive(Debug)]
+pub(super) struct ConnectionCap {
+    permits: Arc<tokio::sync::Semaphore>,
+    max_connections: usize,
+    max_pending: usize,
+    pending: std::sync::atomic::AtomicUsize,
+}
+
+impl ConnectionCap {
+    pub(super) fn new(max_connections: usize, max_pending: Option<usize>) -> ConnectionCap {
+        ConnectionCap {
+            permits: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+            max_connections,
+            max_pending: max_pending.unwrap_or(usize::MAX),
+            pending: Default::default(),
+        }
+    }
 }
 
 /// The cap was reached and the request could not wait.
@@ -44,10 +64,10 @@ impl tower_service::Service<http::Uri> for Capped {
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let connecting = self.inner.call(uri);
-        let (shared, wait) = (self.shared.clone(), self.wait);
+        let (cap, wait) = (self.cap.clone(), self.wait);
         Box::pin(async move {
-            let permit = match shared {
-                Some(shared) => Some(permit(&shared, wait).await?),
+            let permit = match cap {
+                Some(cap) => Some(permit(&cap, wait).await?),
                 None => None,
             };
             Ok(CappedIo {
@@ -59,24 +79,19 @@ impl tower_service::Service<http::Uri> for Capped {
 }
 
 /// A connection permit: at once, else after waiting as one of at most `max_pending`.
-async fn permit(shared: &ServiceShared, wait: Duration) -> Result<OwnedSemaphorePermit, BoxError> {
-    let semaphore = shared
-        .connections
-        .clone()
-        .expect("capped services have a semaphore");
-    if let Ok(permit) = semaphore.clone().try_acquire_owned() {
+async fn permit(cap: &ConnectionCap, wait: Duration) -> Result<OwnedSemaphorePermit, BoxError> {
+    if let Ok(permit) = cap.permits.clone().try_acquire_owned() {
         return Ok(permit);
     }
-    let max_connections = shared.limits.max_connections.unwrap_or(0);
-    let max_pending = shared.limits.max_pending.unwrap_or(usize::MAX);
-    let waiting = shared.pending.fetch_add(1, Ordering::Relaxed) + 1;
-    let _left = Decrement(&shared.pending);
+    let (max_connections, max_pending) = (cap.max_connections, cap.max_pending);
+    let waiting = cap.pending.fetch_add(1, Ordering::Relaxed) + 1;
+    let _left = Decrement(&cap.pending);
     if waiting > max_pending {
         return Err(Box::new(ConnectionLimit(format!(
             "max_connections = {max_connections} open and max_pending = {max_pending} waiting"
         ))));
     }
-    match tokio::time::timeout(wait, semaphore.acquire_owned()).await {
+    match tokio::time::timeout(wait, cap.permits.clone().acquire_owned()).await {
         Ok(Ok(permit)) => Ok(permit),
         _ => Err(Box::new(ConnectionLimit(format!(
             "max_connections = {max_connections} open; none freed within {wait:?}"

@@ -14,7 +14,7 @@ pub use self::endpoints::{EndpointRegistry, EndpointState};
 pub use self::transport::{Protocol, TlsFiles, Transport};
 
 use self::balance::Balancer;
-use self::capped::{Capped, ConnectionLimit};
+use self::capped::{Capped, ConnectionCap, ConnectionLimit};
 use self::endpoints::Outcome;
 
 use std::collections::HashMap;
@@ -87,12 +87,15 @@ pub struct ServiceShared {
     pub(crate) limits: ServiceLimits,
     /// Requests in flight to the service, retries included.
     active: AtomicUsize,
-    /// Retries in flight.
+    /// Requests (all their tries, and the waits between) in flight, for the retry budget.
+    requests: AtomicUsize,
+    /// Retries in flight (waiting their backoff or sent).
     retries: AtomicUsize,
-    /// Open connections, when `max_connections` caps them.
-    connections: Option<Arc<tokio::sync::Semaphore>>,
-    /// Requests waiting for a connection.
-    pending: AtomicUsize,
+    /// Open connections and requests waiting for one, when `max_connections` caps them.
+    connections: Option<Arc<ConnectionCap>>,
+    /// With `max_connections`, one pool for every serving thread, so that a request waiting
+    /// for a connection gets the first one any request returns.
+    pools: std::sync::Mutex<HashMap<PoolKey, HttpClient>>,
 }
 
 impl ServiceShared {
@@ -100,11 +103,12 @@ impl ServiceShared {
         ServiceShared {
             limits,
             active: AtomicUsize::new(0),
+            requests: AtomicUsize::new(0),
             retries: AtomicUsize::new(0),
             connections: limits
                 .max_connections
-                .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
-            pending: AtomicUsize::new(0),
+                .map(|n| Arc::new(ConnectionCap::new(n, limits.max_pending))),
+            pools: std::sync::Mutex::default(),
         }
     }
 }
@@ -158,17 +162,19 @@ impl Service {
         }
     }
 
-    /// May one more retry be sent: retries in flight stay within `budget_percent` of the
-    /// requests in flight, or 3.
-    pub fn retry_allowed(&self, budget_percent: u32) -> bool {
-        let active = self.shared.active.load(Ordering::Relaxed);
-        let retries = self.shared.retries.load(Ordering::Relaxed);
-        retries < (active * budget_percent as usize / 100).max(3)
+    /// A place for one more retry, held until the guard drops (the backoff and the try):
+    /// `None` when retries in flight would exceed `budget_percent` of the requests in flight
+    /// (counted by [`Service::requesting`]), or 3 if that is more.
+    pub fn try_retry(&self, budget_percent: u32) -> Option<impl Drop + use<>> {
+        let requests = self.shared.requests.load(Ordering::Relaxed);
+        let allowed = (requests * budget_percent as usize / 100).max(3);
+        let guard = Counted::new(self.shared.clone(), |s| &s.retries);
+        (guard.count <= allowed).then_some(guard)
     }
 
-    /// Count a retry in flight until the guard drops.
-    pub fn retrying(&self) -> impl Drop + use<> {
-        Counted::new(self.shared.clone(), |s| &s.retries)
+    /// Count a request that may be retried until the guard drops.
+    pub fn requesting(&self) -> impl Drop + use<> {
+        Counted::new(self.shared.clone(), |s| &s.requests)
     }
 
     /// For the admin endpoint: the policy and each endpoint's state.
@@ -217,12 +223,18 @@ impl Service {
 struct Counted {
     shared: Arc<ServiceShared>,
     field: fn(&ServiceShared) -> &AtomicUsize,
+    /// The count this guard made.
+    count: usize,
 }
 
 impl Counted {
     fn new(shared: Arc<ServiceShared>, field: fn(&ServiceShared) -> &AtomicUsize) -> Counted {
-        field(&shared).fetch_add(1, Ordering::Relaxed);
-        Counted { shared, field }
+        let count = field(&shared).fetch_add(1, Ordering::Relaxed) + 1;
+        Counted {
+            shared,
+            field,
+            count,
+        }
     }
 }
 
@@ -342,9 +354,9 @@ pub async fn send(
     pick: &mut Pick,
 ) -> Result<Response<Incoming>, UpstreamError> {
     let limits = service.shared.limits;
-    let _active = Counted::new(service.shared.clone(), |s| &s.active);
+    let active = Counted::new(service.shared.clone(), |s| &s.active);
     if let Some(max) = limits.max_requests
-        && service.shared.active.load(Ordering::Relaxed) > max
+        && active.count > max
     {
         return Err(UpstreamError::Overloaded(format!(
             "service {:?} has max_requests = {max} in flight",
@@ -529,9 +541,8 @@ fn find_source<'a, T: std::error::Error + 'static>(
     None
 }
 
-/// A thread's pools are keyed by connect timeout, transport settings and protocol, and for a
-/// service with `max_connections`, the service (its connections are counted apart).
-type PoolKey = (Duration, u64, Protocol, usize);
+/// Pools are keyed by connect timeout, transport settings and protocol.
+type PoolKey = (Duration, u64, Protocol);
 
 /// Pools kept per thread before the map is cleared (settings changed by many reloads).
 const MAX_POOLS: usize = 64;
@@ -542,19 +553,21 @@ thread_local! {
         std::cell::RefCell::new(HashMap::new());
 }
 
-/// The calling thread's pooled client for `transport` (and `shared`'s connection cap).
+/// The pooled client for `transport`: the calling thread's, or for a service with
+/// `max_connections`, the service's own.
 fn local_client(
     connect_timeout: Duration,
     transport: &Transport,
     shared: &Arc<ServiceShared>,
 ) -> HttpClient {
-    let capped = shared.connections.is_some().then(|| shared.clone());
-    let key = (
-        connect_timeout,
-        transport.key,
-        transport.protocol,
-        capped.as_ref().map_or(0, |s| Arc::as_ptr(s) as usize),
-    );
+    let key = (connect_timeout, transport.key, transport.protocol);
+    if shared.connections.is_some() {
+        let mut pools = shared.pools.lock().unwrap_or_else(|e| e.into_inner());
+        return pools
+            .entry(key)
+            .or_insert_with(|| client(connect_timeout, transport, shared.connections.clone()))
+            .clone();
+    }
     LOCAL.with(|local| {
         let mut local = local.borrow_mut();
         if let Some(client) = local.get(&key) {
@@ -563,7 +576,7 @@ fn local_client(
         if local.len() >= MAX_POOLS {
             local.clear();
         }
-        let fresh = client(connect_timeout, transport, capped);
+        let fresh = client(connect_timeout, transport, None);
         local.insert(key, fresh.clone());
         fresh
     })
@@ -574,7 +587,7 @@ fn local_client(
 fn client(
     connect_timeout: Duration,
     transport: &Transport,
-    shared: Option<Arc<ServiceShared>>,
+    cap: Option<Arc<ConnectionCap>>,
 ) -> HttpClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(connect_timeout));
@@ -596,7 +609,7 @@ fn client(
     }
     builder.build(Capped {
         inner: https,
-        shared,
+        cap,
         wait: connect_timeout,
     })
 }

@@ -1,0 +1,547 @@
+//! Traffic management against several real upstreams: retries and health checks around an
+//! upstream killed under load, least request against a slow upstream, consistent hashing
+//! across a removal, outlier ejection, limits, and what happens when nothing is healthy. Its
+//! own process, so that the timings it asserts are not skewed by the other suites.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use wasmgate_tests::{FileGateway, TestGateway, Upstream, eventually, temp_dir};
+
+/// An upstream that can be killed (listener closed, every open connection dropped) and
+/// started again on the same port. Answers `x-upstream: <name>`; `/health` answers 200.
+struct Killable {
+    addr: SocketAddr,
+    name: String,
+    hits: Arc<AtomicUsize>,
+    tasks: Arc<Mutex<JoinSet<()>>>,
+}
+
+impl Killable {
+    async fn start(name: &str) -> Killable {
+        let mut k = Killable {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            name: name.to_string(),
+            hits: Arc::default(),
+            tasks: Arc::default(),
+        };
+        k.serve().await;
+        k
+    }
+
+    async fn serve(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.addr = listener.local_addr().unwrap();
+        let (name, hits, tasks) = (self.name.clone(), self.hits.clone(), self.tasks.clone());
+        self.tasks.lock().unwrap().spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (name, hits) = (name.clone(), hits.clone());
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    if req.uri().path() != "/health" {
+                        hits.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let name = name.clone();
+                    async move {
+                        Ok::<_, Infallible>(
+                            http::Response::builder()
+                                .header("x-upstream", name)
+                                .body(Full::new(Bytes::from_static(b"ok")))
+                                .unwrap(),
+                        )
+                    }
+                });
+                tasks.lock().unwrap().spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+    }
+
+    fn kill(&self) {
+        self.tasks.lock().unwrap().abort_all();
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// `clients` concurrent clients sending GET `path` until `stop`; the statuses they got.
+fn load(
+    gw: &Arc<TestGateway>,
+    path: &str,
+    clients: usize,
+    stop: &Arc<AtomicBool>,
+) -> JoinSet<Vec<u16>> {
+    let mut set = JoinSet::new();
+    for _ in 0..clients {
+        let (gw, stop, path) = (gw.clone(), stop.clone(), path.to_string());
+        set.spawn(async move {
+            let mut statuses = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                statuses.push(gw.get(&path).await.status.as_u16());
+            }
+            statuses
+        });
+    }
+    set
+}
+
+/// The admin view of endpoint `url` of service `name`.
+async fn endpoint(gw: &TestGateway, name: &str, url: &str) -> Value {
+    let services = gw.admin("/services").await;
+    let service = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no service {name}: {services}"))
+        .clone();
+    service["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            e["url"]
+                .as_str()
+                .is_some_and(|u| u.trim_end_matches('/') == url)
+        })
+        .unwrap_or_else(|| panic!("no endpoint {url}: {service}"))
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_killed_under_load_costs_no_failed_requests() {
+    let mut ups = Vec::new();
+    for name in ["a", "b", "c"] {
+        ups.push(Killable::start(name).await);
+    }
+    let urls: Vec<String> = ups.iter().map(|u| format!("\"{}\"", u.url())).collect();
+    let gw = Arc::new(
+        TestGateway::start(&format!(
+            r#"
+[services.app]
+upstreams = [{}]
+[services.app.health_check]
+path = "/health"
+interval = "200ms"
+timeout = "100ms"
+unhealthy_threshold = 2
+healthy_threshold = 2
+
+[[routes]]
+name = "all"
+prefix = "/"
+service = "app"
+# The default budget (20% of requests in flight, at least 3) would refuse a few of the
+# retries a third of the load needs at once; this test lets every one through.
+[routes.retry]
+attempts = 3
+on = ["connect-failure", "reset", "503"]
+budget_percent = 100
+"#,
+            urls.join(", ")
+        ))
+        .await,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = load(&gw, "/work", 8, &stop);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    ups[1].kill();
+    let killed = Instant::now();
+    let b = ups[1].url();
+    let noticed = eventually(Duration::from_secs(3), "b unhealthy", || async {
+        (endpoint(&gw, "app", &b).await["healthy"] == false).then(|| killed.elapsed())
+    })
+    .await;
+    // Tries already under way when it went out may still end; then nothing is sent to it.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let tried = endpoint(&gw, "app", &b).await["requests"].clone();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        endpoint(&gw, "app", &b).await["requests"],
+        tried,
+        "an unhealthy endpoint gets no traffic"
+    );
+    let hits_when_out = ups[1].hits.load(Ordering::SeqCst);
+
+    // Back on the same port: back in after `healthy_threshold` passing checks.
+    ups[1].serve().await;
+    let restarted = Instant::now();
+    let back = eventually(Duration::from_secs(3), "b healthy again", || async {
+        (endpoint(&gw, "app", &b).await["healthy"] == true).then(|| restarted.elapsed())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stop.store(true, Ordering::Relaxed);
+    let statuses: Vec<u16> = clients.join_all().await.into_iter().flatten().collect();
+    let failed = statuses.iter().filter(|s| **s != 200).count();
+    let mut by_status = std::collections::BTreeMap::new();
+    for s in &statuses {
+        *by_status.entry(*s).or_insert(0) += 1;
+    }
+    eprintln!("statuses: {by_status:?}");
+    eprintln!(
+        "killed under load: {} requests, {failed} failed; out after {noticed:?}, back after {back:?}",
+        statuses.len()
+    );
+    assert!(statuses.len() > 200, "the load ran: {}", statuses.len());
+    assert_eq!(failed, 0, "statuses other than 200: {failed}");
+    // interval x threshold, plus scheduling slack on a loaded 2-core machine.
+    assert!(noticed <= Duration::from_millis(400 + 250), "{noticed:?}");
+    assert!(back <= Duration::from_millis(400 + 250), "{back:?}");
+    assert!(
+        ups[1].hits.load(Ordering::SeqCst) > hits_when_out,
+        "b serves again once healthy"
+    );
+}
+
+/// Shares of `n` requests per upstream name (from `x-upstream`), sent by `concurrency` clients.
+async fn spread(
+    gw: &Arc<TestGateway>,
+    path: &str,
+    n: usize,
+    concurrency: usize,
+) -> HashMap<String, usize> {
+    let counts = Arc::new(Mutex::new(HashMap::new()));
+    let left = Arc::new(AtomicUsize::new(n));
+    let mut set = JoinSet::new();
+    for _ in 0..concurrency {
+        let (gw, counts, left, path) = (gw.clone(), counts.clone(), left.clone(), path.to_string());
+        set.spawn(async move {
+            while left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |l| l.checked_sub(1))
+                .is_ok()
+            {
+                let r = gw.get(&path).await;
+                assert_eq!(r.status, 200);
+                let name = r.header("x-upstream").unwrap().to_string();
+                *counts.lock().unwrap().entry(name).or_insert(0) += 1;
+            }
+        });
+    }
+    set.join_all().await;
+    Arc::try_unwrap(counts).unwrap().into_inner().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_request_sends_fewer_requests_to_a_slow_upstream() {
+    let slow = Upstream::start_with_delay("slow", Duration::from_millis(40)).await;
+    let fast = Upstream::start("fast").await;
+    let gw = Arc::new(
+        TestGateway::start(&format!(
+            r#"
+[services.rr]
+upstreams = ["{slow}", "{fast}"]
+
+[services.lr]
+upstreams = ["{slow}", "{fast}"]
+balance = "least_request"
+
+[[routes]]
+name = "rr"
+prefix = "/rr"
+service = "rr"
+
+[[routes]]
+name = "lr"
+prefix = "/lr"
+service = "lr"
+"#,
+            slow = slow.url(),
+            fast = fast.url()
+        ))
+        .await,
+    );
+    let rr = spread(&gw, "/rr", 200, 8).await;
+    let lr = spread(&gw, "/lr", 200, 8).await;
+    let share = |c: &HashMap<String, usize>| {
+        c.get("slow").copied().unwrap_or(0) as f64 / c.values().sum::<usize>() as f64
+    };
+    eprintln!(
+        "slow upstream's share: round robin {:.2}, least request {:.2}",
+        share(&rr),
+        share(&lr)
+    );
+    assert!((0.45..=0.55).contains(&share(&rr)), "{rr:?}");
+    assert!(share(&lr) < 0.25, "least request: {lr:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hashing_keeps_keys_and_moves_about_one_in_n() {
+    let ups = [
+        Upstream::start("u0").await,
+        Upstream::start("u1").await,
+        Upstream::start("u2").await,
+        Upstream::start("u3").await,
+    ];
+    let config = |n: usize| {
+        let urls: Vec<String> = ups[..n]
+            .iter()
+            .map(|u| format!("\"{}\"", u.url()))
+            .collect();
+        format!(
+            "[services.app]\nupstreams = [{}]\nbalance = \"consistent_hash\"\nhash_on = \"header:x-user\"\n\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nservice = \"app\"\n",
+            urls.join(", ")
+        )
+    };
+    let fg = FileGateway::start(temp_dir("hash"), &config(4), &[]).await;
+    let owner = |user: usize| {
+        let gw = &fg.gw;
+        async move {
+            let r = gw
+                .request("GET", "/", &[("x-user", &format!("user-{user}"))], "")
+                .await;
+            r.header("x-upstream").unwrap().to_string()
+        }
+    };
+    let mut before = Vec::new();
+    for user in 0..200 {
+        let first = owner(user).await;
+        assert_eq!(owner(user).await, first, "a key stays on its upstream");
+        before.push(first);
+    }
+    let used: std::collections::HashSet<&String> = before.iter().collect();
+    assert_eq!(used.len(), 4, "keys spread over every upstream");
+
+    fg.write_config(&config(3));
+    eventually(Duration::from_secs(10), "u3 removed", || async {
+        let services = fg.gw.admin("/services").await;
+        (services[0]["endpoints"].as_array().unwrap().len() == 3).then_some(())
+    })
+    .await;
+    let mut moved = 0;
+    for (user, was) in before.iter().enumerate() {
+        let now = owner(user).await;
+        if was == "u3" {
+            assert_ne!(now, "u3");
+            moved += 1;
+        } else {
+            assert_eq!(&now, was, "user-{user} moved off an upstream that stayed");
+        }
+    }
+    let share = moved as f64 / before.len() as f64;
+    eprintln!("consistent hashing: {moved} of 200 keys moved when 1 of 4 upstreams left");
+    assert!((0.12..=0.40).contains(&share), "{share}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_endpoints_are_ejected_and_retries_hide_them() {
+    let broken = Upstream::start_fn("broken", Duration::ZERO, |_, _| (503, "{}".into())).await;
+    let good = Upstream::start("good").await;
+    let gw = Arc::new(
+        TestGateway::start(&format!(
+            r#"
+[services.app]
+upstreams = ["{}", "{}"]
+[services.app.outlier_detection]
+consecutive_failures = 3
+base_ejection = "30s"
+
+[[routes]]
+name = "all"
+prefix = "/"
+service = "app"
+[routes.retry]
+on = ["503"]
+"#,
+            broken.url(),
+            good.url()
+        ))
+        .await,
+    );
+    for _ in 0..20 {
+        assert_eq!(
+            gw.get("/x").await.status,
+            200,
+            "the retry goes to the other endpoint"
+        );
+    }
+    let state = endpoint(&gw, "app", &broken.url()).await;
+    assert_eq!(state["ejected"], true, "{state}");
+    assert_eq!(state["ejections"], 1);
+    assert!(
+        state["ejected_for_ms"].as_u64().unwrap() > 25_000,
+        "{state}"
+    );
+    assert_eq!(
+        broken.hits(),
+        3,
+        "ejected after 3 failures in a row, then no traffic"
+    );
+    // At most half the endpoints are ejected: the good one stays whatever it does.
+    assert_eq!(endpoint(&gw, "app", &good.url()).await["ejected"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_at_its_limits_answers_503_at_once() {
+    let slow = Upstream::start_with_delay("slow", Duration::from_millis(600)).await;
+    let gw = Arc::new(
+        TestGateway::start(&format!(
+            r#"
+[services.requests]
+upstreams = ["{url}"]
+max_requests = 2
+
+[services.connections]
+upstreams = ["{url}"]
+max_connections = 1
+max_pending = 1
+
+[[routes]]
+name = "requests"
+prefix = "/requests"
+service = "requests"
+
+[[routes]]
+name = "connections"
+prefix = "/connections"
+service = "connections"
+"#,
+            url = slow.url()
+        ))
+        .await,
+    );
+    for (path, allowed) in [("/requests", 2), ("/connections", 2)] {
+        let mut set = JoinSet::new();
+        for _ in 0..5 {
+            let (gw, path) = (gw.clone(), path.to_string());
+            set.spawn(async move {
+                let started = Instant::now();
+                let r = gw.get(&path).await;
+                (r.status.as_u16(), started.elapsed(), r.json())
+            });
+        }
+        let results = set.join_all().await;
+        let ok = results.iter().filter(|(s, _, _)| *s == 200).count();
+        let refused: Vec<_> = results.iter().filter(|(s, _, _)| *s == 503).collect();
+        assert_eq!(ok, allowed, "{path}: {results:?}");
+        assert_eq!(refused.len(), 5 - allowed, "{path}: {results:?}");
+        for (_, took, body) in refused {
+            assert!(
+                *took < Duration::from_millis(300),
+                "{path}: refused after {took:?}"
+            );
+            assert_eq!(body["error"]["message"], "upstream overloaded");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_endpoint_unhealthy_a_service_fails_fast_or_panics() {
+    let sick = Arc::new(AtomicBool::new(true));
+    let flag = sick.clone();
+    let up = Upstream::start_fn("up", Duration::ZERO, move |seen, _| {
+        if seen.path == "/health" && flag.load(Ordering::SeqCst) {
+            (500, "{}".into())
+        } else {
+            (200, "{}".into())
+        }
+    })
+    .await;
+    let body = |extra: &str| {
+        format!(
+            r#"
+[services.fail]
+upstreams = ["{url}"]
+[services.fail.health_check]
+path = "/health"
+interval = "100ms"
+unhealthy_threshold = 1
+
+[services.panic]
+upstreams = ["{url}"]
+when_all_unhealthy = "panic"
+[services.panic.health_check]
+path = "/health"
+interval = "100ms"
+unhealthy_threshold = 1
+
+[[routes]]
+name = "fail"
+prefix = "/fail"
+service = "fail"
+
+[[routes]]
+name = "panic"
+prefix = "/panic"
+service = "panic"
+{extra}"#,
+            url = up.url()
+        )
+    };
+    let fg = FileGateway::start(temp_dir("all-unhealthy"), &body(""), &[]).await;
+    eventually(Duration::from_secs(5), "the endpoint unhealthy", || async {
+        (endpoint(&fg.gw, "fail", &up.url()).await["healthy"] == false).then_some(())
+    })
+    .await;
+    let r = fg.gw.get("/fail").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"]["message"], "no healthy upstream");
+    assert_eq!(
+        fg.gw.get("/panic").await.status,
+        200,
+        "panic mode uses it anyway"
+    );
+
+    // A reload that leaves the service alone keeps its endpoint's health: still unhealthy at
+    // once, without waiting for a check.
+    fg.write_config(&body(
+        "\n[[routes]]\nname = \"extra\"\nexact = \"/extra\"\nservice = \"fail\"\n",
+    ));
+    eventually(Duration::from_secs(10), "the reload", || async {
+        (fg.gw.admin("/routes").await.as_array().unwrap().len() == 3).then_some(())
+    })
+    .await;
+    assert_eq!(endpoint(&fg.gw, "fail", &up.url()).await["healthy"], false);
+    assert_eq!(fg.gw.get("/fail").await.status, 503);
+
+    sick.store(false, Ordering::SeqCst);
+    eventually(Duration::from_secs(5), "healthy again", || async {
+        (fg.gw.get("/fail").await.status == 200).then_some(())
+    })
+    .await;
+}
+
+/// During an outage the budget caps retries: 30 requests at once to a service that only
+/// answers 503 (slowly), each allowed 5 tries, send far fewer than 150 tries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_keeps_retries_from_multiplying_load() {
+    let down = Upstream::start_fn("down", Duration::from_millis(100), |_, _| {
+        (503, "{}".into())
+    })
+    .await;
+    let gw = Arc::new(
+        TestGateway::start(&format!(
+            "[services.app]\nupstreams = [\"{}\"]\n\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nservice = \"app\"\n[routes.retry]\nattempts = 5\non = [\"503\"]\n",
+            down.url()
+        ))
+        .await,
+    );
+    let mut set = JoinSet::new();
+    for _ in 0..30 {
+        let gw = gw.clone();
+        set.spawn(async move { gw.get("/x").await.status.as_u16() });
+    }
+    let statuses = set.join_all().await;
+    assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
+    let tries = down.hits();
+    eprintln!("retry budget: 30 requests x 5 tries allowed, {tries} tries sent");
+    // 30 first tries; retries in flight at most 20% of 30 (6), each chain at most 4 long.
+    assert!(tries > 30, "some retries were sent: {tries}");
+    assert!(tries <= 30 + 6 * 4, "{tries} tries");
+}
