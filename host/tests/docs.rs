@@ -57,3 +57,19 @@ fn the_config_reference_example_is_a_valid_config() {
     assert_eq!(config.routes.len(), 1);
     assert_eq!(config.routes[0].filters[0].name, "headers");
 }
+
+#[test]
+fn the_traffic_management_example_is_a_valid_config() {
+    let page = std::fs::read_to_string(checkout().join("docs/config.md")).unwrap();
+    let example = page
+        .split("```toml\n")
+        .filter_map(|rest| rest.split("```").next())
+        .find(|block| block.contains("[services.users.health_check]"))
+        .expect("the traffic management example in docs/config.md");
+    let config = wasmgate::Config::parse(example)
+        .unwrap_or_else(|errors| panic!("the traffic example is refused: {errors:?}"));
+    let users = &config.services[0];
+    assert_eq!(users.weights, [2, 1, 1]);
+    assert!(users.health_check.is_some() && users.outlier.is_some());
+    assert!(config.routes[0].retry.is_some());
+}
