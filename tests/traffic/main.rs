@@ -545,3 +545,147 @@ async fn the_retry_budget_keeps_retries_from_multiplying_load() {
     assert!(tries > 30, "some retries were sent: {tries}");
     assert!(tries <= 30 + 6 * 4, "{tries} tries");
 }
+
+/// A DNS server on 127.0.0.1 answering every A and AAAA question with the addresses `answer`
+/// holds at that moment (TTL 1 s).
+async fn dns_server(answer: Arc<Mutex<Vec<std::net::IpAddr>>>) -> SocketAddr {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let query = &buf[..n];
+            // The question: labels up to a zero byte, then type and class.
+            let mut end = 12;
+            while end < n && query[end] != 0 {
+                end += 1 + query[end] as usize;
+            }
+            let question_end = end + 5;
+            if question_end > n {
+                continue;
+            }
+            let qtype = u16::from_be_bytes([query[end + 1], query[end + 2]]);
+            let ips: Vec<std::net::IpAddr> = answer
+                .lock()
+                .unwrap()
+                .iter()
+                .copied()
+                .filter(|ip| (qtype == 1 && ip.is_ipv4()) || (qtype == 28 && ip.is_ipv6()))
+                .collect();
+            let mut reply = query[..2].to_vec();
+            reply.extend_from_slice(&[0x81, 0x80, 0, 1]);
+            reply.extend_from_slice(&(ips.len() as u16).to_be_bytes());
+            reply.extend_from_slice(&[0, 0, 0, 0]);
+            reply.extend_from_slice(&query[12..question_end]);
+            for ip in ips {
+                reply.extend_from_slice(&[0xc0, 0x0c]);
+                reply.extend_from_slice(&qtype.to_be_bytes());
+                reply.extend_from_slice(&[0, 1, 0, 0, 0, 1]);
+                let rdata = match ip {
+                    std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+                    std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+                };
+                reply.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+                reply.extend_from_slice(&rdata);
+            }
+            let _ = socket.send_to(&reply, from).await;
+        }
+    });
+    addr
+}
+
+/// An upstream on `addr` answering `x-upstream: <name>`.
+async fn serve_at(addr: SocketAddr, name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let bound = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let service = service_fn(
+                move |_req: http::Request<hyper::body::Incoming>| async move {
+                    Ok::<_, Infallible>(
+                        http::Response::builder()
+                            .header("x-upstream", name)
+                            .body(Full::new(Bytes::from_static(b"ok")))
+                            .unwrap(),
+                    )
+                },
+            );
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service),
+            );
+        }
+    });
+    bound
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_dns_answer_moves_traffic_without_a_reload() {
+    let v4 = serve_at("127.0.0.1:0".parse().unwrap(), "v4").await;
+    serve_at(SocketAddr::new("::1".parse().unwrap(), v4.port()), "v6").await;
+    let answer = Arc::new(Mutex::new(vec!["127.0.0.1".parse().unwrap()]));
+    let dns = dns_server(answer.clone()).await;
+    let gw = Arc::new(
+        TestGateway::start(&format!(
+            r#"
+[dns]
+servers = ["{dns}"]
+lookup = "both"
+min_ttl = "200ms"
+max_ttl = "1s"
+
+[services.app]
+upstreams = ["http://app.test:{port}"]
+
+[[routes]]
+name = "all"
+prefix = "/"
+service = "app"
+"#,
+            port = v4.port()
+        ))
+        .await,
+    );
+    let addresses = || async {
+        let services = gw.admin("/services").await;
+        let mut list: Vec<String> = services[0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["address"].as_str().unwrap_or("-").to_string())
+            .collect();
+        list.sort();
+        list
+    };
+    let wait_for = |want: Vec<&'static str>| async move {
+        eventually(
+            Duration::from_secs(5),
+            &format!("endpoints {want:?}"),
+            || async { (addresses().await == want).then_some(()) },
+        )
+        .await
+    };
+    wait_for(vec!["127.0.0.1"]).await;
+    let served = spread(&gw, "/", 20, 2).await;
+    assert_eq!(served.get("v4"), Some(&20), "{served:?}");
+
+    // Two addresses: two endpoints, both serving.
+    answer.lock().unwrap().push("::1".parse().unwrap());
+    let changed = Instant::now();
+    wait_for(vec!["127.0.0.1", "::1"]).await;
+    let served = spread(&gw, "/", 20, 2).await;
+    assert_eq!(
+        (served.get("v4"), served.get("v6")),
+        (Some(&10), Some(&10)),
+        "{served:?}"
+    );
+
+    // The old address gone: traffic moves to the new one, without a reload.
+    *answer.lock().unwrap() = vec!["::1".parse().unwrap()];
+    wait_for(vec!["::1"]).await;
+    let followed = changed.elapsed();
+    let served = spread(&gw, "/", 20, 2).await;
+    assert_eq!(served.get("v6"), Some(&20), "{served:?}");
+    eprintln!("DNS: two answer changes followed in {followed:?} (TTL 1 s)");
+    assert!(followed < Duration::from_secs(4), "{followed:?}");
+}

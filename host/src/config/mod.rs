@@ -20,7 +20,8 @@ use serde::Deserialize;
 
 pub use path::{PathMatch, Pattern, Segment, Template, TemplatePart};
 pub use traffic::{
-    AllUnhealthy, Balance, HashOn, HealthCheck, OutlierDetection, Retry, RetryOn, ServiceLimits,
+    AllUnhealthy, Balance, DNS_LOOKUPS, Dns, HashOn, HealthCheck, OutlierDetection, Retry, RetryOn,
+    ServiceLimits,
 };
 
 /// Default listener when the file names none.
@@ -87,6 +88,8 @@ pub struct Config {
     pub compression: Compression,
     /// The HTTPS listener, when configured.
     pub tls: Option<Tls>,
+    /// How upstream host names are resolved (`[dns]`).
+    pub dns: Dns,
     /// The services routes and filters reach (`[services.NAME]`).
     pub services: Vec<ServiceConfig>,
     /// The routes, in file order (`[[routes]]`).

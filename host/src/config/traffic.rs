@@ -237,3 +237,49 @@ impl Default for Retry {
         }
     }
 }
+
+/// How upstream host names are resolved (`[dns]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Dns {
+    /// Name servers (`"127.0.0.1:53"`); empty (the default) uses the system's
+    /// (`/etc/resolv.conf`, and `/etc/hosts`).
+    #[serde(default)]
+    pub servers: Vec<std::net::SocketAddr>,
+    /// Which addresses become endpoints: `"ipv4_then_ipv6"` (IPv4 ones, else IPv6; the
+    /// default), `"ipv4"`, `"ipv6"` or `"both"`.
+    #[serde(default = "default_lookup")]
+    pub lookup: String,
+    /// A name is resolved again when its answer's TTL runs out, but not sooner than this
+    /// (default 1s)...
+    #[serde(default = "default_min_ttl", with = "humantime_serde")]
+    pub min_ttl: Duration,
+    /// ...nor later than this (default 5m).
+    #[serde(default = "default_max_ttl", with = "humantime_serde")]
+    pub max_ttl: Duration,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns {
+            servers: Vec::new(),
+            lookup: default_lookup(),
+            min_ttl: default_min_ttl(),
+            max_ttl: default_max_ttl(),
+        }
+    }
+}
+
+/// The lookup spellings `[dns] lookup` accepts.
+pub const DNS_LOOKUPS: [&str; 4] = ["ipv4_then_ipv6", "ipv4", "ipv6", "both"];
+
+fn default_lookup() -> String {
+    "ipv4_then_ipv6".into()
+}
+
+fn default_min_ttl() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_max_ttl() -> Duration {
+    Duration::from_secs(300)
+}

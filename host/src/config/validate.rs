@@ -135,6 +135,7 @@ mod unknown_key {
             ["limits"] => fields::<BodyLimits>(),
             ["compression"] => fields::<Compression>(),
             ["tls"] => fields::<RawTls>(),
+            ["dns"] => fields::<Dns>(),
             ["tls", "certificates", _] => fields::<RawCertificate>(),
             ["services", _] => fields::<RawService>(),
             ["services", _, "health_check"] => fields::<HealthCheck>(),
@@ -269,6 +270,7 @@ struct RawConfig {
     limits: Option<Spanned<BodyLimits>>,
     compression: Option<Spanned<Compression>>,
     tls: Option<Spanned<RawTls>>,
+    dns: Option<Spanned<Dns>>,
     #[serde(default)]
     services: BTreeMap<String, Spanned<RawService>>,
     #[serde(default)]
@@ -516,6 +518,28 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
         timeouts: raw.timeouts.map(Spanned::into_inner).unwrap_or_default(),
         limits: raw.limits.map(Spanned::into_inner).unwrap_or_default(),
         compression: raw.compression.map(Spanned::into_inner).unwrap_or_default(),
+        dns: match &raw.dns {
+            None => Dns::default(),
+            Some(d) => {
+                let dns = d.get_ref();
+                if !DNS_LOOKUPS.contains(&dns.lookup.as_str()) {
+                    src.at(
+                        d,
+                        format!(
+                            "dns.lookup {:?}: expected one of {DNS_LOOKUPS:?}",
+                            dns.lookup
+                        ),
+                    );
+                }
+                if dns.min_ttl > dns.max_ttl || dns.max_ttl.is_zero() {
+                    src.at(
+                        d,
+                        "dns: max_ttl must be greater than zero and at least min_ttl",
+                    );
+                }
+                dns.clone()
+            }
+        },
         tls,
         services,
         routes,

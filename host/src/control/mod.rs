@@ -50,7 +50,7 @@ impl Control {
         let mut registry = Registry::load(&sandbox, &config).await;
         let mut endpoints = EndpointRegistry::default();
         let (snapshot, problems) = Snapshot::build(&config, &mut registry, &mut endpoints).await;
-        endpoints.sync(&snapshot.services);
+        endpoints.sync(&snapshot.services, &config.dns);
         log_problems(&problems);
         warn_unnamed_files(&config, None);
         prune_cache(&sandbox, &config, &registry);
@@ -182,7 +182,7 @@ impl Control {
         endpoints: &mut EndpointRegistry,
     ) {
         let (snapshot, problems) = Snapshot::build(config, registry, endpoints).await;
-        endpoints.sync(&snapshot.services);
+        endpoints.sync(&snapshot.services, &config.dns);
         log_problems(&problems);
         self.snapshots.store(Arc::new(snapshot));
         prune_cache(&self.sandbox, config, registry);

@@ -40,10 +40,6 @@ impl Balancer {
         }
     }
 
-    pub(super) fn policy(&self) -> &Balance {
-        &self.policy
-    }
-
     /// The endpoint for this try: one that takes traffic and was not tried yet, else one that
     /// takes traffic; `None` when none does (unless `all_unhealthy` is panic, which then uses
     /// every endpoint).
@@ -154,14 +150,14 @@ fn smooth_schedule(endpoints: &[Endpoint]) -> Vec<usize> {
     schedule
 }
 
-/// The hash ring: `RING_POINTS` points per unit of weight for each endpoint, placed by its URL,
-/// so an endpoint keeps its points whatever the others are.
+/// The hash ring: `RING_POINTS` points per unit of weight for each endpoint, placed by its URL
+/// (and address), so an endpoint keeps its points whatever the others are.
 fn ring(endpoints: &[Endpoint]) -> Vec<(u64, usize)> {
     let mut ring = Vec::new();
     for (i, e) in endpoints.iter().enumerate() {
-        let url = e.base.to_string();
+        let id = e.id();
         for point in 0..RING_POINTS * e.weight {
-            ring.push((stable_hash(&(url.as_str(), point)), i));
+            ring.push((stable_hash(&(id.as_str(), point)), i));
         }
     }
     ring.sort_unstable();
@@ -228,6 +224,7 @@ mod tests {
             .enumerate()
             .map(|(i, w)| Endpoint {
                 base: format!("http://10.0.0.{i}:80").parse().unwrap(),
+                address: None,
                 weight: *w,
                 state: Arc::default(),
             })
@@ -263,6 +260,7 @@ mod tests {
             .iter()
             .map(|e| Endpoint {
                 base: e.base.clone(),
+                address: None,
                 weight: 1,
                 state: Arc::default(),
             })

@@ -21,7 +21,7 @@ use super::BoxError;
 /// The connector of every upstream pool; `cap` is set for services with `max_connections`.
 #[derive(Clone)]
 pub(super) struct Capped {
-    pub inner: HttpsConnector<HttpConnector>,
+    pub inner: HttpsConnector<HttpConnector<super::discovery::Pinned>>,
     pub cap: Option<Arc<ConnectionCap>>,
     pub wait: Duration,
 }

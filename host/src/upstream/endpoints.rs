@@ -157,34 +157,32 @@ pub(super) fn record(
     );
 }
 
-/// Endpoint state and per-service health checkers, kept across config reloads.
+/// Endpoint state, DNS answers and per-service background tasks (health checks, discovery),
+/// kept across config reloads.
 #[derive(Default)]
 pub struct EndpointRegistry {
-    states: HashMap<(String, String), Arc<EndpointState>>,
+    states: super::discovery::States,
+    resolved: super::discovery::Resolved,
     shared: HashMap<String, Arc<super::ServiceShared>>,
-    checkers: HashMap<String, Checker>,
+    resolver: Option<super::Resolver>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// A running health checker and what it was started for.
-struct Checker {
-    check: HealthCheck,
-    urls: Vec<String>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Checker {
+impl Drop for EndpointRegistry {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
 impl EndpointRegistry {
-    /// The state of `service`'s endpoint `url`: the one it had, or a fresh one.
-    pub(super) fn state(&mut self, service: &str, url: &str) -> Arc<EndpointState> {
-        self.states
-            .entry((service.to_string(), url.to_string()))
-            .or_default()
-            .clone()
+    pub(super) fn states(&self) -> &super::discovery::States {
+        &self.states
+    }
+
+    pub(super) fn resolved(&self) -> &super::discovery::Resolved {
+        &self.resolved
     }
 
     /// State shared by every snapshot of `service` (counters its limits and retry budget use).
@@ -197,70 +195,89 @@ impl EndpointRegistry {
         entry.clone()
     }
 
-    /// Forget endpoints and services `services` no longer has, and run one health checker per
-    /// service that asks for checks (restarted only when its checks or endpoints changed).
-    pub fn sync(&mut self, services: &super::Services) {
-        self.states.retain(|(service, url), _| {
-            services
-                .get(service)
-                .is_some_and(|s| s.endpoints.iter().any(|e| e.base.to_string() == *url))
-        });
+    /// Serve `services`: forget endpoints, answers and services they no longer have, and run
+    /// their health checks and DNS discovery (restarted with each snapshot; what they learned
+    /// is kept in the endpoints' state). `dns` is the config's `[dns]`.
+    pub fn sync(&mut self, services: &super::Services, dns: &crate::config::Dns) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        {
+            let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+            states.retain(|(service, id), _| {
+                services.get(service).is_some_and(|s| {
+                    s.table.load().endpoints.iter().any(|e| e.id() == *id)
+                        || s.upstreams
+                            .iter()
+                            .any(|(u, _)| id.starts_with(&u.to_string()))
+                })
+            });
+            let mut resolved = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+            resolved.retain(|(service, url), _| {
+                services
+                    .get(service)
+                    .is_some_and(|s| s.upstreams.iter().any(|(u, _)| u.to_string() == *url))
+            });
+        }
         self.shared.retain(|name, _| services.contains_key(name));
-        self.checkers.retain(|name, checker| {
-            services.get(name).is_some_and(|s| {
-                s.health_check.as_ref() == Some(&checker.check) && s.urls() == checker.urls
-            })
-        });
-        for (name, service) in services {
-            let Some(check) = &service.health_check else {
-                continue;
-            };
-            if self.checkers.contains_key(name) {
-                continue;
+        if self.resolver.as_ref().is_none_or(|r| r.dns != *dns)
+            && services.values().any(|s| s.named_upstreams())
+        {
+            match super::Resolver::new(dns) {
+                Ok(resolver) => self.resolver = Some(resolver),
+                Err(why) => tracing::error!("no DNS discovery: {why}"),
             }
-            let shared = service.shared.clone();
-            let targets: Vec<(http::Uri, Arc<EndpointState>)> = service
-                .endpoints
-                .iter()
-                .map(|e| (e.base.clone(), e.state.clone()))
-                .collect();
-            let task = tokio::spawn(run_checks(
-                name.clone(),
-                check.clone(),
-                service.transport.clone(),
-                shared,
-                targets,
-            ));
-            self.checkers.insert(
-                name.clone(),
-                Checker {
-                    check: check.clone(),
-                    urls: service.urls(),
-                    task,
-                },
-            );
+        }
+        for (name, service) in services {
+            if let Some(check) = &service.health_check {
+                self.tasks.push(tokio::spawn(run_checks(
+                    name.clone(),
+                    check.clone(),
+                    service.transport.clone(),
+                    service.shared.clone(),
+                    service.table.clone(),
+                )));
+            }
+            if let Some(resolver) = &self.resolver
+                && service.named_upstreams()
+            {
+                let discovery = super::discovery::Discovery {
+                    service: name.clone(),
+                    upstreams: service.upstreams.clone(),
+                    balance: service.balance.clone(),
+                    table: service.table.clone(),
+                    states: self.states.clone(),
+                    resolved: self.resolved.clone(),
+                };
+                self.tasks.push(tokio::spawn(super::discovery::run(
+                    discovery,
+                    resolver.clone(),
+                )));
+            }
         }
     }
 }
 
-/// Check every endpoint each `interval`, and flip its health at the thresholds.
+/// Check every endpoint each `interval` (the endpoints DNS gives at that moment), and flip its
+/// health at the thresholds.
 async fn run_checks(
     service: String,
     check: HealthCheck,
     transport: Transport,
     shared: Arc<super::ServiceShared>,
-    targets: Vec<(http::Uri, Arc<EndpointState>)>,
+    table: Arc<arc_swap::ArcSwap<super::Table>>,
 ) {
     let connect_timeout = check.timeout;
     let mut tick = tokio::time::interval(check.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let probes = targets.iter().map(|(base, state)| {
+        let table = table.load_full();
+        let probes = table.endpoints.iter().map(|e| {
             let (service, check, transport, shared) = (&service, &check, &transport, &shared);
             async move {
-                let passed = probe(base, check, transport, shared, connect_timeout).await;
-                judge(service, base, state, check, passed);
+                let passed = probe(e, check, transport, shared, connect_timeout).await;
+                judge(service, &e.base, &e.state, check, passed);
             }
         });
         futures_util::future::join_all(probes).await;
@@ -269,20 +286,20 @@ async fn run_checks(
 
 /// One check: `GET` the path, a passing status within the timeout.
 async fn probe(
-    base: &http::Uri,
+    endpoint: &super::Endpoint,
     check: &HealthCheck,
     transport: &Transport,
     shared: &Arc<super::ServiceShared>,
     connect_timeout: Duration,
 ) -> Result<(), String> {
-    let uri = super::join(base, &check.path).map_err(|e| e.to_string())?;
+    let uri = super::join(&endpoint.base, &check.path).map_err(|e| e.to_string())?;
     let mut req = Request::new(super::empty());
     *req.uri_mut() = uri;
     req.headers_mut().insert(
         http::header::USER_AGENT,
         http::HeaderValue::from_static("wasmgate-health-check"),
     );
-    let client = super::local_client(connect_timeout, transport, shared);
+    let client = super::local_client(connect_timeout, transport, shared, endpoint.address);
     let sent = tokio::time::timeout(check.timeout, client.request(req)).await;
     match sent {
         Err(_) => Err(format!("no answer within {:?}", check.timeout)),

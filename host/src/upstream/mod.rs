@@ -7,9 +7,11 @@
 
 mod balance;
 mod capped;
+mod discovery;
 mod endpoints;
 mod transport;
 
+pub use self::discovery::Resolver;
 pub use self::endpoints::{EndpointRegistry, EndpointState};
 pub use self::transport::{Protocol, TlsFiles, Transport};
 
@@ -19,6 +21,8 @@ use self::endpoints::Outcome;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -62,8 +66,11 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 #[derive(Debug)]
 pub struct Service {
     pub name: String,
-    endpoints: Vec<Endpoint>,
-    balancer: Balancer,
+    /// The endpoints and the balancer over them; swapped when DNS answers change.
+    table: Arc<ArcSwap<Table>>,
+    /// The upstreams as configured, with their weights.
+    upstreams: Vec<(http::Uri, u32)>,
+    balance: Balance,
     transport: Transport,
     all_unhealthy: AllUnhealthy,
     health_check: Option<HealthCheck>,
@@ -71,13 +78,42 @@ pub struct Service {
     shared: Arc<ServiceShared>,
 }
 
-/// One upstream URL of a service.
+/// A service's endpoints and how it picks among them.
+#[derive(Debug)]
+pub struct Table {
+    endpoints: Vec<Endpoint>,
+    balancer: Balancer,
+}
+
+impl Table {
+    fn new(balance: &Balance, endpoints: Vec<Endpoint>) -> Table {
+        Table {
+            balancer: Balancer::new(balance.clone(), &endpoints),
+            endpoints,
+        }
+    }
+}
+
+/// One upstream URL of a service, or one address its host name resolved to.
 #[derive(Debug)]
 pub struct Endpoint {
-    /// The base URL requests are joined to.
+    /// The base URL requests are joined to (its host is sent as `Host` and SNI).
     pub base: http::Uri,
+    /// The address connections go to, when DNS discovery resolved the host; otherwise the
+    /// host is resolved when connecting.
+    pub address: Option<std::net::IpAddr>,
     pub weight: u32,
     pub state: Arc<EndpointState>,
+}
+
+impl Endpoint {
+    /// The URL, and the address when there is one: what keeps its state across reloads.
+    pub fn id(&self) -> String {
+        match self.address {
+            Some(ip) => format!("{}@{ip}", self.base),
+            None => self.base.to_string(),
+        }
+    }
 }
 
 /// What every snapshot of one service shares: its limits and their counters, and the retry
@@ -123,20 +159,23 @@ impl Service {
                 "tls_verify = false: the certificates of this service's upstreams are not verified"
             );
         }
-        let endpoints: Vec<Endpoint> = cfg
+        let upstreams: Vec<(http::Uri, u32)> = cfg
             .upstreams
             .iter()
-            .zip(cfg.weights.iter().chain(std::iter::repeat(&1)))
-            .map(|(base, weight)| Endpoint {
-                state: registry.state(&cfg.name, &base.to_string()),
-                base: base.clone(),
-                weight: *weight,
-            })
+            .cloned()
+            .zip(cfg.weights.iter().copied().chain(std::iter::repeat(1)))
             .collect();
+        let endpoints = discovery::endpoints(
+            &cfg.name,
+            &upstreams,
+            registry.states(),
+            registry.resolved(),
+        );
         Self {
             name: cfg.name.clone(),
-            balancer: Balancer::new(cfg.balance.clone(), &endpoints),
-            endpoints,
+            table: Arc::new(ArcSwap::from_pointee(Table::new(&cfg.balance, endpoints))),
+            upstreams,
+            balance: cfg.balance.clone(),
             transport: cfg.transport.clone(),
             all_unhealthy: cfg.all_unhealthy,
             health_check: cfg.health_check.clone(),
@@ -145,8 +184,9 @@ impl Service {
         }
     }
 
-    fn urls(&self) -> Vec<String> {
-        self.endpoints.iter().map(|e| e.base.to_string()).collect()
+    /// Upstreams whose host is a name, to be resolved by DNS.
+    fn named_upstreams(&self) -> bool {
+        self.upstreams.iter().any(|(u, _)| discovery::is_name(u))
     }
 
     /// The consistent-hashing key of a request, when the service hashes.
@@ -156,7 +196,7 @@ impl Service {
         client: std::net::SocketAddr,
         path: &str,
     ) -> Option<u64> {
-        match self.balancer.policy() {
+        match &self.balance {
             Balance::ConsistentHash(on) => balance::hash_key(on, headers, client, path),
             _ => None,
         }
@@ -180,13 +220,15 @@ impl Service {
     /// For the admin endpoint: the policy and each endpoint's state.
     pub fn describe(&self) -> serde_json::Value {
         let now = endpoints::now_ms();
-        let endpoints: Vec<serde_json::Value> = self
+        let table = self.table.load();
+        let endpoints: Vec<serde_json::Value> = table
             .endpoints
             .iter()
             .map(|e| {
                 let s = &e.state;
                 serde_json::json!({
                     "url": e.base.to_string(),
+                    "address": e.address.map(|ip| ip.to_string()),
                     "weight": e.weight,
                     "healthy": s.healthy(),
                     "ejected": s.ejected(now),
@@ -201,7 +243,7 @@ impl Service {
             .collect();
         serde_json::json!({
             "name": self.name,
-            "balance": self.balancer.policy().name(),
+            "balance": self.balance.name(),
             "when_all_unhealthy": match self.all_unhealthy {
                 AllUnhealthy::Fail => "fail",
                 AllUnhealthy::Panic => "panic",
@@ -363,8 +405,9 @@ pub async fn send(
             service.name
         )));
     }
-    let Some(index) = service.balancer.pick(
-        &service.endpoints,
+    let table = service.table.load_full();
+    let Some(index) = table.balancer.pick(
+        &table.endpoints,
         pick.key,
         &pick.tried,
         service.all_unhealthy,
@@ -375,7 +418,7 @@ pub async fn send(
         )));
     };
     pick.tried.push(index);
-    let endpoint = &service.endpoints[index];
+    let endpoint = &table.endpoints[index];
     let state = endpoint.state.clone();
     state.active.fetch_add(1, Ordering::Relaxed);
     let result = send_to(service, endpoint, req, timeouts).await;
@@ -387,7 +430,7 @@ pub async fn send(
     };
     endpoints::record(
         &service.name,
-        &service.endpoints,
+        &table.endpoints,
         index,
         outcome,
         service.outlier.as_ref(),
@@ -430,7 +473,12 @@ async fn send_to(
     *outgoing.uri_mut() = uri;
     *outgoing.headers_mut() = headers;
     let where_ = || format!("service {:?} ({base})", service.name);
-    let client = local_client(timeouts.connect, &service.transport, &service.shared);
+    let client = local_client(
+        timeouts.connect,
+        &service.transport,
+        &service.shared,
+        endpoint.address,
+    );
     let resp = match tokio::time::timeout(timeout, client.request(outgoing)).await {
         Err(_) => {
             return Err(UpstreamError::Timeout(format!(
@@ -541,11 +589,12 @@ fn find_source<'a, T: std::error::Error + 'static>(
     None
 }
 
-/// Pools are keyed by connect timeout, transport settings and protocol.
-type PoolKey = (Duration, u64, Protocol);
+/// Pools are keyed by connect timeout, transport settings, protocol, and the address a
+/// resolved endpoint connects to.
+type PoolKey = (Duration, u64, Protocol, Option<std::net::IpAddr>);
 
-/// Pools kept per thread before the map is cleared (settings changed by many reloads).
-const MAX_POOLS: usize = 64;
+/// Pools kept per thread before the map is cleared (settings or addresses changed often).
+const MAX_POOLS: usize = 1024;
 
 thread_local! {
     /// This thread's pools: a request and the upstream connection it uses stay on one thread.
@@ -559,13 +608,21 @@ fn local_client(
     connect_timeout: Duration,
     transport: &Transport,
     shared: &Arc<ServiceShared>,
+    address: Option<std::net::IpAddr>,
 ) -> HttpClient {
-    let key = (connect_timeout, transport.key, transport.protocol);
+    let key = (connect_timeout, transport.key, transport.protocol, address);
     if shared.connections.is_some() {
         let mut pools = shared.pools.lock().unwrap_or_else(|e| e.into_inner());
         return pools
             .entry(key)
-            .or_insert_with(|| client(connect_timeout, transport, shared.connections.clone()))
+            .or_insert_with(|| {
+                client(
+                    connect_timeout,
+                    transport,
+                    shared.connections.clone(),
+                    address,
+                )
+            })
             .clone();
     }
     LOCAL.with(|local| {
@@ -576,7 +633,7 @@ fn local_client(
         if local.len() >= MAX_POOLS {
             local.clear();
         }
-        let fresh = client(connect_timeout, transport, None);
+        let fresh = client(connect_timeout, transport, None, address);
         local.insert(key, fresh.clone());
         fresh
     })
@@ -588,8 +645,9 @@ fn client(
     connect_timeout: Duration,
     transport: &Transport,
     cap: Option<Arc<ConnectionCap>>,
+    address: Option<std::net::IpAddr>,
 ) -> HttpClient {
-    let mut connector = HttpConnector::new();
+    let mut connector = HttpConnector::new_with_resolver(discovery::Pinned::new(address));
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_nodelay(true);
     connector.enforce_http(false);
