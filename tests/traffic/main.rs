@@ -689,3 +689,65 @@ service = "app"
     eprintln!("DNS: two answer changes followed in {followed:?} (TTL 1 s)");
     assert!(followed < Duration::from_secs(4), "{followed:?}");
 }
+
+/// A try that does not answer within `per_try_timeout` is retried on another endpoint; a
+/// request whose body streamed is never sent twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_try_timeouts_retry_elsewhere_and_streamed_bodies_are_not_replayed() {
+    let stuck = Upstream::start_with_delay("stuck", Duration::from_secs(5)).await;
+    let fast = Upstream::start("fast").await;
+    let failing = Upstream::start_fn("failing", Duration::ZERO, |_, _| (503, "{}".into())).await;
+    let gw = Arc::new(
+        TestGateway::start(&format!(
+            r#"
+[services.app]
+upstreams = ["{stuck}", "{fast}"]
+
+[services.failing]
+upstreams = ["{failing}"]
+
+[[routes]]
+name = "app"
+prefix = "/app"
+service = "app"
+[routes.retry]
+on = ["timeout"]
+per_try_timeout = "200ms"
+
+[[routes]]
+name = "failing"
+prefix = "/failing"
+service = "failing"
+[routes.retry]
+attempts = 3
+on = ["503"]
+"#,
+            stuck = stuck.url(),
+            fast = fast.url(),
+            failing = failing.url()
+        ))
+        .await,
+    );
+    for _ in 0..4 {
+        let started = Instant::now();
+        let r = gw.get("/app").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-upstream"), Some("fast"));
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        stuck.hits() >= 1,
+        "some tries went to the stuck endpoint first"
+    );
+
+    // A bodiless GET is retried; a POST whose body streamed (no filter buffered it) is not.
+    assert_eq!(gw.get("/failing").await.status, 503);
+    assert_eq!(failing.hits(), 3);
+    let r = gw.request("POST", "/failing", &[], "payload").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(failing.hits(), 4, "the streamed POST was sent once");
+}

@@ -62,7 +62,7 @@ pub(super) async fn to_upstream(
     let path = req.path_and_query.split('?').next().unwrap_or("");
     let mut pick = Pick {
         key: service.hash_key(&headers, ex.client, path),
-        tried: Vec::new(),
+        tried: Default::default(),
     };
     let retry = route.config.retry.as_ref().filter(|_| upgrade.is_none());
     // Buffered bodies, and requests without one whose method is idempotent, can be sent again.

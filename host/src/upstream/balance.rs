@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::HeaderMap;
 
-use super::Endpoint;
 use super::endpoints::now_ms;
+use super::{Endpoint, Tried};
 use crate::config::{AllUnhealthy, Balance, HashOn};
 
 /// Points on the hash ring per unit of weight.
@@ -47,12 +47,12 @@ impl Balancer {
         &self,
         endpoints: &[Endpoint],
         key: Option<u64>,
-        tried: &[usize],
+        tried: &Tried,
         all_unhealthy: AllUnhealthy,
     ) -> Option<usize> {
         let now = now_ms();
         let up = |i: usize| endpoints[i].state.available(now);
-        let fresh = |i: usize| up(i) && !tried.contains(&i);
+        let fresh = |i: usize| up(i) && !tried.contains(i);
         if let Some(i) = self.pick_where(endpoints, key, &fresh) {
             return Some(i);
         }
@@ -245,7 +245,9 @@ mod tests {
             let b = Balancer::new(policy.clone(), &e);
             let mut counts = [0usize; 2];
             for _ in 0..4000 {
-                counts[b.pick(&e, None, &[], AllUnhealthy::Fail).unwrap()] += 1;
+                counts[b
+                    .pick(&e, None, &Tried::default(), AllUnhealthy::Fail)
+                    .unwrap()] += 1;
             }
             let share = counts[0] as f64 / 4000.0;
             assert!((0.70..0.80).contains(&share), "{policy:?}: {counts:?}");
@@ -272,8 +274,12 @@ mod tests {
         let keys: Vec<u64> = (0..10_000).map(|k| stable_hash(&k)).collect();
         let mut moved = 0;
         for k in &keys {
-            let before = b4.pick(&four, Some(*k), &[], AllUnhealthy::Fail).unwrap();
-            let after = b3.pick(&three, Some(*k), &[], AllUnhealthy::Fail).unwrap();
+            let before = b4
+                .pick(&four, Some(*k), &Tried::default(), AllUnhealthy::Fail)
+                .unwrap();
+            let after = b3
+                .pick(&three, Some(*k), &Tried::default(), AllUnhealthy::Fail)
+                .unwrap();
             // Only keys of the removed endpoint may move.
             if before != 3 {
                 assert_eq!(before, after);
@@ -289,15 +295,24 @@ mod tests {
     fn retries_avoid_tried_endpoints_and_fail_fast_when_none_is_up() {
         let e = endpoints(&[1, 1]);
         let b = Balancer::new(Balance::RoundRobin, &e);
+        let mut tried = Tried::default();
+        tried.insert(0);
         for _ in 0..10 {
-            assert_eq!(b.pick(&e, None, &[0], AllUnhealthy::Fail), Some(1));
+            assert_eq!(b.pick(&e, None, &tried, AllUnhealthy::Fail), Some(1));
         }
         // Only tried ones left: one of them again.
-        assert!(b.pick(&e, None, &[0, 1], AllUnhealthy::Fail).is_some());
+        tried.insert(1);
+        assert!(b.pick(&e, None, &tried, AllUnhealthy::Fail).is_some());
         for ep in &e {
             ep.state.set_healthy_for_test(false);
         }
-        assert_eq!(b.pick(&e, None, &[], AllUnhealthy::Fail), None);
-        assert!(b.pick(&e, None, &[], AllUnhealthy::Panic).is_some());
+        assert_eq!(
+            b.pick(&e, None, &Tried::default(), AllUnhealthy::Fail),
+            None
+        );
+        assert!(
+            b.pick(&e, None, &Tried::default(), AllUnhealthy::Panic)
+                .is_some()
+        );
     }
 }

@@ -335,3 +335,65 @@ fn judge(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::Endpoint;
+
+    fn endpoints(n: usize) -> Vec<Endpoint> {
+        (0..n)
+            .map(|i| Endpoint {
+                base: format!("http://10.0.0.{i}:80").parse().unwrap(),
+                address: None,
+                weight: 1,
+                state: Arc::default(),
+            })
+            .collect()
+    }
+
+    fn fail(e: &[Endpoint], i: usize, times: u32, outlier: &OutlierDetection) {
+        for _ in 0..times {
+            record("svc", e, i, Outcome::Failure, Some(outlier));
+        }
+    }
+
+    #[test]
+    fn ejections_grow_and_stop_at_the_maximum_share() {
+        let outlier = OutlierDetection {
+            consecutive_failures: 2,
+            base_ejection: Duration::from_secs(10),
+            max_ejection: Duration::from_secs(25),
+            max_ejected_percent: 50,
+        };
+        let e = endpoints(4);
+        fail(&e, 0, 1, &outlier);
+        record("svc", &e, 0, Outcome::Success, Some(&outlier));
+        fail(&e, 0, 1, &outlier);
+        assert!(
+            !e[0].state.ejected(now_ms()),
+            "a success in between resets the count"
+        );
+        fail(&e, 0, 1, &outlier);
+        assert!(e[0].state.ejected(now_ms()));
+        let first = e[0].state.ejected_for_ms();
+        assert!((9_000..=10_000).contains(&first), "{first}");
+
+        // Ejected again later: twice as long, then capped.
+        e[0].state.ejected_until.store(0, Ordering::Relaxed);
+        fail(&e, 0, 2, &outlier);
+        let second = e[0].state.ejected_for_ms();
+        assert!((19_000..=20_000).contains(&second), "{second}");
+        e[0].state.ejected_until.store(0, Ordering::Relaxed);
+        fail(&e, 0, 2, &outlier);
+        let third = e[0].state.ejected_for_ms();
+        assert!((24_000..=25_000).contains(&third), "{third}");
+        assert_eq!(e[0].state.ejections(), 3);
+
+        // Half of four may be out at once: the second goes, the third stays.
+        fail(&e, 1, 2, &outlier);
+        fail(&e, 2, 10, &outlier);
+        let out: Vec<bool> = e.iter().map(|x| x.state.ejected(now_ms())).collect();
+        assert_eq!(out, [true, true, false, false]);
+    }
+}

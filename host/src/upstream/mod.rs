@@ -377,12 +377,29 @@ pub struct Outgoing {
     pub upgrade: Option<HeaderValue>,
 }
 
+/// The endpoints a request's earlier tries went to (the first 128 of a service; beyond them a
+/// retry may land on one already tried). No allocation per request.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tried(u128);
+
+impl Tried {
+    pub fn insert(&mut self, index: usize) {
+        if index < 128 {
+            self.0 |= 1 << index;
+        }
+    }
+
+    pub fn contains(&self, index: usize) -> bool {
+        index < 128 && self.0 & (1 << index) != 0
+    }
+}
+
 /// Which endpoint a try goes to: the request's consistent-hashing key, and the endpoints
 /// earlier tries of the same request went to.
 #[derive(Debug, Default, Clone)]
 pub struct Pick {
     pub key: Option<u64>,
-    pub tried: Vec<usize>,
+    pub tried: Tried,
 }
 
 /// Send `req` to an endpoint of `service` and wait for its response headers, at most
@@ -417,7 +434,7 @@ pub async fn send(
             service.name
         )));
     };
-    pick.tried.push(index);
+    pick.tried.insert(index);
     let endpoint = &table.endpoints[index];
     let state = endpoint.state.clone();
     state.active.fetch_add(1, Ordering::Relaxed);
