@@ -3,17 +3,14 @@
 //! redirect, and `check` naming unusable certificates. Certificates are made here with rcgen.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Version};
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::CertificateDer;
 use serde_json::Value;
-use tokio::net::TcpStream;
 use wasmgate_tests::{TestGateway, Upstream, eventually, temp_dir};
 
 /// A CA that signs the test certificates.
@@ -99,41 +96,12 @@ async fn get(
 ) -> Result<Answer, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let server_name = ServerName::try_from(name.to_string()).unwrap();
-    let tls = connector
-        .connect(server_name, tcp)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let uri = format!("https://{name}{path}");
     let req = Request::get(uri.as_str())
         .header("host", name)
         .body(Empty::<Bytes>::new())
         .unwrap();
-    let resp = if h2 {
-        let (mut send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        send.send_request(req).await.unwrap()
-    } else {
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        send.send_request(req).await.unwrap()
-    };
+    let resp = wasmgate_tests::send_over_tls(addr, name, roots, alpn, req).await?;
     let (version, status) = (resp.version(), resp.status().as_u16());
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     Ok(Answer {

@@ -538,3 +538,49 @@ where
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// Send `req` over TLS to `addr` with SNI `server_name`, trusting only `roots`, offering
+/// `alpn`: over HTTP/2 when the server picks `h2`, else HTTP/1.1. `Err` when the handshake
+/// fails (an untrusted certificate, a name it does not cover).
+pub async fn send_over_tls<B>(
+    addr: SocketAddr,
+    server_name: &str,
+    roots: rustls::RootCertStore,
+    alpn: &[&[u8]],
+    req: Request<B>,
+) -> Result<Response<Incoming>, String>
+where
+    B: Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let resp = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        send.send_request(req).await
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        send.send_request(req).await
+    };
+    resp.map_err(|e| e.to_string())
+}

@@ -4,11 +4,9 @@
 use std::path::Path;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use wasmgate_demo::{DemoService, demo_certificate, start};
 use wasmgate_tests::{FILTERS_DIR, TestGateway, temp_dir};
 
@@ -37,37 +35,10 @@ async fn https_request(
     roots
         .add(CertificateDer::from_pem_file(ca).unwrap())
         .unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![if http2 {
-        b"h2".to_vec()
-    } else {
-        b"http/1.1".to_vec()
-    }];
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect("localhost".try_into().unwrap(), tcp)
+    let alpn: &[u8] = if http2 { b"h2" } else { b"http/1.1" };
+    let resp = wasmgate_tests::send_over_tls(addr, "localhost", roots, &[alpn], req)
         .await
         .expect("the demo's certificate is valid for localhost");
-    let resp = if http2 {
-        let (mut send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        send.send_request(req).await.unwrap()
-    } else {
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        send.send_request(req).await.unwrap()
-    };
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
     Answer {
