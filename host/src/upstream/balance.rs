@@ -292,6 +292,38 @@ mod tests {
     }
 
     #[test]
+    fn hash_keys_come_from_a_header_a_cookie_the_client_or_the_path() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-user", "ada".parse().unwrap());
+        headers.append(
+            http::header::COOKIE,
+            "theme=dark; session=s1".parse().unwrap(),
+        );
+        let client: SocketAddr = "10.1.2.3:5000".parse().unwrap();
+        let key = |on: &str, headers: &HeaderMap, client: SocketAddr, path: &str| {
+            hash_key(&HashOn::parse(on).unwrap(), headers, client, path)
+        };
+        let (none, other_port) = (HeaderMap::new(), "10.1.2.3:6000".parse().unwrap());
+        assert!(key("header:x-user", &headers, client, "/").is_some());
+        assert_eq!(key("header:x-user", &none, client, "/"), None);
+        assert_eq!(
+            key("cookie:session", &headers, client, "/"),
+            Some(stable_hash(&"s1"))
+        );
+        assert_eq!(key("cookie:missing", &headers, client, "/"), None);
+        // The client's address without its port: one client, one key.
+        assert_eq!(
+            key("client", &none, client, "/"),
+            key("client", &none, other_port, "/x")
+        );
+        assert_ne!(
+            key("path", &none, client, "/a"),
+            key("path", &none, client, "/b")
+        );
+        assert!(HashOn::parse("header:").is_none() && HashOn::parse("query:x").is_none());
+    }
+
+    #[test]
     fn retries_avoid_tried_endpoints_and_fail_fast_when_none_is_up() {
         let e = endpoints(&[1, 1]);
         let b = Balancer::new(Balance::RoundRobin, &e);

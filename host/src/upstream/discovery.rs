@@ -178,6 +178,10 @@ pub(super) async fn run(d: Discovery, resolver: Resolver) {
         }
         if !changed.is_empty() {
             let endpoints = endpoints(&d.service, &d.upstreams, &d.states, &d.resolved);
+            // Addresses no answer gives any more take their state with them.
+            lock(&d.states).retain(|(service, id), _| {
+                *service != d.service || endpoints.iter().any(|e| e.id() == *id)
+            });
             tracing::info!(service = %d.service, answers = ?changed, endpoints = endpoints.len(), "DNS answer changed the endpoints");
             d.table.store(Arc::new(Table::new(&d.balance, endpoints)));
         }
