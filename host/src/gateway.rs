@@ -12,6 +12,7 @@ use crate::config::CertificateFiles;
 
 use crate::config::Config;
 use crate::control::{self, Control};
+use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::server::Workers;
 use crate::tls;
@@ -66,7 +67,8 @@ impl RunningGateway {
             None => None,
         };
         let control = Arc::new(Control::start(config, config_path.clone()).await?);
-        let proxy = Arc::new(Proxy::new(control.snapshots()));
+        let metrics = Metrics::new();
+        let proxy = Arc::new(Proxy::new(control.snapshots(), metrics.clone()));
         let https = https.map(|(listen, files, acceptor)| {
             background.push(tokio::spawn(reload_certificates(
                 control.clone(),
@@ -79,7 +81,7 @@ impl RunningGateway {
         let admin_addr = match admin_listener {
             Some(l) => {
                 let addr = l.local_addr()?;
-                background.push(control::admin::spawn(control.clone(), l));
+                background.push(control::admin::spawn(control.clone(), metrics, l));
                 Some(addr)
             }
             None => None,

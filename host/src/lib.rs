@@ -9,6 +9,7 @@
 //! - `control`: the filter registry, reloads, the file watcher, the admin endpoint.
 //! - `proxy`: the request pipeline (accept-side checks, the filter chain, the upstream
 //!   hand-off, error mapping) and filters' service calls.
+//! - `metrics`: the Prometheus registry every layer counts into (a leaf).
 //! - `tls`: certificates and keys from PEM files, SNI, the TLS settings HTTPS starts from.
 //! - `snapshot`: routes with their filter bindings resolved, and each binding's breaker.
 //! - `route`: path, method and host matching; the path sent upstream.
@@ -22,6 +23,7 @@
 mod config;
 mod control;
 mod gateway;
+mod metrics;
 mod proxy;
 mod route;
 mod server;

@@ -9,6 +9,7 @@ mod filters;
 mod grpc;
 mod hardening;
 mod http2_attacks;
+mod metrics;
 mod routing;
 mod tls;
 mod transform;

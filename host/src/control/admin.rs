@@ -7,6 +7,7 @@
 //!   rejection and the routes using it.
 //! - `GET /services`: each service, its balancing policy and limits, and each endpoint with its
 //!   weight, health, ejection, requests in flight and failures.
+//! - `GET /metrics`: Prometheus metrics (see [`crate::metrics`]).
 //! - `GET /config`: the config file, when it was loaded, and the last rejected reload.
 //! - `POST /reload`: re-read the config and every filter now; answers what happened.
 
@@ -27,20 +28,30 @@ use tokio::net::TcpListener;
 
 use super::Control;
 use crate::config::PathMatch;
+use crate::metrics::Metrics;
 use crate::snapshot::ChainEntry;
 
 /// Serve the admin API on `listener` until the task is aborted.
-pub fn spawn(control: Arc<Control>, listener: TcpListener) -> tokio::task::JoinHandle<()> {
+pub fn spawn(
+    control: Arc<Control>,
+    metrics: Arc<Metrics>,
+    listener: TcpListener,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let control = control.clone();
+            let (control, metrics) = (control.clone(), metrics.clone());
             tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let control = control.clone();
-                    async move { Ok::<_, Infallible>(handle(&control, req).await) }
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let (control, metrics) = (control.clone(), metrics.clone());
+                    async move {
+                        if req.method() == Method::GET && req.uri().path() == "/metrics" {
+                            return Ok::<_, Infallible>(prometheus(&metrics));
+                        }
+                        Ok::<_, Infallible>(handle(&control, req).await)
+                    }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
@@ -48,6 +59,18 @@ pub fn spawn(control: Arc<Control>, listener: TcpListener) -> tokio::task::JoinH
             });
         }
     })
+}
+
+/// `GET /metrics`: the Prometheus text format.
+fn prometheus(metrics: &Metrics) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(metrics.render())));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    resp
 }
 
 async fn handle(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -16,6 +16,7 @@ use super::error::{ErrorKind, GatewayError};
 use super::wit::CheckedRequest;
 use crate::config::RetryOn;
 use crate::config::Timeouts;
+use crate::metrics::{ServiceLabels, UpstreamErrorLabels};
 use crate::snapshot::Route;
 use crate::upstream::{self, Body, BoxError, Outgoing, Pick};
 
@@ -87,7 +88,7 @@ pub(super) async fn to_upstream(
             body,
             upgrade,
         };
-        return Ok(upstream::send(service, outgoing, timeouts, &mut pick).await?);
+        return Ok(timed_send(service, outgoing, timeouts, &mut pick, ex).await?);
     };
 
     let _requesting = service.requesting();
@@ -111,7 +112,7 @@ pub(super) async fn to_upstream(
             body,
             upgrade: None,
         };
-        let result = upstream::send(service, outgoing, try_timeouts, &mut pick).await;
+        let result = timed_send(service, outgoing, try_timeouts, &mut pick, ex).await;
         drop(retrying.take());
         let failed = match &result {
             Ok(resp) => retry.on.contains(&RetryOn::Status(resp.status().as_u16())),
@@ -131,11 +132,50 @@ pub(super) async fn to_upstream(
             Err(e) => e.to_string(),
         };
         tracing::debug!(request_id = %ex.request_id, service = %service.name, attempt, %why, "retrying");
+        ex.metrics
+            .upstream_retries
+            .get_or_create(&ServiceLabels {
+                service: service.label.clone(),
+            })
+            .inc();
         // Drop the failed answer (and its connection) before waiting.
         drop(result);
         tokio::time::sleep(upstream::backoff(retry, attempt)).await;
     }
     unreachable!("the loop returns by its last attempt")
+}
+
+/// One try, its time or its failure counted in the metrics.
+async fn timed_send(
+    service: &upstream::Service,
+    outgoing: Outgoing,
+    timeouts: Timeouts,
+    pick: &mut Pick,
+    ex: &Exchange,
+) -> Result<Response<Incoming>, upstream::UpstreamError> {
+    let started = std::time::Instant::now();
+    let result = upstream::send(service, outgoing, timeouts, pick).await;
+    let metrics = &ex.metrics;
+    match &result {
+        Ok(_) => metrics
+            .upstream_duration
+            .get_or_create(&ServiceLabels {
+                service: service.label.clone(),
+            })
+            .observe(started.elapsed().as_secs_f64()),
+        Err(e) => {
+            if let Some(kind) = e.metric_kind() {
+                metrics
+                    .upstream_errors
+                    .get_or_create(&UpstreamErrorLabels {
+                        service: service.label.clone(),
+                        kind,
+                    })
+                    .inc();
+            }
+        }
+    }
+    result
 }
 
 /// Methods whose requests may be sent twice (RFC 9110 §9.2.2).

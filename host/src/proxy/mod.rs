@@ -36,6 +36,7 @@ use self::chain::{Answer, Chain, Proceed};
 use self::error::{ErrorKind, GatewayError};
 use self::forward::X_REQUEST_ID;
 use self::wit::CheckedRequest;
+use crate::metrics::{Metrics, Name};
 use crate::route::{self, MatchInput, Params};
 use crate::snapshot::{Current, Route, Snapshot};
 use crate::upstream::Body;
@@ -43,6 +44,7 @@ use crate::upstream::Body;
 /// Serves client requests against the current snapshot.
 pub struct Proxy {
     snapshots: Arc<Current>,
+    metrics: Arc<Metrics>,
     id_prefix: u32,
     id_counter: AtomicU64,
 }
@@ -55,12 +57,16 @@ struct Exchange {
     tls: bool,
     /// The snapshot the request started with, kept for its whole life.
     snapshot: Arc<Snapshot>,
+    /// The route that matched, once one did (for metrics).
+    route: std::sync::OnceLock<Name>,
+    metrics: Arc<Metrics>,
 }
 
 impl Proxy {
-    pub fn new(snapshots: Arc<Current>) -> Proxy {
+    pub fn new(snapshots: Arc<Current>, metrics: Arc<Metrics>) -> Proxy {
         Proxy {
             snapshots,
+            metrics,
             id_prefix: random_u32(),
             id_counter: AtomicU64::new(0),
         }
@@ -78,12 +84,15 @@ impl Proxy {
         let logged = tracing::enabled!(target: "wasmgate::access", tracing::Level::INFO)
             .then(|| (req.method().clone(), req.uri().path().to_string()));
         let grpc = grpc::flavour(req.headers());
-        let head = req.method() == http::Method::HEAD;
+        let method = req.method().clone();
+        let head = method == http::Method::HEAD;
         let ex = Exchange {
             request_id: self.next_request_id(),
             client,
             tls,
             snapshot: self.snapshots.load_full(),
+            route: std::sync::OnceLock::new(),
+            metrics: self.metrics.clone(),
         };
         let outcome = match ex.snapshot.https_redirect {
             Some(port) if !tls => redirect_to_https(&req, port),
@@ -109,6 +118,13 @@ impl Proxy {
             }
             resp = resp.map(|_| full(Bytes::new()));
         }
+        let route = ex
+            .route
+            .get()
+            .cloned()
+            .unwrap_or_else(|| Name(Arc::from("")));
+        self.metrics
+            .request(route, &method, resp.status().as_u16(), started.elapsed());
         if let Some((method, path)) = logged {
             tracing::info!(
                 target: "wasmgate::access",
@@ -121,6 +137,11 @@ impl Proxy {
             );
         }
         resp
+    }
+
+    /// The gateway's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     fn next_request_id(&self) -> Arc<str> {
@@ -136,6 +157,7 @@ async fn serve(req: Request<Incoming>, ex: &Exchange) -> Result<Response<Body>, 
     websocket::from_extended_connect(&mut parts);
     let authority = route::request_authority(&parts.uri, &parts.headers);
     let (route, params) = find_route(&ex.snapshot, &parts, &authority)?;
+    let _ = ex.route.set(route.label.clone());
     let web = route
         .config
         .grpc_web

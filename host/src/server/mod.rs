@@ -195,6 +195,7 @@ async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let open = OpenConnection::new(proxy.metrics().clone());
         if let Some(tls) = &tls {
             // The handshake runs in the connection's task, bounded like a request head.
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
@@ -215,7 +216,7 @@ async fn serve(
                     Ok(Err(e)) => tracing::debug!(%client, "TLS handshake failed: {e}"),
                     Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
                 }
-                drop(permit);
+                drop((permit, open));
             });
             continue;
         }
@@ -227,7 +228,7 @@ async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(%client, "connection ended: {e}");
             }
-            drop(permit);
+            drop((permit, open));
         });
     }
     drop(listener);
@@ -237,6 +238,22 @@ async fn serve(
         .is_err()
     {
         tracing::warn!("drain timeout reached; closing remaining connections");
+    }
+}
+
+/// Counts a client connection in `wasmgate_open_connections` while it lives.
+struct OpenConnection(Arc<crate::metrics::Metrics>);
+
+impl OpenConnection {
+    fn new(metrics: Arc<crate::metrics::Metrics>) -> OpenConnection {
+        metrics.open_connections.inc();
+        OpenConnection(metrics)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open_connections.dec();
     }
 }
 

@@ -37,6 +37,8 @@ pub struct Snapshot {
 /// A route with its filter chain resolved.
 pub struct Route {
     pub config: RouteConfig,
+    /// The route's name as a metric label.
+    pub label: crate::metrics::Name,
     pub chain: Vec<ChainEntry>,
     /// Some filter of the chain reads the request body: it is buffered.
     pub needs_request_body: bool,
@@ -181,6 +183,7 @@ impl Snapshot {
             let needs_request_body = any(|n| n.request_body);
             let needs_response_body = any(|n| n.response_body);
             routes.push(Route {
+                label: crate::metrics::Name(Arc::from(rc.name.as_str())),
                 config: rc.clone(),
                 chain,
                 needs_request_body,

@@ -66,6 +66,8 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 #[derive(Debug)]
 pub struct Service {
     pub name: String,
+    /// The name as a metric label.
+    pub label: crate::metrics::Name,
     /// The endpoints and the balancer over them; swapped when DNS answers change.
     table: Arc<ArcSwap<Table>>,
     /// The upstreams as configured, with their weights.
@@ -173,6 +175,7 @@ impl Service {
         );
         Self {
             name: cfg.name.clone(),
+            label: crate::metrics::Name(Arc::from(cfg.name.as_str())),
             table: Arc::new(ArcSwap::from_pointee(Table::new(&cfg.balance, endpoints))),
             upstreams,
             balance: cfg.balance.clone(),
@@ -343,6 +346,22 @@ impl UpstreamError {
             ),
             RetryOn::Status(_) => false,
         }
+    }
+
+    /// The `kind` label of `wasmgate_upstream_errors_total` for failures of the upstream.
+    pub fn metric_kind(&self) -> Option<&'static str> {
+        Some(match self {
+            UpstreamError::Timeout(_) => "timeout",
+            UpstreamError::ConnectTimeout(_) => "connect_timeout",
+            UpstreamError::Refused(_) => "refused",
+            UpstreamError::ConnectFailed(_) => "connect_failed",
+            UpstreamError::Unavailable(_) => "reset",
+            UpstreamError::NoEndpoint(_) => "no_endpoint",
+            UpstreamError::Overloaded(_) => "overloaded",
+            UpstreamError::BodyTooLarge(_)
+            | UpstreamError::Invalid(_)
+            | UpstreamError::ClientBody(_) => return None,
+        })
     }
 
     /// Counts against the endpoint (outlier detection).

@@ -1,0 +1,220 @@
+//! The gateway's Prometheus metrics, one registry per running gateway, served by the admin
+//! endpoint at `GET /metrics` in the text format (prometheus-client). Names follow Prometheus'
+//! conventions: `wasmgate_` prefix, base units, `_total` for counters.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A label value shared without copying (route and service names).
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct Name(pub Arc<str>);
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&&*self.0, encoder)
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route's name; `""` when no route matched.
+    pub route: Name,
+    /// The method, or `OTHER` for one outside RFC 9110's (bounded cardinality).
+    pub method: &'static str,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: Name,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: Name,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    pub service: Name,
+    /// `connect_timeout`, `refused`, `connect_failed`, `reset`, `timeout`, `no_endpoint`,
+    /// `overloaded`.
+    pub kind: &'static str,
+}
+
+/// Every metric the gateway keeps, and the registry that names them.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<RouteLabels, Histogram>,
+    pub upstream_duration: Family<ServiceLabels, Histogram>,
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    pub upstream_retries: Family<ServiceLabels, Counter>,
+    pub open_connections: Gauge,
+    resident_memory: Gauge,
+    open_fds: Gauge,
+    cpu_seconds: Counter<f64, AtomicU64>,
+    /// CPU seconds already added to `cpu_seconds`, in microseconds.
+    cpu_counted_us: AtomicU64,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Latency buckets: 250 µs to about 16 s, doubling.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 17))
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("wasmgate");
+        let m = Metrics {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency),
+            upstream_duration: Family::new_with_constructor(latency),
+            upstream_errors: Family::default(),
+            upstream_retries: Family::default(),
+            open_connections: Gauge::default(),
+            resident_memory: Gauge::default(),
+            open_fds: Gauge::default(),
+            cpu_seconds: Counter::default(),
+            cpu_counted_us: AtomicU64::new(0),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests answered, by route, method and status",
+            m.requests.clone(),
+        );
+        registry.register_with_unit(
+            "request_duration",
+            "Time from a request's arrival to its response headers, by route",
+            prometheus_client::registry::Unit::Seconds,
+            m.request_duration.clone(),
+        );
+        registry.register_with_unit(
+            "upstream_request_duration",
+            "Time from sending a try upstream to its response headers, by service",
+            prometheus_client::registry::Unit::Seconds,
+            m.upstream_duration.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Upstream tries that got no response, by service and kind",
+            m.upstream_errors.clone(),
+        );
+        registry.register(
+            "upstream_retries",
+            "Retries sent, by service",
+            m.upstream_retries.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Client connections open now",
+            m.open_connections.clone(),
+        );
+        let process = registry.sub_registry_with_prefix("process");
+        process.register_with_unit(
+            "resident_memory",
+            "Resident memory of the gateway process",
+            prometheus_client::registry::Unit::Bytes,
+            m.resident_memory.clone(),
+        );
+        process.register(
+            "open_fds",
+            "Open file descriptors of the gateway process",
+            m.open_fds.clone(),
+        );
+        process.register_with_unit(
+            "cpu",
+            "CPU time (user and system) of the gateway process",
+            prometheus_client::registry::Unit::Seconds,
+            m.cpu_seconds.clone(),
+        );
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    /// The text exposition of every metric, process figures read now.
+    pub fn render(&self) -> String {
+        self.read_process();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String does not fail");
+        text
+    }
+
+    /// Count one answered request.
+    pub fn request(&self, route: Name, method: &http::Method, status: u16, took: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                method: method_label(method),
+                status,
+            })
+            .inc();
+        self.request_duration
+            .get_or_create(&RouteLabels { route })
+            .observe(took.as_secs_f64());
+    }
+
+    fn read_process(&self) {
+        let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
+            return;
+        };
+        let page = 4096;
+        if let Some(pages) = statm
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<i64>().ok())
+        {
+            self.resident_memory.set(pages * page);
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds.set(fds.count() as i64);
+        }
+        // utime and stime, fields 14 and 15, in clock ticks (100 per second on Linux).
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+            && let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest)
+        {
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks: u64 = [11, 12]
+                .iter()
+                .filter_map(|i| fields.get(*i).and_then(|f| f.parse::<u64>().ok()))
+                .sum();
+            let us = ticks * 10_000;
+            let before = self.cpu_counted_us.swap(us, Ordering::Relaxed);
+            if us > before {
+                self.cpu_seconds.inc_by((us - before) as f64 / 1e6);
+            }
+        }
+    }
+}
+
+/// The label for a method: RFC 9110's by name, any other as `OTHER`.
+fn method_label(method: &http::Method) -> &'static str {
+    use http::Method as M;
+    match *method {
+        M::GET => "GET",
+        M::HEAD => "HEAD",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::CONNECT => "CONNECT",
+        M::OPTIONS => "OPTIONS",
+        M::TRACE => "TRACE",
+        M::PATCH => "PATCH",
+        _ => "OTHER",
+    }
+}
