@@ -50,6 +50,21 @@ pub struct UpstreamErrorLabels {
     pub kind: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub filter: Name,
+    /// `request` or `response`.
+    pub phase: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FilterFailureLabels {
+    pub filter: Name,
+    pub phase: &'static str,
+    /// `trap`, `deadline`, `memory`, `error` or `invalid`.
+    pub kind: &'static str,
+}
+
 /// Every metric the gateway keeps, and the registry that names them.
 pub struct Metrics {
     registry: Registry,
@@ -59,6 +74,8 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub upstream_retries: Family<ServiceLabels, Counter>,
     pub open_connections: Gauge,
+    pub filter_duration: Family<PhaseLabels, Histogram>,
+    pub filter_failures: Family<FilterFailureLabels, Counter>,
     resident_memory: Gauge,
     open_fds: Gauge,
     cpu_seconds: Counter<f64, AtomicU64>,
@@ -70,6 +87,11 @@ impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
     }
+}
+
+/// Filter call buckets: 10 µs to about 160 ms, doubling (deadlines are 100 ms by default).
+fn filter_latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 15))
 }
 
 /// Latency buckets: 250 µs to about 16 s, doubling.
@@ -87,6 +109,8 @@ impl Metrics {
             upstream_errors: Family::default(),
             upstream_retries: Family::default(),
             open_connections: Gauge::default(),
+            filter_duration: Family::new_with_constructor(filter_latency),
+            filter_failures: Family::default(),
             resident_memory: Gauge::default(),
             open_fds: Gauge::default(),
             cpu_seconds: Counter::default(),
@@ -124,6 +148,17 @@ impl Metrics {
             "open_connections",
             "Client connections open now",
             m.open_connections.clone(),
+        );
+        registry.register_with_unit(
+            "filter_phase_duration",
+            "Time of one filter phase call, instance included, by filter and phase",
+            prometheus_client::registry::Unit::Seconds,
+            m.filter_duration.clone(),
+        );
+        registry.register(
+            "filter_failures",
+            "Filter phase calls that failed, by filter, phase and kind",
+            m.filter_failures.clone(),
         );
         let process = registry.sub_registry_with_prefix("process");
         process.register_with_unit(

@@ -172,6 +172,23 @@ on = ["connect-failure"]
         3.0,
         "the trapping filter's requests never reach the upstream"
     );
+    // The trapping filter: one call, one failure of kind trap.
+    assert_eq!(
+        value(
+            &scrape,
+            "wasmgate_filter_failures_total",
+            &[("filter", "fail"), ("phase", "request"), ("kind", "trap")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "wasmgate_filter_phase_duration_seconds",
+            &[("filter", "fail"), ("phase", "request")]
+        ),
+        1.0
+    );
     assert!(value(&scrape, "wasmgate_open_connections", &[]) >= 1.0);
     assert!(value(&scrape, "wasmgate_process_resident_memory_bytes", &[]) > 1e6);
     assert!(value(&scrape, "wasmgate_process_open_fds", &[]) > 3.0);

@@ -65,6 +65,20 @@ pub enum FilterError {
     Invalid(String),
 }
 
+impl FilterError {
+    /// The failure's kind, as metrics name it: `error` (returned), `invalid` (result),
+    /// `deadline`, `memory` (the cap), or `trap` (anything else: a panic, a stack overflow).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FilterError::Returned(_) => "error",
+            FilterError::Invalid(_) => "invalid",
+            FilterError::Trap(why) if why.contains("deadline exceeded") => "deadline",
+            FilterError::Trap(why) if why.contains("memory") => "memory",
+            FilterError::Trap(_) => "trap",
+        }
+    }
+}
+
 /// What one instance may reach besides its request, and the limits it runs under.
 #[derive(Clone)]
 pub struct Grants {

@@ -3,6 +3,7 @@
 //! policy) for both phases.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::Response;
@@ -19,6 +20,7 @@ use super::service_calls::ServiceCalls;
 use super::wit::{CheckedRequest, check_request, check_response, convert_request};
 use super::wit::{from_wit_headers, to_wit_headers};
 use crate::config::FailurePolicy;
+use crate::metrics::{FilterFailureLabels, PhaseLabels};
 use crate::route::Params;
 use crate::snapshot::{Binding, COOL_DOWN, ChainEntry, Route, Ticket};
 use crate::upstream::{Body, BoxError, strip_hop_by_hop};
@@ -157,6 +159,7 @@ impl<'a> Chain<'a> {
                 (ReqBody::Buffered(b), true) => Some(b.to_vec()),
                 _ => None,
             };
+            let started = Instant::now();
             let outcome = async {
                 let action = lease.on_request(&self.ctx, &wit_req).await?;
                 if let RequestAction::Continue(next) = &action {
@@ -165,6 +168,7 @@ impl<'a> Chain<'a> {
                 Ok(action)
             }
             .await;
+            self.observe(binding, Phase::Request, started);
             // Fail-open: as if the filter were absent, the request goes on unchanged.
             let Some((action, ticket)) = self.settle(binding, Phase::Request, ticket, outcome)?
             else {
@@ -222,12 +226,14 @@ impl<'a> Chain<'a> {
                 (RespBody::Buffered(b), true) => Some(b.to_vec()),
                 _ => None,
             };
+            let started = Instant::now();
             let outcome = async {
                 let next = lease.on_response(&self.ctx, &wit_resp).await?;
                 check_response(&next)?;
                 Ok(next)
             }
             .await;
+            self.observe(binding, Phase::Response, started);
             match self.settle(binding, Phase::Response, ticket, outcome)? {
                 Some((mut next, ticket)) => {
                     ticket.report(false);
@@ -261,6 +267,15 @@ impl<'a> Chain<'a> {
         };
         let counts = matches!(err, FilterError::Trap(_) | FilterError::Invalid(_));
         let filter = binding.filter();
+        self.ex
+            .metrics
+            .filter_failures
+            .get_or_create(&FilterFailureLabels {
+                filter: binding.label.clone(),
+                phase: phase.as_str(),
+                kind: err.kind(),
+            })
+            .inc();
         if ticket.report(counts) {
             tracing::error!(
                 filter = %filter.name,
@@ -284,6 +299,18 @@ impl<'a> Chain<'a> {
             )),
             FailurePolicy::FailOpen => Ok(None),
         }
+    }
+
+    /// Count a phase call's time.
+    fn observe(&self, binding: &Binding, phase: Phase, started: Instant) {
+        self.ex
+            .metrics
+            .filter_duration
+            .get_or_create(&PhaseLabels {
+                filter: binding.label.clone(),
+                phase: phase.as_str(),
+            })
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// What `binding`'s instance may reach on this request.

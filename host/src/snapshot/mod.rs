@@ -75,6 +75,8 @@ pub enum ChainEntry {
 /// A filter bound to one route: a loaded version with this route's config, grants, limits and
 /// failure policy, and the state that goes with them (instances, breaker).
 pub struct Binding {
+    /// The filter's name as a metric label.
+    pub label: crate::metrics::Name,
     /// Instances of the filter version configured with this route's config.
     pub instances: Arc<InstancePool>,
     /// Services the route grants this filter.
@@ -148,6 +150,7 @@ impl Snapshot {
                 };
                 chain.push(match checked {
                     Ok((filter, needs)) => ChainEntry::Ready(Binding {
+                        label: crate::metrics::Name(Arc::from(f.name.as_str())),
                         instances: Arc::new(InstancePool::new(
                             filter,
                             f.config_json.clone(),
