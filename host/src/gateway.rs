@@ -66,8 +66,8 @@ impl RunningGateway {
             }
             None => None,
         };
-        let control = Arc::new(Control::start(config, config_path.clone()).await?);
         let metrics = Metrics::new();
+        let control = Arc::new(Control::start(config, config_path.clone(), metrics.clone()).await?);
         let proxy = Arc::new(Proxy::new(control.snapshots(), metrics.clone()));
         let https = https.map(|(listen, files, acceptor)| {
             background.push(tokio::spawn(reload_certificates(

@@ -65,6 +65,34 @@ pub struct FilterFailureLabels {
     pub kind: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LoadLabels {
+    pub filter: String,
+    /// `loaded` or `rejected`.
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `applied` or `rejected`.
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BindingLabels {
+    pub route: Name,
+    pub filter: Name,
+}
+
+/// One filter binding's state, read when metrics are scraped.
+pub struct BindingState {
+    pub route: Name,
+    pub filter: Name,
+    pub breaker_open: bool,
+    pub instances_started: u64,
+    pub instances_idle: usize,
+}
+
 /// Every metric the gateway keeps, and the registry that names them.
 pub struct Metrics {
     registry: Registry,
@@ -76,6 +104,11 @@ pub struct Metrics {
     pub open_connections: Gauge,
     pub filter_duration: Family<PhaseLabels, Histogram>,
     pub filter_failures: Family<FilterFailureLabels, Counter>,
+    pub filter_loads: Family<LoadLabels, Counter>,
+    pub config_reloads: Family<ResultLabels, Counter>,
+    breaker_open: Family<BindingLabels, Gauge>,
+    instances_started: Family<BindingLabels, Gauge>,
+    instances_idle: Family<BindingLabels, Gauge>,
     resident_memory: Gauge,
     open_fds: Gauge,
     cpu_seconds: Counter<f64, AtomicU64>,
@@ -111,6 +144,11 @@ impl Metrics {
             open_connections: Gauge::default(),
             filter_duration: Family::new_with_constructor(filter_latency),
             filter_failures: Family::default(),
+            filter_loads: Family::default(),
+            config_reloads: Family::default(),
+            breaker_open: Family::default(),
+            instances_started: Family::default(),
+            instances_idle: Family::default(),
             resident_memory: Gauge::default(),
             open_fds: Gauge::default(),
             cpu_seconds: Counter::default(),
@@ -160,6 +198,31 @@ impl Metrics {
             "Filter phase calls that failed, by filter, phase and kind",
             m.filter_failures.clone(),
         );
+        registry.register(
+            "filter_loads",
+            "Filter versions read from disk, by filter and result (loaded or rejected)",
+            m.filter_loads.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reloads, by result (applied or rejected)",
+            m.config_reloads.clone(),
+        );
+        registry.register(
+            "filter_breaker_open",
+            "1 while a route's filter is not run because it keeps failing",
+            m.breaker_open.clone(),
+        );
+        registry.register(
+            "filter_instances_started",
+            "Instances a route's filter has configured since its route config was applied",
+            m.instances_started.clone(),
+        );
+        registry.register(
+            "filter_instances_idle",
+            "Instances of a route's filter idle for reuse now",
+            m.instances_idle.clone(),
+        );
         let process = registry.sub_registry_with_prefix("process");
         process.register_with_unit(
             "resident_memory",
@@ -181,13 +244,55 @@ impl Metrics {
         Arc::new(Metrics { registry, ..m })
     }
 
-    /// The text exposition of every metric, process figures read now.
-    pub fn render(&self) -> String {
+    /// The text exposition of every metric, process figures read now, and the serving
+    /// bindings' state as `bindings` gives it.
+    pub fn render(&self, bindings: Vec<BindingState>) -> String {
         self.read_process();
+        for family in [
+            &self.breaker_open,
+            &self.instances_started,
+            &self.instances_idle,
+        ] {
+            family.clear();
+        }
+        for b in bindings {
+            let labels = BindingLabels {
+                route: b.route,
+                filter: b.filter,
+            };
+            self.breaker_open
+                .get_or_create(&labels)
+                .set(i64::from(b.breaker_open));
+            self.instances_started
+                .get_or_create(&labels)
+                .set(b.instances_started as i64);
+            self.instances_idle
+                .get_or_create(&labels)
+                .set(b.instances_idle as i64);
+        }
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String does not fail");
         text
+    }
+
+    /// Count a filter file read: loaded or rejected.
+    pub fn filter_load(&self, filter: &str, loaded: bool) {
+        self.filter_loads
+            .get_or_create(&LoadLabels {
+                filter: filter.to_string(),
+                result: if loaded { "loaded" } else { "rejected" },
+            })
+            .inc();
+    }
+
+    /// Count a config reload: applied or rejected.
+    pub fn config_reload(&self, applied: bool) {
+        self.config_reloads
+            .get_or_create(&ResultLabels {
+                result: if applied { "applied" } else { "rejected" },
+            })
+            .inc();
     }
 
     /// Count one answered request.

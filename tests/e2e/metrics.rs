@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 
 use prometheus_parse::{Scrape, Value};
-use wasmgate_tests::{TestGateway, Upstream, dead_addr};
+use std::time::Duration;
+
+use wasmgate_tests::{FileGateway, TestGateway, Upstream, dead_addr, eventually, temp_dir};
 
 /// The samples of `name` as (labels, value).
 fn samples<'a>(scrape: &'a Scrape, name: &str) -> Vec<(HashMap<String, String>, &'a Value)> {
@@ -41,6 +43,66 @@ fn value(scrape: &Scrape, name: &str, want: &[(&str, &str)]) -> f64 {
         .collect();
     assert_eq!(found.len(), 1, "{name} {want:?}: {found:?}");
     found[0]
+}
+
+/// Scrape `gw`'s metrics.
+async fn scrape(gw: &TestGateway) -> Scrape {
+    let r = gw
+        .send(
+            http::Request::get(format!("http://{}/metrics", gw.running.admin_addr.unwrap()))
+                .body(wasmgate_tests::full(""))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    Scrape::parse(r.text().lines().map(|l| Ok(l.to_string()))).expect("parses")
+}
+
+#[tokio::test]
+async fn config_reloads_are_counted_by_result() {
+    let up = Upstream::start("svc").await;
+    let body = format!(
+        "[services.svc]\nupstreams = [\"{}\"]\n\n[[routes]]\nname = \"all\"\nprefix = \"/\"\nservice = \"svc\"\n",
+        up.url()
+    );
+    let fg = FileGateway::start(temp_dir("metrics-reload"), &body, &[]).await;
+    fg.write_config("[[routes]]\nname = 1\n");
+    eventually(Duration::from_secs(10), "the rejection counted", || async {
+        let s = scrape(&fg.gw).await;
+        samples(&s, "wasmgate_config_reloads_total")
+            .iter()
+            .any(|(l, _)| l.get("result").map(String::as_str) == Some("rejected"))
+            .then_some(())
+    })
+    .await;
+    fg.write_config(&format!(
+        "{body}\n[[routes]]\nname = \"two\"\nexact = \"/two\"\nservice = \"svc\"\n"
+    ));
+    eventually(Duration::from_secs(10), "the reload counted", || async {
+        let s = scrape(&fg.gw).await;
+        let applied = samples(&s, "wasmgate_config_reloads_total")
+            .iter()
+            .any(|(l, _)| l.get("result").map(String::as_str) == Some("applied"));
+        applied.then_some(s)
+    })
+    .await;
+    let s = scrape(&fg.gw).await;
+    assert_eq!(
+        value(
+            &s,
+            "wasmgate_config_reloads_total",
+            &[("result", "rejected")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "wasmgate_config_reloads_total",
+            &[("result", "applied")]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -188,6 +250,31 @@ on = ["connect-failure"]
             &[("filter", "fail"), ("phase", "request")]
         ),
         1.0
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "wasmgate_filter_loads_total",
+            &[("filter", "fail"), ("result", "loaded")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "wasmgate_filter_instances_started",
+            &[("route", "trap"), ("filter", "fail")]
+        ),
+        1.0,
+        "one instance, which trapped and was thrown away"
+    );
+    assert_eq!(
+        value(
+            &scrape,
+            "wasmgate_filter_breaker_open",
+            &[("route", "trap"), ("filter", "fail")]
+        ),
+        0.0
     );
     assert!(value(&scrape, "wasmgate_open_connections", &[]) >= 1.0);
     assert!(value(&scrape, "wasmgate_process_resident_memory_bytes", &[]) > 1e6);

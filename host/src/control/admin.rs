@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 
 use super::Control;
 use crate::config::PathMatch;
-use crate::metrics::Metrics;
+use crate::metrics::{BindingState, Metrics};
 use crate::snapshot::ChainEntry;
 
 /// Serve the admin API on `listener` until the task is aborted.
@@ -48,7 +48,7 @@ pub fn spawn(
                     let (control, metrics) = (control.clone(), metrics.clone());
                     async move {
                         if req.method() == Method::GET && req.uri().path() == "/metrics" {
-                            return Ok::<_, Infallible>(prometheus(&metrics));
+                            return Ok::<_, Infallible>(prometheus(&control, &metrics));
                         }
                         Ok::<_, Infallible>(handle(&control, req).await)
                     }
@@ -62,8 +62,25 @@ pub fn spawn(
 }
 
 /// `GET /metrics`: the Prometheus text format.
-fn prometheus(metrics: &Metrics) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(metrics.render())));
+fn prometheus(control: &Control, metrics: &Metrics) -> Response<Full<Bytes>> {
+    let snapshot = control.snapshots.load();
+    let bindings = snapshot
+        .routes
+        .iter()
+        .flat_map(|route| {
+            route.chain.iter().filter_map(|entry| match entry {
+                ChainEntry::Ready(b) => Some(BindingState {
+                    route: route.label.clone(),
+                    filter: b.label.clone(),
+                    breaker_open: b.breaker.is_open(),
+                    instances_started: b.instances.instances_started(),
+                    instances_idle: b.instances.idle(),
+                }),
+                ChainEntry::Unavailable { .. } => None,
+            })
+        })
+        .collect();
+    let mut resp = Response::new(Full::new(Bytes::from(metrics.render(bindings))));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static(

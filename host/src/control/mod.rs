@@ -15,6 +15,7 @@ use wasmgate_sandbox::Sandbox;
 
 use self::registry::Registry;
 use crate::config::{self, Config};
+use crate::metrics::Metrics;
 use crate::snapshot::{Current, FilterProblem, Snapshot};
 use crate::upstream::EndpointRegistry;
 
@@ -26,6 +27,7 @@ pub struct Control {
     /// Everything reloads change, behind one lock so reloads never interleave. Never taken on
     /// the request path.
     state: tokio::sync::Mutex<State>,
+    metrics: Arc<Metrics>,
 }
 
 /// What reloads work from.
@@ -45,9 +47,13 @@ struct State {
 impl Control {
     /// Load `config`'s filters and publish the first snapshot. Filter problems are logged and
     /// leave the affected routes answering 503.
-    pub async fn start(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<Control> {
+    pub async fn start(
+        config: Config,
+        config_path: Option<PathBuf>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Control> {
         let sandbox = Sandbox::new()?;
-        let mut registry = Registry::load(&sandbox, &config).await;
+        let mut registry = Registry::load(&sandbox, &config, Some(metrics.clone())).await;
         let mut endpoints = EndpointRegistry::default();
         let (snapshot, problems) = Snapshot::build(&config, &mut registry, &mut endpoints).await;
         endpoints.sync(&snapshot.services, &config.dns);
@@ -55,6 +61,7 @@ impl Control {
         warn_unnamed_files(&config, None);
         prune_cache(&sandbox, &config, &registry);
         Ok(Control {
+            metrics,
             sandbox,
             snapshots: Arc::new(Current::from_pointee(snapshot)),
             state: tokio::sync::Mutex::new(State {
@@ -101,6 +108,7 @@ impl Control {
                     tracing::error!("config rejected, previous config keeps serving: {line}");
                 }
                 state.config_rejected = Some((SystemTime::now(), errors.clone()));
+                self.metrics.config_reload(false);
                 return Err(errors);
             }
         };
@@ -110,6 +118,7 @@ impl Control {
                 tracing::error!("config rejected, previous config keeps serving: {line}");
             }
             state.config_rejected = Some((SystemTime::now(), errors.clone()));
+            self.metrics.config_reload(false);
             return Err(errors);
         }
         if new.listen != old.listen {
@@ -137,6 +146,7 @@ impl Control {
         state.config = new;
         state.config_loaded_at = SystemTime::now();
         state.config_rejected = None;
+        self.metrics.config_reload(true);
         Ok(())
     }
 
@@ -304,7 +314,7 @@ pub async fn check(
             message: format!("cannot start the wasm runtime: {e:#}"),
         }],
     })?;
-    let mut registry = Registry::load(&sandbox, &config).await;
+    let mut registry = Registry::load(&sandbox, &config, None).await;
     let (_, filter_problems) =
         Snapshot::build(&config, &mut registry, &mut EndpointRegistry::default()).await;
     // One list in file order: the config's own problems and its filters'.

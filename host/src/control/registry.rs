@@ -35,14 +35,23 @@ pub struct Slot {
 #[derive(Default)]
 pub struct Registry {
     pub slots: BTreeMap<String, Slot>,
+    /// Where loads are counted, for a serving gateway.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Each filter's cache, kept across new versions of the filter.
     caches: BTreeMap<String, Arc<FilterCache>>,
 }
 
 impl Registry {
     /// Load every filter `config` references.
-    pub async fn load(sandbox: &Sandbox, config: &Config) -> Registry {
-        let mut registry = Registry::default();
+    pub async fn load(
+        sandbox: &Sandbox,
+        config: &Config,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
+    ) -> Registry {
+        let mut registry = Registry {
+            metrics,
+            ..Registry::default()
+        };
         for name in super::referenced_filters(config) {
             registry.refresh(sandbox, config, &name).await;
         }
@@ -90,6 +99,9 @@ impl Registry {
             Err(e) => {
                 let reason = format!("{}: cannot read: {e}", path.display());
                 tracing::error!(filter = name, file = %path.display(), "filter rejected: {reason}");
+                if let Some(m) = &self.metrics {
+                    m.filter_load(name, false);
+                }
                 slot.rejected = Some(Rejection {
                     hash: None,
                     reason,
@@ -124,6 +136,9 @@ impl Registry {
                 );
                 slot.current = Some(Arc::new(filter));
                 slot.rejected = None;
+                if let Some(m) = &self.metrics {
+                    m.filter_load(name, true);
+                }
                 true
             }
             Err(e) => {
@@ -133,6 +148,9 @@ impl Registry {
                     None => "no version is serving".to_string(),
                 };
                 tracing::error!(filter = name, file = %path.display(), version = %short(&hash), "filter rejected ({keeps}): {reason}");
+                if let Some(m) = &self.metrics {
+                    m.filter_load(name, false);
+                }
                 slot.rejected = Some(Rejection {
                     hash: Some(hash),
                     reason,

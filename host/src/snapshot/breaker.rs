@@ -41,6 +41,11 @@ impl Breaker {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Open: the filter is not run (cooling down, or one probe under way).
+    pub fn is_open(&self) -> bool {
+        self.state().open_until.is_some()
+    }
+
     /// A ticket when the filter may run now. While open, none; after the cool-down, exactly
     /// one (the probe) until it is reported or dropped.
     pub fn admit(&self) -> Option<Ticket<'_>> {
