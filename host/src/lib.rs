@@ -9,12 +9,13 @@
 //! - `control`: the filter registry, reloads, the file watcher, the admin endpoint.
 //! - `proxy`: the request pipeline (accept-side checks, the filter chain, the upstream
 //!   hand-off, error mapping) and filters' service calls.
-//! - `metrics`: the Prometheus registry every layer counts into (a leaf).
 //! - `tls`: certificates and keys from PEM files, SNI, the TLS settings HTTPS starts from.
 //! - `snapshot`: routes with their filter bindings resolved, and each binding's breaker.
 //! - `route`: path, method and host matching; the path sent upstream.
-//! - `upstream`: services, instance choice, the one upstream client.
+//! - `upstream`: services and their endpoints (balancing, health, retries' budget, limits, DNS
+//!   discovery), transports, the one upstream client.
 //! - `config`: the TOML config, strict and validated with line/column diagnostics (a leaf).
+//! - `metrics`: the Prometheus registry every layer counts into (a leaf).
 //!
 //! The filter sandbox (wasmtime, instance pools, limits, host imports) is its own crate,
 //! `wasmgate-sandbox`, which knows nothing of HTTP routing.

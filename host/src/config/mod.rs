@@ -9,6 +9,7 @@
 
 mod path;
 mod traffic;
+mod transport;
 mod validate;
 
 use std::fmt;
@@ -23,6 +24,8 @@ pub use traffic::{
     AllUnhealthy, Balance, DNS_LOOKUPS, Dns, HashOn, HealthCheck, OutlierDetection, Retry, RetryOn,
     ServiceLimits,
 };
+pub(crate) use transport::pem_error;
+pub use transport::{Protocol, Transport};
 
 /// Default listener when the file names none.
 const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -328,7 +331,7 @@ pub struct ServiceConfig {
     /// One per upstream, in the same order (1 unless `weights` says otherwise).
     pub weights: Vec<u32>,
     /// Protocol and TLS settings (files already read).
-    pub transport: crate::upstream::Transport,
+    pub transport: Transport,
     pub balance: Balance,
     pub all_unhealthy: AllUnhealthy,
     pub health_check: Option<HealthCheck>,

@@ -10,8 +10,8 @@ use toml::Spanned;
 use super::traffic::{
     AllUnhealthy, Balance, HashOn, HealthCheck, OutlierDetection, Retry, RetryOn, ServiceLimits,
 };
+use super::transport::{Protocol, TlsFiles, Transport};
 use super::*;
-use crate::upstream::{Protocol, TlsFiles, Transport};
 
 /// Parse and validate config text; on failure, every problem found, in file order.
 pub(super) fn parse(text: &str) -> Result<Config, Vec<Diagnostic>> {

@@ -14,6 +14,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use crate::config::pem_error;
 use crate::config::{CertificateFiles, Place};
 
 /// How often certificate files are checked for changes.
@@ -140,15 +141,6 @@ fn load_one(
         names,
         key: Arc::new(key),
     })
-}
-
-/// What is wrong with a PEM file, in words.
-pub(crate) fn pem_error(e: rustls::pki_types::pem::Error) -> String {
-    match e {
-        rustls::pki_types::pem::Error::Io(io) => format!("cannot read: {io}"),
-        rustls::pki_types::pem::Error::NoItemsFound => "no PEM item of the expected kind".into(),
-        other => format!("not valid PEM: {other:?}"),
-    }
 }
 
 /// Picks the certificate for a connection by the name the client asked for.

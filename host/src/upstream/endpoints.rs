@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use http::Request;
 
-use super::Transport;
+use crate::config::Transport;
 use crate::config::{HealthCheck, OutlierDetection, ServiceConfig};
 
 /// Milliseconds since the process's first look at the clock: the time ejections are kept in.

@@ -9,11 +9,9 @@ mod balance;
 mod capped;
 mod discovery;
 mod endpoints;
-mod transport;
 
 pub use self::discovery::Resolver;
 pub use self::endpoints::{EndpointRegistry, EndpointState};
-pub use self::transport::{Protocol, TlsFiles, Transport};
 
 use self::balance::Balancer;
 use self::capped::{Capped, ConnectionCap, ConnectionLimit};
@@ -37,8 +35,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::config::{
-    AllUnhealthy, Balance, HealthCheck, OutlierDetection, RetryOn, ServiceConfig, ServiceLimits,
-    Timeouts,
+    AllUnhealthy, Balance, HealthCheck, OutlierDetection, Protocol, RetryOn, ServiceConfig,
+    ServiceLimits, Timeouts, Transport,
 };
 
 /// Boxed error for bodies.

@@ -13,8 +13,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::tls::pem_error;
-
 /// The HTTP version spoken to a service's instances.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Protocol {
@@ -54,9 +52,9 @@ pub struct TlsFiles<'a> {
 #[derive(Clone)]
 pub struct Transport {
     pub protocol: Protocol,
-    pub(super) tls: Arc<ClientConfig>,
+    pub(crate) tls: Arc<ClientConfig>,
     /// Identifies the settings, so that pools survive reloads that change nothing.
-    pub(super) key: u64,
+    pub(crate) key: u64,
     /// Certificate verification is off.
     pub insecure: bool,
 }
@@ -212,5 +210,14 @@ impl ServerCertVerifier for NoVerification {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.supported_schemes()
+    }
+}
+
+/// What is wrong with a PEM file, in words.
+pub(crate) fn pem_error(e: rustls::pki_types::pem::Error) -> String {
+    match e {
+        rustls::pki_types::pem::Error::Io(io) => format!("cannot read: {io}"),
+        rustls::pki_types::pem::Error::NoItemsFound => "no PEM item of the expected kind".into(),
+        other => format!("not valid PEM: {other:?}"),
     }
 }
