@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::CertificateFiles;
 
+use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::control::{self, Control};
 use crate::metrics::Metrics;
@@ -67,8 +68,21 @@ impl RunningGateway {
             None => None,
         };
         let metrics = Metrics::new();
+        let access_log = AccessLog::start(&config.access_log, metrics.clone())
+            .with_context(|| format!("opening the access log {}", config.access_log.path))?;
+        if let Some(log) = &access_log {
+            // Caught from here on, before the gateway serves a request.
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(hangups) => {
+                    background.push(tokio::spawn(reopen_on_sighup(hangups, log.clone())))
+                }
+                Err(e) => tracing::warn!(
+                    "SIGHUP cannot be caught, so it will not reopen the access log: {e}"
+                ),
+            }
+        }
         let control = Arc::new(Control::start(config, config_path.clone(), metrics.clone()).await?);
-        let proxy = Arc::new(Proxy::new(control.snapshots(), metrics.clone()));
+        let proxy = Arc::new(Proxy::new(control.snapshots(), metrics.clone(), access_log));
         let https = https.map(|(listen, files, acceptor)| {
             background.push(tokio::spawn(reload_certificates(
                 control.clone(),
@@ -108,6 +122,14 @@ impl RunningGateway {
         for task in &self.background {
             task.abort();
         }
+    }
+}
+
+/// SIGHUP reopens the access log file (after the file was rotated away).
+async fn reopen_on_sighup(mut hangups: tokio::signal::unix::Signal, log: Arc<AccessLog>) {
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reopening the access log");
+        log.reopen();
     }
 }
 

@@ -9,6 +9,7 @@
 //! - `control`: the filter registry, reloads, the file watcher, the admin endpoint.
 //! - `proxy`: the request pipeline (accept-side checks, the filter chain, the upstream
 //!   hand-off, error mapping) and filters' service calls.
+//! - `access_log`: one record per request, written off the request path.
 //! - `tls`: certificates and keys from PEM files, SNI, the TLS settings HTTPS starts from.
 //! - `snapshot`: routes with their filter bindings resolved, and each binding's breaker.
 //! - `route`: path, method and host matching; the path sent upstream.
@@ -21,6 +22,7 @@
 //! `wasmgate-sandbox`, which knows nothing of HTTP routing.
 #![deny(missing_docs)]
 
+mod access_log;
 mod config;
 mod control;
 mod gateway;

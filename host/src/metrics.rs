@@ -102,6 +102,7 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub upstream_retries: Family<ServiceLabels, Counter>,
     pub open_connections: Gauge,
+    pub access_log_dropped: Counter,
     pub filter_duration: Family<PhaseLabels, Histogram>,
     pub filter_failures: Family<FilterFailureLabels, Counter>,
     pub filter_loads: Family<LoadLabels, Counter>,
@@ -142,6 +143,7 @@ impl Metrics {
             upstream_errors: Family::default(),
             upstream_retries: Family::default(),
             open_connections: Gauge::default(),
+            access_log_dropped: Counter::default(),
             filter_duration: Family::new_with_constructor(filter_latency),
             filter_failures: Family::default(),
             filter_loads: Family::default(),
@@ -222,6 +224,11 @@ impl Metrics {
             "filter_instances_idle",
             "Instances of a route's filter idle for reuse now",
             m.instances_idle.clone(),
+        );
+        registry.register(
+            "access_log_dropped",
+            "Access log records dropped because the writer fell behind",
+            m.access_log_dropped.clone(),
         );
         let process = registry.sub_registry_with_prefix("process");
         process.register_with_unit(

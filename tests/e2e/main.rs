@@ -1,5 +1,6 @@
 //! End-to-end tests: the real gateway in front of real upstreams, with real `.wasm` filters.
 
+mod access_log;
 mod aggregate;
 mod auth;
 mod compression;

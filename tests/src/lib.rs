@@ -289,6 +289,10 @@ impl TestGateway {
         if !given.contains_key("admin") {
             text.push_str("admin = { listen = \"127.0.0.1:0\" }\n");
         }
+        // The access log is on by default, to stdout; tests that look at it configure it.
+        if !given.contains_key("access_log") {
+            text.push_str("access_log = { enabled = false }\n");
+        }
         text.push_str(config_toml);
         let config = Config::parse(&text).unwrap_or_else(|errors| {
             let lines: Vec<String> = errors.iter().map(|d| d.to_string()).collect();
@@ -475,8 +479,13 @@ impl FileGateway {
 
     fn write_config_in(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
         let path = dir.join("gateway.toml");
+        let quiet = if body.contains("access_log") {
+            ""
+        } else {
+            "access_log = { enabled = false }\n"
+        };
         let text = format!(
-            "listen = \"127.0.0.1:0\"\nfilters_dir = \"filters\"\ncache_dir = \"cache\"\nadmin = {{ listen = \"127.0.0.1:0\" }}\n{body}"
+            "listen = \"127.0.0.1:0\"\nfilters_dir = \"filters\"\ncache_dir = \"cache\"\nadmin = {{ listen = \"127.0.0.1:0\" }}\n{quiet}{body}"
         );
         // Atomic, as editors save: write aside, then rename over.
         let tmp = dir.join(".gateway.toml.tmp");

@@ -21,8 +21,8 @@ use serde::Deserialize;
 
 pub use path::{PathMatch, Pattern, Segment, Template, TemplatePart};
 pub use traffic::{
-    AllUnhealthy, Balance, DNS_LOOKUPS, Dns, HashOn, HealthCheck, OutlierDetection, Retry, RetryOn,
-    ServiceLimits,
+    AccessLogConfig, AllUnhealthy, Balance, DNS_LOOKUPS, Dns, HashOn, HealthCheck,
+    OutlierDetection, Retry, RetryOn, ServiceLimits,
 };
 pub(crate) use transport::pem_error;
 pub use transport::{Protocol, Transport};
@@ -93,6 +93,8 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// How upstream host names are resolved (`[dns]`).
     pub dns: Dns,
+    /// The access log (`[access_log]`).
+    pub access_log: AccessLogConfig,
     /// The services routes and filters reach (`[services.NAME]`).
     pub services: Vec<ServiceConfig>,
     /// The routes, in file order (`[[routes]]`).
@@ -360,6 +362,8 @@ pub struct RouteConfig {
     pub grpc_web: bool,
     /// Retries of failed upstream tries.
     pub retry: Option<Retry>,
+    /// Requests to this route are written to the access log (when it is on).
+    pub access_log: bool,
     pub filters: Vec<FilterRef>,
     pub place: Place,
 }
@@ -476,6 +480,9 @@ impl Config {
             && cache.is_relative()
         {
             config.cache_dir = Some(base.join(cache));
+        }
+        if config.access_log.path != "-" && Path::new(&config.access_log.path).is_relative() {
+            config.access_log.path = base.join(&config.access_log.path).display().to_string();
         }
         if let Some(tls) = &mut config.tls {
             for files in &mut tls.certificates {

@@ -283,3 +283,47 @@ fn default_min_ttl() -> Duration {
 fn default_max_ttl() -> Duration {
     Duration::from_secs(300)
 }
+
+/// The access log (`[access_log]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AccessLogConfig {
+    /// On by default.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `"-"` (stdout, the default) or a file, appended to and reopened on SIGHUP.
+    #[serde(default = "stdout")]
+    pub path: String,
+    /// `"json"` (one object per line, the default) or `"combined"`.
+    #[serde(default = "json")]
+    pub format: String,
+    /// Records waiting to be written; past it they are dropped and counted (default 10000).
+    #[serde(default = "default_buffer")]
+    pub buffer: usize,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig {
+            enabled: true,
+            path: stdout(),
+            format: json(),
+            buffer: default_buffer(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn stdout() -> String {
+    "-".into()
+}
+
+fn json() -> String {
+    "json".into()
+}
+
+fn default_buffer() -> usize {
+    10_000
+}

@@ -136,6 +136,7 @@ mod unknown_key {
             ["compression"] => fields::<Compression>(),
             ["tls"] => fields::<RawTls>(),
             ["dns"] => fields::<Dns>(),
+            ["access_log"] => fields::<AccessLogConfig>(),
             ["tls", "certificates", _] => fields::<RawCertificate>(),
             ["services", _] => fields::<RawService>(),
             ["services", _, "health_check"] => fields::<HealthCheck>(),
@@ -271,6 +272,7 @@ struct RawConfig {
     compression: Option<Spanned<Compression>>,
     tls: Option<Spanned<RawTls>>,
     dns: Option<Spanned<Dns>>,
+    access_log: Option<Spanned<AccessLogConfig>>,
     #[serde(default)]
     services: BTreeMap<String, Spanned<RawService>>,
     #[serde(default)]
@@ -343,6 +345,7 @@ struct RawRoute {
     compress: bool,
     grpc_web: Option<Spanned<bool>>,
     retry: Option<Spanned<RawRetry>>,
+    access_log: Option<bool>,
     #[serde(default)]
     filters: Vec<Spanned<RawFilterRef>>,
 }
@@ -518,6 +521,25 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
         timeouts: raw.timeouts.map(Spanned::into_inner).unwrap_or_default(),
         limits: raw.limits.map(Spanned::into_inner).unwrap_or_default(),
         compression: raw.compression.map(Spanned::into_inner).unwrap_or_default(),
+        access_log: match &raw.access_log {
+            None => AccessLogConfig::default(),
+            Some(a) => {
+                let log = a.get_ref();
+                if log.format != "json" && log.format != "combined" {
+                    src.at(
+                        a,
+                        format!(
+                            "access_log.format {:?}: expected \"json\" or \"combined\"",
+                            log.format
+                        ),
+                    );
+                }
+                if log.buffer == 0 || log.path.is_empty() {
+                    src.at(a, "access_log: buffer must be greater than zero and path not empty (\"-\" is stdout)");
+                }
+                log.clone()
+            }
+        },
         dns: match &raw.dns {
             None => Dns::default(),
             Some(d) => {
@@ -1104,6 +1126,7 @@ fn validate_route(
         compress: route.compress,
         grpc_web: route.grpc_web.as_ref().is_some_and(|g| *g.get_ref()),
         retry: route.retry.as_ref().map(|r| validate_retry(&label, r, src)),
+        access_log: route.access_log.unwrap_or(true),
         filters,
         place: src.place(spanned.span().start),
     }

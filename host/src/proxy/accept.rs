@@ -2,6 +2,8 @@
 //! the body when a filter reads it, else stream it, capped either way.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -18,9 +20,31 @@ use crate::upstream::{BoxError, ClientBodyError};
 
 /// The client's request body as the pipeline reads it: as it came, or decoded from gRPC-Web
 /// text. A failure reading it is the client's ([`ClientBodyError`], a 400).
-pub(super) enum ClientBody {
+pub(super) struct ClientBody {
+    kind: Kind,
+    /// Bytes read so far, when the access log counts them.
+    counted: Option<Arc<AtomicU64>>,
+}
+
+enum Kind {
     Plain(Incoming),
     Base64(TextDecoder),
+}
+
+impl ClientBody {
+    pub(super) fn plain(body: Incoming, counted: Option<Arc<AtomicU64>>) -> ClientBody {
+        ClientBody {
+            kind: Kind::Plain(body),
+            counted,
+        }
+    }
+
+    pub(super) fn base64(body: TextDecoder, counted: Option<Arc<AtomicU64>>) -> ClientBody {
+        ClientBody {
+            kind: Kind::Base64(body),
+            counted,
+        }
+    }
 }
 
 impl http_body::Body for ClientBody {
@@ -31,24 +55,30 @@ impl http_body::Body for ClientBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
-        let polled = match self.get_mut() {
-            ClientBody::Plain(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
-            ClientBody::Base64(body) => Pin::new(body).poll_frame(cx),
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
+            Kind::Plain(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+            Kind::Base64(body) => Pin::new(body).poll_frame(cx),
         };
+        if let (Some(counted), Poll::Ready(Some(Ok(frame)))) = (&this.counted, &polled)
+            && let Some(data) = frame.data_ref()
+        {
+            counted.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
         polled.map(|frame| frame.map(|f| f.map_err(ClientBodyError)))
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ClientBody::Plain(body) => body.is_end_stream(),
-            ClientBody::Base64(body) => body.is_end_stream(),
+        match &self.kind {
+            Kind::Plain(body) => body.is_end_stream(),
+            Kind::Base64(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ClientBody::Plain(body) => body.size_hint(),
-            ClientBody::Base64(_) => SizeHint::default(),
+        match &self.kind {
+            Kind::Plain(body) => body.size_hint(),
+            Kind::Base64(_) => SizeHint::default(),
         }
     }
 }

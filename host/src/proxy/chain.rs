@@ -303,6 +303,12 @@ impl<'a> Chain<'a> {
 
     /// Count a phase call's time.
     fn observe(&self, binding: &Binding, phase: Phase, started: Instant) {
+        if self.ex.logging() {
+            self.ex.filters_us.fetch_add(
+                started.elapsed().as_micros() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         self.ex
             .metrics
             .filter_duration

@@ -64,6 +64,7 @@ pub(super) async fn to_upstream(
     let mut pick = Pick {
         key: service.hash_key(&headers, ex.client, path),
         tried: Default::default(),
+        endpoint: None,
     };
     let retry = route.config.retry.as_ref().filter(|_| upgrade.is_none());
     // Buffered bodies, and requests without one whose method is idempotent, can be sent again.
@@ -155,6 +156,15 @@ async fn timed_send(
 ) -> Result<Response<Incoming>, upstream::UpstreamError> {
     let started = std::time::Instant::now();
     let result = upstream::send(service, outgoing, timeouts, pick).await;
+    if ex.logging() {
+        ex.upstream_us.fetch_add(
+            started.elapsed().as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if let Some(endpoint) = pick.endpoint.take() {
+            *ex.endpoint.lock().unwrap_or_else(|e| e.into_inner()) = Some(endpoint);
+        }
+    }
     let metrics = &ex.metrics;
     match &result {
         Ok(_) => metrics

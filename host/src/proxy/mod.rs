@@ -22,7 +22,7 @@ mod wit;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::HeaderValue;
@@ -36,6 +36,7 @@ use self::chain::{Answer, Chain, Proceed};
 use self::error::{ErrorKind, GatewayError};
 use self::forward::X_REQUEST_ID;
 use self::wit::CheckedRequest;
+use crate::access_log::{AccessLog, Record};
 use crate::metrics::{Metrics, Name};
 use crate::route::{self, MatchInput, Params};
 use crate::snapshot::{Current, Route, Snapshot};
@@ -45,6 +46,7 @@ use crate::upstream::Body;
 pub struct Proxy {
     snapshots: Arc<Current>,
     metrics: Arc<Metrics>,
+    access_log: Option<Arc<AccessLog>>,
     id_prefix: u32,
     id_counter: AtomicU64,
 }
@@ -57,16 +59,131 @@ struct Exchange {
     tls: bool,
     /// The snapshot the request started with, kept for its whole life.
     snapshot: Arc<Snapshot>,
-    /// The route that matched, once one did (for metrics).
-    route: std::sync::OnceLock<Name>,
+    /// The route that matched, once one did (for metrics and the access log).
+    route: std::sync::OnceLock<RouteSeen>,
     metrics: Arc<Metrics>,
+    /// Time in upstream tries and in filter calls, microseconds (for the access log).
+    upstream_us: AtomicU64,
+    filters_us: AtomicU64,
+    /// The endpoint of the last upstream try.
+    endpoint: std::sync::Mutex<Option<Arc<str>>>,
+    /// Request body bytes read, when the access log is on.
+    bytes_in: Option<Arc<AtomicU64>>,
+}
+
+impl Exchange {
+    /// The access log is on for this request: its timings and endpoint are kept.
+    fn logging(&self) -> bool {
+        self.bytes_in.is_some()
+    }
+}
+
+/// The route a request matched, as metrics and the access log need it.
+struct RouteSeen {
+    label: Name,
+    /// The route's `access_log` switch.
+    logged: bool,
+}
+
+/// What the access log keeps of a request before it is taken apart.
+struct Logged {
+    host: String,
+    path: String,
+    protocol: http::Version,
+    user_agent: Option<String>,
+    referer: Option<String>,
+}
+
+impl Logged {
+    fn of(req: &Request<Incoming>) -> Logged {
+        let header = |name| {
+            req.headers()
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .map(str::to_string)
+        };
+        Logged {
+            host: route::request_authority(req.uri(), req.headers()),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string(),
+            protocol: req.version(),
+            user_agent: header(http::header::USER_AGENT),
+            referer: header(http::header::REFERER),
+        }
+    }
+}
+
+/// A response body that writes the request's access log record once it is sent (or given
+/// up), with the bytes that went out.
+struct LoggedBody {
+    inner: Body,
+    bytes: u64,
+    record: Option<Record>,
+    log: Arc<AccessLog>,
+    started: Instant,
+}
+
+impl LoggedBody {
+    fn new(inner: Body, record: Record, log: Arc<AccessLog>, started: Instant) -> LoggedBody {
+        LoggedBody {
+            inner,
+            bytes: 0,
+            record: Some(record),
+            log,
+            started,
+        }
+    }
+}
+
+impl http_body::Body for LoggedBody {
+    type Data = Bytes;
+    type Error = crate::upstream::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.bytes += data.len() as u64;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        if let Some(mut record) = self.record.take() {
+            record.bytes_out = self.bytes;
+            record.duration = self.started.elapsed();
+            self.log.log(record);
+        }
+    }
 }
 
 impl Proxy {
-    pub fn new(snapshots: Arc<Current>, metrics: Arc<Metrics>) -> Proxy {
+    pub fn new(
+        snapshots: Arc<Current>,
+        metrics: Arc<Metrics>,
+        access_log: Option<Arc<AccessLog>>,
+    ) -> Proxy {
         Proxy {
             snapshots,
             metrics,
+            access_log,
             id_prefix: random_u32(),
             id_counter: AtomicU64::new(0),
         }
@@ -81,8 +198,7 @@ impl Proxy {
     ) -> Response<Body> {
         let started = Instant::now();
         // Kept for the access log, when it is on.
-        let logged = tracing::enabled!(target: "wasmgate::access", tracing::Level::INFO)
-            .then(|| (req.method().clone(), req.uri().path().to_string()));
+        let logged = self.access_log.as_ref().map(|_| Logged::of(&req));
         let grpc = grpc::flavour(req.headers());
         let method = req.method().clone();
         let head = method == http::Method::HEAD;
@@ -93,6 +209,10 @@ impl Proxy {
             snapshot: self.snapshots.load_full(),
             route: std::sync::OnceLock::new(),
             metrics: self.metrics.clone(),
+            upstream_us: AtomicU64::new(0),
+            filters_us: AtomicU64::new(0),
+            endpoint: std::sync::Mutex::new(None),
+            bytes_in: logged.as_ref().map(|_| Arc::new(AtomicU64::new(0))),
         };
         let outcome = match ex.snapshot.https_redirect {
             Some(port) if !tls => redirect_to_https(&req, port),
@@ -118,23 +238,37 @@ impl Proxy {
             }
             resp = resp.map(|_| full(Bytes::new()));
         }
-        let route = ex
-            .route
-            .get()
-            .cloned()
-            .unwrap_or_else(|| Name(Arc::from("")));
+        let seen = ex.route.get();
+        let label = seen.map_or_else(|| Name(Arc::from("")), |r| r.label.clone());
         self.metrics
-            .request(route, &method, resp.status().as_u16(), started.elapsed());
-        if let Some((method, path)) = logged {
-            tracing::info!(
-                target: "wasmgate::access",
-                request_id = %ex.request_id,
-                client = %client,
-                %method,
-                path,
-                status = resp.status().as_u16(),
-                micros = started.elapsed().as_micros() as u64,
-            );
+            .request(label, &method, resp.status().as_u16(), started.elapsed());
+        if let (Some(log), Some(logged)) = (&self.access_log, logged)
+            && seen.is_none_or(|r| r.logged)
+        {
+            let record = Record {
+                time: SystemTime::now(),
+                request_id: ex.request_id.clone(),
+                client,
+                method,
+                host: logged.host,
+                path: logged.path,
+                protocol: logged.protocol,
+                route: seen.map(|r| r.label.0.clone()),
+                status: resp.status().as_u16(),
+                bytes_in: ex
+                    .bytes_in
+                    .as_ref()
+                    .map_or(0, |b| b.load(Ordering::Relaxed)),
+                bytes_out: 0,
+                duration: Duration::ZERO,
+                upstream: Duration::from_micros(ex.upstream_us.load(Ordering::Relaxed)),
+                filters: Duration::from_micros(ex.filters_us.load(Ordering::Relaxed)),
+                endpoint: ex.endpoint.lock().unwrap_or_else(|e| e.into_inner()).take(),
+                user_agent: logged.user_agent,
+                referer: logged.referer,
+            };
+            let log = log.clone();
+            resp = resp.map(|body| LoggedBody::new(body, record, log, started).boxed_unsync());
         }
         resp
     }
@@ -157,7 +291,10 @@ async fn serve(req: Request<Incoming>, ex: &Exchange) -> Result<Response<Body>, 
     websocket::from_extended_connect(&mut parts);
     let authority = route::request_authority(&parts.uri, &parts.headers);
     let (route, params) = find_route(&ex.snapshot, &parts, &authority)?;
-    let _ = ex.route.set(route.label.clone());
+    let _ = ex.route.set(RouteSeen {
+        label: route.label.clone(),
+        logged: route.config.access_log,
+    });
     let web = route
         .config
         .grpc_web
@@ -168,11 +305,13 @@ async fn serve(req: Request<Incoming>, ex: &Exchange) -> Result<Response<Body>, 
         Some(flavour) => {
             grpc_web::translate_request(&mut parts);
             match flavour {
-                grpc::Flavour::WebText => ClientBody::Base64(grpc_web::TextDecoder::new(body)),
-                _ => ClientBody::Plain(body),
+                grpc::Flavour::WebText => {
+                    ClientBody::base64(grpc_web::TextDecoder::new(body), ex.bytes_in.clone())
+                }
+                _ => ClientBody::plain(body, ex.bytes_in.clone()),
             }
         }
-        None => ClientBody::Plain(body),
+        None => ClientBody::plain(body, ex.bytes_in.clone()),
     };
     let coding = (route.config.compress && parts.method != http::Method::HEAD)
         .then(|| compress::negotiate(&parts.headers));

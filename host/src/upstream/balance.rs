@@ -214,20 +214,13 @@ pub(super) fn jitter(max: std::time::Duration) -> std::time::Duration {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     fn endpoints(weights: &[u32]) -> Vec<Endpoint> {
         weights
             .iter()
             .enumerate()
-            .map(|(i, w)| Endpoint {
-                base: format!("http://10.0.0.{i}:80").parse().unwrap(),
-                address: None,
-                weight: *w,
-                state: Arc::default(),
-            })
+            .map(|(i, w)| Endpoint::new(format!("http://10.0.0.{i}:80").parse().unwrap(), None, *w))
             .collect()
     }
 
@@ -260,12 +253,7 @@ mod tests {
         let four = endpoints(&[1, 1, 1, 1]);
         let three: Vec<Endpoint> = four[..3]
             .iter()
-            .map(|e| Endpoint {
-                base: e.base.clone(),
-                address: None,
-                weight: 1,
-                state: Arc::default(),
-            })
+            .map(|e| Endpoint::new(e.base.clone(), None, 1))
             .collect();
         let (b4, b3) = (
             Balancer::new(Balance::ConsistentHash(on.clone()), &four),

@@ -62,12 +62,7 @@ pub(super) fn endpoints(
                 _ => vec![None],
             };
         for address in addresses {
-            let mut endpoint = Endpoint {
-                base: base.clone(),
-                address,
-                weight: *weight,
-                state: Arc::default(),
-            };
+            let mut endpoint = Endpoint::new(base.clone(), address, *weight);
             endpoint.state = states
                 .entry((service.to_string(), endpoint.id()))
                 .or_default()

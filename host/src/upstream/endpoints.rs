@@ -343,12 +343,7 @@ mod tests {
 
     fn endpoints(n: usize) -> Vec<Endpoint> {
         (0..n)
-            .map(|i| Endpoint {
-                base: format!("http://10.0.0.{i}:80").parse().unwrap(),
-                address: None,
-                weight: 1,
-                state: Arc::default(),
-            })
+            .map(|i| Endpoint::new(format!("http://10.0.0.{i}:80").parse().unwrap(), None, 1))
             .collect()
     }
 

@@ -104,14 +104,31 @@ pub struct Endpoint {
     pub address: Option<std::net::IpAddr>,
     pub weight: u32,
     pub state: Arc<EndpointState>,
+    /// [`Endpoint::id`], kept for the access log.
+    pub label: Arc<str>,
 }
 
 impl Endpoint {
+    pub fn new(base: http::Uri, address: Option<std::net::IpAddr>, weight: u32) -> Endpoint {
+        let label = Arc::from(Endpoint::id_of(&base, address));
+        Endpoint {
+            base,
+            address,
+            weight,
+            state: Arc::default(),
+            label,
+        }
+    }
+
     /// The URL, and the address when there is one: what keeps its state across reloads.
     pub fn id(&self) -> String {
-        match self.address {
-            Some(ip) => format!("{}@{ip}", self.base),
-            None => self.base.to_string(),
+        Endpoint::id_of(&self.base, self.address)
+    }
+
+    fn id_of(base: &http::Uri, address: Option<std::net::IpAddr>) -> String {
+        match address {
+            Some(ip) => format!("{base}@{ip}"),
+            None => base.to_string(),
         }
     }
 }
@@ -417,6 +434,8 @@ impl Tried {
 pub struct Pick {
     pub key: Option<u64>,
     pub tried: Tried,
+    /// The endpoint the last try went to.
+    pub endpoint: Option<Arc<str>>,
 }
 
 /// Send `req` to an endpoint of `service` and wait for its response headers, at most
@@ -453,6 +472,7 @@ pub async fn send(
     };
     pick.tried.insert(index);
     let endpoint = &table.endpoints[index];
+    pick.endpoint = Some(endpoint.label.clone());
     let state = endpoint.state.clone();
     state.active.fetch_add(1, Ordering::Relaxed);
     let result = send_to(service, endpoint, req, timeouts).await;

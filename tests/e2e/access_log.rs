@@ -1,0 +1,142 @@
+//! The access log: one JSON line per request, field by field; the combined format; a route
+//! that turns it off; SIGHUP reopening a rotated file.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use wasmgate_tests::{TestGateway, Upstream, eventually, temp_dir};
+
+/// The log's lines once there are at least `n`.
+async fn lines(path: &Path, n: usize) -> Vec<String> {
+    eventually(
+        Duration::from_secs(5),
+        &format!("{n} log lines"),
+        || async {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<String> = text.lines().map(str::to_string).collect();
+            (lines.len() >= n).then_some(lines)
+        },
+    )
+    .await
+}
+
+async fn gateway(up: &Upstream, log: &Path, format: &str) -> TestGateway {
+    TestGateway::start(&format!(
+        r#"
+[access_log]
+path = {log:?}
+format = "{format}"
+
+[services.app]
+upstreams = ["{url}"]
+
+[[routes]]
+name = "app"
+prefix = "/app"
+service = "app"
+
+[[routes]]
+name = "quiet"
+prefix = "/health"
+service = "app"
+access_log = false
+"#,
+        log = log.display().to_string(),
+        url = up.url()
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn every_request_gets_a_json_record() {
+    let up = Upstream::start("app").await;
+    let log = temp_dir("access-json").join("access.log");
+    let gw = gateway(&up, &log, "json").await;
+
+    let r = gw
+        .request(
+            "POST",
+            "/app/orders?x=1",
+            &[
+                ("user-agent", "test-client/1.0"),
+                ("referer", "https://shop.test/"),
+            ],
+            "hello",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let sent = r.body.len() as u64;
+    assert_eq!(gw.get("/health").await.status, 200, "not logged");
+    assert_eq!(gw.get("/nowhere").await.status, 404);
+
+    let lines = lines(&log, 2).await;
+    assert_eq!(lines.len(), 2, "the quiet route wrote nothing: {lines:#?}");
+    let first: Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(first["request_id"], r.header("x-request-id").unwrap());
+    assert_eq!(first["client"], "127.0.0.1");
+    assert_eq!(first["method"], "POST");
+    assert_eq!(first["host"], gw.running.addr.to_string());
+    assert_eq!(first["path"], "/app/orders?x=1");
+    assert_eq!(first["protocol"], "HTTP/1.1");
+    assert_eq!(first["route"], "app");
+    assert_eq!(first["status"], 200);
+    assert_eq!(first["bytes_in"], 5);
+    assert_eq!(first["bytes_out"], sent);
+    assert_eq!(first["upstream"], format!("{}/", up.url()));
+    assert_eq!(first["user_agent"], "test-client/1.0");
+    assert_eq!(first["referer"], "https://shop.test/");
+    let (total, upstream) = (
+        first["duration_ms"].as_f64().unwrap(),
+        first["upstream_ms"].as_f64().unwrap(),
+    );
+    assert!(upstream > 0.0 && upstream <= total, "{first}");
+    assert_eq!(first["filters_ms"], 0.0);
+    humantime::parse_rfc3339(first["time"].as_str().unwrap()).expect("an RFC 3339 time");
+
+    let second: Value = serde_json::from_str(&lines[1]).unwrap();
+    assert_eq!(second["status"], 404);
+    assert_eq!(second["route"], Value::Null);
+    assert_eq!(second["upstream"], Value::Null);
+}
+
+#[tokio::test]
+async fn the_combined_format_and_reopening_on_sighup() {
+    let up = Upstream::start("app").await;
+    let dir = temp_dir("access-combined");
+    let log = dir.join("access.log");
+    let gw = gateway(&up, &log, "combined").await;
+    let r = gw
+        .request("GET", "/app/x", &[("user-agent", "curl/8")], "")
+        .await;
+    let line = lines(&log, 1).await.remove(0);
+    let expected_tail = format!(
+        "\"GET /app/x HTTP/1.1\" 200 {} \"-\" \"curl/8\"",
+        r.body.len()
+    );
+    assert!(line.starts_with("127.0.0.1 - - ["), "{line}");
+    assert!(line.ends_with(&expected_tail), "{line}");
+
+    // Rotation: the file moved away, SIGHUP, and the next record goes to a new file.
+    let rotated = dir.join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    // The signal is handled asynchronously: keep sending until a record lands in the new file.
+    eventually(
+        Duration::from_secs(5),
+        "a record in the reopened file",
+        || async {
+            gw.get("/app/after").await;
+            std::fs::read_to_string(&log)
+                .ok()
+                .filter(|t| t.contains("/app/after"))
+        },
+    )
+    .await;
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(old.contains("/app/x"));
+}
