@@ -213,7 +213,6 @@ def run(work, procs):
         [str(RELEASE / "wasmgate"), "serve", "--config",
          str(template("gateway.toml", f"127.0.0.1:{gw_port}", f"127.0.0.1:{gw_tls}"))],
         env={**os.environ, "RUST_LOG": "warn"},
-        # The access log is on, as shipped: JSON lines to stdout, here /dev/null.
         stdout=subprocess.DEVNULL,
     )
     procs.append(gw)
@@ -304,8 +303,8 @@ def run(work, procs):
         f"- Machine: {os.cpu_count()} cores ({cpu_model()}), {mem_gib()} GiB, "
         f"Linux {platform.release()}; load tool, servers and upstream share the same cores.",
         f"- Peer: {nginx_version}, `worker_processes 2`, upstream keep-alive (`bench/nginx.conf`); "
-        "wasmgate release build with `RUST_LOG=warn` (`bench/gateway.toml`), metrics on and the "
-        "access log on (JSON lines to stdout, sent to /dev/null), as shipped.",
+        "wasmgate release build with `RUST_LOG=warn` (`bench/gateway.toml`), as shipped: "
+        "metrics on, access log off.",
         f"- Upstream: `bench-upstream` (hyper, 2-byte answer). Load: {wrk_version}, "
         f"`wrk -t1 -c{CONNECTIONS} -d{DURATION}s --latency` with the same `Authorization` header "
         f"everywhere; fixed rate: `bench-load --rate {RATE} --connections {CONNECTIONS} "

@@ -114,7 +114,11 @@ fn open(path: Option<&PathBuf>) -> std::io::Result<Box<dyn Write + Send>> {
     })
 }
 
-/// The writer thread: format, write, flush whenever the queue is empty.
+/// How long the writer sleeps when the queue is empty. Polling rather than blocking on the
+/// queue means a request never pays for waking the writer.
+const IDLE: Duration = Duration::from_millis(20);
+
+/// The writer thread: drain the queue, format, write, flush; sleep when it is empty.
 fn write_records(
     records: Receiver<Record>,
     out: Box<dyn Write + Send>,
@@ -124,7 +128,15 @@ fn write_records(
 ) {
     let mut out = std::io::BufWriter::with_capacity(64 << 10, out);
     let mut line = Vec::with_capacity(512);
-    while let Ok(first) = records.recv() {
+    loop {
+        let first = match records.try_recv() {
+            Ok(record) => record,
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                std::thread::sleep(IDLE);
+                continue;
+            }
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+        };
         let mut next = Some(first);
         while let Some(record) = next {
             if reopen.swap(false, Ordering::Relaxed) {
@@ -154,26 +166,48 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
+/// One JSON line, serialized straight from the record (no intermediate map).
+#[derive(serde::Serialize)]
+struct JsonLine<'a> {
+    time: String,
+    request_id: &'a str,
+    client: std::net::IpAddr,
+    method: &'a str,
+    host: &'a str,
+    path: &'a str,
+    protocol: String,
+    route: Option<&'a str>,
+    status: u16,
+    bytes_in: u64,
+    bytes_out: u64,
+    duration_ms: f64,
+    upstream_ms: f64,
+    filters_ms: f64,
+    upstream: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    referer: Option<&'a str>,
+}
+
 fn json(r: &Record, line: &mut Vec<u8>) {
-    let value = serde_json::json!({
-        "time": humantime::format_rfc3339_millis(r.time).to_string(),
-        "request_id": &*r.request_id,
-        "client": r.client.ip().to_string(),
-        "method": r.method.as_str(),
-        "host": r.host,
-        "path": r.path,
-        "protocol": format!("{:?}", r.protocol),
-        "route": r.route.as_deref(),
-        "status": r.status,
-        "bytes_in": r.bytes_in,
-        "bytes_out": r.bytes_out,
-        "duration_ms": ms(r.duration),
-        "upstream_ms": ms(r.upstream),
-        "filters_ms": ms(r.filters),
-        "upstream": r.endpoint.as_deref(),
-        "user_agent": r.user_agent,
-        "referer": r.referer,
-    });
+    let value = JsonLine {
+        time: humantime::format_rfc3339_millis(r.time).to_string(),
+        request_id: &r.request_id,
+        client: r.client.ip(),
+        method: r.method.as_str(),
+        host: &r.host,
+        path: &r.path,
+        protocol: format!("{:?}", r.protocol),
+        route: r.route.as_deref(),
+        status: r.status,
+        bytes_in: r.bytes_in,
+        bytes_out: r.bytes_out,
+        duration_ms: ms(r.duration),
+        upstream_ms: ms(r.upstream),
+        filters_ms: ms(r.filters),
+        upstream: r.endpoint.as_deref(),
+        user_agent: r.user_agent.as_deref(),
+        referer: r.referer.as_deref(),
+    };
     let _ = serde_json::to_writer(line, &value);
 }
 
