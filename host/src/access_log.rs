@@ -38,6 +38,8 @@ pub struct Record {
     pub endpoint: Option<Arc<str>>,
     pub user_agent: Option<String>,
     pub referer: Option<String>,
+    /// Fields the route's filters added (`fields` in JSON lines; not in the combined format).
+    pub fields: Vec<(String, String)>,
 }
 
 /// The log's writer thread and the queue to it.
@@ -186,6 +188,23 @@ struct JsonLine<'a> {
     upstream: Option<&'a str>,
     user_agent: Option<&'a str>,
     referer: Option<&'a str>,
+    #[serde(skip_serializing_if = "Fields::is_empty")]
+    fields: Fields<'a>,
+}
+
+/// Fields filters added, as a JSON object.
+struct Fields<'a>(&'a [(String, String)]);
+
+impl Fields<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl serde::Serialize for Fields<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
 }
 
 fn json(r: &Record, line: &mut Vec<u8>) {
@@ -207,6 +226,7 @@ fn json(r: &Record, line: &mut Vec<u8>) {
         upstream: r.endpoint.as_deref(),
         user_agent: r.user_agent.as_deref(),
         referer: r.referer.as_deref(),
+        fields: Fields(&r.fields),
     };
     let _ = serde_json::to_writer(line, &value);
 }

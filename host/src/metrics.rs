@@ -6,12 +6,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use wasmgate_sandbox::{FilterMetrics, MetricKind, Value};
 
 /// A label value shared without copying (route and service names).
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
@@ -115,11 +119,94 @@ pub struct Metrics {
     cpu_seconds: Counter<f64, AtomicU64>,
     /// CPU seconds already added to `cpu_seconds`, in microseconds.
     cpu_counted_us: AtomicU64,
+    /// The metrics filters defined, as the last scrape found them.
+    filters: Arc<FilterCollector>,
 }
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// The metrics filters define (`wasmgate_filter_<filter>_<name>`, the route first among the
+/// labels), and how many recordings each dropped at its cardinality cap
+/// (`wasmgate_filter_metric_overflow_total`).
+#[derive(Debug, Default)]
+struct FilterCollector {
+    current: std::sync::Mutex<Vec<(Name, Arc<FilterMetrics>)>>,
+}
+
+impl Collector for FilterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let filters = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut overflow = Vec::new();
+        for (filter, metrics) in &filters {
+            let prefix = format!("filter_{}_", filter.0.replace('-', "_"));
+            for metric in metrics.all() {
+                let name = format!("{prefix}{}", metric.name);
+                let kind = match metric.kind {
+                    MetricKind::Counter => MetricType::Counter,
+                    MetricKind::Gauge => MetricType::Gauge,
+                    MetricKind::Histogram => MetricType::Histogram,
+                };
+                let mut family = encoder.encode_descriptor(&name, &metric.help, None, kind)?;
+                let names =
+                    std::iter::once("route").chain(metric.labels.iter().map(String::as_str));
+                for (values, value) in metric.series() {
+                    let labels: Vec<(&str, &str)> = names
+                        .clone()
+                        .zip(values.iter().map(String::as_str))
+                        .collect();
+                    let mut series = family.encode_family(&labels)?;
+                    match (metric.kind, value) {
+                        (MetricKind::Counter, Value::Number(n)) => {
+                            series.encode_counter::<NoLabelSet, _, u64>(&n, None)?
+                        }
+                        (MetricKind::Gauge, Value::Number(n)) => series.encode_gauge(&n)?,
+                        (
+                            _,
+                            Value::Histogram {
+                                buckets,
+                                sum,
+                                count,
+                            },
+                        ) => {
+                            // Per bucket, not cumulative: the encoder adds them up.
+                            let bounds: Vec<(f64, u64)> = metric
+                                .buckets
+                                .iter()
+                                .copied()
+                                .chain([f64::INFINITY])
+                                .zip(buckets)
+                                .collect();
+                            series.encode_histogram::<NoLabelSet>(sum, count, &bounds, None)?
+                        }
+                        _ => {}
+                    }
+                }
+                overflow.push((filter.0.clone(), metric.name.clone(), metric.overflow()));
+            }
+        }
+        if !overflow.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "filter_metric_overflow",
+                "Recordings of a filter's metric dropped because it had its most label sets",
+                None,
+                MetricType::Counter,
+            )?;
+            for (filter, metric, dropped) in &overflow {
+                let labels = [("filter", &**filter), ("metric", metric.as_str())];
+                family
+                    .encode_family(&labels.as_slice())?
+                    .encode_counter::<NoLabelSet, _, u64>(dropped, None)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -155,8 +242,10 @@ impl Metrics {
             open_fds: Gauge::default(),
             cpu_seconds: Counter::default(),
             cpu_counted_us: AtomicU64::new(0),
+            filters: Arc::default(),
             registry: Registry::default(),
         };
+        registry.register_collector(Box::new(m.filters.clone()));
         registry.register(
             "requests",
             "Requests answered, by route, method and status",
@@ -253,8 +342,19 @@ impl Metrics {
 
     /// The text exposition of every metric, process figures read now, and the serving
     /// bindings' state as `bindings` gives it.
-    pub fn render(&self, bindings: Vec<BindingState>) -> String {
+    ///
+    /// `filters` are the metrics of each filter the serving routes use, by filter name.
+    pub fn render(
+        &self,
+        bindings: Vec<BindingState>,
+        filters: Vec<(Name, Arc<FilterMetrics>)>,
+    ) -> String {
         self.read_process();
+        *self
+            .filters
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = filters;
         for family in [
             &self.breaker_open,
             &self.instances_started,

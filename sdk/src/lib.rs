@@ -53,6 +53,7 @@ pub mod host;
 mod http;
 pub mod json;
 pub mod log;
+pub mod metrics;
 pub mod services;
 
 pub use host::cache;
@@ -62,7 +63,7 @@ pub use http::{Action, Context, Headers, Request, Response, percent_encode};
 /// The version of the `wasmgate:filter` WIT package this SDK builds filters for. A gateway
 /// loads only filters built for the version it speaks; this crate's `major.minor` version is
 /// the WIT version's (see the crate README's compatibility rule).
-pub const WIT_VERSION: &str = "0.2.0";
+pub const WIT_VERSION: &str = "0.2.1";
 pub use serde;
 pub use serde_json;
 

@@ -41,6 +41,12 @@ name = "quiet"
 prefix = "/health"
 service = "app"
 access_log = false
+
+[[routes]]
+name = "tagged"
+prefix = "/tagged"
+service = "app"
+filters = [{{ name = "metered" }}]
 "#,
         log = log.display().to_string(),
         url = up.url()
@@ -92,12 +98,36 @@ async fn every_request_gets_a_json_record() {
     );
     assert!(upstream > 0.0 && upstream <= total, "{first}");
     assert_eq!(first["filters_ms"], 0.0);
+    assert_eq!(first.get("fields"), None, "no filter added any");
     humantime::parse_rfc3339(first["time"].as_str().unwrap()).expect("an RFC 3339 time");
 
     let second: Value = serde_json::from_str(&lines[1]).unwrap();
     assert_eq!(second["status"], 404);
     assert_eq!(second["route"], Value::Null);
     assert_eq!(second["upstream"], Value::Null);
+}
+
+/// A filter adds fields to its request's record (the `metered` test filter names the user).
+#[tokio::test]
+async fn filters_add_fields_to_the_record() {
+    let up = Upstream::start("app").await;
+    let log = temp_dir("access-fields").join("access.log");
+    let gw = gateway(&up, &log, "json").await;
+    for user in ["ann", "bob"] {
+        let r = gw.request("GET", "/tagged", &[("x-user", user)], "").await;
+        assert_eq!(r.status, 200);
+    }
+    let lines = lines(&log, 2).await;
+    for (line, user) in lines.iter().zip(["ann", "bob"]) {
+        let record: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(record["route"], "tagged");
+        assert_eq!(
+            record["fields"],
+            serde_json::json!({ "user": user }),
+            "{line}"
+        );
+        assert!(record["filters_ms"].as_f64().unwrap() > 0.0, "{line}");
+    }
 }
 
 #[tokio::test]

@@ -45,8 +45,8 @@ fn value(scrape: &Scrape, name: &str, want: &[(&str, &str)]) -> f64 {
     found[0]
 }
 
-/// Scrape `gw`'s metrics.
-async fn scrape(gw: &TestGateway) -> Scrape {
+/// Scrape `gw`'s metrics: parsed, and the text as served (in the exposition format).
+async fn scrape_text(gw: &TestGateway) -> (Scrape, String) {
     let r = gw
         .send(
             http::Request::get(format!("http://{}/metrics", gw.running.admin_addr.unwrap()))
@@ -55,7 +55,19 @@ async fn scrape(gw: &TestGateway) -> Scrape {
         )
         .await;
     assert_eq!(r.status, 200);
-    Scrape::parse(r.text().lines().map(|l| Ok(l.to_string()))).expect("parses")
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .contains("openmetrics-text")
+    );
+    let text = r.text();
+    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses");
+    (scrape, text)
+}
+
+/// Scrape `gw`'s metrics.
+async fn scrape(gw: &TestGateway) -> Scrape {
+    scrape_text(gw).await.0
 }
 
 #[tokio::test]
@@ -157,21 +169,7 @@ on = ["connect-failure"]
             assert_eq!(gw.get(path).await.status, status, "{path}");
         }
     }
-    let r = gw
-        .send(
-            http::Request::get(format!("http://{}/metrics", gw.running.admin_addr.unwrap()))
-                .body(wasmgate_tests::full(""))
-                .unwrap(),
-        )
-        .await;
-    assert_eq!(r.status, 200);
-    assert!(
-        r.header("content-type")
-            .unwrap()
-            .contains("openmetrics-text")
-    );
-    let text = r.text();
-    let scrape = Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses");
+    let (scrape, text) = scrape_text(&gw).await;
 
     let requests = "wasmgate_requests_total";
     for (route, status, n) in [
@@ -279,4 +277,167 @@ on = ["connect-failure"]
     assert!(value(&scrape, "wasmgate_open_connections", &[]) >= 1.0);
     assert!(value(&scrape, "wasmgate_process_resident_memory_bytes", &[]) > 1e6);
     assert!(value(&scrape, "wasmgate_process_open_fds", &[]) > 3.0);
+}
+
+/// A filter's own metrics appear as `wasmgate_filter_<filter>_<name>` with the route first among
+/// their labels; one metric keeps at most 256 label sets and counts what it drops; a bundled
+/// filter (`auth-apikey`) counts its refusals by reason.
+#[tokio::test]
+async fn filters_define_metrics_of_their_own_with_a_cap_on_label_sets() {
+    let up = Upstream::start("svc").await;
+    let gw = TestGateway::start(&format!(
+        r#"
+[services.svc]
+upstreams = ["{up}"]
+
+[[routes]]
+name = "a"
+prefix = "/a"
+service = "svc"
+filters = [{{ name = "metered" }}]
+
+[[routes]]
+name = "b"
+prefix = "/b"
+service = "svc"
+filters = [{{ name = "metered" }}]
+
+[[routes]]
+name = "keyed"
+prefix = "/keyed"
+service = "svc"
+[[routes.filters]]
+name = "auth-apikey"
+config = {{ keys = [{{ hash = "sha256:{hash}", consumer = "ann" }}] }}
+"#,
+        up = up.url(),
+        hash = sha256_hex("k1"),
+    ))
+    .await;
+
+    for _ in 0..3 {
+        assert_eq!(
+            gw.request("GET", "/a", &[("x-user", "ann")], "")
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        gw.request("POST", "/b", &[("x-user", "bob")], "12345")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        gw.request("POST", "/b", &[], &"x".repeat(500)).await.status,
+        200
+    );
+    assert_eq!(gw.get("/keyed").await.status, 401);
+    assert_eq!(
+        gw.request("GET", "/keyed", &[("x-api-key", "nope")], "")
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        gw.request("GET", "/keyed", &[("x-api-key", "k1")], "")
+            .await
+            .status,
+        200
+    );
+
+    let (s, text) = scrape_text(&gw).await;
+    let seen = "wasmgate_filter_metered_seen_total";
+    assert!(
+        text.contains("# HELP wasmgate_filter_metered_seen Requests seen, by user"),
+        "{text}"
+    );
+    assert_eq!(value(&s, seen, &[("route", "a"), ("user", "ann")]), 3.0);
+    assert_eq!(value(&s, seen, &[("route", "b"), ("user", "bob")]), 1.0);
+    assert_eq!(
+        value(&s, seen, &[("route", "b"), ("user", "anonymous")]),
+        1.0
+    );
+    assert_eq!(samples(&s, seen).len(), 3);
+    for route in ["a", "b"] {
+        assert_eq!(
+            value(&s, "wasmgate_filter_metered_in_flight", &[("route", route)]),
+            0.0,
+            "every request phase had its response phase"
+        );
+    }
+    // Two bodies on route b: 5 bytes (<= 10) and 500 bytes (<= 1000).
+    let buckets = samples(&s, "wasmgate_filter_metered_body_bytes")
+        .into_iter()
+        .find(|(l, _)| l.get("route").map(String::as_str) == Some("b"))
+        .map(|(_, v)| match v {
+            Value::Histogram(h) => h.iter().map(|b| (b.less_than, b.count)).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        })
+        .expect("route b's histogram");
+    assert_eq!(
+        buckets,
+        vec![
+            (10.0, 1.0),
+            (100.0, 1.0),
+            (1000.0, 2.0),
+            (f64::INFINITY, 2.0)
+        ]
+    );
+    let refused = "wasmgate_filter_auth_apikey_refused_total";
+    assert_eq!(
+        value(&s, refused, &[("route", "keyed"), ("reason", "missing")]),
+        1.0
+    );
+    assert_eq!(
+        value(&s, refused, &[("route", "keyed"), ("reason", "unknown")]),
+        1.0
+    );
+    assert_eq!(samples(&s, refused).len(), 2);
+
+    // 300 more users: the metric keeps 256 label sets in all, the rest is counted as overflow.
+    for i in 0..300 {
+        let user = format!("user-{i}");
+        assert_eq!(
+            gw.request("GET", "/a", &[("x-user", &user)], "")
+                .await
+                .status,
+            200
+        );
+    }
+    let s = scrape(&gw).await;
+    assert_eq!(samples(&s, seen).len(), 256);
+    assert_eq!(
+        value(
+            &s,
+            "wasmgate_filter_metric_overflow_total",
+            &[("filter", "metered"), ("metric", "seen")]
+        ),
+        (3 + 300 - 256) as f64
+    );
+    assert_eq!(
+        value(&s, seen, &[("route", "a"), ("user", "ann")]),
+        3.0,
+        "kept"
+    );
+}
+
+/// A filter whose metric definition is invalid fails its config check with the reason.
+#[tokio::test]
+async fn an_invalid_metric_definition_rejects_the_filter_config() {
+    let up = Upstream::start("svc").await;
+    let gw = TestGateway::start(&format!(
+        "[services.svc]\nupstreams = [\"{}\"]\n\n[[routes]]\nname = \"bad\"\nprefix = \"/\"\nservice = \"svc\"\nfilters = [{{ name = \"metered\", config = {{ bad_metric = true }} }}]\n",
+        up.url()
+    ))
+    .await;
+    let r = gw.get("/").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(up.seen().is_empty());
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(text.as_bytes()))
 }

@@ -153,12 +153,12 @@ async fn bad_files_are_rejected_and_the_last_good_version_keeps_serving() {
         (
             "wrong interface",
             b"\0asm\x0d\0\x01\0".to_vec(),
-            "does not implement wasmgate:filter/filter@0.2.0",
+            "does not implement wasmgate:filter/filter@0.2.1",
         ),
         (
             "built against the 0.1.0 contract",
             legacy,
-            "built for wasmgate:filter@0.1.0, but this gateway speaks wasmgate:filter@0.2.0",
+            "built for wasmgate:filter@0.1.0, but this gateway speaks wasmgate:filter@0.2.1",
         ),
     ];
     for (what, bytes, reason) in cases {

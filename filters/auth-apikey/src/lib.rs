@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use wasmgate_sdk::metrics::Counter;
 use wasmgate_sdk::{Action, Context, Error, Filter, Needs, Request, Response, export_filter};
 
 fn default_header() -> String {
@@ -46,6 +47,9 @@ pub struct Config {
 pub struct ApiKey {
     config: Config,
     hashes: Vec<[u8; 32]>,
+    /// `wasmgate_filter_auth_apikey_refused_total{route, reason}`: `missing`, `unknown` or
+    /// `not_allowed` (the key may not use this method or route).
+    refused: Counter<1>,
 }
 
 fn parse_hash(text: &str) -> Option<[u8; 32]> {
@@ -83,7 +87,12 @@ impl Filter for ApiKey {
                 })
             })
             .collect::<Result<_, _>>()?;
-        Ok(Self { config, hashes })
+        let refused = Counter::define("refused", "Requests refused, by reason", ["reason"])?;
+        Ok(Self {
+            config,
+            hashes,
+            refused,
+        })
     }
 
     /// Works on requests only, keeps nothing between requests.
@@ -104,6 +113,7 @@ impl Filter for ApiKey {
                 .map(str::to_string)
         });
         let Some(key) = presented.filter(|k| !k.is_empty()) else {
+            self.refused.inc(["missing"]);
             return Ok(refuse(401, "missing API key", &c.header));
         };
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
@@ -113,6 +123,7 @@ impl Filter for ApiKey {
             if same { Some(i) } else { found }
         });
         let Some(entry) = found.map(|i| &c.keys[i]) else {
+            self.refused.inc(["unknown"]);
             return Ok(refuse(403, "unknown API key", &c.header));
         };
         let method_ok = entry
@@ -124,11 +135,13 @@ impl Filter for ApiKey {
             .as_ref()
             .is_none_or(|r| r.iter().any(|r| r == ctx.route()));
         if !method_ok || !route_ok {
+            self.refused.inc(["not_allowed"]);
             return Ok(refuse(403, "this API key may not be used here", &c.header));
         }
         // The credential stays at the gateway; the upstream learns who called.
         req.headers_mut().remove(&c.header);
         req.set_header(&c.forward_header, entry.consumer.as_bytes());
+        wasmgate_sdk::log::field("consumer", &entry.consumer);
         Ok(req.into())
     }
 }

@@ -13,6 +13,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use wasmgate_sdk::metrics::Counter;
 use wasmgate_sdk::services::{self, Call};
 use wasmgate_sdk::{
     Action, Context, Error, Filter, Needs, Request, Response, cache, export_filter, host,
@@ -84,6 +85,28 @@ enum Keys {
 pub struct AuthJwt {
     config: Config,
     keys: Keys,
+    /// `wasmgate_filter_auth_jwt_refused_total{route, reason}`.
+    refused: Counter<1>,
+}
+
+/// The `reason` label for a refusal's description (a short, bounded set).
+fn reason(description: &str) -> &'static str {
+    match description {
+        "the token is malformed or its algorithm is not supported"
+        | "the exp claim is not a number"
+        | "the nbf claim is not a number" => "malformed",
+        "the token's algorithm is not accepted"
+        | "the token's algorithm does not match its key" => "algorithm",
+        "the signing keys are unavailable" => "keys_unavailable",
+        "no key matches the token" | "the matching key is unusable" => "unknown_key",
+        "the signature is invalid" => "signature",
+        "the token has expired" => "expired",
+        "the token is not valid yet" => "not_yet_valid",
+        "the token's issuer is not accepted" => "issuer",
+        "the token's audience is not accepted" => "audience",
+        "the token lacks a required claim" => "missing_claim",
+        _ => "invalid",
+    }
 }
 
 const HMAC: [Algorithm; 3] = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
@@ -302,7 +325,16 @@ impl Filter for AuthJwt {
                 refresh: Duration::from_secs(config.jwks_refresh_seconds.max(1)),
             }
         };
-        Ok(Self { config, keys })
+        let refused = Counter::define(
+            "refused",
+            "Requests refused, by reason (missing, expired, signature, ...)",
+            ["reason"],
+        )?;
+        Ok(Self {
+            config,
+            keys,
+            refused,
+        })
     }
 
     /// Works on requests only, keeps nothing between requests.
@@ -317,12 +349,19 @@ impl Filter for AuthJwt {
     fn on_request(&self, mut req: Request, _ctx: &Context) -> Result<Action, Error> {
         let token = req.bearer_token().map(str::to_string);
         let Some(token) = token else {
+            self.refused.inc(["missing"]);
             return Ok(Response::bearer_missing().into());
         };
         let claims = match self.verify(&token) {
             Ok(claims) => claims,
-            Err(why) => return Ok(invalid(why)),
+            Err(why) => {
+                self.refused.inc([reason(why)]);
+                return Ok(invalid(why));
+            }
         };
+        if let Some(Value::String(subject)) = claims.get("sub") {
+            wasmgate_sdk::log::field("subject", subject);
+        }
         for (claim, header) in &self.config.forward_claims {
             req.headers_mut().remove(header);
             match claims.get(claim) {

@@ -5,7 +5,7 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::json;
 use wasmgate_sdk::{Action, Request, Response};
-use wasmgate_testkit::{Level, TestFilter, TestRoute};
+use wasmgate_testkit::{Level, MetricValue, TestFilter, TestRoute};
 
 /// HS256 with secret `wasmgate-demo-secret`, `sub: demo-user`, expires in 2100 (the README's
 /// demo token).
@@ -121,4 +121,56 @@ fn a_service_the_route_does_not_grant_is_denied() {
         route.service_calls().is_empty(),
         "the call never left the filter's grant"
     );
+}
+
+#[test]
+fn refusals_are_counted_by_reason_and_the_subject_is_logged() {
+    let route = filter()
+        .route(json!({ "secret": "wasmgate-demo-secret" }))
+        .unwrap();
+    let expired = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({ "sub": "old", "exp": 1_000_000 }),
+        &EncodingKey::from_secret(b"wasmgate-demo-secret"),
+    )
+    .unwrap();
+    let forged = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({ "sub": "eve" }),
+        &EncodingKey::from_secret(b"another-secret"),
+    )
+    .unwrap();
+    for req in [
+        Request::new("GET", "/"),
+        Request::new("GET", "/"),
+        with_token(&expired),
+        with_token(&forged),
+    ] {
+        match route.on_request(req).unwrap() {
+            Action::Respond(resp) => assert_eq!(resp.status(), 401),
+            Action::Continue(_) => panic!("let a bad request through"),
+        }
+    }
+    assert!(route.log_fields().is_empty(), "nobody was named");
+    assert!(matches!(
+        route.on_request(with_token(TOKEN)).unwrap(),
+        Action::Continue(_)
+    ));
+    assert_eq!(
+        route.log_fields(),
+        vec![("subject".to_string(), "demo-user".to_string())]
+    );
+
+    let refused = route.metric("refused").expect("defined when configured");
+    let counts: Vec<(Vec<String>, MetricValue)> = refused.series();
+    let count = |reason: &str| {
+        counts
+            .iter()
+            .find(|(labels, _)| labels == &["test", reason])
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(count("missing"), Some(MetricValue::Number(2.0)));
+    assert_eq!(count("expired"), Some(MetricValue::Number(1.0)));
+    assert_eq!(count("signature"), Some(MetricValue::Number(1.0)));
+    assert_eq!(counts.len(), 3, "{counts:?}");
 }

@@ -15,7 +15,17 @@ use crate::imports::HostState;
 use crate::instance::{Grants, Limits, LoadedFilter};
 
 /// The version of the `wasmgate:filter` WIT package this sandbox speaks.
-pub const WIT_VERSION: &str = "0.2.0";
+pub const WIT_VERSION: &str = "0.2.1";
+/// Versions of the contract this sandbox also loads: each is a subset of [`WIT_VERSION`] (its
+/// later patch versions only add imports), and wasmtime links a component's `@0.2.0` names to
+/// the host's `@0.2.1` definitions by semver.
+const ALSO_SPEAKS: &[&str] = &["0.2.0"];
+
+/// Whether a component built for contract version `version` loads here.
+fn speaks(version: &str) -> bool {
+    version == WIT_VERSION || ALSO_SPEAKS.contains(&version)
+}
+
 /// The WIT package's name, before its `@version`.
 const WIT_PACKAGE: &str = "wasmgate:filter";
 
@@ -155,7 +165,7 @@ impl Sandbox {
             .filter_map(|(name, _)| name.strip_prefix(&prefix)?.split_once('@'))
             .map(|(_, version)| version.to_string())
             .collect();
-        match versions.iter().find(|v| *v != WIT_VERSION) {
+        match versions.iter().find(|v| !speaks(v)) {
             Some(built_for) => anyhow::bail!(
                 "built for {WIT_PACKAGE}@{built_for}, but this gateway speaks \
                  {WIT_PACKAGE}@{WIT_VERSION}: rebuild it against a wasmgate-sdk for \

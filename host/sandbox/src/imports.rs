@@ -1,6 +1,6 @@
 //! Every host import of the WIT world, beside the store data they work on: `log`, `host`
-//! (clock, randomness), `cache` (a small per-filter cache) and `outbound` (service calls, which
-//! the embedder implements through [`Outbound`]).
+//! (clock, randomness), `cache` (a small per-filter cache), `outbound` (service calls, which
+//! the embedder implements through [`Outbound`]) and `telemetry` (kept in [`crate::telemetry`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,7 +12,8 @@ use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::wasmgate::filter::{cache, host, log, outbound, types};
+use crate::bindings::wasmgate::filter::{cache, host, log, outbound, telemetry, types};
+use crate::telemetry::{FilterMetrics, LogFields, MetricKind};
 use crate::wit::{CallError, OutboundRequest, OutboundResponse};
 
 /// Entries one filter's cache holds at most.
@@ -54,6 +55,9 @@ pub(crate) struct HostState {
     pub(crate) deadline: Instant,
     pub(crate) cache: Arc<FilterCache>,
     pub(crate) outbound: Option<Arc<dyn Outbound>>,
+    pub(crate) metrics: Arc<FilterMetrics>,
+    pub(crate) route: Arc<str>,
+    pub(crate) log_fields: Option<Arc<LogFields>>,
 }
 
 impl WasiView for HostState {
@@ -142,6 +146,47 @@ impl outbound::Host for HostState {
         let results = futures_util::future::join_all(calls).await;
         self.deadline += started.elapsed();
         results
+    }
+}
+
+impl telemetry::Host for HostState {
+    async fn define_metric(&mut self, metric: telemetry::Metric) -> Result<u32, String> {
+        let kind = match metric.kind {
+            telemetry::MetricKind::Counter => MetricKind::Counter,
+            telemetry::MetricKind::Gauge => MetricKind::Gauge,
+            telemetry::MetricKind::Histogram => MetricKind::Histogram,
+        };
+        self.metrics.define(
+            metric.name,
+            metric.help,
+            kind,
+            metric.labels,
+            metric.buckets,
+        )
+    }
+
+    async fn add(&mut self, metric: u32, label_values: Vec<String>, value: f64) {
+        if let Some(m) = self.metrics.get(metric) {
+            m.add(&self.route, label_values, value);
+        }
+    }
+
+    async fn set(&mut self, metric: u32, label_values: Vec<String>, value: f64) {
+        if let Some(m) = self.metrics.get(metric) {
+            m.set(&self.route, label_values, value);
+        }
+    }
+
+    async fn observe(&mut self, metric: u32, label_values: Vec<String>, value: f64) {
+        if let Some(m) = self.metrics.get(metric) {
+            m.observe(&self.route, label_values, value);
+        }
+    }
+
+    async fn log_field(&mut self, name: String, value: String) {
+        if let Some(fields) = &self.log_fields {
+            fields.add(name, value);
+        }
     }
 }
 

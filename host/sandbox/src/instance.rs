@@ -12,6 +12,7 @@ use crate::bindings::{GatewayFilter, GatewayFilterPre};
 use crate::compile::LoadSource;
 use crate::engine::POOL_INSTANCES;
 use crate::imports::{FilterCache, HostState, Outbound};
+use crate::telemetry::{FilterMetrics, LogFields};
 use crate::wit::{Needs, Request, RequestAction, Response, RouteContext};
 
 /// Idle instances kept per pool, and across all pools (a share of the engine's instance slots,
@@ -88,6 +89,12 @@ pub struct Grants {
     pub outbound: Option<Arc<dyn Outbound>>,
     /// Limits for each call.
     pub limits: Limits,
+    /// Its filter's metrics.
+    pub metrics: Arc<FilterMetrics>,
+    /// The route's name, the `route` label of what it records.
+    pub route: Arc<str>,
+    /// Where fields it adds to the access log record go, when the request is logged.
+    pub log_fields: Option<Arc<LogFields>>,
 }
 
 impl Grants {
@@ -98,6 +105,9 @@ impl Grants {
             cache: Arc::default(),
             outbound: None,
             limits,
+            metrics: Arc::default(),
+            route: Arc::from(""),
+            log_fields: None,
         }
     }
 }
@@ -141,6 +151,9 @@ impl LoadedFilter {
             deadline: Instant::now() + grants.limits.deadline,
             cache: grants.cache,
             outbound: grants.outbound,
+            metrics: grants.metrics,
+            route: grants.route,
+            log_fields: grants.log_fields,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -290,6 +303,9 @@ impl InstancePool {
             data.request_id = request_id.clone();
             data.outbound = grants.outbound;
             data.cache = grants.cache;
+            data.metrics = grants.metrics;
+            data.route = grants.route;
+            data.log_fields = grants.log_fields;
             instance.limits = grants.limits;
             // Epochs passed while it was idle; count its deadline from now.
             instance.store.set_epoch_deadline(1);
@@ -311,6 +327,7 @@ impl InstancePool {
         // Nothing of the finished request stays reachable from the idle instance, and it does
         // not point back at its pool (a cycle that would keep both, and the engine, alive).
         instance.store.data_mut().outbound = None;
+        instance.store.data_mut().log_fields = None;
         instance.pool = None;
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() >= IDLE_PER_POOL {

@@ -15,19 +15,24 @@
 //!   call trapped, hit a limit, returned an error or was abandoned mid-call is never reused.
 //! - Each call runs under a deadline (checked every epoch tick, yielding to the async runtime
 //!   in between, so a looping filter cannot hold a thread) and a linear-memory cap.
-//! - What a filter reaches besides its request is a [`Grants`] value: its [`FilterCache`] and,
-//!   when its route grants services, an [`Outbound`] the embedder implements.
+//! - What a filter reaches besides its request is a [`Grants`] value: its [`FilterCache`], its
+//!   [`FilterMetrics`], the request's [`LogFields`] when it is logged, and, when its route
+//!   grants services, an [`Outbound`] the embedder implements.
 #![deny(missing_docs)]
 
 mod compile;
 mod engine;
 mod imports;
 mod instance;
+mod telemetry;
 
 pub use compile::{LoadSource, content_hash};
 pub use engine::{EPOCH_TICK, MAX_MEMORY_BYTES, Sandbox, WIT_VERSION};
 pub use imports::{FilterCache, Outbound, OutboundFuture};
 pub use instance::{FilterError, Grants, InstancePool, Lease, Limits, LoadedFilter};
+pub use telemetry::{
+    FilterMetrics, LogFields, MAX_FIELDS, MAX_METRICS, MAX_SERIES, Metric, MetricKind, Value,
+};
 
 /// The types of the WIT contract (`wit/filter.wit`) as the host sees them.
 pub mod wit {

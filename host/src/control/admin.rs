@@ -28,8 +28,9 @@ use tokio::net::TcpListener;
 
 use super::Control;
 use crate::config::PathMatch;
-use crate::metrics::{BindingState, Metrics};
+use crate::metrics::{BindingState, Metrics, Name};
 use crate::snapshot::ChainEntry;
+use wasmgate_sandbox::FilterMetrics;
 
 /// Serve the admin API on `listener` until the task is aborted.
 pub fn spawn(
@@ -80,7 +81,15 @@ fn prometheus(control: &Control, metrics: &Metrics) -> Response<Full<Bytes>> {
             })
         })
         .collect();
-    let mut resp = Response::new(Full::new(Bytes::from(metrics.render(bindings))));
+    let mut filters: Vec<(Name, Arc<FilterMetrics>)> = Vec::new();
+    for entry in snapshot.routes.iter().flat_map(|route| &route.chain) {
+        if let ChainEntry::Ready(b) = entry
+            && !filters.iter().any(|(name, _)| *name == b.label)
+        {
+            filters.push((b.label.clone(), b.metrics.clone()));
+        }
+    }
+    let mut resp = Response::new(Full::new(Bytes::from(metrics.render(bindings, filters))));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static(

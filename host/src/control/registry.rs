@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use wasmgate_sandbox::{FilterCache, LoadedFilter, Sandbox};
+use wasmgate_sandbox::{FilterCache, FilterMetrics, LoadedFilter, Sandbox};
 
 use crate::config::Config;
 use crate::snapshot::Filters;
@@ -39,6 +39,8 @@ pub struct Registry {
     metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Each filter's cache, kept across new versions of the filter.
     caches: BTreeMap<String, Arc<FilterCache>>,
+    /// Each filter's metrics, kept across new versions of the filter.
+    filter_metrics: BTreeMap<String, Arc<FilterMetrics>>,
 }
 
 impl Registry {
@@ -165,6 +167,8 @@ impl Registry {
     pub fn retain(&mut self, referenced: &BTreeSet<String>) {
         self.slots.retain(|name, _| referenced.contains(name));
         self.caches.retain(|name, _| referenced.contains(name));
+        self.filter_metrics
+            .retain(|name, _| referenced.contains(name));
     }
 }
 
@@ -183,6 +187,13 @@ impl Filters for Registry {
 
     fn cache(&mut self, name: &str) -> Arc<FilterCache> {
         self.caches.entry(name.to_string()).or_default().clone()
+    }
+
+    fn metrics(&mut self, name: &str) -> Arc<FilterMetrics> {
+        self.filter_metrics
+            .entry(name.to_string())
+            .or_default()
+            .clone()
     }
 }
 

@@ -335,6 +335,9 @@ impl<'a> Chain<'a> {
             cache: binding.cache.clone(),
             outbound,
             limits: binding.limits,
+            metrics: binding.metrics.clone(),
+            route: self.route.label.0.clone(),
+            log_fields: self.ex.log_fields.clone(),
         }
     }
 }

@@ -41,6 +41,7 @@ use crate::metrics::{Metrics, Name};
 use crate::route::{self, MatchInput, Params};
 use crate::snapshot::{Current, Route, Snapshot};
 use crate::upstream::Body;
+use wasmgate_sandbox::LogFields;
 
 /// Serves client requests against the current snapshot.
 pub struct Proxy {
@@ -69,6 +70,8 @@ struct Exchange {
     endpoint: std::sync::Mutex<Option<Arc<str>>>,
     /// Request body bytes read, when the access log is on.
     bytes_in: Option<Arc<AtomicU64>>,
+    /// Fields filters add to the access log record, when the access log is on.
+    log_fields: Option<Arc<LogFields>>,
 }
 
 impl Exchange {
@@ -213,6 +216,7 @@ impl Proxy {
             filters_us: AtomicU64::new(0),
             endpoint: std::sync::Mutex::new(None),
             bytes_in: logged.as_ref().map(|_| Arc::new(AtomicU64::new(0))),
+            log_fields: logged.as_ref().map(|_| Arc::default()),
         };
         let outcome = match ex.snapshot.https_redirect {
             Some(port) if !tls => redirect_to_https(&req, port),
@@ -266,6 +270,7 @@ impl Proxy {
                 endpoint: ex.endpoint.lock().unwrap_or_else(|e| e.into_inner()).take(),
                 user_agent: logged.user_agent,
                 referer: logged.referer,
+                fields: ex.log_fields.as_ref().map(|f| f.take()).unwrap_or_default(),
             };
             let log = log.clone();
             resp = resp.map(|body| LoggedBody::new(body, record, log, started).boxed_unsync());

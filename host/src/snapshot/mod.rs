@@ -6,7 +6,7 @@ mod breaker;
 
 use std::sync::Arc;
 
-use wasmgate_sandbox::{FilterCache, InstancePool, Limits, LoadedFilter, Needs};
+use wasmgate_sandbox::{FilterCache, FilterMetrics, InstancePool, Limits, LoadedFilter, Needs};
 
 pub use breaker::{Breaker, COOL_DOWN, Ticket};
 
@@ -82,6 +82,8 @@ pub struct Binding {
     /// Services the route grants this filter.
     pub services: Arc<[String]>,
     pub cache: Arc<FilterCache>,
+    /// The metrics the filter defines (shared by every route and version of it).
+    pub metrics: Arc<FilterMetrics>,
     pub limits: Limits,
     pub on_failure: FailurePolicy,
     /// Opens when this binding keeps failing; new per snapshot.
@@ -125,6 +127,8 @@ pub trait Filters {
     fn resolve(&self, name: &str) -> Result<Arc<LoadedFilter>, String>;
     /// The cache shared by every instance of filter `name`.
     fn cache(&mut self, name: &str) -> Arc<FilterCache>;
+    /// The metrics filter `name` defines.
+    fn metrics(&mut self, name: &str) -> Arc<FilterMetrics>;
 }
 
 impl Snapshot {
@@ -159,6 +163,7 @@ impl Snapshot {
                         )),
                         services: f.services.clone().into(),
                         cache: filters.cache(&f.name),
+                        metrics: filters.metrics(&f.name),
                         limits,
                         on_failure: f.on_failure,
                         breaker: Breaker::default(),

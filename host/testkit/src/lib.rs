@@ -41,7 +41,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use wasmgate_sandbox::wit::{Request as WitRequest, RequestAction, Response as WitResponse};
 use wasmgate_sandbox::{
-    FilterCache, Grants, InstancePool, Lease, LoadedFilter, Sandbox, content_hash,
+    FilterCache, FilterMetrics, Grants, InstancePool, Lease, LoadedFilter, LogFields, Sandbox,
+    content_hash,
 };
 use wasmgate_sdk::__testkit as parts;
 use wasmgate_sdk::{Action, Context, Request, Response};
@@ -50,7 +51,7 @@ pub use build::build_component;
 pub use logs::LogRecord;
 pub use services::ServiceCall;
 pub use tracing::Level;
-pub use wasmgate_sandbox::{FilterError, Limits, Needs};
+pub use wasmgate_sandbox::{FilterError, Limits, Metric, MetricKind, Needs, Value as MetricValue};
 
 use logs::Capture;
 use services::Stubs;
@@ -159,6 +160,8 @@ impl TestFilter {
             lease: Mutex::new(None),
             logs,
             counters: Counters::default(),
+            metrics: Arc::default(),
+            log_fields: Arc::default(),
         })
     }
 }
@@ -175,6 +178,8 @@ pub struct TestRoute {
     lease: Mutex<Option<(Lease, Arc<str>)>>,
     logs: Capture,
     counters: Counters,
+    metrics: Arc<FilterMetrics>,
+    log_fields: Arc<LogFields>,
 }
 
 #[derive(Default)]
@@ -239,6 +244,19 @@ impl TestRoute {
         &self.cache
     }
 
+    /// The metric `name` the filter defined (through `wasmgate_sdk::metrics`), with every
+    /// series it recorded: label values (the route's name first, from [`TestRoute::context`])
+    /// and value. `None` until an instance defined it.
+    pub fn metric(&self, name: &str) -> Option<Arc<Metric>> {
+        self.metrics.all().into_iter().find(|m| m.name == name)
+    }
+
+    /// The access log fields the filter added (through `wasmgate_sdk::log::field`) since the
+    /// last call of this function.
+    pub fn log_fields(&self) -> Vec<(String, String)> {
+        self.log_fields.take()
+    }
+
     /// Run the request phase for a new request. As in the gateway, a request body reaches the
     /// filter only when its [`Needs::request_body`] asks for it, and a filter whose
     /// [`Needs::request_phase`] is `false` is not called (the request continues unchanged).
@@ -250,7 +268,7 @@ impl TestRoute {
         } else {
             id.into()
         };
-        let mut lease = self.pool.lease(&request_id, self.grants());
+        let mut lease = self.pool.lease(&request_id, self.grants(&route));
         let ctx = wasmgate_sandbox::wit::RouteContext {
             route,
             params,
@@ -312,7 +330,8 @@ impl TestRoute {
             None => {
                 let n = self.counters.requests.fetch_add(1, Ordering::Relaxed) + 1;
                 let id: Arc<str> = format!("test-{n}").into();
-                (self.pool.lease(&id, self.grants()), id)
+                let route = parts::context_into_parts(&self.context).0;
+                (self.pool.lease(&id, self.grants(&route)), id)
             }
         };
         let (route, params, client_addr, _) = parts::context_into_parts(&self.context);
@@ -370,11 +389,14 @@ impl TestRoute {
         self.counters.failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn grants(&self) -> Grants {
+    fn grants(&self, route: &str) -> Grants {
         Grants {
             cache: self.cache.clone(),
             outbound: Some(self.stubs.clone()),
             limits: self.limits,
+            metrics: self.metrics.clone(),
+            route: Arc::from(route),
+            log_fields: Some(self.log_fields.clone()),
         }
     }
 }
