@@ -14,6 +14,7 @@ use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::control::{self, Control};
 use crate::metrics::Metrics;
+use crate::otel::Tracing;
 use crate::proxy::Proxy;
 use crate::server::Workers;
 use crate::tls;
@@ -29,6 +30,7 @@ pub struct RunningGateway {
     pub admin_addr: Option<SocketAddr>,
     workers: Workers,
     background: Vec<tokio::task::JoinHandle<()>>,
+    tracing: Option<Arc<Tracing>>,
 }
 
 impl RunningGateway {
@@ -81,8 +83,14 @@ impl RunningGateway {
                 ),
             }
         }
+        let tracing = Tracing::start(&config.tracing).context("starting trace export")?;
         let control = Arc::new(Control::start(config, config_path.clone(), metrics.clone()).await?);
-        let proxy = Arc::new(Proxy::new(control.snapshots(), metrics.clone(), access_log));
+        let proxy = Arc::new(Proxy::new(
+            control.snapshots(),
+            metrics.clone(),
+            access_log,
+            tracing.clone(),
+        ));
         let https = https.map(|(listen, files, acceptor)| {
             background.push(tokio::spawn(reload_certificates(
                 control.clone(),
@@ -112,6 +120,7 @@ impl RunningGateway {
             admin_addr,
             workers,
             background,
+            tracing,
         })
     }
 
@@ -121,6 +130,10 @@ impl RunningGateway {
         self.workers.stop().await;
         for task in &self.background {
             task.abort();
+        }
+        if let Some(tracing) = self.tracing {
+            // Spans still queued are sent (the export blocks up to its timeout).
+            let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
         }
     }
 }

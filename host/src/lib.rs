@@ -16,7 +16,8 @@
 //! - `upstream`: services and their endpoints (balancing, health, retries' budget, limits, DNS
 //!   discovery), transports, the one upstream client.
 //! - `config`: the TOML config, strict and validated with line/column diagnostics (a leaf).
-//! - `metrics`: the Prometheus registry every layer counts into (a leaf).
+//! - `otel`: distributed tracing (tracer, W3C trace context, OTLP/HTTP export).
+//! - `metrics`: the Prometheus registry every layer counts into, and the metrics filters define.
 //!
 //! The filter sandbox (wasmtime, instance pools, limits, host imports) is its own crate,
 //! `wasmgate-sandbox`, which knows nothing of HTTP routing.
@@ -27,6 +28,7 @@ mod config;
 mod control;
 mod gateway;
 mod metrics;
+mod otel;
 mod proxy;
 mod route;
 mod server;

@@ -56,6 +56,8 @@ fn the_config_reference_example_is_a_valid_config() {
         .unwrap_or_else(|errors| panic!("docs/config.md's example is refused: {errors:?}"));
     assert_eq!(config.routes.len(), 1);
     assert_eq!(config.routes[0].filters[0].name, "headers");
+    assert!(config.access_log.enabled && config.tracing.enabled);
+    assert_eq!(config.tracing.sample_ratio, 0.25);
 }
 
 #[test]

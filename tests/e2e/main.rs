@@ -13,6 +13,7 @@ mod http2_attacks;
 mod metrics;
 mod routing;
 mod tls;
+mod tracing;
 mod transform;
 mod upstreams;
 mod websocket;

@@ -22,7 +22,7 @@ use serde::Deserialize;
 pub use path::{PathMatch, Pattern, Segment, Template, TemplatePart};
 pub use traffic::{
     AccessLogConfig, AllUnhealthy, Balance, DNS_LOOKUPS, Dns, HashOn, HealthCheck,
-    OutlierDetection, Retry, RetryOn, ServiceLimits,
+    OutlierDetection, Retry, RetryOn, ServiceLimits, TracingConfig,
 };
 pub(crate) use transport::pem_error;
 pub use transport::{Protocol, Transport};
@@ -95,6 +95,8 @@ pub struct Config {
     pub dns: Dns,
     /// The access log (`[access_log]`).
     pub access_log: AccessLogConfig,
+    /// Distributed tracing (`[tracing]`).
+    pub tracing: TracingConfig,
     /// The services routes and filters reach (`[services.NAME]`).
     pub services: Vec<ServiceConfig>,
     /// The routes, in file order (`[[routes]]`).

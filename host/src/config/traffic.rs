@@ -317,6 +317,68 @@ fn yes() -> bool {
     true
 }
 
+/// Distributed tracing (`[tracing]`): W3C trace context continued or started, spans exported
+/// over OTLP/HTTP (protobuf) in batches. Off by default; a `[tracing]` table with an
+/// `endpoint` turns it on unless it says `enabled = false`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct TracingConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Where spans are POSTed: an OTLP/HTTP traces URL, `http://` or `https://`
+    /// (e.g. `http://127.0.0.1:4318/v1/traces`).
+    pub endpoint: String,
+    /// Share of the traces this gateway starts that are recorded (0.0 to 1.0, default 1.0);
+    /// a request that arrives with a `traceparent` follows its caller's decision.
+    #[serde(default = "one")]
+    pub sample_ratio: f64,
+    /// `service.name` of the spans (default `wasmgate`).
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Longest a finished span waits before its batch is sent (default 5 s).
+    #[serde(default = "default_batch_delay", with = "humantime_serde")]
+    pub batch_delay: Duration,
+    /// Finished spans waiting to be sent; past it they are dropped (default 2048).
+    #[serde(default = "default_max_queue")]
+    pub max_queue: usize,
+    /// Time for one export request (default 10 s).
+    #[serde(default = "default_export_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            enabled: false,
+            endpoint: String::new(),
+            sample_ratio: one(),
+            service_name: default_service_name(),
+            batch_delay: default_batch_delay(),
+            max_queue: default_max_queue(),
+            timeout: default_export_timeout(),
+        }
+    }
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn default_service_name() -> String {
+    "wasmgate".into()
+}
+
+fn default_batch_delay() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_max_queue() -> usize {
+    2048
+}
+
+fn default_export_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
 fn stdout() -> String {
     "-".into()
 }

@@ -137,6 +137,7 @@ mod unknown_key {
             ["tls"] => fields::<RawTls>(),
             ["dns"] => fields::<Dns>(),
             ["access_log"] => fields::<AccessLogConfig>(),
+            ["tracing"] => fields::<TracingConfig>(),
             ["tls", "certificates", _] => fields::<RawCertificate>(),
             ["services", _] => fields::<RawService>(),
             ["services", _, "health_check"] => fields::<HealthCheck>(),
@@ -273,6 +274,7 @@ struct RawConfig {
     tls: Option<Spanned<RawTls>>,
     dns: Option<Spanned<Dns>>,
     access_log: Option<Spanned<AccessLogConfig>>,
+    tracing: Option<Spanned<TracingConfig>>,
     #[serde(default)]
     services: BTreeMap<String, Spanned<RawService>>,
     #[serde(default)]
@@ -538,6 +540,40 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
                     src.at(a, "access_log: buffer must be greater than zero and path not empty (\"-\" is stdout)");
                 }
                 log.clone()
+            }
+        },
+        tracing: match &raw.tracing {
+            None => TracingConfig::default(),
+            Some(t) => {
+                let tracing = t.get_ref();
+                let endpoint = tracing.endpoint.parse::<http::Uri>().ok().filter(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+                });
+                if endpoint.is_none() {
+                    src.at(
+                        t,
+                        format!(
+                            "tracing.endpoint {:?}: expected an http:// or https:// URL of an OTLP/HTTP receiver (e.g. \"http://127.0.0.1:4318/v1/traces\")",
+                            tracing.endpoint
+                        ),
+                    );
+                }
+                if !(0.0..=1.0).contains(&tracing.sample_ratio) {
+                    src.at(
+                        t,
+                        format!(
+                            "tracing.sample_ratio {}: expected a number from 0.0 to 1.0",
+                            tracing.sample_ratio
+                        ),
+                    );
+                }
+                if tracing.max_queue == 0 || tracing.timeout.is_zero() {
+                    src.at(
+                        t,
+                        "tracing: max_queue and timeout must be greater than zero",
+                    );
+                }
+                tracing.clone()
             }
         },
         dns: match &raw.dns {

@@ -130,6 +130,12 @@ impl Control {
         if new.server != old.server {
             tracing::warn!("[server] settings changed: restart wasmgate to apply them");
         }
+        if new.access_log != old.access_log {
+            tracing::warn!("[access_log] changed: restart wasmgate to apply it");
+        }
+        if new.tracing != old.tracing {
+            tracing::warn!("[tracing] changed: restart wasmgate to apply it");
+        }
         let dir_changed = new.filters_dir != old.filters_dir || new.cache_dir != old.cache_dir;
         let referenced = referenced_filters(&new);
         let state = &mut *state;

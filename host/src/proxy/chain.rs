@@ -13,12 +13,12 @@ use hyper::body::Incoming;
 use wasmgate_sandbox::wit::{self, RequestAction, RouteContext};
 use wasmgate_sandbox::{FilterError, Grants, Lease, Outbound};
 
-use super::Exchange;
 use super::accept::ReqBody;
 use super::error::{ErrorKind, GatewayError};
 use super::service_calls::ServiceCalls;
 use super::wit::{CheckedRequest, check_request, check_response, convert_request};
 use super::wit::{from_wit_headers, to_wit_headers};
+use super::{Exchange, PhaseSpan};
 use crate::config::FailurePolicy;
 use crate::metrics::{FilterFailureLabels, PhaseLabels};
 use crate::route::Params;
@@ -39,6 +39,7 @@ struct Entered<'a> {
     binding: &'a Binding,
     lease: Lease,
     ticket: Ticket<'a>,
+    span: Option<PhaseSpan>,
 }
 
 /// Where the request goes after its request phases.
@@ -141,9 +142,10 @@ impl<'a> Chain<'a> {
                 }
             };
             let needs = binding.needs();
+            let span = self.ex.trace.as_ref().map(|_| PhaseSpan::default());
             let mut lease = binding
                 .instances
-                .lease(&self.ex.request_id, self.grants(binding));
+                .lease(&self.ex.request_id, self.grants(binding, span.clone()));
             if !needs.request_phase {
                 // Its config does nothing here; its response phase may.
                 if needs.response_phase {
@@ -151,6 +153,7 @@ impl<'a> Chain<'a> {
                         binding,
                         lease,
                         ticket,
+                        span,
                     });
                 }
                 continue;
@@ -160,6 +163,7 @@ impl<'a> Chain<'a> {
                 _ => None,
             };
             let started = Instant::now();
+            self.start_span(binding, Phase::Request, span.as_ref());
             let outcome = async {
                 let action = lease.on_request(&self.ctx, &wit_req).await?;
                 if let RequestAction::Continue(next) = &action {
@@ -168,6 +172,7 @@ impl<'a> Chain<'a> {
                 Ok(action)
             }
             .await;
+            end_span(span.as_ref(), &outcome);
             self.observe(binding, Phase::Request, started);
             // Fail-open: as if the filter were absent, the request goes on unchanged.
             let Some((action, ticket)) = self.settle(binding, Phase::Request, ticket, outcome)?
@@ -179,6 +184,7 @@ impl<'a> Chain<'a> {
                     binding,
                     lease,
                     ticket,
+                    span,
                 });
             } else {
                 ticket.report(false);
@@ -220,6 +226,7 @@ impl<'a> Chain<'a> {
             binding,
             mut lease,
             ticket,
+            span,
         }) = self.entered.pop()
         {
             wit_resp.body = match (&body, binding.needs().response_body) {
@@ -227,12 +234,14 @@ impl<'a> Chain<'a> {
                 _ => None,
             };
             let started = Instant::now();
+            self.start_span(binding, Phase::Response, span.as_ref());
             let outcome = async {
                 let next = lease.on_response(&self.ctx, &wit_resp).await?;
                 check_response(&next)?;
                 Ok(next)
             }
             .await;
+            end_span(span.as_ref(), &outcome);
             self.observe(binding, Phase::Response, started);
             match self.settle(binding, Phase::Response, ticket, outcome)? {
                 Some((mut next, ticket)) => {
@@ -319,8 +328,23 @@ impl<'a> Chain<'a> {
             .observe(started.elapsed().as_secs_f64());
     }
 
+    /// Start the span of `binding`'s `phase` call, where its service calls find it.
+    fn start_span(&self, binding: &Binding, phase: Phase, slot: Option<&PhaseSpan>) {
+        if let (Some(trace), Some(slot)) = (&self.ex.trace, slot) {
+            let span = trace.child(
+                format!("filter {} {}", binding.label.0, phase.as_str()),
+                opentelemetry::trace::SpanKind::Internal,
+                vec![
+                    opentelemetry::KeyValue::new("wasmgate.filter", binding.label.0.to_string()),
+                    opentelemetry::KeyValue::new("wasmgate.phase", phase.as_str()),
+                ],
+            );
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(span);
+        }
+    }
+
     /// What `binding`'s instance may reach on this request.
-    fn grants(&self, binding: &Binding) -> Grants {
+    fn grants(&self, binding: &Binding, span: Option<PhaseSpan>) -> Grants {
         let outbound = (!binding.services.is_empty()).then(|| {
             let snapshot = &self.ex.snapshot;
             let body_limit = snapshot.request_body_limit(self.route);
@@ -329,6 +353,7 @@ impl<'a> Chain<'a> {
                 granted: binding.services.clone(),
                 timeouts: super::forward::route_timeouts(self.route, self.ex),
                 max_body: usize::try_from(body_limit).unwrap_or(usize::MAX),
+                span,
             }) as Arc<dyn Outbound>
         });
         Grants {
@@ -339,6 +364,18 @@ impl<'a> Chain<'a> {
             route: self.route.label.0.clone(),
             log_fields: self.ex.log_fields.clone(),
         }
+    }
+}
+
+/// End the span a phase call ran in, failed when the call did.
+fn end_span<T>(slot: Option<&PhaseSpan>, outcome: &Result<T, FilterError>) {
+    let span = slot.and_then(|slot| slot.lock().unwrap_or_else(|e| e.into_inner()).take());
+    if let Some(span) = span {
+        let error = outcome
+            .as_ref()
+            .err()
+            .map(|e| format!("{} failure", e.kind()));
+        span.end(error, Vec::new());
     }
 }
 

@@ -149,13 +149,46 @@ pub(super) async fn to_upstream(
 /// One try, its time or its failure counted in the metrics.
 async fn timed_send(
     service: &upstream::Service,
-    outgoing: Outgoing,
+    mut outgoing: Outgoing,
     timeouts: Timeouts,
     pick: &mut Pick,
     ex: &Exchange,
 ) -> Result<Response<Incoming>, upstream::UpstreamError> {
+    use opentelemetry::KeyValue;
+    let span = ex.trace.as_ref().map(|trace| {
+        let span = trace.child(
+            format!("{} {}", outgoing.method, service.name),
+            opentelemetry::trace::SpanKind::Client,
+            vec![
+                KeyValue::new("http.request.method", outgoing.method.to_string()),
+                KeyValue::new("wasmgate.service", service.name.clone()),
+            ],
+        );
+        span.inject(&mut outgoing.headers);
+        span
+    });
     let started = std::time::Instant::now();
     let result = upstream::send(service, outgoing, timeouts, pick).await;
+    if let Some(span) = span {
+        let mut attributes = Vec::with_capacity(2);
+        if let Some(endpoint) = &pick.endpoint {
+            attributes.push(KeyValue::new("url.full", endpoint.to_string()));
+        }
+        let error = match &result {
+            Ok(resp) => {
+                let status = resp.status();
+                attributes.push(KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(status.as_u16()),
+                ));
+                status
+                    .is_server_error()
+                    .then(|| status.as_u16().to_string())
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        span.end(error, attributes);
+    }
     if ex.logging() {
         ex.upstream_us.fetch_add(
             started.elapsed().as_micros() as u64,

@@ -38,6 +38,7 @@ use self::forward::X_REQUEST_ID;
 use self::wit::CheckedRequest;
 use crate::access_log::{AccessLog, Record};
 use crate::metrics::{Metrics, Name};
+use crate::otel::Tracing;
 use crate::route::{self, MatchInput, Params};
 use crate::snapshot::{Current, Route, Snapshot};
 use crate::upstream::Body;
@@ -48,6 +49,7 @@ pub struct Proxy {
     snapshots: Arc<Current>,
     metrics: Arc<Metrics>,
     access_log: Option<Arc<AccessLog>>,
+    tracing: Option<Arc<Tracing>>,
     id_prefix: u32,
     id_counter: AtomicU64,
 }
@@ -72,7 +74,45 @@ struct Exchange {
     bytes_in: Option<Arc<AtomicU64>>,
     /// Fields filters add to the access log record, when the access log is on.
     log_fields: Option<Arc<LogFields>>,
+    /// The request's span, when tracing is on.
+    trace: Option<Trace>,
 }
+
+/// A span of the request's trace and the tracer to make its children with.
+#[derive(Clone)]
+struct Trace {
+    tracing: Arc<Tracing>,
+    cx: opentelemetry::Context,
+}
+
+impl Trace {
+    /// A child span.
+    fn child(
+        &self,
+        name: String,
+        kind: opentelemetry::trace::SpanKind,
+        attributes: Vec<opentelemetry::KeyValue>,
+    ) -> Trace {
+        Trace {
+            tracing: self.tracing.clone(),
+            cx: self.tracing.child(&self.cx, name, kind, attributes),
+        }
+    }
+
+    /// Send this span's context on in `headers` (`traceparent`, `tracestate`).
+    fn inject(&self, headers: &mut http::HeaderMap) {
+        self.tracing.inject(&self.cx, headers);
+    }
+
+    /// End the span, with an error status when `error` says what went wrong.
+    fn end(&self, error: Option<String>, attributes: Vec<opentelemetry::KeyValue>) {
+        crate::otel::end(&self.cx, error, attributes);
+    }
+}
+
+/// Where a filter's service calls find the span of the phase making them (set around each
+/// phase call), when tracing is on.
+type PhaseSpan = Arc<std::sync::Mutex<Option<Trace>>>;
 
 impl Exchange {
     /// The access log is on for this request: its timings and endpoint are kept.
@@ -182,11 +222,13 @@ impl Proxy {
         snapshots: Arc<Current>,
         metrics: Arc<Metrics>,
         access_log: Option<Arc<AccessLog>>,
+        tracing: Option<Arc<Tracing>>,
     ) -> Proxy {
         Proxy {
             snapshots,
             metrics,
             access_log,
+            tracing,
             id_prefix: random_u32(),
             id_counter: AtomicU64::new(0),
         }
@@ -205,6 +247,10 @@ impl Proxy {
         let grpc = grpc::flavour(req.headers());
         let method = req.method().clone();
         let head = method == http::Method::HEAD;
+        let trace = self.tracing.as_ref().map(|tracing| Trace {
+            cx: tracing.request(&method, req.uri().path(), req.headers()),
+            tracing: tracing.clone(),
+        });
         let ex = Exchange {
             request_id: self.next_request_id(),
             client,
@@ -217,6 +263,7 @@ impl Proxy {
             endpoint: std::sync::Mutex::new(None),
             bytes_in: logged.as_ref().map(|_| Arc::new(AtomicU64::new(0))),
             log_fields: logged.as_ref().map(|_| Arc::default()),
+            trace,
         };
         let outcome = match ex.snapshot.https_redirect {
             Some(port) if !tls => redirect_to_https(&req, port),
@@ -243,6 +290,9 @@ impl Proxy {
             resp = resp.map(|_| full(Bytes::new()));
         }
         let seen = ex.route.get();
+        if let Some(trace) = &ex.trace {
+            end_request_span(trace, &method, seen.map(|r| &*r.label.0), resp.status());
+        }
         let label = seen.map_or_else(|| Name(Arc::from("")), |r| r.label.clone());
         self.metrics
             .request(label, &method, resp.status().as_u16(), started.elapsed());
@@ -287,6 +337,32 @@ impl Proxy {
         let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
         format!("{:08x}{n:08x}", self.id_prefix).into()
     }
+}
+
+/// End the request's span: named by method and route, a server error marks it failed.
+fn end_request_span(
+    trace: &Trace,
+    method: &http::Method,
+    route: Option<&str>,
+    status: http::StatusCode,
+) {
+    use opentelemetry::KeyValue;
+    use opentelemetry::trace::TraceContextExt;
+    let span = trace.cx.span();
+    if let Some(route) = route {
+        span.update_name(format!("{method} {route}"));
+    }
+    let mut attributes = vec![KeyValue::new(
+        "http.response.status_code",
+        i64::from(status.as_u16()),
+    )];
+    if let Some(route) = route {
+        attributes.push(KeyValue::new("http.route", route.to_string()));
+    }
+    let error = status
+        .is_server_error()
+        .then(|| status.as_u16().to_string());
+    trace.end(error, attributes);
 }
 
 /// The pipeline, top to bottom.

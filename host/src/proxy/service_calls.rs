@@ -21,6 +21,8 @@ pub(super) struct ServiceCalls {
     pub timeouts: Timeouts,
     /// Largest response body a call may return.
     pub max_body: usize,
+    /// The span of the filter phase making the calls, when tracing is on.
+    pub span: Option<super::PhaseSpan>,
 }
 
 impl Outbound for ServiceCalls {
@@ -56,6 +58,19 @@ impl ServiceCalls {
             }
             None => super::full(Bytes::new()),
         };
+        let span = self.span.as_ref().and_then(|slot| {
+            let phase = slot.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+            let span = phase.child(
+                format!("{method} {}", req.service),
+                opentelemetry::trace::SpanKind::Client,
+                vec![
+                    opentelemetry::KeyValue::new("http.request.method", method.to_string()),
+                    opentelemetry::KeyValue::new("wasmgate.service", req.service.clone()),
+                ],
+            );
+            span.inject(&mut headers);
+            Some(span)
+        });
         let timeout = req.timeout_ms.map_or(self.timeouts.request, |ms| {
             std::time::Duration::from_millis(u64::from(ms)).min(self.timeouts.request)
         });
@@ -86,10 +101,24 @@ impl ServiceCalls {
             })
         };
         // The whole exchange, body included, within the call's timeout.
-        match tokio::time::timeout(timeout, exchange).await {
+        let result = match tokio::time::timeout(timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(CallError::Timeout),
+        };
+        if let Some(span) = span {
+            let (error, attributes) = match &result {
+                Ok(resp) => (
+                    (resp.status >= 500).then(|| resp.status.to_string()),
+                    vec![opentelemetry::KeyValue::new(
+                        "http.response.status_code",
+                        i64::from(resp.status),
+                    )],
+                ),
+                Err(e) => (Some(format!("{e:?}")), Vec::new()),
+            };
+            span.end(error, attributes);
         }
+        result
     }
 }
 
