@@ -25,6 +25,7 @@ RELEASE = ROOT / "target" / "release"
 FILTERS = ROOT / "target" / "wasm32-wasip2" / "filter"
 DURATION = int(os.environ.get("DURATION", "10"))
 RATE = int(os.environ.get("RATE", "5000"))
+OBS_ROUNDS = int(os.environ.get("OBS_ROUNDS", "4"))
 CONNECTIONS = 32
 JWT_SECRET = b"bench-secret-0123456789abcdef0123"  # as in bench/gateway.toml
 
@@ -90,7 +91,8 @@ def wrk(url, connections=CONNECTIONS, body_file=None, headers=()):
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     failed = (int(bad.group(1)) if bad else 0) + (sum(map(int, errors.groups())) if errors else 0)
-    return {"rps": rps, "p50": p50, "p99": p99, "failed": failed}
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    return {"rps": rps, "p50": p50, "p99": p99, "failed": failed, "requests": requests}
 
 
 def h2load(url, headers=()):
@@ -295,6 +297,38 @@ def run(work, procs):
     gw_rss_end = rss_kib([gw.pid])
     nginx_rss_end = rss_kib(nginx_pids(nginx.pid))
 
+    # Observability on against off: the shipped gateway (metrics on, access log to stdout,
+    # which is /dev/null here), one logging to a file, and one with both off; same config
+    # otherwise, rounds alternating so that drift hits all three alike.
+    variants = {"on (as shipped)": (gw, gw_port)}
+    base = (work / "gateway.toml").read_text()
+    for label, extra in [
+        ("on, access log to a file", f'[access_log]\npath = "{work / "access.log"}"\n'),
+        ("off", "[access_log]\nenabled = false\n[metrics]\nenabled = false\n"),
+    ]:
+        port = free_port()
+        config = work / f"gateway-{len(variants)}.toml"
+        text = base.replace(f"127.0.0.1:{gw_port}", f"127.0.0.1:{port}", 1)
+        text = text.replace(f"127.0.0.1:{gw_tls}", f"127.0.0.1:{free_port()}", 1)
+        config.write_text(text + "\n" + extra)
+        proc = subprocess.Popen(
+            [str(RELEASE / "wasmgate"), "serve", "--config", str(config)],
+            env={**os.environ, "RUST_LOG": "warn"},
+            stdout=subprocess.DEVNULL,
+        )
+        procs.append(proc)
+        wait_for(port, f"wasmgate ({label})", proc)
+        variants[label] = (proc, port)
+    observability = {}
+    for route in ["plain", "headers"]:
+        for round_ in range(OBS_ROUNDS):
+            for label, (proc, port) in variants.items():
+                print(f"observability: /{route}/, {label}, round {round_ + 1}", file=sys.stderr)
+                before = cpu_seconds(proc.pid)
+                r = wrk(f"http://127.0.0.1:{port}/{route}/", headers=auth)
+                r["cpu_us"] = (cpu_seconds(proc.pid) - before) * 1e6 / max(r["requests"], 1)
+                observability.setdefault((route, label), []).append(r)
+
     lines = [
         "# Benchmark results",
         "",
@@ -304,7 +338,7 @@ def run(work, procs):
         f"Linux {platform.release()}; load tool, servers and upstream share the same cores.",
         f"- Peer: {nginx_version}, `worker_processes 2`, upstream keep-alive (`bench/nginx.conf`); "
         "wasmgate release build with `RUST_LOG=warn` (`bench/gateway.toml`), as shipped: "
-        "metrics on, access log off.",
+        "metrics on, access log on (to stdout, here /dev/null).",
         f"- Upstream: `bench-upstream` (hyper, 2-byte answer). Load: {wrk_version}, "
         f"`wrk -t1 -c{CONNECTIONS} -d{DURATION}s --latency` with the same `Authorization` header "
         f"everywhere; fixed rate: `bench-load --rate {RATE} --connections {CONNECTIONS} "
@@ -383,14 +417,50 @@ def run(work, procs):
             f"| {label} | {n['rps']:,.0f} | {n['p99']:.2f} | {w['rps']:,.0f} | "
             f"{ratio(w['rps'], n['rps'])} | {w['p99']:.2f} |"
         )
+    lines += [
+        "",
+        "## Observability on against off",
+        "",
+        f"The same config three ways, {OBS_ROUNDS} alternating rounds of `wrk -t1 -c{CONNECTIONS} "
+        f"-d{DURATION}s` each (medians shown): as shipped (metrics on, access log on to stdout, "
+        "here /dev/null), access log to a file on this machine's disk, and both off "
+        "(`[metrics] enabled = false`, `[access_log] enabled = false`). CPU is the gateway "
+        "process's user + system time per request over the run.",
+        "",
+        "| route | variant | req/s | vs off | CPU µs/request | p99 ms |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for route in ["plain", "headers"]:
+        off = median([r["rps"] for r in observability[(route, "off")]])
+        for label in variants:
+            runs = observability[(route, label)]
+            rps = median([r["rps"] for r in runs])
+            lines.append(
+                f"| /{route}/ | {label} | {rps:,.0f} | {ratio(rps, off)} | "
+                f"{median([r['cpu_us'] for r in runs]):.1f} | "
+                f"{median([r['p99'] for r in runs]):.2f} |"
+            )
     failed = sum(r["failed"] + r["fixed"]["failed"] for r in results.values())
     failed += sum(r["failed"] for _, row in scaling_conns + scaling_body for r in row.values())
     failed += sum(n["failed"] + w["failed"] for _, n, w in protocol_results)
+    failed += sum(r["failed"] for runs in observability.values() for r in runs)
     lines += ["", f"Failed requests over the whole run: {failed}.", ""]
     text = "\n".join(lines)
     (BENCH / "RESULTS.md").write_text(text)
     print(text)
     return 0
+
+
+def median(values):
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_model():

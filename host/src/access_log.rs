@@ -1,28 +1,34 @@
-//! The access log: one record per request, written by a thread of its own so that a slow disk
-//! never slows a request. Records wait in a bounded queue; when it is full they are dropped and
-//! counted (`wasmgate_access_log_dropped_total`). JSON lines by default, or the combined log
-//! format; to stdout or a file, which SIGHUP reopens (for log rotation).
+//! The access log: one record per request, formatted by the worker thread that served it into
+//! a buffer of that thread's, and written out by a thread of its own, so that a slow disk never
+//! slows a request. A thread's buffer holds at most `buffer` records; past it they are dropped
+//! and counted (`wasmgate_access_log_dropped_total`). JSON lines by default, or the combined
+//! log format; to stdout or a file, which SIGHUP reopens (for log rotation). Lines of one
+//! thread are in order; lines of different threads interleave by batch (every 20 ms).
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::{Duration, SystemTime};
+
+use http::HeaderValue;
 
 use crate::config::AccessLogConfig;
 use crate::metrics::Metrics;
 
-/// What is logged of one request.
+/// What is logged of one request. Taken from the request without copying (the URI and header
+/// values share the request's buffers); formatted by the writer thread.
 #[derive(Debug, Clone)]
 pub struct Record {
     pub time: SystemTime,
     pub request_id: Arc<str>,
     pub client: SocketAddr,
     pub method: http::Method,
-    pub host: String,
-    pub path: String,
+    /// The request target; its authority, else `host_header`, is the host.
+    pub uri: http::Uri,
+    pub host_header: Option<HeaderValue>,
     pub protocol: http::Version,
     /// The route's name; `None` when none matched.
     pub route: Option<Arc<str>>,
@@ -36,17 +42,45 @@ pub struct Record {
     pub filters: Duration,
     /// The endpoint of the last upstream try.
     pub endpoint: Option<Arc<str>>,
-    pub user_agent: Option<String>,
-    pub referer: Option<String>,
+    pub user_agent: Option<HeaderValue>,
+    pub referer: Option<HeaderValue>,
     /// Fields the route's filters added (`fields` in JSON lines; not in the combined format).
     pub fields: Vec<(String, String)>,
 }
 
-/// The log's writer thread and the queue to it.
+/// The access log: each worker thread formats its records into a buffer of its own, which the
+/// log's writer thread takes every [`IDLE`] and writes out.
 pub struct AccessLog {
-    queue: SyncSender<Record>,
-    reopen: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+    /// Records one thread's buffer holds at most.
+    per_thread: usize,
+    format: Format,
     metrics: Arc<Metrics>,
+}
+
+/// What the writer thread and the workers share.
+#[derive(Default)]
+struct Shared {
+    /// Every thread's buffer.
+    buffers: Mutex<Vec<Arc<Pending>>>,
+    reopen: AtomicBool,
+    /// The log was dropped: the writer writes what is left and stops.
+    closed: AtomicBool,
+}
+
+/// One thread's records waiting to be written.
+pub struct Pending {
+    lines: Mutex<Lines>,
+    per_thread: usize,
+    format: Format,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct Lines {
+    bytes: Vec<u8>,
+    records: usize,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for AccessLog {
@@ -55,9 +89,17 @@ impl std::fmt::Debug for AccessLog {
     }
 }
 
+#[derive(Clone, Copy)]
 enum Format {
     Json,
     Combined,
+}
+
+thread_local! {
+    /// This thread's buffer in each access log it wrote to (one per gateway in a process).
+    static MINE: std::cell::RefCell<Vec<(usize, Arc<Pending>)>> = const {
+        std::cell::RefCell::new(Vec::new())
+    };
 }
 
 impl AccessLog {
@@ -75,32 +117,78 @@ impl AccessLog {
             "combined" => Format::Combined,
             _ => Format::Json,
         };
-        let (queue, records) = std::sync::mpsc::sync_channel(config.buffer);
-        let reopen = Arc::new(AtomicBool::new(false));
-        let flag = reopen.clone();
+        let shared = Arc::new(Shared::default());
+        let writer = shared.clone();
         std::thread::Builder::new()
             .name("wasmgate-access-log".into())
-            .spawn(move || write_records(records, out, path, format, flag))?;
+            .spawn(move || write_records(&writer, out, path))?;
         Ok(Some(Arc::new(AccessLog {
-            queue,
-            reopen,
+            shared,
+            per_thread: config.buffer,
+            format,
             metrics,
         })))
     }
 
-    /// Queue `record`; dropped and counted when the queue is full.
-    pub fn log(&self, record: Record) {
-        match self.queue.try_send(record) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.metrics.access_log_dropped.inc();
+    /// This thread's buffer, made on first use. Records are written through it; holding it
+    /// costs no shared reference count per request.
+    pub fn pending(&self) -> Arc<Pending> {
+        let id = Arc::as_ptr(&self.shared) as usize;
+        MINE.with(|mine| {
+            let mut mine = mine.borrow_mut();
+            if let Some((_, pending)) = mine.iter().find(|(i, _)| *i == id) {
+                return pending.clone();
             }
-        }
+            let pending = Arc::new(Pending {
+                lines: Mutex::default(),
+                per_thread: self.per_thread,
+                format: self.format,
+                metrics: self.metrics.clone(),
+            });
+            self.shared
+                .buffers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(pending.clone());
+            // Buffers of logs that are gone (earlier gateways in this process) are let go.
+            mine.retain(|(_, p)| Arc::strong_count(p) > 1);
+            mine.push((id, pending.clone()));
+            pending
+        })
     }
 
-    /// Reopen the file before the next record (after a rotation).
+    /// Reopen the file before the next write (after a rotation).
     pub fn reopen(&self) {
-        self.reopen.store(true, Ordering::Relaxed);
+        self.shared.reopen.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Pending {
+    /// Format `record` into this thread's buffer; dropped and counted when the buffer is full.
+    pub fn log(&self, record: &Record) {
+        let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        if lines.records >= self.per_thread {
+            drop(lines);
+            self.metrics.access_log_dropped.inc();
+            return;
+        }
+        let Lines {
+            bytes,
+            records,
+            clock,
+        } = &mut *lines;
+        match self.format {
+            Format::Json => json(record, clock, bytes),
+            Format::Combined => combined(record, bytes),
+        }
+        bytes.push(b'\n');
+        *records += 1;
     }
 }
 
@@ -116,119 +204,180 @@ fn open(path: Option<&PathBuf>) -> std::io::Result<Box<dyn Write + Send>> {
     })
 }
 
-/// How long the writer sleeps when the queue is empty. Polling rather than blocking on the
-/// queue means a request never pays for waking the writer.
+/// How often the writer takes the threads' buffers. A request never wakes it.
 const IDLE: Duration = Duration::from_millis(20);
 
-/// The writer thread: drain the queue, format, write, flush; sleep when it is empty.
-fn write_records(
-    records: Receiver<Record>,
-    out: Box<dyn Write + Send>,
-    path: Option<PathBuf>,
-    format: Format,
-    reopen: Arc<AtomicBool>,
-) {
-    let mut out = std::io::BufWriter::with_capacity(64 << 10, out);
-    let mut line = Vec::with_capacity(512);
+/// The writer thread: every [`IDLE`], take each thread's buffer and write it out.
+fn write_records(shared: &Shared, mut out: Box<dyn Write + Send>, path: Option<PathBuf>) {
+    let mut spare = Vec::with_capacity(64 << 10);
     loop {
-        let first = match records.try_recv() {
-            Ok(record) => record,
-            Err(std::sync::mpsc::TryRecvError::Empty) => {
-                std::thread::sleep(IDLE);
-                continue;
+        let last = shared.closed.load(Ordering::Relaxed);
+        if shared.reopen.swap(false, Ordering::Relaxed) {
+            let _ = out.flush();
+            match open(path.as_ref()) {
+                Ok(fresh) => out = fresh,
+                Err(e) => tracing::error!("access log: cannot reopen {path:?}: {e}"),
             }
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
-        };
-        let mut next = Some(first);
-        while let Some(record) = next {
-            if reopen.swap(false, Ordering::Relaxed) {
-                let _ = out.flush();
-                match open(path.as_ref()) {
-                    Ok(fresh) => out = std::io::BufWriter::with_capacity(64 << 10, fresh),
-                    Err(e) => tracing::error!("access log: cannot reopen {path:?}: {e}"),
+        }
+        let buffers = shared
+            .buffers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for pending in &buffers {
+            {
+                let mut lines = pending.lines.lock().unwrap_or_else(|e| e.into_inner());
+                std::mem::swap(&mut lines.bytes, &mut spare);
+                lines.records = 0;
+            }
+            if !spare.is_empty() {
+                if let Err(e) = out.write_all(&spare) {
+                    tracing::error!("access log: write failed: {e}");
                 }
+                spare.clear();
             }
-            line.clear();
-            match format {
-                Format::Json => json(&record, &mut line),
-                Format::Combined => combined(&record, &mut line),
-            }
-            line.push(b'\n');
-            if let Err(e) = out.write_all(&line) {
-                tracing::error!("access log: write failed: {e}");
-            }
-            next = records.try_recv().ok();
         }
         let _ = out.flush();
-    }
-    let _ = out.flush();
-}
-
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
-}
-
-/// One JSON line, serialized straight from the record (no intermediate map).
-#[derive(serde::Serialize)]
-struct JsonLine<'a> {
-    time: String,
-    request_id: &'a str,
-    client: std::net::IpAddr,
-    method: &'a str,
-    host: &'a str,
-    path: &'a str,
-    protocol: String,
-    route: Option<&'a str>,
-    status: u16,
-    bytes_in: u64,
-    bytes_out: u64,
-    duration_ms: f64,
-    upstream_ms: f64,
-    filters_ms: f64,
-    upstream: Option<&'a str>,
-    user_agent: Option<&'a str>,
-    referer: Option<&'a str>,
-    #[serde(skip_serializing_if = "Fields::is_empty")]
-    fields: Fields<'a>,
-}
-
-/// Fields filters added, as a JSON object.
-struct Fields<'a>(&'a [(String, String)]);
-
-impl Fields<'_> {
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        if last {
+            return;
+        }
+        std::thread::sleep(IDLE);
     }
 }
 
-impl serde::Serialize for Fields<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+/// The record's host: the request target's authority, else its `Host` header.
+fn host(r: &Record) -> &[u8] {
+    match (r.uri.authority(), &r.host_header) {
+        (Some(a), _) => a.as_str().as_bytes(),
+        (None, Some(h)) => h.as_bytes(),
+        (None, None) => b"",
     }
 }
 
-fn json(r: &Record, line: &mut Vec<u8>) {
-    let value = JsonLine {
-        time: humantime::format_rfc3339_millis(r.time).to_string(),
-        request_id: &r.request_id,
-        client: r.client.ip(),
-        method: r.method.as_str(),
-        host: &r.host,
-        path: &r.path,
-        protocol: format!("{:?}", r.protocol),
-        route: r.route.as_deref(),
-        status: r.status,
-        bytes_in: r.bytes_in,
-        bytes_out: r.bytes_out,
-        duration_ms: ms(r.duration),
-        upstream_ms: ms(r.upstream),
-        filters_ms: ms(r.filters),
-        upstream: r.endpoint.as_deref(),
-        user_agent: r.user_agent.as_deref(),
-        referer: r.referer.as_deref(),
-        fields: Fields(&r.fields),
-    };
-    let _ = serde_json::to_writer(line, &value);
+fn path(r: &Record) -> &str {
+    r.uri.path_and_query().map_or("/", |p| p.as_str())
+}
+
+fn protocol(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// RFC 3339 times to the millisecond, the date and clock formatted once per second.
+#[derive(Default)]
+struct Clock {
+    second: u64,
+    /// `2026-11-30T04:02:03`
+    prefix: String,
+}
+
+impl Clock {
+    fn write(&mut self, time: SystemTime, out: &mut Vec<u8>) {
+        let since = time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        if since.as_secs() != self.second || self.prefix.is_empty() {
+            self.second = since.as_secs();
+            let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(self.second);
+            self.prefix = humantime::format_rfc3339_seconds(whole).to_string();
+            self.prefix.pop(); // the `Z`
+        }
+        out.extend_from_slice(self.prefix.as_bytes());
+        let _ = write!(out, ".{:03}Z", since.subsec_millis());
+    }
+}
+
+/// A duration in milliseconds with three decimals, as a JSON number.
+fn write_ms(out: &mut Vec<u8>, d: Duration) {
+    let us = d.as_micros();
+    let mut digits = itoa::Buffer::new();
+    out.extend_from_slice(digits.format(us / 1000).as_bytes());
+    let frac = (us % 1000) as u16;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+}
+
+/// `bytes` as a JSON string (invalid UTF-8 replaced), quotes included.
+fn write_str(out: &mut Vec<u8>, bytes: &[u8]) {
+    // Counted without stopping early, so that it vectorizes.
+    let special = bytes
+        .iter()
+        .map(|&b| u8::from(!(0x20..0x7f).contains(&b) || b == b'"' || b == b'\\'))
+        .fold(0u8, |acc, s| acc | s);
+    let plain = special == 0;
+    if plain {
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(bytes));
+    }
+}
+
+fn write_opt(out: &mut Vec<u8>, value: Option<&[u8]>) {
+    match value {
+        Some(v) => write_str(out, v),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+/// One JSON object, written field by field (the writer thread's time is the gateway's CPU).
+fn json(r: &Record, clock: &mut Clock, out: &mut Vec<u8>) {
+    let mut n = itoa::Buffer::new();
+    out.extend_from_slice(b"{\"time\":\"");
+    clock.write(r.time, out);
+    out.extend_from_slice(b"\",\"request_id\":");
+    write_str(out, r.request_id.as_bytes());
+    let _ = write!(out, ",\"client\":\"{}\",\"method\":", r.client.ip());
+    write_str(out, r.method.as_str().as_bytes());
+    out.extend_from_slice(b",\"host\":");
+    write_str(out, host(r));
+    out.extend_from_slice(b",\"path\":");
+    write_str(out, path(r).as_bytes());
+    out.extend_from_slice(b",\"protocol\":\"");
+    out.extend_from_slice(protocol(r.protocol).as_bytes());
+    out.extend_from_slice(b"\",\"route\":");
+    write_opt(out, r.route.as_deref().map(str::as_bytes));
+    out.extend_from_slice(b",\"status\":");
+    out.extend_from_slice(n.format(r.status).as_bytes());
+    out.extend_from_slice(b",\"bytes_in\":");
+    out.extend_from_slice(n.format(r.bytes_in).as_bytes());
+    out.extend_from_slice(b",\"bytes_out\":");
+    out.extend_from_slice(n.format(r.bytes_out).as_bytes());
+    out.extend_from_slice(b",\"duration_ms\":");
+    write_ms(out, r.duration);
+    out.extend_from_slice(b",\"upstream_ms\":");
+    write_ms(out, r.upstream);
+    out.extend_from_slice(b",\"filters_ms\":");
+    write_ms(out, r.filters);
+    out.extend_from_slice(b",\"upstream\":");
+    write_opt(out, r.endpoint.as_deref().map(str::as_bytes));
+    out.extend_from_slice(b",\"user_agent\":");
+    write_opt(out, r.user_agent.as_ref().map(HeaderValue::as_bytes));
+    out.extend_from_slice(b",\"referer\":");
+    write_opt(out, r.referer.as_ref().map(HeaderValue::as_bytes));
+    if !r.fields.is_empty() {
+        out.extend_from_slice(b",\"fields\":{");
+        for (i, (name, value)) in r.fields.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(out, name.as_bytes());
+            out.push(b':');
+            write_str(out, value.as_bytes());
+        }
+        out.push(b'}');
+    }
+    out.push(b'}');
 }
 
 /// `client - - [30/Nov/2026:04:02:03 +0000] "GET /path HTTP/1.1" 200 512 "referer" "agent"`
@@ -248,7 +397,11 @@ fn combined(r: &Record, line: &mut Vec<u8>) {
             .unwrap_or(1),
         parts.next().unwrap_or(""),
     );
-    let quoted = |v: &Option<String>| v.as_deref().unwrap_or("-").replace('"', "\\\"");
+    let quoted = |v: &Option<HeaderValue>| {
+        v.as_ref()
+            .map_or("-".into(), |v| String::from_utf8_lossy(v.as_bytes()))
+            .replace('"', "\\\"")
+    };
     let _ = write!(
         line,
         "{} - - [{day}/{}/{year}:{} +0000] \"{} {} {:?}\" {} {} \"{}\" \"{}\"",
@@ -256,11 +409,62 @@ fn combined(r: &Record, line: &mut Vec<u8>) {
         MONTHS[month.clamp(1, 12) - 1],
         clock.trim_end_matches('Z'),
         r.method,
-        r.path.replace('"', "%22"),
+        path(r).replace('"', "%22"),
         r.protocol,
         r.status,
         r.bytes_out,
         quoted(&r.referer),
         quoted(&r.user_agent),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        Record {
+            time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_475_323_045),
+            request_id: Arc::from("abc"),
+            client: "[::1]:5000".parse().unwrap(),
+            method: http::Method::POST,
+            uri: "/a%22b?q=\"x\"".parse().unwrap_or_else(|_| "/a".parse().unwrap()),
+            host_header: Some(HeaderValue::from_static("example.test")),
+            protocol: http::Version::HTTP_2,
+            route: Some(Arc::from("api")),
+            status: 201,
+            bytes_in: 5,
+            bytes_out: 12,
+            duration: Duration::from_micros(1_234_567),
+            upstream: Duration::from_micros(999),
+            filters: Duration::ZERO,
+            endpoint: None,
+            user_agent: Some(HeaderValue::from_bytes(b"agent \"quoted\" \\ \xff").unwrap()),
+            referer: None,
+            fields: vec![("user".into(), "ann\n".into())],
+        }
+    }
+
+    /// The hand-written JSON parses, with every value as given (escapes included).
+    #[test]
+    fn json_lines_parse_back_to_the_record() {
+        let r = record();
+        let mut line = Vec::new();
+        json(&r, &mut Clock::default(), &mut line);
+        let v: serde_json::Value = serde_json::from_slice(&line).expect("valid JSON");
+        assert_eq!(v["time"], "2025-11-30T04:02:03.045Z");
+        assert_eq!(v["client"], "::1");
+        assert_eq!(v["method"], "POST");
+        assert_eq!(v["host"], "example.test");
+        assert_eq!(v["path"], r.uri.path_and_query().unwrap().as_str());
+        assert_eq!(v["protocol"], "HTTP/2.0");
+        assert_eq!(v["route"], "api");
+        assert_eq!(v["status"], 201);
+        assert_eq!(v["duration_ms"], 1234.567);
+        assert_eq!(v["upstream_ms"], 0.999);
+        assert_eq!(v["filters_ms"], 0.0);
+        assert_eq!(v["upstream"], serde_json::Value::Null);
+        assert_eq!(v["user_agent"], "agent \"quoted\" \\ \u{fffd}");
+        assert_eq!(v["fields"]["user"], "ann\n");
+    }
 }

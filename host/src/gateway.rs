@@ -69,7 +69,7 @@ impl RunningGateway {
             }
             None => None,
         };
-        let metrics = Metrics::new();
+        let metrics = Metrics::new(config.metrics.enabled);
         let access_log = AccessLog::start(&config.access_log, metrics.clone())
             .with_context(|| format!("opening the access log {}", config.access_log.path))?;
         if let Some(log) = &access_log {

@@ -2,8 +2,10 @@
 //! endpoint at `GET /metrics` in the text format (prometheus-client). Names follow Prometheus'
 //! conventions: `wasmgate_` prefix, base units, `_total` for counters.
 
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -13,13 +15,19 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 use wasmgate_sandbox::{FilterMetrics, MetricKind, Value};
 
 /// A label value shared without copying (route and service names).
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
 pub struct Name(pub Arc<str>);
+
+impl std::borrow::Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
 
 impl EncodeLabelValue for Name {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
@@ -100,14 +108,15 @@ pub struct BindingState {
 /// Every metric the gateway keeps, and the registry that names them.
 pub struct Metrics {
     registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
-    pub request_duration: Family<RouteLabels, Histogram>,
-    pub upstream_duration: Family<ServiceLabels, Histogram>,
+    /// Requests, their durations, filter phase and upstream try durations are counted
+    /// (`[metrics] enabled`).
+    pub per_request: bool,
+    /// Requests and the durations counted for each, per thread.
+    per_thread: Arc<PerThread>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub upstream_retries: Family<ServiceLabels, Counter>,
     pub open_connections: Gauge,
     pub access_log_dropped: Counter,
-    pub filter_duration: Family<PhaseLabels, Histogram>,
     pub filter_failures: Family<FilterFailureLabels, Counter>,
     pub filter_loads: Family<LoadLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
@@ -210,28 +219,256 @@ impl Collector for FilterCollector {
     }
 }
 
-/// Filter call buckets: 10 µs to about 160 ms, doubling (deadlines are 100 ms by default).
-fn filter_latency() -> Histogram {
-    Histogram::new(exponential_buckets(0.000_01, 2.0, 15))
+/// Histogram buckets that start at `start` and double `count` times; a duration's bucket is
+/// found with integer arithmetic.
+struct Doubling {
+    start_ns: u64,
+    bounds: LazyLock<Vec<f64>>,
 }
 
+/// Filter call buckets: 10 µs to about 160 ms, doubling (deadlines are 100 ms by default).
+static FILTER_LATENCY: Doubling = Doubling {
+    start_ns: 10_000,
+    bounds: LazyLock::new(|| exponential_buckets(0.000_01, 2.0, 15).collect()),
+};
+
 /// Latency buckets: 250 µs to about 16 s, doubling.
-fn latency() -> Histogram {
-    Histogram::new(exponential_buckets(0.000_25, 2.0, 17))
+static LATENCY: Doubling = Doubling {
+    start_ns: 250_000,
+    bounds: LazyLock::new(|| exponential_buckets(0.000_25, 2.0, 17).collect()),
+};
+
+impl Doubling {
+    /// The bucket `d` falls in (`le` semantics: a value on a bound is in that bound's bucket);
+    /// `bounds.len()` is `+Inf`.
+    fn index(&self, d: Duration) -> usize {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        // The smallest i with ns <= start * 2^i.
+        let q = ns.div_ceil(self.start_ns);
+        let i = if q <= 1 {
+            0
+        } else {
+            (u64::BITS - (q - 1).leading_zeros()) as usize
+        };
+        i.min(self.bounds.len())
+    }
+}
+
+/// Shards of the per-request metrics: a thread counts into its own, so two workers never
+/// contend for a lock or a cache line; a scrape adds the shards up.
+const SHARDS: usize = 8;
+
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
+}
+
+/// The per-request metrics, in per-thread shards.
+#[derive(Debug, Default)]
+struct PerThread {
+    shards: [Shard; SHARDS],
+}
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard(std::sync::Mutex<ShardData>);
+
+#[derive(Debug, Default)]
+struct ShardData {
+    /// By route: requests by (method, status), and their durations.
+    routes: FxHashMap<Name, RouteCounts>,
+    /// By service: upstream try durations.
+    services: FxHashMap<Name, Buckets>,
+    /// By filter: phase call durations, request then response.
+    filters: FxHashMap<Name, [Buckets; 2]>,
+}
+
+#[derive(Debug, Default)]
+struct RouteCounts {
+    requests: FxHashMap<(&'static str, u16), u64>,
+    duration: Buckets,
+}
+
+/// A histogram's counts: per bucket (not cumulative; the last is `+Inf`), sum and count.
+#[derive(Debug, Default, Clone)]
+struct Buckets {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Buckets {
+    fn observe(&mut self, buckets: &Doubling, d: Duration) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; buckets.bounds.len() + 1];
+        }
+        self.counts[buckets.index(d)] += 1;
+        self.sum += d.as_secs_f64();
+        self.count += 1;
+    }
+
+    fn add(&mut self, other: &Buckets) {
+        if self.counts.len() < other.counts.len() {
+            self.counts.resize(other.counts.len(), 0);
+        }
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *mine += theirs;
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+
+    /// As the encoder takes them: (upper bound, count in that bucket).
+    fn encoded(&self, bounds: &[f64]) -> Vec<(f64, u64)> {
+        bounds
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.counts.iter().copied())
+            .collect()
+    }
+}
+
+impl PerThread {
+    /// This thread's shard, locked (only a scrape ever waits for it).
+    fn with<R>(&self, f: impl FnOnce(&mut ShardData) -> R) -> R {
+        let shard = &self.shards[SHARD.with(|s| *s)];
+        f(&mut shard.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Every shard added up.
+    fn merged(&self) -> ShardData {
+        let mut all = ShardData::default();
+        for shard in &self.shards {
+            let data = shard.0.lock().unwrap_or_else(|e| e.into_inner());
+            for (route, counts) in &data.routes {
+                let mine = all.routes.entry(route.clone()).or_default();
+                for (key, n) in &counts.requests {
+                    *mine.requests.entry(*key).or_default() += n;
+                }
+                mine.duration.add(&counts.duration);
+            }
+            for (service, buckets) in &data.services {
+                all.services
+                    .entry(service.clone())
+                    .or_default()
+                    .add(buckets);
+            }
+            for (filter, phases) in &data.filters {
+                let mine = all.filters.entry(filter.clone()).or_default();
+                mine[0].add(&phases[0]);
+                mine[1].add(&phases[1]);
+            }
+        }
+        all
+    }
+}
+
+impl Collector for PerThread {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let all = self.merged();
+        let mut routes: Vec<_> = all.routes.iter().collect();
+        routes.sort_by(|a, b| a.0.0.cmp(&b.0.0));
+        let mut family = encoder.encode_descriptor(
+            "requests",
+            "Requests answered, by route, method and status",
+            None,
+            MetricType::Counter,
+        )?;
+        for (route, counts) in &routes {
+            let mut keys: Vec<_> = counts.requests.iter().collect();
+            keys.sort();
+            for ((method, status), n) in keys {
+                let labels = RequestLabels {
+                    route: (*route).clone(),
+                    method,
+                    status: *status,
+                };
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(n, None)?;
+            }
+        }
+        let seconds = prometheus_client::registry::Unit::Seconds;
+        let mut family = encoder.encode_descriptor(
+            "request_duration",
+            "Time from a request's arrival to its response headers, by route",
+            Some(&seconds),
+            MetricType::Histogram,
+        )?;
+        for (route, counts) in &routes {
+            let d = &counts.duration;
+            family
+                .encode_family(&RouteLabels {
+                    route: (*route).clone(),
+                })?
+                .encode_histogram::<NoLabelSet>(
+                    d.sum,
+                    d.count,
+                    &d.encoded(&LATENCY.bounds),
+                    None,
+                )?;
+        }
+        let mut services: Vec<_> = all.services.iter().collect();
+        services.sort_by(|a, b| a.0.0.cmp(&b.0.0));
+        let mut family = encoder.encode_descriptor(
+            "upstream_request_duration",
+            "Time from sending a try upstream to its response headers, by service",
+            Some(&seconds),
+            MetricType::Histogram,
+        )?;
+        for (service, d) in services {
+            family
+                .encode_family(&ServiceLabels {
+                    service: service.clone(),
+                })?
+                .encode_histogram::<NoLabelSet>(
+                    d.sum,
+                    d.count,
+                    &d.encoded(&LATENCY.bounds),
+                    None,
+                )?;
+        }
+        let mut filters: Vec<_> = all.filters.iter().collect();
+        filters.sort_by(|a, b| a.0.0.cmp(&b.0.0));
+        let mut family = encoder.encode_descriptor(
+            "filter_phase_duration",
+            "Time of one filter phase call, instance included, by filter and phase",
+            Some(&seconds),
+            MetricType::Histogram,
+        )?;
+        for (filter, phases) in filters {
+            for (phase, d) in ["request", "response"].into_iter().zip(phases) {
+                if d.count == 0 {
+                    continue;
+                }
+                family
+                    .encode_family(&PhaseLabels {
+                        filter: filter.clone(),
+                        phase,
+                    })?
+                    .encode_histogram::<NoLabelSet>(
+                        d.sum,
+                        d.count,
+                        &d.encoded(&FILTER_LATENCY.bounds),
+                        None,
+                    )?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Metrics {
-    pub fn new() -> Arc<Metrics> {
+    pub fn new(per_request: bool) -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("wasmgate");
         let m = Metrics {
-            requests: Family::default(),
-            request_duration: Family::new_with_constructor(latency),
-            upstream_duration: Family::new_with_constructor(latency),
+            per_thread: Arc::default(),
             upstream_errors: Family::default(),
             upstream_retries: Family::default(),
             open_connections: Gauge::default(),
             access_log_dropped: Counter::default(),
-            filter_duration: Family::new_with_constructor(filter_latency),
             filter_failures: Family::default(),
             filter_loads: Family::default(),
             config_reloads: Family::default(),
@@ -244,25 +481,10 @@ impl Metrics {
             cpu_counted_us: AtomicU64::new(0),
             filters: Arc::default(),
             registry: Registry::default(),
+            per_request,
         };
         registry.register_collector(Box::new(m.filters.clone()));
-        registry.register(
-            "requests",
-            "Requests answered, by route, method and status",
-            m.requests.clone(),
-        );
-        registry.register_with_unit(
-            "request_duration",
-            "Time from a request's arrival to its response headers, by route",
-            prometheus_client::registry::Unit::Seconds,
-            m.request_duration.clone(),
-        );
-        registry.register_with_unit(
-            "upstream_request_duration",
-            "Time from sending a try upstream to its response headers, by service",
-            prometheus_client::registry::Unit::Seconds,
-            m.upstream_duration.clone(),
-        );
+        registry.register_collector(Box::new(m.per_thread.clone()));
         registry.register(
             "upstream_errors",
             "Upstream tries that got no response, by service and kind",
@@ -277,12 +499,6 @@ impl Metrics {
             "open_connections",
             "Client connections open now",
             m.open_connections.clone(),
-        );
-        registry.register_with_unit(
-            "filter_phase_duration",
-            "Time of one filter phase call, instance included, by filter and phase",
-            prometheus_client::registry::Unit::Seconds,
-            m.filter_duration.clone(),
         );
         registry.register(
             "filter_failures",
@@ -403,17 +619,59 @@ impl Metrics {
     }
 
     /// Count one answered request.
-    pub fn request(&self, route: Name, method: &http::Method, status: u16, took: Duration) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
-                method: method_label(method),
-                status,
-            })
-            .inc();
-        self.request_duration
-            .get_or_create(&RouteLabels { route })
-            .observe(took.as_secs_f64());
+    ///
+    /// `route` is `None` when no route matched (the label is then `""`).
+    pub fn request(
+        &self,
+        route: Option<&Name>,
+        method: &http::Method,
+        status: u16,
+        took: Duration,
+    ) {
+        if !self.per_request {
+            return;
+        }
+        let key = (method_label(method), status);
+        self.per_thread.with(|data| {
+            let name = route.map_or("", |r| &*r.0);
+            let counts = match data.routes.get_mut(name) {
+                Some(counts) => counts,
+                None => data
+                    .routes
+                    .entry(route.cloned().unwrap_or_else(|| Name(Arc::from(""))))
+                    .or_default(),
+            };
+            *counts.requests.entry(key).or_default() += 1;
+            counts.duration.observe(&LATENCY, took);
+        });
+    }
+
+    /// Count one upstream try's time to its response headers.
+    pub fn upstream_try(&self, service: &Name, took: Duration) {
+        if !self.per_request {
+            return;
+        }
+        self.per_thread.with(|data| {
+            let buckets = match data.services.get_mut(&*service.0) {
+                Some(b) => b,
+                None => data.services.entry(service.clone()).or_default(),
+            };
+            buckets.observe(&LATENCY, took);
+        });
+    }
+
+    /// Count one filter phase call's time; `response` for the response phase.
+    pub fn filter_call(&self, filter: &Name, response: bool, took: Duration) {
+        if !self.per_request {
+            return;
+        }
+        self.per_thread.with(|data| {
+            let phases = match data.filters.get_mut(&*filter.0) {
+                Some(p) => p,
+                None => data.filters.entry(filter.clone()).or_default(),
+            };
+            phases[usize::from(response)].observe(&FILTER_LATENCY, took);
+        });
     }
 
     fn read_process(&self) {
@@ -463,5 +721,30 @@ fn method_label(method: &http::Method) -> &'static str {
         M::TRACE => "TRACE",
         M::PATCH => "PATCH",
         _ => "OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The integer bucket search agrees with Prometheus' `le` rule on the float bounds,
+    /// including values exactly on a bound and past the last.
+    #[test]
+    fn doubling_buckets_match_the_bounds() {
+        for buckets in [&LATENCY, &FILTER_LATENCY] {
+            let mut probes = vec![0, 1, u64::MAX / 2];
+            for bound in buckets.bounds.iter() {
+                let ns = (bound * 1e9).round() as u64;
+                probes.extend([ns - 1, ns, ns + 1]);
+            }
+            for ns in probes {
+                let d = Duration::from_nanos(ns);
+                let by_bounds = buckets
+                    .bounds
+                    .partition_point(|b| (b * 1e9).round() < ns as f64);
+                assert_eq!(buckets.index(d), by_bounds, "{ns} ns");
+            }
+        }
     }
 }

@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 pub use path::{PathMatch, Pattern, Segment, Template, TemplatePart};
 pub use traffic::{
-    AccessLogConfig, AllUnhealthy, Balance, DNS_LOOKUPS, Dns, HashOn, HealthCheck,
+    AccessLogConfig, AllUnhealthy, Balance, DNS_LOOKUPS, Dns, HashOn, HealthCheck, MetricsConfig,
     OutlierDetection, Retry, RetryOn, ServiceLimits, TracingConfig,
 };
 pub(crate) use transport::pem_error;
@@ -97,6 +97,8 @@ pub struct Config {
     pub access_log: AccessLogConfig,
     /// Distributed tracing (`[tracing]`).
     pub tracing: TracingConfig,
+    /// Per-request metrics (`[metrics]`).
+    pub metrics: MetricsConfig,
     /// The services routes and filters reach (`[services.NAME]`).
     pub services: Vec<ServiceConfig>,
     /// The routes, in file order (`[[routes]]`).

@@ -287,8 +287,7 @@ fn default_max_ttl() -> Duration {
 /// The access log (`[access_log]`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct AccessLogConfig {
-    /// Off by default (it costs about 7% of requests per second on the bench machine); a
-    /// `[access_log]` table turns it on unless it says `enabled = false`.
+    /// On by default (to stdout); `enabled = false` turns it off.
     #[serde(default = "yes")]
     pub enabled: bool,
     /// `"-"` (stdout, the default) or a file, appended to and reopened on SIGHUP.
@@ -297,7 +296,8 @@ pub struct AccessLogConfig {
     /// `"json"` (one object per line, the default) or `"combined"`.
     #[serde(default = "json")]
     pub format: String,
-    /// Records waiting to be written; past it they are dropped and counted (default 10000).
+    /// Records waiting to be written, per worker thread; past it they are dropped and counted
+    /// (default 10000).
     #[serde(default = "default_buffer")]
     pub buffer: usize,
 }
@@ -305,7 +305,7 @@ pub struct AccessLogConfig {
 impl Default for AccessLogConfig {
     fn default() -> Self {
         AccessLogConfig {
-            enabled: false,
+            enabled: true,
             path: stdout(),
             format: json(),
             buffer: default_buffer(),
@@ -315,6 +315,22 @@ impl Default for AccessLogConfig {
 
 fn yes() -> bool {
     true
+}
+
+/// Per-request metrics (`[metrics]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct MetricsConfig {
+    /// On by default. `false` stops counting requests, their durations, filter phase durations
+    /// and upstream try durations (the per-request work); errors, retries, loads, reloads,
+    /// filters' own metrics and process figures are still kept and `/metrics` still serves.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: true }
+    }
 }
 
 /// Distributed tracing (`[tracing]`): W3C trace context continued or started, spans exported

@@ -138,6 +138,7 @@ mod unknown_key {
             ["dns"] => fields::<Dns>(),
             ["access_log"] => fields::<AccessLogConfig>(),
             ["tracing"] => fields::<TracingConfig>(),
+            ["metrics"] => fields::<MetricsConfig>(),
             ["tls", "certificates", _] => fields::<RawCertificate>(),
             ["services", _] => fields::<RawService>(),
             ["services", _, "health_check"] => fields::<HealthCheck>(),
@@ -275,6 +276,7 @@ struct RawConfig {
     dns: Option<Spanned<Dns>>,
     access_log: Option<Spanned<AccessLogConfig>>,
     tracing: Option<Spanned<TracingConfig>>,
+    metrics: Option<Spanned<MetricsConfig>>,
     #[serde(default)]
     services: BTreeMap<String, Spanned<RawService>>,
     #[serde(default)]
@@ -542,6 +544,7 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
                 log.clone()
             }
         },
+        metrics: raw.metrics.map(Spanned::into_inner).unwrap_or_default(),
         tracing: match &raw.tracing {
             None => TracingConfig::default(),
             Some(t) => {

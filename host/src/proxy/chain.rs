@@ -20,7 +20,7 @@ use super::wit::{CheckedRequest, check_request, check_response, convert_request}
 use super::wit::{from_wit_headers, to_wit_headers};
 use super::{Exchange, PhaseSpan};
 use crate::config::FailurePolicy;
-use crate::metrics::{FilterFailureLabels, PhaseLabels};
+use crate::metrics::FilterFailureLabels;
 use crate::route::Params;
 use crate::snapshot::{Binding, COOL_DOWN, ChainEntry, Route, Ticket};
 use crate::upstream::{Body, BoxError, strip_hop_by_hop};
@@ -318,14 +318,11 @@ impl<'a> Chain<'a> {
                 std::sync::atomic::Ordering::Relaxed,
             );
         }
-        self.ex
-            .metrics
-            .filter_duration
-            .get_or_create(&PhaseLabels {
-                filter: binding.label.clone(),
-                phase: phase.as_str(),
-            })
-            .observe(started.elapsed().as_secs_f64());
+        self.ex.metrics.filter_call(
+            &binding.label,
+            matches!(phase, Phase::Response),
+            started.elapsed(),
+        );
     }
 
     /// Start the span of `binding`'s `phase` call, where its service calls find it.
@@ -362,7 +359,7 @@ impl<'a> Chain<'a> {
             limits: binding.limits,
             metrics: binding.metrics.clone(),
             route: self.route.label.0.clone(),
-            log_fields: self.ex.log_fields.clone(),
+            log_fields: self.ex.log_fields(),
         }
     }
 }

@@ -200,12 +200,7 @@ async fn timed_send(
     }
     let metrics = &ex.metrics;
     match &result {
-        Ok(_) => metrics
-            .upstream_duration
-            .get_or_create(&ServiceLabels {
-                service: service.label.clone(),
-            })
-            .observe(started.elapsed().as_secs_f64()),
+        Ok(_) => metrics.upstream_try(&service.label, started.elapsed()),
         Err(e) => {
             if let Some(kind) = e.metric_kind() {
                 metrics

@@ -36,7 +36,7 @@ use self::chain::{Answer, Chain, Proceed};
 use self::error::{ErrorKind, GatewayError};
 use self::forward::X_REQUEST_ID;
 use self::wit::CheckedRequest;
-use crate::access_log::{AccessLog, Record};
+use crate::access_log::{AccessLog, Pending, Record};
 use crate::metrics::{Metrics, Name};
 use crate::otel::Tracing;
 use crate::route::{self, MatchInput, Params};
@@ -70,10 +70,12 @@ struct Exchange {
     filters_us: AtomicU64,
     /// The endpoint of the last upstream try.
     endpoint: std::sync::Mutex<Option<Arc<str>>>,
-    /// Request body bytes read, when the access log is on.
-    bytes_in: Option<Arc<AtomicU64>>,
-    /// Fields filters add to the access log record, when the access log is on.
-    log_fields: Option<Arc<LogFields>>,
+    /// The access log is on: timings, the endpoint, body bytes and filters' fields are kept.
+    logging: bool,
+    /// Request body bytes read, when logged and the request has a body.
+    bytes_in: std::sync::OnceLock<Arc<AtomicU64>>,
+    /// Fields filters add to the access log record, when logged and a filter runs.
+    log_fields: std::sync::OnceLock<Arc<LogFields>>,
     /// The request's span, when tracing is on.
     trace: Option<Trace>,
 }
@@ -117,7 +119,19 @@ type PhaseSpan = Arc<std::sync::Mutex<Option<Trace>>>;
 impl Exchange {
     /// The access log is on for this request: its timings and endpoint are kept.
     fn logging(&self) -> bool {
-        self.bytes_in.is_some()
+        self.logging
+    }
+
+    /// Where a filter's access log fields go, when the request is logged.
+    fn log_fields(&self) -> Option<Arc<LogFields>> {
+        self.logging
+            .then(|| self.log_fields.get_or_init(Arc::default).clone())
+    }
+
+    /// The counter of request body bytes, when the request is logged and has a body.
+    fn body_counter(&self, body: &Incoming) -> Option<Arc<AtomicU64>> {
+        (self.logging && !http_body::Body::is_end_stream(body))
+            .then(|| self.bytes_in.get_or_init(Arc::default).clone())
     }
 }
 
@@ -128,30 +142,21 @@ struct RouteSeen {
     logged: bool,
 }
 
-/// What the access log keeps of a request before it is taken apart.
+/// What the access log keeps of a request before it is taken apart: shared, not copied.
 struct Logged {
-    host: String,
-    path: String,
+    uri: http::Uri,
+    host: Option<HeaderValue>,
     protocol: http::Version,
-    user_agent: Option<String>,
-    referer: Option<String>,
+    user_agent: Option<HeaderValue>,
+    referer: Option<HeaderValue>,
 }
 
 impl Logged {
     fn of(req: &Request<Incoming>) -> Logged {
-        let header = |name| {
-            req.headers()
-                .get(name)
-                .and_then(|v: &HeaderValue| v.to_str().ok())
-                .map(str::to_string)
-        };
+        let header = |name| req.headers().get(name).cloned();
         Logged {
-            host: route::request_authority(req.uri(), req.headers()),
-            path: req
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string(),
+            uri: req.uri().clone(),
+            host: header(http::header::HOST),
             protocol: req.version(),
             user_agent: header(http::header::USER_AGENT),
             referer: header(http::header::REFERER),
@@ -165,12 +170,12 @@ struct LoggedBody {
     inner: Body,
     bytes: u64,
     record: Option<Record>,
-    log: Arc<AccessLog>,
+    log: Arc<Pending>,
     started: Instant,
 }
 
 impl LoggedBody {
-    fn new(inner: Body, record: Record, log: Arc<AccessLog>, started: Instant) -> LoggedBody {
+    fn new(inner: Body, record: Record, log: Arc<Pending>, started: Instant) -> LoggedBody {
         LoggedBody {
             inner,
             bytes: 0,
@@ -212,7 +217,7 @@ impl Drop for LoggedBody {
         if let Some(mut record) = self.record.take() {
             record.bytes_out = self.bytes;
             record.duration = self.started.elapsed();
-            self.log.log(record);
+            self.log.log(&record);
         }
     }
 }
@@ -261,8 +266,9 @@ impl Proxy {
             upstream_us: AtomicU64::new(0),
             filters_us: AtomicU64::new(0),
             endpoint: std::sync::Mutex::new(None),
-            bytes_in: logged.as_ref().map(|_| Arc::new(AtomicU64::new(0))),
-            log_fields: logged.as_ref().map(|_| Arc::default()),
+            logging: logged.is_some(),
+            bytes_in: std::sync::OnceLock::new(),
+            log_fields: std::sync::OnceLock::new(),
             trace,
         };
         let outcome = match ex.snapshot.https_redirect {
@@ -293,9 +299,12 @@ impl Proxy {
         if let Some(trace) = &ex.trace {
             end_request_span(trace, &method, seen.map(|r| &*r.label.0), resp.status());
         }
-        let label = seen.map_or_else(|| Name(Arc::from("")), |r| r.label.clone());
-        self.metrics
-            .request(label, &method, resp.status().as_u16(), started.elapsed());
+        self.metrics.request(
+            seen.map(|r| &r.label),
+            &method,
+            resp.status().as_u16(),
+            started.elapsed(),
+        );
         if let (Some(log), Some(logged)) = (&self.access_log, logged)
             && seen.is_none_or(|r| r.logged)
         {
@@ -304,15 +313,12 @@ impl Proxy {
                 request_id: ex.request_id.clone(),
                 client,
                 method,
-                host: logged.host,
-                path: logged.path,
+                uri: logged.uri,
+                host_header: logged.host,
                 protocol: logged.protocol,
                 route: seen.map(|r| r.label.0.clone()),
                 status: resp.status().as_u16(),
-                bytes_in: ex
-                    .bytes_in
-                    .as_ref()
-                    .map_or(0, |b| b.load(Ordering::Relaxed)),
+                bytes_in: ex.bytes_in.get().map_or(0, |b| b.load(Ordering::Relaxed)),
                 bytes_out: 0,
                 duration: Duration::ZERO,
                 upstream: Duration::from_micros(ex.upstream_us.load(Ordering::Relaxed)),
@@ -320,9 +326,9 @@ impl Proxy {
                 endpoint: ex.endpoint.lock().unwrap_or_else(|e| e.into_inner()).take(),
                 user_agent: logged.user_agent,
                 referer: logged.referer,
-                fields: ex.log_fields.as_ref().map(|f| f.take()).unwrap_or_default(),
+                fields: ex.log_fields.get().map(|f| f.take()).unwrap_or_default(),
             };
-            let log = log.clone();
+            let log = log.pending();
             resp = resp.map(|body| LoggedBody::new(body, record, log, started).boxed_unsync());
         }
         resp
@@ -382,17 +388,18 @@ async fn serve(req: Request<Incoming>, ex: &Exchange) -> Result<Response<Body>, 
         .then(|| grpc::flavour(&parts.headers))
         .flatten()
         .filter(|f| *f != grpc::Flavour::Grpc);
+    let counted = ex.body_counter(&body);
     let body = match web {
         Some(flavour) => {
             grpc_web::translate_request(&mut parts);
             match flavour {
                 grpc::Flavour::WebText => {
-                    ClientBody::base64(grpc_web::TextDecoder::new(body), ex.bytes_in.clone())
+                    ClientBody::base64(grpc_web::TextDecoder::new(body), counted)
                 }
-                _ => ClientBody::plain(body, ex.bytes_in.clone()),
+                _ => ClientBody::plain(body, counted),
             }
         }
-        None => ClientBody::plain(body, ex.bytes_in.clone()),
+        None => ClientBody::plain(body, counted),
     };
     let coding = (route.config.compress && parts.method != http::Method::HEAD)
         .then(|| compress::negotiate(&parts.headers));
