@@ -306,18 +306,26 @@ def run(work, procs):
         ("on, access log to a file", f'[access_log]\npath = "{work / "access.log"}"\n'),
         ("off", "[access_log]\nenabled = false\n[metrics]\nenabled = false\n"),
     ]:
-        port = free_port()
-        config = work / f"gateway-{len(variants)}.toml"
-        text = base.replace(f"127.0.0.1:{gw_port}", f"127.0.0.1:{port}", 1)
-        text = text.replace(f"127.0.0.1:{gw_tls}", f"127.0.0.1:{free_port()}", 1)
-        config.write_text(text + "\n" + extra)
-        proc = subprocess.Popen(
-            [str(RELEASE / "wasmgate"), "serve", "--config", str(config)],
-            env={**os.environ, "RUST_LOG": "warn"},
-            stdout=subprocess.DEVNULL,
-        )
-        procs.append(proc)
-        wait_for(port, f"wasmgate ({label})", proc)
+        for attempt in range(3):
+            # A port free_port() found may be taken by an outgoing connection before the
+            # gateway binds it; then try other ports.
+            port = free_port()
+            config = work / f"gateway-{len(variants)}.toml"
+            text = base.replace(f"127.0.0.1:{gw_port}", f"127.0.0.1:{port}", 1)
+            text = text.replace(f"127.0.0.1:{gw_tls}", f"127.0.0.1:{free_port()}", 1)
+            config.write_text(text + "\n" + extra)
+            proc = subprocess.Popen(
+                [str(RELEASE / "wasmgate"), "serve", "--config", str(config)],
+                env={**os.environ, "RUST_LOG": "warn"},
+                stdout=subprocess.DEVNULL,
+            )
+            procs.append(proc)
+            try:
+                wait_for(port, f"wasmgate ({label})", proc)
+                break
+            except SystemExit:
+                if attempt == 2:
+                    raise
         variants[label] = (proc, port)
     observability = {}
     for route in ["plain", "headers"]:

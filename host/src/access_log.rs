@@ -428,7 +428,9 @@ mod tests {
             request_id: Arc::from("abc"),
             client: "[::1]:5000".parse().unwrap(),
             method: http::Method::POST,
-            uri: "/a%22b?q=\"x\"".parse().unwrap_or_else(|_| "/a".parse().unwrap()),
+            uri: "/a%22b?q=\"x\""
+                .parse()
+                .unwrap_or_else(|_| "/a".parse().unwrap()),
             host_header: Some(HeaderValue::from_static("example.test")),
             protocol: http::Version::HTTP_2,
             route: Some(Arc::from("api")),

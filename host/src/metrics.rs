@@ -105,6 +105,88 @@ pub struct BindingState {
     pub instances_idle: usize,
 }
 
+/// One upstream endpoint's state, read when metrics are scraped (endpoints are bounded by the
+/// config and by what DNS discovery resolved).
+#[derive(Debug, Clone)]
+pub struct EndpointSample {
+    pub service: Name,
+    /// The endpoint's URL, with the address DNS discovery resolved it to, if any.
+    pub endpoint: Arc<str>,
+    pub healthy: bool,
+    pub ejected: bool,
+    pub active: u64,
+    pub requests: u64,
+    pub failures: u64,
+}
+
+/// Endpoint states as the last scrape found them.
+#[derive(Debug, Default)]
+struct EndpointCollector {
+    current: std::sync::Mutex<Vec<EndpointSample>>,
+}
+
+impl Collector for EndpointCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let samples = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        type Read = fn(&EndpointSample) -> u64;
+        let families: [(&str, &str, MetricType, Read); 5] = [
+            (
+                "upstream_endpoint_requests",
+                "Tries sent to an upstream endpoint since it appeared",
+                MetricType::Counter,
+                |s| s.requests,
+            ),
+            (
+                "upstream_endpoint_failures",
+                "Tries to an upstream endpoint that failed (no response or 5xx) since it appeared",
+                MetricType::Counter,
+                |s| s.failures,
+            ),
+            (
+                "upstream_endpoint_active_requests",
+                "Tries to an upstream endpoint awaiting their response headers now",
+                MetricType::Gauge,
+                |s| s.active,
+            ),
+            (
+                "upstream_endpoint_healthy",
+                "1 while an upstream endpoint passes its active health checks (or has none)",
+                MetricType::Gauge,
+                |s| u64::from(s.healthy),
+            ),
+            (
+                "upstream_endpoint_ejected",
+                "1 while outlier detection keeps traffic away from an upstream endpoint",
+                MetricType::Gauge,
+                |s| u64::from(s.ejected),
+            ),
+        ];
+        for (name, help, kind, read) in families {
+            let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+            for sample in &samples {
+                let labels = [
+                    ("service", &*sample.service.0),
+                    ("endpoint", &*sample.endpoint),
+                ];
+                let labels = labels.as_slice();
+                let mut series = family.encode_family(&labels)?;
+                let value = read(sample);
+                match kind {
+                    MetricType::Counter => {
+                        series.encode_counter::<NoLabelSet, _, u64>(&value, None)?
+                    }
+                    _ => series.encode_gauge(&(value as i64))?,
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Every metric the gateway keeps, and the registry that names them.
 pub struct Metrics {
     registry: Registry,
@@ -130,6 +212,8 @@ pub struct Metrics {
     cpu_counted_us: AtomicU64,
     /// The metrics filters defined, as the last scrape found them.
     filters: Arc<FilterCollector>,
+    /// Upstream endpoints, as the last scrape found them.
+    endpoints: Arc<EndpointCollector>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -480,10 +564,12 @@ impl Metrics {
             cpu_seconds: Counter::default(),
             cpu_counted_us: AtomicU64::new(0),
             filters: Arc::default(),
+            endpoints: Arc::default(),
             registry: Registry::default(),
             per_request,
         };
         registry.register_collector(Box::new(m.filters.clone()));
+        registry.register_collector(Box::new(m.endpoints.clone()));
         registry.register_collector(Box::new(m.per_thread.clone()));
         registry.register(
             "upstream_errors",
@@ -559,11 +645,13 @@ impl Metrics {
     /// The text exposition of every metric, process figures read now, and the serving
     /// bindings' state as `bindings` gives it.
     ///
-    /// `filters` are the metrics of each filter the serving routes use, by filter name.
+    /// `filters` are the metrics of each filter the serving routes use, by filter name;
+    /// `endpoints` the serving services' endpoints.
     pub fn render(
         &self,
         bindings: Vec<BindingState>,
         filters: Vec<(Name, Arc<FilterMetrics>)>,
+        endpoints: Vec<EndpointSample>,
     ) -> String {
         self.read_process();
         *self
@@ -571,6 +659,11 @@ impl Metrics {
             .current
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = filters;
+        *self
+            .endpoints
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = endpoints;
         for family in [
             &self.breaker_open,
             &self.instances_started,

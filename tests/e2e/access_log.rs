@@ -170,3 +170,45 @@ async fn the_combined_format_and_reopening_on_sighup() {
     let old = std::fs::read_to_string(&rotated).unwrap();
     assert!(old.contains("/app/x"));
 }
+
+/// A full buffer drops records rather than waiting, and counts each one: every request is
+/// either a line in the file or one in `wasmgate_access_log_dropped_total`.
+#[tokio::test]
+async fn records_past_the_buffer_are_dropped_and_counted() {
+    let up = Upstream::start("app").await;
+    let log = temp_dir("access-drops").join("access.log");
+    let gw = TestGateway::start(&format!(
+        "[access_log]\npath = {:?}\nbuffer = 1\n\n[services.app]\nupstreams = [\"{}\"]\n\n[[routes]]\nname = \"app\"\nprefix = \"/\"\nservice = \"app\"\n",
+        log.display().to_string(),
+        up.url()
+    ))
+    .await;
+    let sent = 60;
+    let answers = futures_util::future::join_all((0..sent).map(|_| gw.get("/"))).await;
+    assert!(answers.iter().all(|r| r.status == 200));
+    // Past the writer's next round, nothing more arrives.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let written = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    let metrics = gw
+        .send(
+            http::Request::get(format!("http://{}/metrics", gw.running.admin_addr.unwrap()))
+                .body(wasmgate_tests::full(""))
+                .unwrap(),
+        )
+        .await
+        .text();
+    let dropped: usize = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("wasmgate_access_log_dropped_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("the counter is exposed");
+    assert!(dropped > 0, "60 concurrent requests overflow a buffer of 1");
+    assert_eq!(
+        written + dropped,
+        sent,
+        "{written} written, {dropped} dropped"
+    );
+}

@@ -214,6 +214,35 @@ on = ["connect-failure"]
         ),
         2.0
     );
+    // Per endpoint: flaky's dead endpoint took both first tries and failed them, the live one
+    // answered both retries.
+    let dead_endpoint = format!("http://{dead}/");
+    let live_endpoint = format!("{}/", up.url());
+    for (endpoint, requests, failures) in [(&dead_endpoint, 2.0, 2.0), (&live_endpoint, 2.0, 0.0)] {
+        let labels = [("service", "flaky"), ("endpoint", endpoint.as_str())];
+        assert_eq!(
+            value(
+                &scrape,
+                "wasmgate_upstream_endpoint_requests_total",
+                &labels
+            ),
+            requests,
+            "{endpoint}\n{text}"
+        );
+        assert_eq!(
+            value(
+                &scrape,
+                "wasmgate_upstream_endpoint_failures_total",
+                &labels
+            ),
+            failures,
+            "{endpoint}"
+        );
+        assert_eq!(
+            value(&scrape, "wasmgate_upstream_endpoint_healthy", &labels),
+            1.0
+        );
+    }
     // Histograms: every request observed once.
     assert_eq!(
         value(

@@ -39,7 +39,9 @@ async fn main() -> anyhow::Result<()> {
         println!("and on https://{https} (HTTP/1.1 and HTTP/2; CA in examples/demo/certs/ca.pem)");
     }
     if let Some(admin) = running.admin_addr {
-        println!("admin endpoint on http://{admin} (try /routes, /filters)");
+        println!(
+            "admin endpoint on http://{admin} (try /routes, /filters, /services, /metrics); access log on stdout"
+        );
     }
     println!("try:");
     println!("  curl -s localhost:8080/api/users/1");

@@ -89,7 +89,14 @@ fn prometheus(control: &Control, metrics: &Metrics) -> Response<Full<Bytes>> {
             filters.push((b.label.clone(), b.metrics.clone()));
         }
     }
-    let mut resp = Response::new(Full::new(Bytes::from(metrics.render(bindings, filters))));
+    let endpoints = snapshot
+        .services
+        .values()
+        .flat_map(|service| service.endpoint_samples())
+        .collect();
+    let mut resp = Response::new(Full::new(Bytes::from(
+        metrics.render(bindings, filters, endpoints),
+    )));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static(

@@ -235,6 +235,25 @@ impl Service {
         Counted::new(self.shared.clone(), |s| &s.requests)
     }
 
+    /// Each endpoint's state, for `/metrics`.
+    pub fn endpoint_samples(&self) -> Vec<crate::metrics::EndpointSample> {
+        let now = endpoints::now_ms();
+        self.table
+            .load()
+            .endpoints
+            .iter()
+            .map(|e| crate::metrics::EndpointSample {
+                service: self.label.clone(),
+                endpoint: e.label.clone(),
+                healthy: e.state.healthy(),
+                ejected: e.state.ejected(now),
+                active: e.state.active.load(Ordering::Relaxed) as u64,
+                requests: e.state.requests.load(Ordering::Relaxed),
+                failures: e.state.failures.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
     /// For the admin endpoint: the policy and each endpoint's state.
     pub fn describe(&self) -> serde_json::Value {
         let now = endpoints::now_ms();
