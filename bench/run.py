@@ -30,10 +30,17 @@ CONNECTIONS = 32
 JWT_SECRET = b"bench-secret-0123456789abcdef0123"  # as in bench/gateway.toml
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n):
+    """`n` distinct free ports: all bound at once, since the kernel may hand the same port
+    to consecutive binds once each is closed."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def wait_for(port, what, proc):
@@ -178,8 +185,7 @@ def main():
 
 
 def run(work, procs):
-    up_port, nginx_port, gw_port = free_port(), free_port(), free_port()
-    nginx_tls, nginx_h2c, gw_tls = free_port(), free_port(), free_port()
+    up_port, nginx_port, gw_port, nginx_tls, nginx_h2c, gw_tls = free_ports(6)
     upstream = f"127.0.0.1:{up_port}"
     make_certificate(work)
 
@@ -307,12 +313,13 @@ def run(work, procs):
         ("off", "[access_log]\nenabled = false\n[metrics]\nenabled = false\n"),
     ]:
         for attempt in range(3):
-            # A port free_port() found may be taken by an outgoing connection before the
-            # gateway binds it; then try other ports.
-            port = free_port()
+            # A port found free may be taken by an outgoing connection before the gateway
+            # binds it; then try other ports.
+            port, tls_port = free_ports(2)
             config = work / f"gateway-{len(variants)}.toml"
-            text = base.replace(f"127.0.0.1:{gw_port}", f"127.0.0.1:{port}", 1)
-            text = text.replace(f"127.0.0.1:{gw_tls}", f"127.0.0.1:{free_port()}", 1)
+            # The quoted values only (the template's header comment names the ports too).
+            text = base.replace(f'"127.0.0.1:{gw_port}"', f'"127.0.0.1:{port}"')
+            text = text.replace(f'"127.0.0.1:{gw_tls}"', f'"127.0.0.1:{tls_port}"')
             config.write_text(text + "\n" + extra)
             proc = subprocess.Popen(
                 [str(RELEASE / "wasmgate"), "serve", "--config", str(config)],
