@@ -25,7 +25,7 @@ RELEASE = ROOT / "target" / "release"
 FILTERS = ROOT / "target" / "wasm32-wasip2" / "filter"
 DURATION = int(os.environ.get("DURATION", "10"))
 RATE = int(os.environ.get("RATE", "5000"))
-OBS_ROUNDS = int(os.environ.get("OBS_ROUNDS", "4"))
+OBS_ROUNDS = int(os.environ.get("OBS_ROUNDS", "6"))
 CONNECTIONS = 32
 JWT_SECRET = b"bench-secret-0123456789abcdef0123"  # as in bench/gateway.toml
 
@@ -303,12 +303,14 @@ def run(work, procs):
     gw_rss_end = rss_kib([gw.pid])
     nginx_rss_end = rss_kib(nginx_pids(nginx.pid))
 
-    # Observability on against off: the shipped gateway (metrics on, access log to stdout,
-    # which is /dev/null here), one logging to a file, and one with both off; same config
-    # otherwise, rounds alternating so that drift hits all three alike.
-    variants = {"on (as shipped)": (gw, gw_port)}
+    # Observability on against off: three fresh gateways with the same config (the one above
+    # has been through the scaling runs): as shipped (metrics on, access log to stdout, which
+    # is /dev/null here), logging to a file, and both off; rounds alternate so that drift hits
+    # all three alike.
+    variants = {}
     base = (work / "gateway.toml").read_text()
     for label, extra in [
+        ("on (as shipped)", ""),
         ("on, access log to a file", f'[access_log]\npath = "{work / "access.log"}"\n'),
         ("off", "[access_log]\nenabled = false\n[metrics]\nenabled = false\n"),
     ]:
@@ -436,9 +438,9 @@ def run(work, procs):
         "",
         "## Observability on against off",
         "",
-        f"The same config three ways, {OBS_ROUNDS} alternating rounds of `wrk -t1 -c{CONNECTIONS} "
-        f"-d{DURATION}s` each (medians shown): as shipped (metrics on, access log on to stdout, "
-        "here /dev/null), access log to a file on this machine's disk, and both off "
+        f"Three fresh gateways with the same config, {OBS_ROUNDS} alternating rounds of `wrk -t1 "
+        f"-c{CONNECTIONS} -d{DURATION}s` each (medians shown): as shipped (metrics on, access log "
+        "on to stdout, here /dev/null), access log to a file on this machine's disk, and both off "
         "(`[metrics] enabled = false`, `[access_log] enabled = false`). CPU is the gateway "
         "process's user + system time per request over the run.",
         "",
