@@ -19,7 +19,7 @@ use crate::config::AccessLogConfig;
 use crate::metrics::Metrics;
 
 /// What is logged of one request. Taken from the request without copying (the URI and header
-/// values share the request's buffers); formatted by the writer thread.
+/// values share the request's buffers); formatted by the worker thread that served it.
 #[derive(Debug, Clone)]
 pub struct Record {
     pub time: SystemTime,
@@ -330,7 +330,7 @@ fn write_opt(out: &mut Vec<u8>, value: Option<&[u8]>) {
     }
 }
 
-/// One JSON object, written field by field (the writer thread's time is the gateway's CPU).
+/// One JSON object, written field by field: it runs on the worker for every logged request.
 fn json(r: &Record, clock: &mut Clock, out: &mut Vec<u8>) {
     let mut n = itoa::Buffer::new();
     out.extend_from_slice(b"{\"time\":\"");

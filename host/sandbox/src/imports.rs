@@ -57,7 +57,9 @@ pub(crate) struct HostState {
     pub(crate) outbound: Option<Arc<dyn Outbound>>,
     pub(crate) metrics: Arc<FilterMetrics>,
     pub(crate) route: Arc<str>,
-    pub(crate) log_fields: Option<Arc<LogFields>>,
+    /// Fields the current call added to the access log record; `None` when the request is
+    /// not logged.
+    pub(crate) log_fields: Option<LogFields>,
 }
 
 impl WasiView for HostState {
@@ -184,7 +186,7 @@ impl telemetry::Host for HostState {
     }
 
     async fn log_field(&mut self, name: String, value: String) {
-        if let Some(fields) = &self.log_fields {
+        if let Some(fields) = &mut self.log_fields {
             fields.add(name, value);
         }
     }

@@ -93,8 +93,9 @@ pub struct Grants {
     pub metrics: Arc<FilterMetrics>,
     /// The route's name, the `route` label of what it records.
     pub route: Arc<str>,
-    /// Where fields it adds to the access log record go, when the request is logged.
-    pub log_fields: Option<Arc<LogFields>>,
+    /// The request is access-logged: fields the filter adds are kept (see
+    /// [`Lease::take_log_fields`]).
+    pub logged: bool,
 }
 
 impl Grants {
@@ -107,7 +108,7 @@ impl Grants {
             limits,
             metrics: Arc::default(),
             route: Arc::from(""),
-            log_fields: None,
+            logged: false,
         }
     }
 }
@@ -153,7 +154,7 @@ impl LoadedFilter {
             outbound: grants.outbound,
             metrics: grants.metrics,
             route: grants.route,
-            log_fields: grants.log_fields,
+            log_fields: grants.logged.then(LogFields::default),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -273,6 +274,7 @@ impl InstancePool {
             request_id: request_id.clone(),
             grants,
             held: None,
+            fields: LogFields::default(),
         }
     }
 
@@ -305,7 +307,7 @@ impl InstancePool {
             data.cache = grants.cache;
             data.metrics = grants.metrics;
             data.route = grants.route;
-            data.log_fields = grants.log_fields;
+            data.log_fields = grants.logged.then(LogFields::default);
             instance.limits = grants.limits;
             // Epochs passed while it was idle; count its deadline from now.
             instance.store.set_epoch_deadline(1);
@@ -356,6 +358,8 @@ pub struct Lease {
     grants: Grants,
     /// The request's own instance, when instances are not shared.
     held: Option<Box<FilterInstance>>,
+    /// Access log fields the calls so far added.
+    fields: LogFields,
 }
 
 impl Lease {
@@ -366,12 +370,23 @@ impl Lease {
         }
     }
 
-    fn done(&mut self, instance: Box<FilterInstance>) {
+    fn done(&mut self, mut instance: Box<FilterInstance>) {
+        if let Some(fields) = instance.store.data_mut().log_fields.as_mut()
+            && !fields.is_empty()
+        {
+            self.fields.extend(std::mem::take(fields));
+        }
         if instance.pool.is_some() {
             instance.release();
         } else {
             self.held = Some(instance);
         }
+    }
+
+    /// The access log fields the filter added in the calls so far (none unless the grants
+    /// said the request is logged).
+    pub fn take_log_fields(&mut self) -> LogFields {
+        std::mem::take(&mut self.fields)
     }
 
     /// The request phase, on this lease's instance.

@@ -268,30 +268,42 @@ impl FilterMetrics {
     }
 }
 
-/// Fields filters add to one request's access log record.
-#[derive(Debug, Default)]
+/// Fields filters add to one request's access log record: bounded, a later field of a name
+/// replacing the earlier.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LogFields {
-    fields: Mutex<Vec<(String, String)>>,
+    fields: Vec<(String, String)>,
 }
 
 impl LogFields {
     /// Add (or replace) a field; beyond [`MAX_FIELDS`], or with a bad name, it is dropped.
-    pub(crate) fn add(&self, name: String, mut value: String) {
+    pub fn add(&mut self, name: String, mut value: String) {
         if check_name("field name", &name).is_err() {
             return;
         }
         truncate(&mut value, MAX_FIELD_VALUE);
-        let mut fields = self.fields.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(field) = fields.iter_mut().find(|(n, _)| *n == name) {
+        if let Some(field) = self.fields.iter_mut().find(|(n, _)| *n == name) {
             field.1 = value;
-        } else if fields.len() < MAX_FIELDS {
-            fields.push((name, value));
+        } else if self.fields.len() < MAX_FIELDS {
+            self.fields.push((name, value));
         }
     }
 
+    /// Add every field of `other`, in order.
+    pub fn extend(&mut self, other: LogFields) {
+        for (name, value) in other.fields {
+            self.add(name, value);
+        }
+    }
+
+    /// No field was added.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
     /// The fields, in the order first added.
-    pub fn take(&self) -> Vec<(String, String)> {
-        std::mem::take(&mut *self.fields.lock().unwrap_or_else(|e| e.into_inner()))
+    pub fn take(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.fields)
     }
 }
 
@@ -437,7 +449,7 @@ mod tests {
 
     #[test]
     fn log_fields_are_bounded_and_replaced_by_name() {
-        let f = LogFields::default();
+        let mut f = LogFields::default();
         f.add("user".into(), "ann".into());
         f.add("user".into(), "bob".into());
         f.add("Bad Name".into(), "x".into());

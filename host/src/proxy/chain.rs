@@ -173,6 +173,7 @@ impl<'a> Chain<'a> {
             }
             .await;
             end_span(span.as_ref(), &outcome);
+            self.ex.add_log_fields(lease.take_log_fields());
             self.observe(binding, Phase::Request, started);
             // Fail-open: as if the filter were absent, the request goes on unchanged.
             let Some((action, ticket)) = self.settle(binding, Phase::Request, ticket, outcome)?
@@ -242,6 +243,7 @@ impl<'a> Chain<'a> {
             }
             .await;
             end_span(span.as_ref(), &outcome);
+            self.ex.add_log_fields(lease.take_log_fields());
             self.observe(binding, Phase::Response, started);
             match self.settle(binding, Phase::Response, ticket, outcome)? {
                 Some((mut next, ticket)) => {
@@ -359,7 +361,7 @@ impl<'a> Chain<'a> {
             limits: binding.limits,
             metrics: binding.metrics.clone(),
             route: self.route.label.0.clone(),
-            log_fields: self.ex.log_fields(),
+            logged: self.ex.logging(),
         }
     }
 }

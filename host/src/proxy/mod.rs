@@ -74,8 +74,8 @@ struct Exchange {
     logging: bool,
     /// Request body bytes read, when logged and the request has a body.
     bytes_in: std::sync::OnceLock<Arc<AtomicU64>>,
-    /// Fields filters add to the access log record, when logged and a filter runs.
-    log_fields: std::sync::OnceLock<Arc<LogFields>>,
+    /// Fields filters added to the access log record.
+    log_fields: std::sync::Mutex<LogFields>,
     /// The request's span, when tracing is on.
     trace: Option<Trace>,
 }
@@ -122,10 +122,14 @@ impl Exchange {
         self.logging
     }
 
-    /// Where a filter's access log fields go, when the request is logged.
-    fn log_fields(&self) -> Option<Arc<LogFields>> {
-        self.logging
-            .then(|| self.log_fields.get_or_init(Arc::default).clone())
+    /// Keep the access log fields a filter added.
+    fn add_log_fields(&self, fields: LogFields) {
+        if !fields.is_empty() {
+            self.log_fields
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(fields);
+        }
     }
 
     /// The counter of request body bytes, when the request is logged and has a body.
@@ -268,7 +272,7 @@ impl Proxy {
             endpoint: std::sync::Mutex::new(None),
             logging: logged.is_some(),
             bytes_in: std::sync::OnceLock::new(),
-            log_fields: std::sync::OnceLock::new(),
+            log_fields: std::sync::Mutex::default(),
             trace,
         };
         let outcome = match ex.snapshot.https_redirect {
@@ -326,7 +330,11 @@ impl Proxy {
                 endpoint: ex.endpoint.lock().unwrap_or_else(|e| e.into_inner()).take(),
                 user_agent: logged.user_agent,
                 referer: logged.referer,
-                fields: ex.log_fields.get().map(|f| f.take()).unwrap_or_default(),
+                fields: ex
+                    .log_fields
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take(),
             };
             let log = log.pending();
             resp = resp.map(|body| LoggedBody::new(body, record, log, started).boxed_unsync());

@@ -161,7 +161,7 @@ impl TestFilter {
             logs,
             counters: Counters::default(),
             metrics: Arc::default(),
-            log_fields: Arc::default(),
+            log_fields: Mutex::default(),
         })
     }
 }
@@ -179,7 +179,7 @@ pub struct TestRoute {
     logs: Capture,
     counters: Counters,
     metrics: Arc<FilterMetrics>,
-    log_fields: Arc<LogFields>,
+    log_fields: Mutex<LogFields>,
 }
 
 #[derive(Default)]
@@ -254,7 +254,17 @@ impl TestRoute {
     /// The access log fields the filter added (through `wasmgate_sdk::log::field`) since the
     /// last call of this function.
     pub fn log_fields(&self) -> Vec<(String, String)> {
-        self.log_fields.take()
+        self.log_fields
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
+    fn keep_log_fields(&self, lease: &mut Lease) {
+        self.log_fields
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(lease.take_log_fields());
     }
 
     /// Run the request phase for a new request. As in the gateway, a request body reaches the
@@ -296,6 +306,7 @@ impl TestRoute {
         let result = self
             .logs
             .during(|| runtime.block_on(lease.on_request(&ctx, &wit)));
+        self.keep_log_fields(&mut lease);
         *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some((lease, request_id));
         let action = result.inspect_err(|_| self.count_failure())?;
         Ok(match action {
@@ -354,8 +365,9 @@ impl TestRoute {
         let (_, runtime) = sandbox();
         let resp = self
             .logs
-            .during(|| runtime.block_on(lease.on_response(&ctx, &wit)))
-            .inspect_err(|_| self.count_failure())?;
+            .during(|| runtime.block_on(lease.on_response(&ctx, &wit)));
+        self.keep_log_fields(&mut lease);
+        let resp = resp.inspect_err(|_| self.count_failure())?;
         Ok(parts::response_from_parts(
             resp.status,
             resp.headers,
@@ -396,7 +408,7 @@ impl TestRoute {
             limits: self.limits,
             metrics: self.metrics.clone(),
             route: Arc::from(route),
-            log_fields: Some(self.log_fields.clone()),
+            logged: true,
         }
     }
 }
