@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
@@ -403,14 +403,16 @@ impl Buckets {
         self.count += other.count;
     }
 
-    /// As the encoder takes them: (upper bound, count in that bucket).
-    fn encoded(&self, bounds: &[f64]) -> Vec<(f64, u64)> {
-        bounds
+    /// Write this histogram as one series; `bounds` are the buckets it was observed with.
+    fn encode(&self, mut series: MetricEncoder<'_>, bounds: &[f64]) -> std::fmt::Result {
+        // Per bucket, not cumulative: the encoder adds them up.
+        let buckets: Vec<(f64, u64)> = bounds
             .iter()
             .copied()
             .chain([f64::INFINITY])
             .zip(self.counts.iter().copied())
-            .collect()
+            .collect();
+        series.encode_histogram::<NoLabelSet>(self.sum, self.count, &buckets, None)
     }
 }
 
@@ -482,17 +484,12 @@ impl Collector for PerThread {
             MetricType::Histogram,
         )?;
         for (route, counts) in &routes {
-            let d = &counts.duration;
-            family
-                .encode_family(&RouteLabels {
-                    route: (*route).clone(),
-                })?
-                .encode_histogram::<NoLabelSet>(
-                    d.sum,
-                    d.count,
-                    &d.encoded(&LATENCY.bounds),
-                    None,
-                )?;
+            let labels = RouteLabels {
+                route: (*route).clone(),
+            };
+            counts
+                .duration
+                .encode(family.encode_family(&labels)?, &LATENCY.bounds)?;
         }
         let mut services: Vec<_> = all.services.iter().collect();
         services.sort_by(|a, b| a.0.0.cmp(&b.0.0));
@@ -503,16 +500,10 @@ impl Collector for PerThread {
             MetricType::Histogram,
         )?;
         for (service, d) in services {
-            family
-                .encode_family(&ServiceLabels {
-                    service: service.clone(),
-                })?
-                .encode_histogram::<NoLabelSet>(
-                    d.sum,
-                    d.count,
-                    &d.encoded(&LATENCY.bounds),
-                    None,
-                )?;
+            let labels = ServiceLabels {
+                service: service.clone(),
+            };
+            d.encode(family.encode_family(&labels)?, &LATENCY.bounds)?;
         }
         let mut filters: Vec<_> = all.filters.iter().collect();
         filters.sort_by(|a, b| a.0.0.cmp(&b.0.0));
@@ -527,17 +518,11 @@ impl Collector for PerThread {
                 if d.count == 0 {
                     continue;
                 }
-                family
-                    .encode_family(&PhaseLabels {
-                        filter: filter.clone(),
-                        phase,
-                    })?
-                    .encode_histogram::<NoLabelSet>(
-                        d.sum,
-                        d.count,
-                        &d.encoded(&FILTER_LATENCY.bounds),
-                        None,
-                    )?;
+                let labels = PhaseLabels {
+                    filter: filter.clone(),
+                    phase,
+                };
+                d.encode(family.encode_family(&labels)?, &FILTER_LATENCY.bounds)?;
             }
         }
         Ok(())

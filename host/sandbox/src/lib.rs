@@ -16,8 +16,9 @@
 //! - Each call runs under a deadline (checked every epoch tick, yielding to the async runtime
 //!   in between, so a looping filter cannot hold a thread) and a linear-memory cap.
 //! - What a filter reaches besides its request is a [`Grants`] value: its [`FilterCache`], its
-//!   [`FilterMetrics`], the request's [`LogFields`] when it is logged, and, when its route
-//!   grants services, an [`Outbound`] the embedder implements.
+//!   [`FilterMetrics`], whether the request is logged (the [`LogFields`] it adds are taken from
+//!   the [`Lease`]), and, when its route grants services, an [`Outbound`] the embedder
+//!   implements.
 #![deny(missing_docs)]
 
 mod compile;
