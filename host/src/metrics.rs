@@ -303,38 +303,43 @@ impl Collector for FilterCollector {
     }
 }
 
-/// Histogram buckets that start at `start` and double `count` times; a duration's bucket is
-/// found with integer arithmetic.
+/// Histogram buckets that start at `start_ns` and double `len - 1` times; a duration's bucket
+/// is found by integer comparisons from the bottom (most calls land in the first few).
 struct Doubling {
     start_ns: u64,
+    len: usize,
     bounds: LazyLock<Vec<f64>>,
 }
 
 /// Filter call buckets: 10 µs to about 160 ms, doubling (deadlines are 100 ms by default).
 static FILTER_LATENCY: Doubling = Doubling {
     start_ns: 10_000,
+    len: 15,
     bounds: LazyLock::new(|| exponential_buckets(0.000_01, 2.0, 15).collect()),
 };
 
 /// Latency buckets: 250 µs to about 16 s, doubling.
 static LATENCY: Doubling = Doubling {
     start_ns: 250_000,
+    len: 17,
     bounds: LazyLock::new(|| exponential_buckets(0.000_25, 2.0, 17).collect()),
 };
 
 impl Doubling {
     /// The bucket `d` falls in (`le` semantics: a value on a bound is in that bound's bucket);
-    /// `bounds.len()` is `+Inf`.
+    /// `len` is `+Inf`.
     fn index(&self, d: Duration) -> usize {
-        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let ns = d
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(d.subsec_nanos()));
         // The smallest i with ns <= start * 2^i.
-        let q = ns.div_ceil(self.start_ns);
-        let i = if q <= 1 {
-            0
-        } else {
-            (u64::BITS - (q - 1).leading_zeros()) as usize
-        };
-        i.min(self.bounds.len())
+        let (mut i, mut bound) = (0, self.start_ns);
+        while i < self.len && ns > bound {
+            i += 1;
+            bound <<= 1;
+        }
+        i
     }
 }
 
@@ -385,7 +390,7 @@ struct Buckets {
 impl Buckets {
     fn observe(&mut self, buckets: &Doubling, d: Duration) {
         if self.counts.is_empty() {
-            self.counts = vec![0; buckets.bounds.len() + 1];
+            self.counts = vec![0; buckets.len + 1];
         }
         self.counts[buckets.index(d)] += 1;
         self.sum += d.as_secs_f64();
@@ -811,6 +816,7 @@ mod tests {
     #[test]
     fn doubling_buckets_match_the_bounds() {
         for buckets in [&LATENCY, &FILTER_LATENCY] {
+            assert_eq!(buckets.len, buckets.bounds.len());
             let mut probes = vec![0, 1, u64::MAX / 2];
             for bound in buckets.bounds.iter() {
                 let ns = (bound * 1e9).round() as u64;

@@ -314,17 +314,16 @@ impl<'a> Chain<'a> {
 
     /// Count a phase call's time.
     fn observe(&self, binding: &Binding, phase: Phase, started: Instant) {
+        let took = started.elapsed();
         if self.ex.logging() {
             self.ex.filters_us.fetch_add(
-                started.elapsed().as_micros() as u64,
+                took.as_micros() as u64,
                 std::sync::atomic::Ordering::Relaxed,
             );
         }
-        self.ex.metrics.filter_call(
-            &binding.label,
-            matches!(phase, Phase::Response),
-            started.elapsed(),
-        );
+        self.ex
+            .metrics
+            .filter_call(&binding.label, matches!(phase, Phase::Response), took);
     }
 
     /// Start the span of `binding`'s `phase` call, where its service calls find it.
