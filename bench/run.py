@@ -303,22 +303,24 @@ def run(work, procs):
     gw_rss_end = rss_kib([gw.pid])
     nginx_rss_end = rss_kib(nginx_pids(nginx.pid))
 
-    # Observability on against off: three fresh gateways with the same config (the one above
-    # has been through the scaling runs): as shipped (metrics on, access log to stdout, which
-    # is /dev/null here), logging to a file, and both off; rounds alternate so that drift hits
-    # all three alike.
-    variants = {}
+    # Observability on against off: as shipped (metrics on, access log to stdout, which is
+    # /dev/null here), logging to a file, and both off. Every round starts the three gateways
+    # afresh (a long-lived process keeps whatever placement it got, which moved one variant by
+    # more than the few per cent measured here), warms each up, and measures them in an order
+    # that rotates from round to round; the table shows medians over the rounds.
     base = (work / "gateway.toml").read_text()
-    for label, extra in [
+    obs_variants = [
         ("on (as shipped)", ""),
         ("on, access log to a file", f'[access_log]\npath = "{work / "access.log"}"\n'),
         ("off", "[access_log]\nenabled = false\n[metrics]\nenabled = false\n"),
-    ]:
+    ]
+
+    def start_variant(index, label, extra):
         for attempt in range(3):
             # A port found free may be taken by an outgoing connection before the gateway
             # binds it; then try other ports.
             port, tls_port = free_ports(2)
-            config = work / f"gateway-{len(variants)}.toml"
+            config = work / f"gateway-{index}.toml"
             # The quoted values only (the template's header comment names the ports too).
             text = base.replace(f'"127.0.0.1:{gw_port}"', f'"127.0.0.1:{port}"')
             text = text.replace(f'"127.0.0.1:{gw_tls}"', f'"127.0.0.1:{tls_port}"')
@@ -331,20 +333,33 @@ def run(work, procs):
             procs.append(proc)
             try:
                 wait_for(port, f"wasmgate ({label})", proc)
-                break
+                return proc, port
             except SystemExit:
                 if attempt == 2:
                     raise
-        variants[label] = (proc, port)
+
     observability = {}
-    for route in ["plain", "headers"]:
-        for round_ in range(OBS_ROUNDS):
-            for label, (proc, port) in variants.items():
+    for round_ in range(OBS_ROUNDS):
+        running = [
+            (label, *start_variant(i, label, extra)) for i, (label, extra) in enumerate(obs_variants)
+        ]
+        for _, _, port in running:
+            for route in ["plain", "headers"]:
+                subprocess.run(
+                    ["wrk", "-t1", f"-c{CONNECTIONS}", "-d2s", f"http://127.0.0.1:{port}/{route}/"],
+                    capture_output=True, check=True,
+                )
+        order = running[round_ % 3:] + running[:round_ % 3]
+        for route in ["plain", "headers"]:
+            for label, proc, port in order:
                 print(f"observability: /{route}/, {label}, round {round_ + 1}", file=sys.stderr)
                 before = cpu_seconds(proc.pid)
                 r = wrk(f"http://127.0.0.1:{port}/{route}/", headers=auth)
                 r["cpu_us"] = (cpu_seconds(proc.pid) - before) * 1e6 / max(r["requests"], 1)
                 observability.setdefault((route, label), []).append(r)
+        for _, proc, _ in running:
+            proc.terminate()
+            proc.wait()
 
     lines = [
         "# Benchmark results",
@@ -438,22 +453,25 @@ def run(work, procs):
         "",
         "## Observability on against off",
         "",
-        f"Three fresh gateways with the same config, {OBS_ROUNDS} alternating rounds of `wrk -t1 "
-        f"-c{CONNECTIONS} -d{DURATION}s` each (medians shown): as shipped (metrics on, access log "
-        "on to stdout, here /dev/null), access log to a file on this machine's disk, and both off "
-        "(`[metrics] enabled = false`, `[access_log] enabled = false`). CPU is the gateway "
-        "process's user + system time per request over the run.",
+        f"Three gateways with the same config, started afresh and warmed up in each of {OBS_ROUNDS} "
+        f"rounds, then `wrk -t1 -c{CONNECTIONS} -d{DURATION}s` on each in an order that rotates "
+        "by round: as shipped (metrics on, access log on to stdout, here /dev/null), access log to "
+        "a file on this machine's disk, and both off (`[metrics] enabled = false`, `[access_log] "
+        "enabled = false`). req/s, CPU and p99 are medians over the rounds; \"vs off\" is the "
+        "median of each round's ratio to that round's off. CPU is the gateway process's user + "
+        "system time per request over the run.",
         "",
         "| route | variant | req/s | vs off | CPU µs/request | p99 ms |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for route in ["plain", "headers"]:
-        off = median([r["rps"] for r in observability[(route, "off")]])
-        for label in variants:
+        offs = [r["rps"] for r in observability[(route, "off")]]
+        for label, _ in obs_variants:
             runs = observability[(route, label)]
             rps = median([r["rps"] for r in runs])
+            paired = median([r["rps"] / off for r, off in zip(runs, offs)])
             lines.append(
-                f"| /{route}/ | {label} | {rps:,.0f} | {ratio(rps, off)} | "
+                f"| /{route}/ | {label} | {rps:,.0f} | {paired:.2f}x | "
                 f"{median([r['cpu_us'] for r in runs]):.1f} | "
                 f"{median([r['p99'] for r in runs]):.2f} |"
             )

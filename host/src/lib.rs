@@ -12,6 +12,7 @@
 //! - `access_log`: one record per request, written off the request path.
 //! - `tls`: certificates and keys from PEM files, SNI, the TLS settings HTTPS starts from.
 //! - `snapshot`: routes with their filter bindings resolved, and each binding's breaker.
+//! - `state`: where filters' `state` lives (in process, or Redis).
 //! - `route`: path, method and host matching; the path sent upstream.
 //! - `upstream`: services and their endpoints (balancing, health, retries' budget, limits, DNS
 //!   discovery), transports, the one upstream client.
@@ -33,6 +34,7 @@ mod proxy;
 mod route;
 mod server;
 mod snapshot;
+mod state;
 mod tls;
 mod upstream;
 

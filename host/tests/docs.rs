@@ -58,6 +58,8 @@ fn the_config_reference_example_is_a_valid_config() {
     assert_eq!(config.routes[0].filters[0].name, "headers");
     assert!(config.access_log.enabled && config.tracing.enabled);
     assert_eq!(config.tracing.sample_ratio, 0.25);
+    assert_eq!(config.state.backend, "redis");
+    assert_eq!(config.state.url, "redis://127.0.0.1:6379");
 }
 
 #[test]

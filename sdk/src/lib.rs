@@ -55,6 +55,7 @@ pub mod json;
 pub mod log;
 pub mod metrics;
 pub mod services;
+pub mod state;
 
 pub use host::cache;
 
@@ -63,7 +64,7 @@ pub use http::{Action, Context, Headers, Request, Response, percent_encode};
 /// The version of the `wasmgate:filter` WIT package this SDK builds filters for. A gateway
 /// loads only filters built for the version it speaks; this crate's `major.minor` version is
 /// the WIT version's (see the crate README's compatibility rule).
-pub const WIT_VERSION: &str = "0.2.1";
+pub const WIT_VERSION: &str = "0.2.2";
 pub use serde;
 pub use serde_json;
 

@@ -11,6 +11,7 @@ mod grpc;
 mod hardening;
 mod http2_attacks;
 mod metrics;
+mod rate_limit;
 mod routing;
 mod tls;
 mod tracing;

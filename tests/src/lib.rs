@@ -593,3 +593,131 @@ where
     };
     resp.map_err(|e| e.to_string())
 }
+
+/// A real `redis-server` (Debian's package) on a free port of 127.0.0.1, without persistence;
+/// killed when dropped.
+pub struct Redis {
+    child: Option<std::process::Child>,
+    pub port: u16,
+}
+
+impl Redis {
+    /// Start one on a free port.
+    pub fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        Redis::start_on(port)
+    }
+
+    /// Start one on `port` (again, after [`Redis::stop`]), and wait until it answers PING.
+    pub fn start_on(port: u16) -> Redis {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (.ci/run installs Debian's redis-server)");
+        let redis = Redis {
+            child: Some(child),
+            port,
+        };
+        let started = std::time::Instant::now();
+        while !redis.ping() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not answer on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+
+    /// `redis://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut answer = [0u8; 7];
+        conn.write_all(b"PING\r\n").is_ok()
+            && conn.read_exact(&mut answer).is_ok()
+            && &answer == b"+PONG\r\n"
+    }
+
+    /// Stop it (its data is gone: nothing is persisted).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A gateway in its own OS process (`gateway-process`), from config text; killed when dropped.
+pub struct GatewayProcess {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+    _dir: std::path::PathBuf,
+}
+
+impl GatewayProcess {
+    /// Start `bin` (a test's `env!("CARGO_BIN_EXE_gateway-process")`) on this config, with
+    /// `listen`, `filters_dir`, `admin` and `access_log` filled in (127.0.0.1:0, the built
+    /// filters, off, off).
+    pub fn start(bin: &str, config_toml: &str) -> GatewayProcess {
+        use std::io::BufRead;
+        let dir = temp_dir("process");
+        let mut text = format!(
+            "listen = \"127.0.0.1:0\"\nfilters_dir = {FILTERS_DIR:?}\nadmin = {{ enabled = false }}\naccess_log = {{ enabled = false }}\n"
+        );
+        text.push_str(config_toml);
+        let path = dir.join("gateway.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut child = std::process::Command::new(bin)
+            .arg(&path)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting gateway-process");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("gateway-process did not start: {line:?}"));
+        GatewayProcess {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    /// `http://ADDR/path`
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

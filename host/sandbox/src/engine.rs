@@ -15,11 +15,11 @@ use crate::imports::HostState;
 use crate::instance::{Grants, Limits, LoadedFilter};
 
 /// The version of the `wasmgate:filter` WIT package this sandbox speaks.
-pub const WIT_VERSION: &str = "0.2.1";
+pub const WIT_VERSION: &str = "0.2.2";
 /// Versions of the contract this sandbox also loads: each is a subset of [`WIT_VERSION`] (its
 /// later patch versions only add imports), and wasmtime links a component's `@0.2.0` names to
-/// the host's `@0.2.1` definitions by semver.
-const ALSO_SPEAKS: &[&str] = &["0.2.0"];
+/// the host's `@0.2.2` definitions by semver.
+const ALSO_SPEAKS: &[&str] = &["0.2.0", "0.2.1"];
 
 /// Whether a component built for contract version `version` loads here.
 fn speaks(version: &str) -> bool {

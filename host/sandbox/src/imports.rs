@@ -12,7 +12,8 @@ use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::wasmgate::filter::{cache, host, log, outbound, telemetry, types};
+use crate::bindings::wasmgate::filter::{cache, host, log, outbound, state, telemetry, types};
+use crate::state::{Counter, MAX_KEY_BYTES, StateError, StateFuture, StateStore, ThrottleResult};
 use crate::telemetry::{FilterMetrics, LogFields, MetricKind};
 use crate::wit::{CallError, OutboundRequest, OutboundResponse};
 
@@ -24,6 +25,8 @@ const CACHE_MAX_BYTES: usize = 8 << 20;
 const CACHE_MAX_VALUE: usize = 64 << 10;
 /// Longest key stored.
 const CACHE_MAX_KEY: usize = 1024;
+/// Most bytes a request phase keeps for its response phase (`state.keep`).
+const MAX_KEPT_BYTES: usize = 4096;
 /// Most random bytes one call returns.
 const MAX_RANDOM_BYTES: u32 = 4096;
 
@@ -60,6 +63,11 @@ pub(crate) struct HostState {
     /// Fields the current call added to the access log record; `None` when the request is
     /// not logged.
     pub(crate) log_fields: Option<LogFields>,
+    /// Where the `state` import keeps this filter's keys.
+    pub(crate) state: Arc<dyn StateStore>,
+    /// What the current call kept for the response phase (`state.keep`), or, in a response
+    /// phase, what the request phase kept.
+    pub(crate) kept: Option<Vec<u8>>,
 }
 
 impl WasiView for HostState {
@@ -189,6 +197,117 @@ impl telemetry::Host for HostState {
         if let Some(fields) = &mut self.log_fields {
             fields.add(name, value);
         }
+    }
+}
+
+impl HostState {
+    /// `key` in this filter's namespace, when it is not too long.
+    fn state_key(&self, key: &str) -> Result<String, StateError> {
+        if key.len() > MAX_KEY_BYTES {
+            return Err(StateError::TooLarge(format!(
+                "a key of {} bytes is over {MAX_KEY_BYTES}",
+                key.len()
+            )));
+        }
+        Ok(format!("{}/{key}", self.filter))
+    }
+
+    /// Whether `value` fits the store.
+    fn state_value(&self, value: &[u8]) -> Result<(), StateError> {
+        let max = self.state.max_value_bytes();
+        if value.len() > max {
+            return Err(StateError::TooLarge(format!(
+                "a value of {} bytes is over this store's {max}",
+                value.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Wait for a state call; the wait does not count against the filter's deadline.
+    async fn waited<T>(&mut self, call: StateFuture<'_, T>) -> Result<T, StateError> {
+        let started = Instant::now();
+        let result = call.await;
+        self.deadline += started.elapsed();
+        result
+    }
+}
+
+fn ttl(ms: Option<u32>) -> Option<Duration> {
+    ms.map(|ms| Duration::from_millis(u64::from(ms.max(1))))
+}
+
+impl state::Host for HostState {
+    async fn incr(
+        &mut self,
+        key: String,
+        delta: u64,
+        window_ms: u32,
+    ) -> Result<Counter, StateError> {
+        let key = self.state_key(&key)?;
+        let window = Duration::from_millis(u64::from(window_ms.max(1)));
+        let store = self.state.clone();
+        self.waited(store.incr(key, delta, window)).await
+    }
+
+    async fn throttle(
+        &mut self,
+        key: String,
+        limit: u32,
+        window_ms: u32,
+        cost: u32,
+    ) -> Result<ThrottleResult, StateError> {
+        let key = self.state_key(&key)?;
+        let window = Duration::from_millis(u64::from(window_ms.max(1)));
+        let store = self.state.clone();
+        self.waited(store.throttle(key, limit, window, cost)).await
+    }
+
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, StateError> {
+        let key = self.state_key(&key)?;
+        let store = self.state.clone();
+        self.waited(store.get(key)).await
+    }
+
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u32>,
+    ) -> Result<(), StateError> {
+        let key = self.state_key(&key)?;
+        self.state_value(&value)?;
+        let store = self.state.clone();
+        self.waited(store.set(key, value, ttl(ttl_ms))).await
+    }
+
+    async fn delete(&mut self, key: String) -> Result<bool, StateError> {
+        let key = self.state_key(&key)?;
+        let store = self.state.clone();
+        self.waited(store.delete(key)).await
+    }
+
+    async fn compare_and_set(
+        &mut self,
+        key: String,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+        ttl_ms: Option<u32>,
+    ) -> Result<bool, StateError> {
+        let key = self.state_key(&key)?;
+        self.state_value(&value)?;
+        let store = self.state.clone();
+        self.waited(store.compare_and_set(key, expected, value, ttl(ttl_ms)))
+            .await
+    }
+
+    async fn keep(&mut self, mut data: Vec<u8>) {
+        data.truncate(MAX_KEPT_BYTES);
+        self.kept = Some(data);
+    }
+
+    async fn kept(&mut self) -> Option<Vec<u8>> {
+        self.kept.clone()
     }
 }
 

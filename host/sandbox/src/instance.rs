@@ -12,6 +12,7 @@ use crate::bindings::{GatewayFilter, GatewayFilterPre};
 use crate::compile::LoadSource;
 use crate::engine::POOL_INSTANCES;
 use crate::imports::{FilterCache, HostState, Outbound};
+use crate::state::{MemoryStore, StateStore};
 use crate::telemetry::{FilterMetrics, LogFields};
 use crate::wit::{Needs, Request, RequestAction, Response, RouteContext};
 
@@ -96,6 +97,8 @@ pub struct Grants {
     /// The request is access-logged: fields the filter adds are kept (see
     /// [`Lease::take_log_fields`]).
     pub logged: bool,
+    /// Where its `state` import keeps its keys (namespaced by filter name).
+    pub state: Arc<dyn StateStore>,
 }
 
 impl Grants {
@@ -109,6 +112,7 @@ impl Grants {
             metrics: Arc::default(),
             route: Arc::from(""),
             logged: false,
+            state: Arc::new(MemoryStore::default()),
         }
     }
 }
@@ -155,6 +159,8 @@ impl LoadedFilter {
             metrics: grants.metrics,
             route: grants.route,
             log_fields: grants.logged.then(LogFields::default),
+            state: grants.state,
+            kept: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -275,6 +281,7 @@ impl InstancePool {
             grants,
             held: None,
             fields: LogFields::default(),
+            kept: None,
         }
     }
 
@@ -308,6 +315,7 @@ impl InstancePool {
             data.metrics = grants.metrics;
             data.route = grants.route;
             data.log_fields = grants.logged.then(LogFields::default);
+            data.state = grants.state;
             instance.limits = grants.limits;
             // Epochs passed while it was idle; count its deadline from now.
             instance.store.set_epoch_deadline(1);
@@ -360,6 +368,8 @@ pub struct Lease {
     held: Option<Box<FilterInstance>>,
     /// Access log fields the calls so far added.
     fields: LogFields,
+    /// What the request phase kept for the response phase (`state.keep`).
+    kept: Option<Vec<u8>>,
 }
 
 impl Lease {
@@ -371,7 +381,11 @@ impl Lease {
     }
 
     fn done(&mut self, mut instance: Box<FilterInstance>) {
-        if let Some(fields) = instance.store.data_mut().log_fields.as_mut()
+        let data = instance.store.data_mut();
+        if let Some(kept) = data.kept.take() {
+            self.kept = Some(kept);
+        }
+        if let Some(fields) = data.log_fields.as_mut()
             && !fields.is_empty()
         {
             self.fields.extend(std::mem::take(fields));
@@ -408,6 +422,7 @@ impl Lease {
         resp: &Response,
     ) -> Result<Response, FilterError> {
         let mut instance = self.instance().await?;
+        instance.store.data_mut().kept = self.kept.take();
         let resp = instance.on_response(ctx, resp).await?;
         self.done(instance);
         Ok(resp)

@@ -17,20 +17,26 @@
 //!   in between, so a looping filter cannot hold a thread) and a linear-memory cap.
 //! - What a filter reaches besides its request is a [`Grants`] value: its [`FilterCache`], its
 //!   [`FilterMetrics`], whether the request is logged (the [`LogFields`] it adds are taken from
-//!   the [`Lease`]), and, when its route grants services, an [`Outbound`] the embedder
-//!   implements.
+//!   the [`Lease`]), the [`StateStore`] its `state` import reaches (this crate's
+//!   [`MemoryStore`], or one the embedder implements), and, when its route grants services, an
+//!   [`Outbound`] the embedder implements.
 #![deny(missing_docs)]
 
 mod compile;
 mod engine;
 mod imports;
 mod instance;
+mod state;
 mod telemetry;
 
 pub use compile::{LoadSource, content_hash};
 pub use engine::{EPOCH_TICK, MAX_MEMORY_BYTES, Sandbox, WIT_VERSION};
 pub use imports::{FilterCache, Outbound, OutboundFuture};
 pub use instance::{FilterError, Grants, InstancePool, Lease, Limits, LoadedFilter};
+pub use state::{
+    Counter, MAX_KEY_BYTES, MemoryLimits, MemoryStore, StateError, StateFuture, StateStore,
+    ThrottleResult, gcra, unix_micros,
+};
 pub use telemetry::{
     FilterMetrics, LogFields, MAX_FIELDS, MAX_METRICS, MAX_SERIES, Metric, MetricKind, Value,
 };

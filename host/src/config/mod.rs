@@ -22,7 +22,7 @@ use serde::Deserialize;
 pub use path::{PathMatch, Pattern, Segment, Template, TemplatePart};
 pub use traffic::{
     AccessLogConfig, AllUnhealthy, Balance, DNS_LOOKUPS, Dns, HashOn, HealthCheck, MetricsConfig,
-    OutlierDetection, Retry, RetryOn, ServiceLimits, TracingConfig,
+    OutlierDetection, Retry, RetryOn, ServiceLimits, StateConfig, TracingConfig,
 };
 pub(crate) use transport::pem_error;
 pub use transport::{Protocol, Transport};
@@ -99,6 +99,8 @@ pub struct Config {
     pub tracing: TracingConfig,
     /// Per-request metrics (`[metrics]`).
     pub metrics: MetricsConfig,
+    /// Where filters' state lives (`[state]`).
+    pub state: StateConfig,
     /// The services routes and filters reach (`[services.NAME]`).
     pub services: Vec<ServiceConfig>,
     /// The routes, in file order (`[[routes]]`).

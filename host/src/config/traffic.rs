@@ -406,3 +406,95 @@ fn json() -> String {
 fn default_buffer() -> usize {
     10_000
 }
+
+/// Where filters' `state` lives (`[state]`): in this process (`backend = "memory"`, the
+/// default) or in Redis (`backend = "redis"`), shared by every gateway with the same `url`
+/// and `key_prefix`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct StateConfig {
+    /// `"memory"` or `"redis"`.
+    #[serde(default = "memory")]
+    pub backend: String,
+    /// Memory: keys kept at most (default 100000); past it, expired keys go first, then new
+    /// keys are refused.
+    #[serde(default = "default_state_entries")]
+    pub max_entries: usize,
+    /// Memory: bytes of keys and values kept at most (default 64 MiB).
+    #[serde(default = "default_state_bytes")]
+    pub max_bytes: usize,
+    /// Largest value a filter may store (default 1 MiB).
+    #[serde(default = "default_state_value_bytes")]
+    pub max_value_bytes: usize,
+    /// Redis: `redis://[user:password@]host:port[/db]` (`rediss://` is not supported).
+    #[serde(default)]
+    pub url: String,
+    /// Redis: connections, each multiplexed (default 4).
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// Redis: what every key starts with (default `wasmgate:`), then the filter's name.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// Redis: time for one call, after which the filter gets `unavailable` (default 100 ms).
+    #[serde(default = "default_state_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Redis: time for one connection attempt (default 500 ms).
+    #[serde(default = "default_state_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Redis: after a failed connection attempt, calls fail at once for this long before the
+    /// next attempt (default 1 s).
+    #[serde(default = "default_state_retry", with = "humantime_serde")]
+    pub retry_interval: Duration,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            backend: memory(),
+            max_entries: default_state_entries(),
+            max_bytes: default_state_bytes(),
+            max_value_bytes: default_state_value_bytes(),
+            url: String::new(),
+            pool_size: default_pool_size(),
+            key_prefix: default_key_prefix(),
+            timeout: default_state_timeout(),
+            connect_timeout: default_state_connect_timeout(),
+            retry_interval: default_state_retry(),
+        }
+    }
+}
+
+fn memory() -> String {
+    "memory".into()
+}
+
+fn default_state_entries() -> usize {
+    100_000
+}
+
+fn default_state_bytes() -> usize {
+    64 << 20
+}
+
+fn default_state_value_bytes() -> usize {
+    1 << 20
+}
+
+fn default_pool_size() -> usize {
+    4
+}
+
+fn default_key_prefix() -> String {
+    "wasmgate:".into()
+}
+
+fn default_state_timeout() -> Duration {
+    Duration::from_millis(100)
+}
+
+fn default_state_connect_timeout() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_state_retry() -> Duration {
+    Duration::from_secs(1)
+}

@@ -139,6 +139,7 @@ mod unknown_key {
             ["access_log"] => fields::<AccessLogConfig>(),
             ["tracing"] => fields::<TracingConfig>(),
             ["metrics"] => fields::<MetricsConfig>(),
+            ["state"] => fields::<StateConfig>(),
             ["tls", "certificates", _] => fields::<RawCertificate>(),
             ["services", _] => fields::<RawService>(),
             ["services", _, "health_check"] => fields::<HealthCheck>(),
@@ -277,6 +278,7 @@ struct RawConfig {
     access_log: Option<Spanned<AccessLogConfig>>,
     tracing: Option<Spanned<TracingConfig>>,
     metrics: Option<Spanned<MetricsConfig>>,
+    state: Option<Spanned<StateConfig>>,
     #[serde(default)]
     services: BTreeMap<String, Spanned<RawService>>,
     #[serde(default)]
@@ -545,6 +547,45 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
             }
         },
         metrics: raw.metrics.map(Spanned::into_inner).unwrap_or_default(),
+        state: match &raw.state {
+            None => StateConfig::default(),
+            Some(st) => {
+                let state = st.get_ref();
+                match state.backend.as_str() {
+                    "memory" => {}
+                    "redis" => {
+                        let url =
+                            redis::IntoConnectionInfo::into_connection_info(state.url.as_str());
+                        if !state.url.starts_with("redis://") || url.is_err() {
+                            src.at(
+                                st,
+                                format!(
+                                    "state.url {:?}: expected a redis:// URL (e.g. \"redis://127.0.0.1:6379\")",
+                                    state.url
+                                ),
+                            );
+                        }
+                    }
+                    other => src.at(
+                        st,
+                        format!("state.backend {other:?}: expected \"memory\" or \"redis\""),
+                    ),
+                }
+                if state.max_entries == 0
+                    || state.max_bytes == 0
+                    || state.max_value_bytes == 0
+                    || state.pool_size == 0
+                    || state.timeout.is_zero()
+                    || state.connect_timeout.is_zero()
+                {
+                    src.at(
+                        st,
+                        "state: max_entries, max_bytes, max_value_bytes, pool_size, timeout and connect_timeout must be greater than zero",
+                    );
+                }
+                state.clone()
+            }
+        },
         tracing: match &raw.tracing {
             None => TracingConfig::default(),
             Some(t) => {

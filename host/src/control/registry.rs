@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use wasmgate_sandbox::{FilterCache, FilterMetrics, LoadedFilter, Sandbox};
+use wasmgate_sandbox::{FilterCache, FilterMetrics, LoadedFilter, Sandbox, StateStore};
 
-use crate::config::Config;
+use crate::config::{Config, StateConfig};
 use crate::snapshot::Filters;
 
 /// Why the newest file for a filter was not taken into service.
@@ -41,6 +41,8 @@ pub struct Registry {
     caches: BTreeMap<String, Arc<FilterCache>>,
     /// Each filter's metrics, kept across new versions of the filter.
     filter_metrics: BTreeMap<String, Arc<FilterMetrics>>,
+    /// The state store, kept across reloads while `[state]` stays the same.
+    state: Option<(StateConfig, Arc<dyn StateStore>)>,
 }
 
 impl Registry {
@@ -194,6 +196,28 @@ impl Filters for Registry {
             .entry(name.to_string())
             .or_default()
             .clone()
+    }
+
+    fn state(&mut self, config: &StateConfig) -> Arc<dyn StateStore> {
+        if let Some((kept, store)) = &self.state
+            && kept == config
+        {
+            return store.clone();
+        }
+        let store = match crate::state::store(config) {
+            Ok(store) => store,
+            Err(e) => {
+                // Validation accepted the config, so this is not expected; filters still get
+                // a store, in memory.
+                tracing::error!("state: {e:#}; using the in-process store");
+                crate::state::store(&StateConfig::default()).expect("the memory store")
+            }
+        };
+        if self.state.is_some() {
+            tracing::info!(backend = %config.backend, "state: [state] changed; a new store serves from now on");
+        }
+        self.state = Some((config.clone(), store.clone()));
+        store
     }
 }
 

@@ -361,6 +361,7 @@ impl<'a> Chain<'a> {
             metrics: binding.metrics.clone(),
             route: self.route.label.0.clone(),
             logged: self.ex.logging(),
+            state: binding.state.clone(),
         }
     }
 }

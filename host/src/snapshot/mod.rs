@@ -6,7 +6,9 @@ mod breaker;
 
 use std::sync::Arc;
 
-use wasmgate_sandbox::{FilterCache, FilterMetrics, InstancePool, Limits, LoadedFilter, Needs};
+use wasmgate_sandbox::{
+    FilterCache, FilterMetrics, InstancePool, Limits, LoadedFilter, Needs, StateStore,
+};
 
 pub use breaker::{Breaker, COOL_DOWN, Ticket};
 
@@ -84,6 +86,8 @@ pub struct Binding {
     pub cache: Arc<FilterCache>,
     /// The metrics the filter defines (shared by every route and version of it).
     pub metrics: Arc<FilterMetrics>,
+    /// Where its `state` import keeps its keys.
+    pub state: Arc<dyn StateStore>,
     pub limits: Limits,
     pub on_failure: FailurePolicy,
     /// Opens when this binding keeps failing; new per snapshot.
@@ -129,6 +133,8 @@ pub trait Filters {
     fn cache(&mut self, name: &str) -> Arc<FilterCache>;
     /// The metrics filter `name` defines.
     fn metrics(&mut self, name: &str) -> Arc<FilterMetrics>;
+    /// The state store for `config` (kept while `config` does not change).
+    fn state(&mut self, config: &config::StateConfig) -> Arc<dyn StateStore>;
 }
 
 impl Snapshot {
@@ -164,6 +170,7 @@ impl Snapshot {
                         services: f.services.clone().into(),
                         cache: filters.cache(&f.name),
                         metrics: filters.metrics(&f.name),
+                        state: filters.state(&config.state),
                         limits,
                         on_failure: f.on_failure,
                         breaker: Breaker::default(),

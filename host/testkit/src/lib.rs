@@ -24,7 +24,9 @@
 //!
 //! A filter that calls services gets stubs with [`TestRoute::service`]; every call it made is in
 //! [`TestRoute::service_calls`]. [`TestRoute::cache`] is the filter's cache, to seed or inspect.
-//! [`TestRoute::metrics`] counts phase calls, failures and configured instances.
+//! [`TestRoute::metrics`] counts phase calls, failures and configured instances. The filter's
+//! `state` lives in an in-process store of the route's own ([`TestRoute::shared_state`] shares
+//! one between routes, [`TestRoute::state_down`] makes every call fail).
 //!
 //! The calls block (the sandbox runs on the kit's own runtime): use them from plain `#[test]`
 //! functions, not from inside an async runtime such as `#[tokio::test]`.
@@ -38,11 +40,12 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use wasmgate_sandbox::wit::{Request as WitRequest, RequestAction, Response as WitResponse};
 use wasmgate_sandbox::{
-    FilterCache, FilterMetrics, Grants, InstancePool, Lease, LoadedFilter, LogFields, Sandbox,
-    content_hash,
+    Counter, FilterCache, FilterMetrics, Grants, InstancePool, Lease, LoadedFilter, LogFields,
+    MemoryStore, Sandbox, StateError, StateFuture, StateStore, ThrottleResult, content_hash,
 };
 use wasmgate_sdk::__testkit as parts;
 use wasmgate_sdk::{Action, Context, Request, Response};
@@ -162,6 +165,7 @@ impl TestFilter {
             counters: Counters::default(),
             metrics: Arc::default(),
             log_fields: Mutex::default(),
+            state: Arc::new(MemoryStore::default()),
         })
     }
 }
@@ -180,6 +184,7 @@ pub struct TestRoute {
     counters: Counters,
     metrics: Arc<FilterMetrics>,
     log_fields: Mutex<LogFields>,
+    state: Arc<dyn StateStore>,
 }
 
 #[derive(Default)]
@@ -235,6 +240,19 @@ impl TestRoute {
     /// request gets its own request id unless the context sets one.
     pub fn context(mut self, context: Context) -> TestRoute {
         self.context = context;
+        self
+    }
+
+    /// Make the filter's state store fail every call as an unreachable Redis does
+    /// (`state-error::unavailable`), to test what the filter does then.
+    pub fn state_down(mut self) -> TestRoute {
+        self.state = Arc::new(DownStore);
+        self
+    }
+
+    /// Share `other`'s state store (as two gateways on one Redis share theirs).
+    pub fn shared_state(mut self, other: &TestRoute) -> TestRoute {
+        self.state = other.state.clone();
         self
     }
 
@@ -409,6 +427,52 @@ impl TestRoute {
             metrics: self.metrics.clone(),
             route: Arc::from(route),
             logged: true,
+            state: self.state.clone(),
         }
     }
+}
+
+/// A state store that is down: every call fails as an unreachable Redis does.
+struct DownStore;
+
+impl StateStore for DownStore {
+    fn incr(&self, _: String, _: u64, _: Duration) -> StateFuture<'_, Counter> {
+        down()
+    }
+
+    fn throttle(&self, _: String, _: u32, _: Duration, _: u32) -> StateFuture<'_, ThrottleResult> {
+        down()
+    }
+
+    fn get(&self, _: String) -> StateFuture<'_, Option<Vec<u8>>> {
+        down()
+    }
+
+    fn set(&self, _: String, _: Vec<u8>, _: Option<Duration>) -> StateFuture<'_, ()> {
+        down()
+    }
+
+    fn delete(&self, _: String) -> StateFuture<'_, bool> {
+        down()
+    }
+
+    fn compare_and_set(
+        &self,
+        _: String,
+        _: Option<Vec<u8>>,
+        _: Vec<u8>,
+        _: Option<Duration>,
+    ) -> StateFuture<'_, bool> {
+        down()
+    }
+
+    fn max_value_bytes(&self) -> usize {
+        1 << 20
+    }
+}
+
+fn down<T: Send + 'static>() -> StateFuture<'static, T> {
+    Box::pin(std::future::ready(Err(StateError::Unavailable(
+        "the state store is down (TestRoute::state_down)".into(),
+    ))))
 }

@@ -1,0 +1,358 @@
+//! `rate-limit`: limits per client, header, path parameter or route, several per route, on the
+//! gateway's state store (in process, or Redis shared by several gateways). Each limit runs the
+//! generic cell rate algorithm (GCRA) in the store: `requests` at once, then one more every
+//! `per / requests`, so a window boundary never lets twice the limit through.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::json;
+use wasmgate_sdk::metrics::Counter;
+use wasmgate_sdk::{
+    Action, Context, Error, Filter, Needs, Request, Response, export_filter, state,
+};
+
+/// One limit.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    /// Requests allowed per `per`.
+    pub requests: u32,
+    /// The window: `"500ms"`, `"1s"`, `"10m"`, `"1h"`, `"1d"`.
+    pub per: String,
+    /// What the limit counts by: `"client"` (the client's IP address, the default), `"route"`
+    /// (everyone together), `"header:NAME"` (e.g. a claim header an auth filter forwarded) or
+    /// `"param:NAME"` (a path parameter of the route). A request without the header or
+    /// parameter is not counted by this limit.
+    #[serde(default = "client")]
+    pub by: String,
+    /// The limit's name in headers, logs and metrics (default `"<requests>-per-<per>"`).
+    pub name: Option<String>,
+}
+
+fn client() -> String {
+    "client".into()
+}
+
+/// Which headers tell clients about the limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Headers {
+    /// `RateLimit-Policy` and `RateLimit` (IETF draft-ietf-httpapi-ratelimit-headers).
+    Ietf,
+    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`.
+    XRatelimit,
+    /// None (429 answers still carry `Retry-After`).
+    None,
+}
+
+/// What happens when the state store fails (Redis down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnStoreError {
+    /// Let the request through, log it and count it (the default).
+    Allow,
+    /// Answer 503.
+    Deny,
+}
+
+/// The filter's config.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub limits: Vec<Limit>,
+    /// Default `ietf`.
+    #[serde(default = "ietf")]
+    pub headers: Headers,
+    /// Default `allow`.
+    #[serde(default = "allow")]
+    pub on_store_error: OnStoreError,
+}
+
+fn ietf() -> Headers {
+    Headers::Ietf
+}
+
+fn allow() -> OnStoreError {
+    OnStoreError::Allow
+}
+
+/// What a limit counts by.
+#[derive(Debug)]
+enum By {
+    Client,
+    Route,
+    Header(String),
+    Param(String),
+}
+
+#[derive(Debug)]
+struct Rule {
+    name: String,
+    requests: u32,
+    window: Duration,
+    by: By,
+}
+
+pub struct RateLimit {
+    rules: Vec<Rule>,
+    headers: Headers,
+    on_store_error: OnStoreError,
+    /// `wasmgate_filter_rate_limit_refused_total{route, limit}`.
+    refused: Counter<1>,
+    /// `wasmgate_filter_rate_limit_store_errors_total{route}`.
+    store_errors: Counter<0>,
+}
+
+/// `"1s"`, `"500ms"`, `"10m"`, `"1h"`, `"1d"`.
+fn parse_window(text: &str) -> Option<Duration> {
+    let digits = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(digits);
+    let n: u64 = n.parse().ok().filter(|n| *n > 0)?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        "d" => n * 86_400_000,
+        _ => return None,
+    };
+    // The state interface takes windows in u32 milliseconds: up to about 49 days.
+    (ms <= u64::from(u32::MAX)).then(|| Duration::from_millis(ms))
+}
+
+/// A limit's verdict for one request.
+struct Verdict<'a> {
+    rule: &'a Rule,
+    result: state::Throttle,
+}
+
+/// Keys longer than this are hashed (state keys are at most 512 bytes).
+const MAX_KEY_PART: usize = 200;
+
+impl RateLimit {
+    /// The state key of `rule` for this request, or `None` when the request lacks what the rule
+    /// counts by.
+    fn key(&self, index: usize, rule: &Rule, req: &Request, ctx: &Context) -> Option<String> {
+        let value = match &rule.by {
+            By::Client => ctx
+                .client_addr()
+                .rsplit_once(':')
+                .map_or(ctx.client_addr(), |(ip, _)| ip)
+                .to_string(),
+            By::Route => String::new(),
+            By::Header(name) => req.header(name)?.to_string(),
+            By::Param(name) => ctx.param(name)?.to_string(),
+        };
+        let value = if value.len() > MAX_KEY_PART {
+            let mut h = DefaultHasher::new();
+            value.hash(&mut h);
+            format!("#{:016x}", h.finish())
+        } else {
+            value
+        };
+        Some(format!("{}:{index}:{value}", ctx.route()))
+    }
+
+    fn headers(&self, verdicts: &[Verdict<'_>], resp: &mut Response) {
+        // The most restrictive limit is the one a client must watch.
+        let Some(tightest) = verdicts.iter().min_by_key(|v| v.result.remaining) else {
+            return;
+        };
+        let reset = tightest.result.reset.as_secs_f64().ceil() as u64;
+        match self.headers {
+            Headers::None => {}
+            Headers::Ietf => {
+                let policies: Vec<String> = verdicts
+                    .iter()
+                    .map(|v| {
+                        format!(
+                            "\"{}\";q={};w={}",
+                            v.rule.name,
+                            v.rule.requests,
+                            v.rule.window.as_secs().max(1)
+                        )
+                    })
+                    .collect();
+                resp.set_header("ratelimit-policy", policies.join(", "));
+                resp.set_header(
+                    "ratelimit",
+                    format!(
+                        "\"{}\";r={};t={reset}",
+                        tightest.rule.name, tightest.result.remaining
+                    ),
+                );
+            }
+            Headers::XRatelimit => {
+                resp.set_header("x-ratelimit-limit", tightest.rule.requests.to_string());
+                resp.set_header(
+                    "x-ratelimit-remaining",
+                    tightest.result.remaining.to_string(),
+                );
+                resp.set_header("x-ratelimit-reset", reset.to_string());
+            }
+        }
+    }
+}
+
+impl Filter for RateLimit {
+    type Config = Config;
+
+    fn new(config: Config) -> Result<Self, Error> {
+        if config.limits.is_empty() {
+            return Err(Error::msg("limits: give at least one limit"));
+        }
+        let mut rules = Vec::with_capacity(config.limits.len());
+        for (i, limit) in config.limits.iter().enumerate() {
+            let window = parse_window(&limit.per).ok_or_else(|| {
+                Error::msg(format!(
+                    "limits[{i}].per {:?}: expected a number and ms, s, m, h or d (e.g. \"1s\", \"1d\"), at most 49 days",
+                    limit.per
+                ))
+            })?;
+            if limit.requests == 0 {
+                return Err(Error::msg(format!(
+                    "limits[{i}].requests must be at least 1"
+                )));
+            }
+            let by = match limit.by.split_once(':') {
+                None if limit.by == "client" => By::Client,
+                None if limit.by == "route" => By::Route,
+                Some(("header", name)) if !name.is_empty() => By::Header(name.to_ascii_lowercase()),
+                Some(("param", name)) if !name.is_empty() => By::Param(name.to_string()),
+                _ => {
+                    return Err(Error::msg(format!(
+                        "limits[{i}].by {:?}: expected \"client\", \"route\", \"header:NAME\" or \"param:NAME\"",
+                        limit.by
+                    )));
+                }
+            };
+            let name = limit
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{}-per-{}", limit.requests, limit.per));
+            if name.is_empty() || name.contains(['"', '\\']) || !name.is_ascii() {
+                return Err(Error::msg(format!(
+                    "limits[{i}].name {name:?}: expected printable ASCII without quotes"
+                )));
+            }
+            rules.push(Rule {
+                name,
+                requests: limit.requests,
+                window,
+                by,
+            });
+        }
+        Ok(Self {
+            rules,
+            headers: config.headers,
+            on_store_error: config.on_store_error,
+            refused: Counter::define("refused", "Requests refused, by limit", ["limit"])?,
+            store_errors: Counter::define(
+                "store_errors",
+                "State store failures (the request went on as on_store_error says)",
+                [],
+            )?,
+        })
+    }
+
+    /// Works on the request; the response phase only adds headers. Nothing is kept between
+    /// requests in the instance (the counts live in the state store).
+    fn needs(&self) -> Needs {
+        Needs {
+            response_phase: self.headers != Headers::None,
+            reuse_instance: true,
+            ..Needs::default()
+        }
+    }
+
+    fn on_request(&self, req: Request, ctx: &Context) -> Result<Action, Error> {
+        // In order; the first limit that refuses answers, and the limits after it do not count
+        // the request.
+        let mut verdicts = Vec::with_capacity(self.rules.len());
+        for (index, rule) in self.rules.iter().enumerate() {
+            let Some(key) = self.key(index, rule, &req, ctx) else {
+                continue;
+            };
+            let result = match state::throttle(&key, rule.requests, rule.window, 1) {
+                Ok(result) => result,
+                Err(e) => {
+                    self.store_errors.inc([]);
+                    wasmgate_sdk::log::warn(&format!("limit {:?}: {e}", rule.name));
+                    if self.on_store_error == OnStoreError::Deny {
+                        let resp =
+                            Response::json(503, &json!({ "error": "rate limit unavailable" }))
+                                .with_header("retry-after", "1");
+                        return Ok(resp.into());
+                    }
+                    continue;
+                }
+            };
+            verdicts.push(Verdict { rule, result });
+            if !result.allowed {
+                self.refused.inc([rule.name.as_str()]);
+                let retry_after = result.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let mut resp = Response::json(
+                    429,
+                    &json!({
+                        "error": "rate limit exceeded",
+                        "limit": rule.name,
+                        "retry_after": retry_after,
+                    }),
+                )
+                .with_header("retry-after", retry_after.to_string());
+                self.headers(&verdicts, &mut resp);
+                return Ok(resp.into());
+            }
+        }
+        if self.headers != Headers::None && !verdicts.is_empty() {
+            // Render the headers now; the response phase copies them onto the response.
+            let mut carrier = Response::new(200);
+            self.headers(&verdicts, &mut carrier);
+            let mut kept = Vec::new();
+            for (name, value) in carrier.headers().iter() {
+                kept.extend_from_slice(name.as_bytes());
+                kept.push(b'\n');
+                kept.extend_from_slice(value);
+                kept.push(b'\n');
+            }
+            state::keep(&kept);
+        }
+        Ok(req.into())
+    }
+
+    fn on_response(&self, mut resp: Response, _ctx: &Context) -> Result<Response, Error> {
+        let Some(kept) = state::kept() else {
+            return Ok(resp);
+        };
+        let mut lines = kept.split(|&b| b == b'\n');
+        while let (Some(name), Some(value)) = (lines.next(), lines.next()) {
+            if let Ok(name) = std::str::from_utf8(name)
+                && !name.is_empty()
+            {
+                resp.set_header(name, value);
+            }
+        }
+        Ok(resp)
+    }
+}
+
+export_filter!(RateLimit);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_parse_with_their_units() {
+        assert_eq!(parse_window("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_window("1s"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_window("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_window("1d"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse_window("0s"), None);
+        assert_eq!(parse_window("1w"), None);
+        assert_eq!(parse_window("s"), None);
+        assert_eq!(parse_window("60d"), None);
+    }
+}
