@@ -243,6 +243,29 @@ macro_rules! export_filter {
     };
 }
 
+/// A duration as filter configs write it: a positive whole number and `ms`, `s`, `m`, `h` or
+/// `d` (`"500ms"`, `"1s"`, `"10m"`, `"1d"`); `None` for anything else.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(wasmgate_sdk::parse_duration("10m"), Some(Duration::from_secs(600)));
+/// assert_eq!(wasmgate_sdk::parse_duration("1w"), None);
+/// ```
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let digits = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(digits);
+    let n: u64 = n.parse().ok().filter(|n| *n > 0)?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n.checked_mul(1000)?,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        "d" => n.checked_mul(86_400_000)?,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_millis(ms))
+}
+
 #[doc(hidden)]
 pub mod __bindings {
     wit_bindgen::generate!({

@@ -3,6 +3,7 @@
 mod access_log;
 mod aggregate;
 mod auth;
+mod cache;
 mod compression;
 mod config;
 mod errors;

@@ -105,21 +105,10 @@ pub struct RateLimit {
     store_errors: Counter<0>,
 }
 
-/// `"1s"`, `"500ms"`, `"10m"`, `"1h"`, `"1d"`.
+/// `"1s"`, `"500ms"`, `"10m"`, `"1h"`, `"1d"`, at most what the state interface's u32
+/// milliseconds hold (about 49 days).
 fn parse_window(text: &str) -> Option<Duration> {
-    let digits = text.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = text.split_at(digits);
-    let n: u64 = n.parse().ok().filter(|n| *n > 0)?;
-    let ms = match unit {
-        "ms" => n,
-        "s" => n * 1000,
-        "m" => n * 60_000,
-        "h" => n * 3_600_000,
-        "d" => n * 86_400_000,
-        _ => return None,
-    };
-    // The state interface takes windows in u32 milliseconds: up to about 49 days.
-    (ms <= u64::from(u32::MAX)).then(|| Duration::from_millis(ms))
+    wasmgate_sdk::parse_duration(text).filter(|d| d.as_millis() <= u128::from(u32::MAX))
 }
 
 /// A limit's verdict for one request.
