@@ -185,13 +185,14 @@ def main():
 
 
 def run(work, procs):
-    up_port, nginx_port, gw_port, nginx_tls, nginx_h2c, gw_tls = free_ports(6)
+    (up_port, nginx_port, gw_port, nginx_tls, nginx_h2c, gw_tls, redis_port, gwr_port,
+     gwr_tls) = free_ports(9)
     upstream = f"127.0.0.1:{up_port}"
     make_certificate(work)
 
     filters = work / "filters"
     filters.mkdir()
-    for name in ["headers", "auth-jwt", "transform"]:
+    for name in ["headers", "auth-jwt", "transform", "rate-limit", "cache"]:
         shutil.copy(FILTERS / f"{name.replace('-', '_')}.wasm", filters / f"{name}.wasm")
     fill = {"@UPSTREAM@": upstream, "@FILTERS@": str(filters), "@DIR@": str(work)}
 
@@ -206,6 +207,8 @@ def run(work, procs):
     nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
     nginx_version = subprocess.run([nginx_bin, "-v"], capture_output=True, text=True).stderr.strip()
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
+    redis_version = subprocess.run(["redis-server", "--version"], capture_output=True,
+                                   text=True).stdout.split(" sha=")[0].strip()
 
     up = subprocess.Popen([str(RELEASE / "bench-upstream"), upstream], stderr=subprocess.DEVNULL)
     procs.append(up)
@@ -225,6 +228,28 @@ def run(work, procs):
     )
     procs.append(gw)
     wait_for(gw_port, "wasmgate", gw)
+    # A second gateway, its filters' state in Redis (rate-limit scenario only).
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    procs.append(redis)
+    wait_for(redis_port, "redis-server", redis)
+    gwr_config = work / "gateway-redis.toml"
+    gwr_config.write_text(
+        (work / "gateway.toml").read_text()
+        .replace(f'"127.0.0.1:{gw_port}"', f'"127.0.0.1:{gwr_port}"')
+        .replace(f'"127.0.0.1:{gw_tls}"', f'"127.0.0.1:{gwr_tls}"')
+        + f'\n[state]\nbackend = "redis"\nurl = "redis://127.0.0.1:{redis_port}"\n'
+    )
+    gwr = subprocess.Popen(
+        [str(RELEASE / "wasmgate"), "serve", "--config", str(gwr_config)],
+        env={**os.environ, "RUST_LOG": "warn"},
+        stdout=subprocess.DEVNULL,
+    )
+    procs.append(gwr)
+    wait_for(gwr_port, "wasmgate (redis state)", gwr)
 
     if "--serve" in sys.argv[1:]:
         # For profiling: keep the three servers up until interrupted.
@@ -253,6 +278,10 @@ def run(work, procs):
         ("wasmgate, no filter", f"{wg}/plain/", None, "nginx"),
         ("wasmgate, 1 filter (headers)", f"{wg}/headers/", None, "nginx"),
         ("wasmgate, 3 filters (auth-jwt, transform, headers)", f"{wg}/three/", None, "nginx"),
+        ("wasmgate, rate-limit (in-process state)", f"{wg}/limited/", None, "nginx"),
+        ("wasmgate, rate-limit (Redis state)", f"http://127.0.0.1:{gwr_port}/limited/", None,
+         "nginx"),
+        ("wasmgate, cache hit", f"{wg}/cached/", None, "nginx"),
         ("nginx, POST 16 KiB JSON", f"{ng}/", body16k, None),
         ("wasmgate, POST 16 KiB JSON, no filter", f"{wg}/plain/", body16k, "nginx, POST 16 KiB JSON"),
         ("wasmgate, POST 16 KiB JSON through transform (body)", f"{wg}/json/", body16k,
@@ -375,6 +404,11 @@ def run(work, procs):
         f"`wrk -t1 -c{CONNECTIONS} -d{DURATION}s --latency` with the same `Authorization` header "
         f"everywhere; fixed rate: `bench-load --rate {RATE} --connections {CONNECTIONS} "
         f"--duration {DURATION}` (open loop, latency from when each request was due).",
+        "- `rate-limit`: one GCRA limit by client address that the run never reaches (every "
+        "request checked, none refused); in-process state on the gateway above, Redis state on "
+        f"a second gateway with the same config plus `[state] backend = \"redis\"` "
+        f"({redis_version}, on this machine). `cache hit`: the `cache` filter, every request "
+        "after the first served from the in-process store.",
         "- Ratios are to nginx measured in this run: requests/s as wasmgate/nginx (higher is "
         "better), p99 as wasmgate/nginx (lower is better).",
         "",

@@ -153,12 +153,18 @@ async fn bad_files_are_rejected_and_the_last_good_version_keeps_serving() {
         (
             "wrong interface",
             b"\0asm\x0d\0\x01\0".to_vec(),
-            "does not implement wasmgate:filter/filter@0.2.1",
+            &format!(
+                "does not implement wasmgate:filter/filter@{}",
+                wasmgate_sandbox::WIT_VERSION
+            ),
         ),
         (
             "built against the 0.1.0 contract",
             legacy,
-            "built for wasmgate:filter@0.1.0, but this gateway speaks wasmgate:filter@0.2.1",
+            &format!(
+                "built for wasmgate:filter@0.1.0, but this gateway speaks wasmgate:filter@{}",
+                wasmgate_sandbox::WIT_VERSION
+            ),
         ),
     ];
     for (what, bytes, reason) in cases {
