@@ -505,7 +505,7 @@ def run(work, procs):
             rps = median([r["rps"] for r in runs])
             paired = median([r["rps"] / off for r, off in zip(runs, offs)])
             lines.append(
-                f"| /{route}/ | {label} | {rps:,.0f} | {paired:.2f}x | "
+                f"| /{route}/ | {label} | {rps:,.0f} | {paired:.3f}x | "
                 f"{median([r['cpu_us'] for r in runs]):.1f} | "
                 f"{median([r['p99'] for r in runs]):.2f} |"
             )

@@ -133,6 +133,25 @@ async fn a_hit_is_served_without_the_upstream_until_it_expires() {
 }
 
 #[tokio::test]
+async fn head_requests_are_cached_on_their_own() {
+    let origin = Origin::start().await;
+    let gw = cached(&origin, json!({})).start().await;
+    let r = gw.request("HEAD", "/c/fresh", &[], "").await;
+    assert_eq!(
+        (r.status.as_u16(), r.header("x-cache")),
+        (200, Some("MISS"))
+    );
+    let r = gw.request("HEAD", "/c/fresh", &[], "").await;
+    assert_eq!((r.status.as_u16(), r.header("x-cache")), (200, Some("HIT")));
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("cache-control"), Some("public, max-age=1"));
+    // A GET is another entry: its body was never stored by a HEAD.
+    let (x, body, _) = get(&gw, "/c/fresh", &[]).await;
+    assert_eq!((x.as_str(), body["served"].as_u64()), ("MISS", Some(2)));
+    assert_eq!(origin.hits(), 2);
+}
+
+#[tokio::test]
 async fn age_counts_up_and_s_maxage_wins_over_max_age() {
     let origin = Origin::start().await;
     let gw = cached(&origin, json!({})).start().await;
