@@ -294,16 +294,25 @@ impl Clock {
     }
 }
 
-/// A duration in milliseconds with three decimals, as a JSON number.
+/// A duration in milliseconds with three decimals, as a JSON number: the microseconds' digits
+/// with a point before the last three.
 fn write_ms(out: &mut Vec<u8>, d: Duration) {
     let us = d
         .as_secs()
         .saturating_mul(1_000_000)
         .saturating_add(u64::from(d.subsec_micros()));
-    let mut digits = itoa::Buffer::new();
-    out.extend_from_slice(digits.format(us / 1000).as_bytes());
-    out.push(b'.');
-    write_3_digits(out, (us % 1000) as u16);
+    let mut n = itoa::Buffer::new();
+    let digits = n.format(us).as_bytes();
+    if digits.len() > 3 {
+        let (whole, frac) = digits.split_at(digits.len() - 3);
+        out.extend_from_slice(whole);
+        out.push(b'.');
+        out.extend_from_slice(frac);
+    } else {
+        out.extend_from_slice(b"0.000");
+        let at = out.len() - digits.len();
+        out[at..].copy_from_slice(digits);
+    }
 }
 
 /// `n` (below 1000) as three digits, zero-padded.

@@ -375,8 +375,19 @@ struct ShardData {
 
 #[derive(Debug, Default)]
 struct RouteCounts {
-    requests: FxHashMap<(&'static str, u16), u64>,
+    /// Requests by method label and status: a handful per route, so a list searched from
+    /// the front beats hashing on every request.
+    requests: Vec<((&'static str, u16), u64)>,
     duration: Buckets,
+}
+
+impl RouteCounts {
+    fn count(&mut self, key: (&'static str, u16), n: u64) {
+        match self.requests.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, count)) => *count += n,
+            None => self.requests.push((key, n)),
+        }
+    }
 }
 
 /// A histogram's counts: per bucket (not cumulative; the last is `+Inf`), sum and count.
@@ -436,7 +447,7 @@ impl PerThread {
             for (route, counts) in &data.routes {
                 let mine = all.routes.entry(route.clone()).or_default();
                 for (key, n) in &counts.requests {
-                    *mine.requests.entry(*key).or_default() += n;
+                    mine.count(*key, *n);
                 }
                 mine.duration.add(&counts.duration);
             }
@@ -469,7 +480,7 @@ impl Collector for PerThread {
         )?;
         for (route, counts) in &routes {
             let mut keys: Vec<_> = counts.requests.iter().collect();
-            keys.sort();
+            keys.sort_by_key(|(key, _)| *key);
             for ((method, status), n) in keys {
                 let labels = RequestLabels {
                     route: (*route).clone(),
@@ -724,7 +735,7 @@ impl Metrics {
                     .entry(route.cloned().unwrap_or_else(|| Name(Arc::from(""))))
                     .or_default(),
             };
-            *counts.requests.entry(key).or_default() += 1;
+            counts.count(key, 1);
             counts.duration.observe(&LATENCY, took);
         });
     }
