@@ -81,6 +81,8 @@ struct Lines {
     bytes: Vec<u8>,
     records: usize,
     clock: Clock,
+    /// Where a JSON line is put together before it is copied to `bytes` (see [`Scratch`]).
+    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for AccessLog {
@@ -182,9 +184,10 @@ impl Pending {
             bytes,
             records,
             clock,
+            scratch,
         } = &mut *lines;
         match self.format {
-            Format::Json => json(record, clock, bytes),
+            Format::Json => json_line(record, clock, scratch, bytes),
             Format::Combined => combined(record, bytes),
         }
         bytes.push(b'\n');
@@ -277,7 +280,7 @@ struct Clock {
 }
 
 impl Clock {
-    fn write(&mut self, time: SystemTime, out: &mut Vec<u8>) {
+    fn write(&mut self, time: SystemTime, out: &mut impl Sink) {
         let since = time
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
@@ -287,37 +290,29 @@ impl Clock {
             self.prefix = humantime::format_rfc3339_seconds(whole).to_string();
             self.prefix.pop(); // the `Z`
         }
-        out.extend_from_slice(self.prefix.as_bytes());
-        out.push(b'.');
+        out.put(self.prefix.as_bytes());
+        out.put(b".");
         write_3_digits(out, since.subsec_millis() as u16);
-        out.push(b'Z');
+        out.put(b"Z");
     }
 }
 
-/// A duration in milliseconds with three decimals, as a JSON number: the microseconds' digits
-/// with a point before the last three.
-fn write_ms(out: &mut Vec<u8>, d: Duration) {
+/// A duration in milliseconds with three decimals, as a JSON number: whole milliseconds, a
+/// point, and the microseconds left as three digits.
+fn write_ms(out: &mut impl Sink, d: Duration) {
     let us = d
         .as_secs()
         .saturating_mul(1_000_000)
         .saturating_add(u64::from(d.subsec_micros()));
     let mut n = itoa::Buffer::new();
-    let digits = n.format(us).as_bytes();
-    if digits.len() > 3 {
-        let (whole, frac) = digits.split_at(digits.len() - 3);
-        out.extend_from_slice(whole);
-        out.push(b'.');
-        out.extend_from_slice(frac);
-    } else {
-        out.extend_from_slice(b"0.000");
-        let at = out.len() - digits.len();
-        out[at..].copy_from_slice(digits);
-    }
+    out.put(n.format(us / 1000).as_bytes());
+    out.put(b".");
+    write_3_digits(out, (us % 1000) as u16);
 }
 
 /// `n` (below 1000) as three digits, zero-padded.
-fn write_3_digits(out: &mut Vec<u8>, n: u16) {
-    out.extend_from_slice(&[
+fn write_3_digits(out: &mut impl Sink, n: u16) {
+    out.put(&[
         b'0' + (n / 100 % 10) as u8,
         b'0' + (n / 10 % 10) as u8,
         b'0' + (n % 10) as u8,
@@ -326,19 +321,23 @@ fn write_3_digits(out: &mut Vec<u8>, n: u16) {
 
 /// The client's address as text: IPv4 digit by digit (the common case, without the
 /// formatting machinery), IPv6 by its `Display`.
-fn write_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+fn write_ip(out: &mut impl Sink, ip: std::net::IpAddr) {
     match ip {
         std::net::IpAddr::V4(v4) => {
             let mut n = itoa::Buffer::new();
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    out.put(b".");
                 }
-                out.extend_from_slice(n.format(octet).as_bytes());
+                out.put(n.format(octet).as_bytes());
             }
         }
         std::net::IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
+            let mut text = [0u8; 48];
+            let mut at = &mut text[..];
+            let _ = write!(at, "{v6}");
+            let left = at.len();
+            out.put(&text[..text.len() - left]);
         }
     }
 }
@@ -361,94 +360,162 @@ fn is_plain(bytes: &[u8]) -> bool {
     const HIGH: u64 = ONES << 7;
     // A byte of `v` is below `n` (for n <= 0x80): the classic "has less" bit trick.
     let below = |v: u64, n: u8| v.wrapping_sub(ONES * u64::from(n)) & !v;
-    let mut chunks = bytes.chunks_exact(8);
-    for chunk in &mut chunks {
+    let plain = |chunk: &[u8]| {
         let v = u64::from_ne_bytes(chunk.try_into().unwrap_or_default());
         let found = below(v, 0x20)
             | below(v ^ (ONES * u64::from(b'"')), 1)
             | below(v ^ (ONES * u64::from(b'\\')), 1)
             | below(v ^ (ONES * 0x7f), 1)
             | v;
-        if found & HIGH != 0 {
-            return false;
+        found & HIGH == 0
+    };
+    if bytes.len() < 8 {
+        return !bytes.iter().any(|&b| NEEDS_ESCAPE[usize::from(b)]);
+    }
+    // Whole chunks, then the last eight bytes (overlapping the last chunk) for the rest.
+    let mut chunks = bytes.chunks_exact(8);
+    chunks.all(plain) && (chunks.remainder().is_empty() || plain(&bytes[bytes.len() - 8..]))
+}
+
+/// Where a JSON line is written: the thread's buffer (escaping as needed), or a [`Scratch`]
+/// line on the fast path.
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+    /// `bytes` as a JSON string, quotes included.
+    fn string(&mut self, bytes: &[u8]);
+
+    fn opt(&mut self, value: Option<&[u8]>) {
+        match value {
+            Some(v) => self.string(v),
+            None => self.put(b"null"),
         }
     }
-    !chunks
-        .remainder()
-        .iter()
-        .any(|&b| NEEDS_ESCAPE[usize::from(b)])
 }
 
-/// `bytes` as a JSON string (invalid UTF-8 replaced), quotes included.
-fn write_str(out: &mut Vec<u8>, bytes: &[u8]) {
-    if is_plain(bytes) {
-        out.push(b'"');
-        out.extend_from_slice(bytes);
-        out.push(b'"');
-    } else {
-        let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(bytes));
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+
+    /// Escaped as needed; invalid UTF-8 replaced.
+    fn string(&mut self, bytes: &[u8]) {
+        if is_plain(bytes) {
+            self.push(b'"');
+            self.extend_from_slice(bytes);
+            self.push(b'"');
+        } else {
+            let _ = serde_json::to_writer(&mut *self, &String::from_utf8_lossy(bytes));
+        }
     }
 }
 
-fn write_opt(out: &mut Vec<u8>, value: Option<&[u8]>) {
-    match value {
-        Some(v) => write_str(out, v),
-        None => out.extend_from_slice(b"null"),
+/// Longest line the fast path writes.
+const LINE: usize = 1024;
+
+/// A line put together in a fixed buffer, its length in a local (no capacity checks against a
+/// vector in memory on every write). A write that does not fit or a string that would need
+/// escaping spoils it: the caller then writes the line again into a [`Vec`].
+struct Scratch<'a> {
+    buf: &'a mut [u8],
+    at: usize,
+    spoiled: bool,
+}
+
+impl Sink for Scratch<'_> {
+    #[inline(always)]
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.at + bytes.len();
+        match self.buf.get_mut(self.at..end) {
+            Some(room) => {
+                room.copy_from_slice(bytes);
+                self.at = end;
+            }
+            None => self.spoiled = true,
+        }
+    }
+
+    #[inline(always)]
+    fn string(&mut self, bytes: &[u8]) {
+        if is_plain(bytes) {
+            self.put(b"\"");
+            self.put(bytes);
+            self.put(b"\"");
+        } else {
+            self.spoiled = true;
+        }
+    }
+}
+
+/// Append `r` as a JSON line to `out`: the fast way first (every string plain and the line
+/// within [`LINE`] bytes, which is every request in practice), else again, escaping.
+fn json_line(r: &Record, clock: &mut Clock, scratch: &mut Vec<u8>, out: &mut Vec<u8>) {
+    if scratch.len() < LINE {
+        scratch.resize(LINE, 0);
+    }
+    let mut line = Scratch {
+        buf: &mut scratch[..LINE],
+        at: 0,
+        spoiled: false,
+    };
+    json(r, clock, &mut line);
+    match line.spoiled {
+        false => out.extend_from_slice(&line.buf[..line.at]),
+        true => json(r, clock, out),
     }
 }
 
 /// One JSON object, written field by field: it runs on the worker for every logged request.
-fn json(r: &Record, clock: &mut Clock, out: &mut Vec<u8>) {
+fn json(r: &Record, clock: &mut Clock, out: &mut impl Sink) {
     let mut n = itoa::Buffer::new();
-    out.extend_from_slice(b"{\"time\":\"");
+    out.put(b"{\"time\":\"");
     clock.write(r.time, out);
     // The request id is the gateway's own hex and a method is an HTTP token: neither needs
     // escaping.
-    out.extend_from_slice(b"\",\"request_id\":\"");
-    out.extend_from_slice(r.request_id.as_bytes());
-    out.extend_from_slice(b"\",\"client\":\"");
+    out.put(b"\",\"request_id\":\"");
+    out.put(r.request_id.as_bytes());
+    out.put(b"\",\"client\":\"");
     write_ip(out, r.client.ip());
-    out.extend_from_slice(b"\",\"method\":\"");
-    out.extend_from_slice(r.method.as_str().as_bytes());
-    out.extend_from_slice(b"\",\"host\":");
-    write_str(out, host(r));
-    out.extend_from_slice(b",\"path\":");
-    write_str(out, path(r).as_bytes());
-    out.extend_from_slice(b",\"protocol\":\"");
-    out.extend_from_slice(protocol(r.protocol).as_bytes());
-    out.extend_from_slice(b"\",\"route\":");
-    write_opt(out, r.route.as_deref().map(str::as_bytes));
-    out.extend_from_slice(b",\"status\":");
-    out.extend_from_slice(n.format(r.status).as_bytes());
-    out.extend_from_slice(b",\"bytes_in\":");
-    out.extend_from_slice(n.format(r.bytes_in).as_bytes());
-    out.extend_from_slice(b",\"bytes_out\":");
-    out.extend_from_slice(n.format(r.bytes_out).as_bytes());
-    out.extend_from_slice(b",\"duration_ms\":");
+    out.put(b"\",\"method\":\"");
+    out.put(r.method.as_str().as_bytes());
+    out.put(b"\",\"host\":");
+    out.string(host(r));
+    out.put(b",\"path\":");
+    out.string(path(r).as_bytes());
+    out.put(b",\"protocol\":\"");
+    out.put(protocol(r.protocol).as_bytes());
+    out.put(b"\",\"route\":");
+    out.opt(r.route.as_deref().map(str::as_bytes));
+    out.put(b",\"status\":");
+    out.put(n.format(r.status).as_bytes());
+    out.put(b",\"bytes_in\":");
+    out.put(n.format(r.bytes_in).as_bytes());
+    out.put(b",\"bytes_out\":");
+    out.put(n.format(r.bytes_out).as_bytes());
+    out.put(b",\"duration_ms\":");
     write_ms(out, r.duration);
-    out.extend_from_slice(b",\"upstream_ms\":");
+    out.put(b",\"upstream_ms\":");
     write_ms(out, r.upstream);
-    out.extend_from_slice(b",\"filters_ms\":");
+    out.put(b",\"filters_ms\":");
     write_ms(out, r.filters);
-    out.extend_from_slice(b",\"upstream\":");
-    write_opt(out, r.endpoint.as_deref().map(str::as_bytes));
-    out.extend_from_slice(b",\"user_agent\":");
-    write_opt(out, r.user_agent.as_ref().map(HeaderValue::as_bytes));
-    out.extend_from_slice(b",\"referer\":");
-    write_opt(out, r.referer.as_ref().map(HeaderValue::as_bytes));
+    out.put(b",\"upstream\":");
+    out.opt(r.endpoint.as_deref().map(str::as_bytes));
+    out.put(b",\"user_agent\":");
+    out.opt(r.user_agent.as_ref().map(HeaderValue::as_bytes));
+    out.put(b",\"referer\":");
+    out.opt(r.referer.as_ref().map(HeaderValue::as_bytes));
     if !r.fields.is_empty() {
-        out.extend_from_slice(b",\"fields\":{");
+        out.put(b",\"fields\":{");
         for (i, (name, value)) in r.fields.iter().enumerate() {
             if i > 0 {
-                out.push(b',');
+                out.put(b",");
             }
-            write_str(out, name.as_bytes());
-            out.push(b':');
-            write_str(out, value.as_bytes());
+            out.string(name.as_bytes());
+            out.put(b":");
+            out.string(value.as_bytes());
         }
-        out.push(b'}');
+        out.put(b"}");
     }
-    out.push(b'}');
+    out.put(b"}");
 }
 
 /// `client - - [30/Nov/2026:04:02:03 +0000] "GET /path HTTP/1.1" 200 512 "referer" "agent"`
@@ -523,7 +590,7 @@ mod tests {
     fn json_lines_parse_back_to_the_record() {
         let r = record();
         let mut line = Vec::new();
-        json(&r, &mut Clock::default(), &mut line);
+        json_line(&r, &mut Clock::default(), &mut Vec::new(), &mut line);
         let v: serde_json::Value = serde_json::from_slice(&line).expect("valid JSON");
         assert_eq!(v["time"], "2025-11-30T04:02:03.045Z");
         assert_eq!(v["client"], "::1");
@@ -541,19 +608,60 @@ mod tests {
         assert_eq!(v["fields"]["user"], "ann\n");
     }
 
+    /// The fast way (a fixed line, no escapes) writes exactly what the escaping way does, and
+    /// gives way to it for a string that needs escaping or a line that does not fit.
+    #[test]
+    fn fast_and_escaping_lines_agree() {
+        let plain = Record {
+            uri: "/plain/path?q=1".parse().unwrap(),
+            client: "192.168.10.200:40000".parse().unwrap(),
+            user_agent: Some(HeaderValue::from_static("curl/8.5.0")),
+            endpoint: Some(Arc::from("http://127.0.0.1:8080/")),
+            fields: vec![("user".into(), "ann".into())],
+            duration: Duration::from_micros(7),
+            ..record()
+        };
+        let long = Record {
+            uri: format!("/{}", "a".repeat(2 * LINE)).parse().unwrap(),
+            ..plain.clone()
+        };
+        for r in [plain, long, record()] {
+            let mut fast = Vec::new();
+            json_line(&r, &mut Clock::default(), &mut Vec::new(), &mut fast);
+            let mut slow = Vec::new();
+            json(&r, &mut Clock::default(), &mut slow);
+            assert_eq!(
+                String::from_utf8_lossy(&fast),
+                String::from_utf8_lossy(&slow)
+            );
+            let v: serde_json::Value = serde_json::from_slice(&fast).expect("valid JSON");
+            assert_eq!(v["path"], r.uri.path_and_query().unwrap().as_str());
+        }
+        let mut line = Vec::new();
+        let r = Record {
+            duration: Duration::from_micros(7),
+            ..record()
+        };
+        json_line(&r, &mut Clock::default(), &mut Vec::new(), &mut line);
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["duration_ms"], 0.007);
+    }
+
     /// The eight-at-a-time check agrees with the byte table for every byte in every position
     /// (both in a whole chunk and in the remainder), and an IPv4 client is written as usual.
     #[test]
     fn plain_check_agrees_with_the_table() {
         for b in 0..=255u8 {
-            for at in 0..13 {
-                let mut bytes = *b"abcdefghijklm";
-                bytes[at] = b;
-                assert_eq!(
-                    is_plain(&bytes),
-                    !NEEDS_ESCAPE[usize::from(b)],
-                    "byte {b:#x} at {at}"
-                );
+            for len in [5, 8, 13, 16] {
+                for at in 0..len {
+                    let mut bytes = *b"abcdefghijklmnop";
+                    bytes[at] = b;
+                    assert_eq!(
+                        is_plain(&bytes[..len]),
+                        !NEEDS_ESCAPE[usize::from(b)],
+                        "byte {b:#x} at {at} of {len}"
+                    );
+                }
             }
         }
         let mut out = Vec::new();
