@@ -25,7 +25,9 @@ RELEASE = ROOT / "target" / "release"
 FILTERS = ROOT / "target" / "wasm32-wasip2" / "filter"
 DURATION = int(os.environ.get("DURATION", "10"))
 RATE = int(os.environ.get("RATE", "5000"))
-OBS_ROUNDS = int(os.environ.get("OBS_ROUNDS", "6"))
+OBS_ROUNDS = int(os.environ.get("OBS_ROUNDS", "3"))
+OBS_SLICES = int(os.environ.get("OBS_SLICES", "10"))
+OBS_SLICE = 2
 CONNECTIONS = 32
 JWT_SECRET = b"bench-secret-0123456789abcdef0123"  # as in bench/gateway.toml
 
@@ -83,8 +85,8 @@ def ms(text):
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def wrk(url, connections=CONNECTIONS, body_file=None, headers=()):
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{DURATION}s", "--latency", "--timeout", "5s"]
+def wrk(url, connections=CONNECTIONS, body_file=None, headers=(), duration=DURATION):
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s"]
     for h in headers:
         cmd += ["-H", h]
     env = dict(os.environ)
@@ -138,8 +140,8 @@ def make_certificate(work):
         check=True, capture_output=True)
 
 
-def fixed_rate(url, body_file=None, headers=()):
-    cmd = [str(RELEASE / "bench-load"), url, f"--rate={RATE}", f"--duration={DURATION}"]
+def fixed_rate(url, body_file=None, headers=(), rate=RATE):
+    cmd = [str(RELEASE / "bench-load"), url, f"--rate={rate}", f"--duration={DURATION}"]
     cmd += [f"--connections={CONNECTIONS}"]
     for h in headers:
         cmd += ["-H", h]
@@ -264,10 +266,20 @@ def run(work, procs):
             pass
         return 0
 
+    auth = [f"Authorization: Bearer {jwt()}"]
+    if "--isolation" in sys.argv[1:]:
+        lines, _ = isolation(work, upstream, procs)
+        print("\n".join(lines))
+        return 0
+    if "--observability" in sys.argv[1:]:
+        # That section alone (printed, RESULTS.md untouched): for work on its cost.
+        lines, _ = observability(work, gw_port, gw_tls, auth, procs)
+        print("\n".join(lines))
+        return 0
+
     body16k, body1m = work / "16k.json", work / "1m.json"
     body16k.write_bytes(json_body(16 << 10))
     body1m.write_bytes(json_body(1 << 20))
-    auth = [f"Authorization: Bearer {jwt()}"]
 
     direct = f"http://{upstream}"
     ng = f"http://127.0.0.1:{nginx_port}"
@@ -332,63 +344,8 @@ def run(work, procs):
     gw_rss_end = rss_kib([gw.pid])
     nginx_rss_end = rss_kib(nginx_pids(nginx.pid))
 
-    # Observability on against off: as shipped (metrics on, access log to stdout, which is
-    # /dev/null here), logging to a file, and both off. Every round starts the three gateways
-    # afresh (a long-lived process keeps whatever placement it got, which moved one variant by
-    # more than the few per cent measured here), warms each up, and measures them in an order
-    # that rotates from round to round; the table shows medians over the rounds.
-    base = (work / "gateway.toml").read_text()
-    obs_variants = [
-        ("on (as shipped)", ""),
-        ("on, access log to a file", f'[access_log]\npath = "{work / "access.log"}"\n'),
-        ("off", "[access_log]\nenabled = false\n[metrics]\nenabled = false\n"),
-    ]
-
-    def start_variant(index, label, extra):
-        for attempt in range(3):
-            # A port found free may be taken by an outgoing connection before the gateway
-            # binds it; then try other ports.
-            port, tls_port = free_ports(2)
-            config = work / f"gateway-{index}.toml"
-            # The quoted values only (the template's header comment names the ports too).
-            text = base.replace(f'"127.0.0.1:{gw_port}"', f'"127.0.0.1:{port}"')
-            text = text.replace(f'"127.0.0.1:{gw_tls}"', f'"127.0.0.1:{tls_port}"')
-            config.write_text(text + "\n" + extra)
-            proc = subprocess.Popen(
-                [str(RELEASE / "wasmgate"), "serve", "--config", str(config)],
-                env={**os.environ, "RUST_LOG": "warn"},
-                stdout=subprocess.DEVNULL,
-            )
-            procs.append(proc)
-            try:
-                wait_for(port, f"wasmgate ({label})", proc)
-                return proc, port
-            except SystemExit:
-                if attempt == 2:
-                    raise
-
-    observability = {}
-    for round_ in range(OBS_ROUNDS):
-        running = [
-            (label, *start_variant(i, label, extra)) for i, (label, extra) in enumerate(obs_variants)
-        ]
-        for _, _, port in running:
-            for route in ["plain", "headers"]:
-                subprocess.run(
-                    ["wrk", "-t1", f"-c{CONNECTIONS}", "-d2s", f"http://127.0.0.1:{port}/{route}/"],
-                    capture_output=True, check=True,
-                )
-        order = running[round_ % 3:] + running[:round_ % 3]
-        for route in ["plain", "headers"]:
-            for label, proc, port in order:
-                print(f"observability: /{route}/, {label}, round {round_ + 1}", file=sys.stderr)
-                before = cpu_seconds(proc.pid)
-                r = wrk(f"http://127.0.0.1:{port}/{route}/", headers=auth)
-                r["cpu_us"] = (cpu_seconds(proc.pid) - before) * 1e6 / max(r["requests"], 1)
-                observability.setdefault((route, label), []).append(r)
-        for _, proc, _ in running:
-            proc.terminate()
-            proc.wait()
+    obs_lines, obs_failed = observability(work, gw_port, gw_tls, auth, procs)
+    iso_lines, iso_failed = isolation(work, upstream, procs)
 
     lines = [
         "# Benchmark results",
@@ -483,41 +440,217 @@ def run(work, procs):
             f"| {label} | {n['rps']:,.0f} | {n['p99']:.2f} | {w['rps']:,.0f} | "
             f"{ratio(w['rps'], n['rps'])} | {w['p99']:.2f} |"
         )
-    lines += [
-        "",
-        "## Observability on against off",
-        "",
-        f"Three gateways with the same config, started afresh and warmed up in each of {OBS_ROUNDS} "
-        f"rounds, then `wrk -t1 -c{CONNECTIONS} -d{DURATION}s` on each in an order that rotates "
-        "by round: as shipped (metrics on, access log on to stdout, here /dev/null), access log to "
-        "a file on this machine's disk, and both off (`[metrics] enabled = false`, `[access_log] "
-        "enabled = false`). req/s, CPU and p99 are medians over the rounds; \"vs off\" is the "
-        "median of each round's ratio to that round's off. CPU is the gateway process's user + "
-        "system time per request over the run.",
-        "",
-        "| route | variant | req/s | vs off | CPU µs/request | p99 ms |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
-    for route in ["plain", "headers"]:
-        offs = [r["rps"] for r in observability[(route, "off")]]
-        for label, _ in obs_variants:
-            runs = observability[(route, label)]
-            rps = median([r["rps"] for r in runs])
-            paired = median([r["rps"] / off for r, off in zip(runs, offs)])
-            lines.append(
-                f"| /{route}/ | {label} | {rps:,.0f} | {paired:.3f}x | "
-                f"{median([r['cpu_us'] for r in runs]):.1f} | "
-                f"{median([r['p99'] for r in runs]):.2f} |"
-            )
+    lines += obs_lines
+    lines += iso_lines
     failed = sum(r["failed"] + r["fixed"]["failed"] for r in results.values())
     failed += sum(r["failed"] for _, row in scaling_conns + scaling_body for r in row.values())
     failed += sum(n["failed"] + w["failed"] for _, n, w in protocol_results)
-    failed += sum(r["failed"] for runs in observability.values() for r in runs)
+    failed += obs_failed + iso_failed
     lines += ["", f"Failed requests over the whole run: {failed}.", ""]
     text = "\n".join(lines)
     (BENCH / "RESULTS.md").write_text(text)
     print(text)
     return 0
+
+
+ISOLATION_RATE = int(os.environ.get("ISOLATION_RATE", RATE))
+ISOLATION_ROUNDS = int(os.environ.get("ISOLATION_ROUNDS", "3"))
+RUNAWAYS = os.environ.get("RUNAWAYS", "loop,alloc,stack,panic").split(",")
+
+
+def isolation(work, upstream, procs):
+    """Time isolation: a healthy route's latency at a fixed rate while one client per kind of
+    runaway filter (looping, exhausting its memory, overflowing its stack, panicking) sends
+    request after request, against the same clients sending to paths no route matches.
+    Returns the table's lines and the failed healthy requests."""
+    filters = work / "filters-isolation"
+    filters.mkdir(exist_ok=True)
+    shutil.copy(FILTERS / "fail.wasm", filters / "fail.wasm")
+    (port,) = free_ports(1)
+    routes = "".join(
+        f'\n[[routes]]\nname = "{mode}"\nprefix = "/{mode}"\nservice = "app"\n'
+        f'[[routes.filters]]\nname = "fail"\nconfig = {{ mode = "{mode}" }}\n'
+        for mode in RUNAWAYS
+    )
+    config = work / "gateway-isolation.toml"
+    config.write_text(
+        f'listen = "127.0.0.1:{port}"\nfilters_dir = "{filters}"\n[admin]\nenabled = false\n'
+        f'[server]\nmax_connections = 10000\n[services.app]\nupstreams = ["http://{upstream}"]\n'
+        '\n[[routes]]\nname = "plain"\nprefix = "/plain"\nservice = "app"\n' + routes
+    )
+    base = f"http://127.0.0.1:{port}"
+    conditions = [("flood of unmatched paths", "/unmatched-"), ("runaway filters", "/")]
+    # condition -> per round: healthy results, flood requests
+    rounds = {label: [] for label, _ in conditions}
+    for round_ in range(ISOLATION_ROUNDS):
+        # A fresh gateway each round: every breaker starts closed, as on a first attack.
+        gw = subprocess.Popen(
+            [str(RELEASE / "wasmgate"), "serve", "--config", str(config)],
+            env={**os.environ, "RUST_LOG": "error"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        procs.append(gw)
+        wait_for(port, "wasmgate (isolation)", gw)
+        for label, prefix in conditions:
+            print(f"isolation: healthy route under {label}, round {round_ + 1}", file=sys.stderr)
+            flood = [
+                subprocess.Popen(
+                    ["wrk", "-t1", "-c1", f"-d{DURATION + 2}s", "--timeout", "5s",
+                     f"{base}{prefix}{mode}/"],
+                    stdout=subprocess.PIPE, text=True,
+                )
+                for mode in RUNAWAYS
+            ]
+            time.sleep(1)
+            healthy = fixed_rate(f"{base}/plain/", rate=ISOLATION_RATE)
+            sent = 0
+            for f in flood:
+                out = f.communicate()[0]
+                found = re.search(r"(\d+) requests in", out)
+                sent += int(found.group(1)) if found else 0
+            rounds[label].append((healthy, sent))
+        gw.terminate()
+        gw.wait()
+    lines = [
+        "",
+        "## Time isolation",
+        "",
+        f"A gateway with a healthy route (`/plain/`, no filter) and one route per runaway "
+        f"filter (the `fail` test filter: {', '.join(RUNAWAYS)}; default limits: 100 ms "
+        "deadline, 32 MiB memory). The healthy route gets `bench-load` at "
+        f"{ISOLATION_RATE} req/s for {DURATION} s while {len(RUNAWAYS)} clients (`wrk -t1 -c1`, "
+        "one per kind) send request after request: first to paths no route matches, then to "
+        f"the runaway routes. {ISOLATION_ROUNDS} rounds, each on a freshly started gateway (every "
+        "breaker closed); p50 and p99 are medians over the rounds, and the ratio is the "
+        "median p99 under runaways against the median p99 under the unmatched flood, each "
+        "round's ratio beside it.",
+        "",
+        "| healthy route under | p50 ms | p99 ms | p99 vs unmatched flood | rounds | "
+        "flood requests | healthy failed |",
+        "|---|---:|---:|---:|---|---:|---:|",
+    ]
+    quiet = rounds[conditions[0][0]]
+    quiet_p99 = median([r["p99"] for r, _ in quiet])
+    failed = 0
+    for label, _ in conditions:
+        runs = rounds[label]
+        p99 = median([r["p99"] for r, _ in runs])
+        each = [r["p99"] / q["p99"] for (r, _), (q, _) in zip(runs, quiet)]
+        failed += sum(r["failed"] for r, _ in runs)
+        lines.append(
+            f"| {label} | {median([r['p50'] for r, _ in runs]):.2f} | {p99:.2f} | "
+            f"{p99 / quiet_p99:.2f}x | {', '.join(f'{x:.2f}' for x in each)} | "
+            f"{sum(n for _, n in runs):,} | {sum(r['failed'] for r, _ in runs)} |"
+        )
+    return lines, failed
+
+
+def observability(work, gw_port, gw_tls, auth, procs):
+    """Observability on against off: as shipped (metrics on, access log to stdout, which is
+    /dev/null here), logging to a file, and both off. Each round starts the three gateways
+    afresh (a long-lived process keeps whatever placement it got, which moved one variant by
+    more than the few per cent measured here) and warms them up; then, per route, it runs
+    short `wrk` slices on each in turn, the order rotating, so that a drift in the machine's
+    speed falls on all three alike. A round's ratio is its requests against off's; the table
+    gives the median over rounds and every round's ratio. Returns the table's lines and the
+    failed requests."""
+    base = (work / "gateway.toml").read_text()
+    variants = [
+        ("on (as shipped)", ""),
+        ("on, access log to a file", f'[access_log]\npath = "{work / "access.log"}"\n'),
+        ("off", "[access_log]\nenabled = false\n[metrics]\nenabled = false\n"),
+    ]
+
+    def start(index, label, extra):
+        for attempt in range(3):
+            # A port found free may be taken by an outgoing connection before the gateway
+            # binds it; then try other ports.
+            port, tls_port = free_ports(2)
+            config = work / f"gateway-{index}.toml"
+            # The quoted values only (the template's header comment names the ports too).
+            text = base.replace(f'"127.0.0.1:{gw_port}"', f'"127.0.0.1:{port}"')
+            text = text.replace(f'"127.0.0.1:{gw_tls}"', f'"127.0.0.1:{tls_port}"')
+            config.write_text(text + "\n" + extra)
+            proc = subprocess.Popen(
+                [str(RELEASE / "wasmgate"), "serve", "--config", str(config)],
+                env={**os.environ, "RUST_LOG": "warn"},
+                stdout=subprocess.DEVNULL,
+            )
+            procs.append(proc)
+            try:
+                wait_for(port, f"wasmgate ({label})", proc)
+                return proc, port
+            except SystemExit:
+                if attempt == 2:
+                    raise
+
+    # (route, label) -> per round: requests, seconds, CPU seconds, p99s, failed
+    rounds = {}
+    for round_ in range(OBS_ROUNDS):
+        running = [(label, *start(i, label, extra)) for i, (label, extra) in enumerate(variants)]
+        for _, _, port in running:
+            for route in ["plain", "headers"]:
+                subprocess.run(
+                    ["wrk", "-t1", f"-c{CONNECTIONS}", "-d2s", f"http://127.0.0.1:{port}/{route}/"],
+                    capture_output=True, check=True,
+                )
+        for route in ["plain", "headers"]:
+            print(f"observability: /{route}/, round {round_ + 1}", file=sys.stderr)
+            totals = {label: {"requests": 0, "cpu": 0.0, "p99": [], "failed": 0}
+                      for label, _ in variants}
+            for slice_ in range(OBS_SLICES):
+                turn = (round_ + slice_) % 3
+                for label, proc, port in running[turn:] + running[:turn]:
+                    before = cpu_seconds(proc.pid)
+                    r = wrk(f"http://127.0.0.1:{port}/{route}/", headers=auth,
+                            duration=OBS_SLICE)
+                    t = totals[label]
+                    t["cpu"] += cpu_seconds(proc.pid) - before
+                    t["requests"] += r["requests"]
+                    t["p99"].append(r["p99"])
+                    t["failed"] += r["failed"]
+            for label, t in totals.items():
+                rounds.setdefault((route, label), []).append(t)
+        for _, proc, _ in running:
+            proc.terminate()
+            proc.wait()
+
+    seconds = OBS_SLICES * OBS_SLICE
+    lines = [
+        "",
+        "## Observability on against off",
+        "",
+        f"Three gateways with the same config: as shipped (metrics on, access log on to stdout, "
+        "here /dev/null), access log to a file on this machine's disk, and both off (`[metrics] "
+        f"enabled = false`, `[access_log] enabled = false`). In each of {OBS_ROUNDS} rounds they "
+        f"are started afresh and warmed up, then each route gets {OBS_SLICES} slices of "
+        f"`wrk -t1 -c{CONNECTIONS} -d{OBS_SLICE}s` on each gateway in turn, the order rotating "
+        "from slice to slice, so that a drift in the machine's speed falls on all three alike. "
+        "A round's ratio is that variant's requests against off's in the same round; \"vs off\" "
+        "is the median over the rounds, each round's ratio beside it. req/s is over all "
+        "slices; CPU is the gateway process's user + system time per request; p99 is the "
+        "median of the slices'.",
+        "",
+        "| route | variant | req/s | vs off | rounds | CPU µs/request | p99 ms |",
+        "|---|---|---:|---:|---|---:|---:|",
+    ]
+    failed = 0
+    for route in ["plain", "headers"]:
+        offs = rounds[(route, "off")]
+        for label, _ in variants:
+            runs = rounds[(route, label)]
+            ratios = [r["requests"] / off["requests"] for r, off in zip(runs, offs)]
+            requests = sum(r["requests"] for r in runs)
+            cpu_us = sum(r["cpu"] for r in runs) * 1e6 / max(requests, 1)
+            p99 = median([p for r in runs for p in r["p99"]])
+            failed += sum(r["failed"] for r in runs)
+            lines.append(
+                f"| /{route}/ | {label} | {requests / (seconds * len(runs)):,.0f} | "
+                f"{median(ratios):.3f}x | {', '.join(f'{x:.3f}' for x in ratios)} | "
+                f"{cpu_us:.1f} | {p99:.2f} |"
+            )
+    return lines, failed
 
 
 def median(values):

@@ -25,7 +25,7 @@ if command -v rustup >/dev/null; then
     rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
 fi
 cargo build --release --locked -p wasmgate -p wasmgate-bench
-cargo build --locked --profile filter --target wasm32-wasip2 -p headers -p auth-jwt -p transform -p rate-limit -p cache
+cargo build --locked --profile filter --target wasm32-wasip2 -p headers -p auth-jwt -p transform -p rate-limit -p cache -p fail
 
 # wrk at 1024 connections needs more descriptors than the usual soft limit.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || ulimit -n 65536 2>/dev/null || true

@@ -3,6 +3,7 @@
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
@@ -29,10 +30,26 @@ fn speaks(version: &str) -> bool {
 /// The WIT package's name, before its `@version`.
 const WIT_PACKAGE: &str = "wasmgate:filter";
 
-/// How often the epoch advances; deadlines are checked at this granularity.
-/// A looping filter yields to other tasks at each tick, so the tick bounds how long it can
-/// keep a worker thread from other requests.
+/// How often the epoch advances while no filter call runs long; deadlines are checked at this
+/// granularity. A call shorter than a tick never stops to check.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// How often the epoch advances while some filter call has run past a tick (a runaway looping
+/// to its deadline): such a call yields to its worker's other requests at every tick, so this
+/// bounds how long it keeps them waiting. Only then: each tick wakes a thread, which costs
+/// CPU.
+pub const BUSY_EPOCH_TICK: Duration = Duration::from_micros(250);
+
+/// Set by a filter call that reached an epoch check (it has run past a tick); the ticker then
+/// ticks at [`BUSY_EPOCH_TICK`] until no call has for a few ticks.
+static LONG_CALL: AtomicBool = AtomicBool::new(false);
+
+/// A call has run past a tick: tick faster (see [`BUSY_EPOCH_TICK`]).
+pub(crate) fn long_call() {
+    if !LONG_CALL.load(Ordering::Relaxed) {
+        LONG_CALL.store(true, Ordering::Relaxed);
+    }
+}
 
 /// Most memory any filter may be granted; sizes the pooling allocator's slots.
 pub const MAX_MEMORY_BYTES: usize = 256 << 20;
@@ -89,10 +106,19 @@ impl Sandbox {
         std::thread::Builder::new()
             .name("wasmgate-epoch".into())
             .spawn(move || {
+                // Fast ticks since a long call was last seen.
+                let mut quiet = u32::MAX;
                 while let Some(engine) = weak.upgrade() {
                     engine.increment_epoch();
                     drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
+                    quiet = match LONG_CALL.swap(false, Ordering::Relaxed) {
+                        true => 0,
+                        false => quiet.saturating_add(1),
+                    };
+                    std::thread::sleep(match quiet < 8 {
+                        true => BUSY_EPOCH_TICK,
+                        false => EPOCH_TICK,
+                    });
                 }
             })
             .context("starting the epoch thread")?;

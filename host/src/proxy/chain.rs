@@ -22,7 +22,7 @@ use super::{Exchange, PhaseSpan};
 use crate::config::FailurePolicy;
 use crate::metrics::FilterFailureLabels;
 use crate::route::Params;
-use crate::snapshot::{Binding, COOL_DOWN, ChainEntry, Route, Ticket};
+use crate::snapshot::{Binding, ChainEntry, Route, Ticket};
 use crate::upstream::{Body, BoxError, strip_hop_by_hop};
 
 /// One request's run through its route's chain.
@@ -287,12 +287,12 @@ impl<'a> Chain<'a> {
                 kind: err.kind(),
             })
             .inc();
-        if ticket.report(counts) {
+        if let Some(cool_down) = ticket.report(counts) {
             tracing::error!(
                 filter = %filter.name,
                 version = %filter.short_hash(),
                 route = %self.route.config.name,
-                "filter keeps failing; not running it for {COOL_DOWN:?}"
+                "filter keeps failing; not running it for {cool_down:?}"
             );
         }
         tracing::warn!(

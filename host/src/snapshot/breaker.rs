@@ -13,8 +13,12 @@ use std::time::{Duration, Instant};
 
 /// Consecutive failed requests that open the breaker.
 pub const TRIP_AFTER: u32 = 5;
-/// How long an open breaker fails requests before letting one probe through.
+/// How long an open breaker fails requests before letting one probe through; each probe that
+/// fails doubles it, up to [`MAX_COOL_DOWN`], so that a filter that stays broken (one that
+/// loops to its deadline on every request) gets less and less of the workers' time.
 pub const COOL_DOWN: Duration = Duration::from_secs(1);
+/// The longest cool-down.
+pub const MAX_COOL_DOWN: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 pub struct Breaker {
@@ -25,6 +29,8 @@ pub struct Breaker {
 struct State {
     consecutive: u32,
     open_until: Option<Instant>,
+    /// The cool-down the next opening lasts.
+    cool_down: Option<Duration>,
     probing: bool,
 }
 
@@ -68,8 +74,8 @@ impl Breaker {
 }
 
 impl Ticket<'_> {
-    /// Report the request's outcome; true when this failure opened the breaker.
-    pub fn report(mut self, failed: bool) -> bool {
+    /// Report the request's outcome; when this failure opened the breaker, for how long.
+    pub fn report(mut self, failed: bool) -> Option<Duration> {
         self.reported = true;
         let mut s = self.breaker.state();
         if self.probe {
@@ -78,15 +84,19 @@ impl Ticket<'_> {
         if !failed {
             s.consecutive = 0;
             s.open_until = None;
-            return false;
+            s.cool_down = None;
+            return None;
         }
         s.consecutive += 1;
-        if s.consecutive >= TRIP_AFTER {
-            let was_closed = s.open_until.is_none();
-            s.open_until = Some(Instant::now() + COOL_DOWN);
-            return was_closed;
+        if s.consecutive < TRIP_AFTER || (s.open_until.is_some() && !self.probe) {
+            // Not yet; or a request admitted before the breaker opened, ending now.
+            return None;
         }
-        false
+        let cool_down = s.cool_down.unwrap_or(COOL_DOWN);
+        s.cool_down = Some((cool_down * 2).min(MAX_COOL_DOWN));
+        let was_closed = s.open_until.is_none();
+        s.open_until = Some(Instant::now() + cool_down);
+        was_closed.then_some(cool_down)
     }
 }
 
@@ -106,10 +116,11 @@ mod tests {
     fn opens_after_consecutive_failures_and_probes_after_cool_down() {
         let b = Breaker::default();
         for _ in 0..TRIP_AFTER - 1 {
-            assert!(!b.admit().unwrap().report(true));
+            assert_eq!(b.admit().unwrap().report(true), None);
         }
-        assert!(
+        assert_eq!(
             b.admit().unwrap().report(true),
+            Some(COOL_DOWN),
             "the fifth failure opens it"
         );
         assert!(b.admit().is_none());
@@ -118,6 +129,35 @@ mod tests {
         assert!(b.admit().is_none(), "only one");
         probe.report(false);
         assert!(b.admit().is_some(), "a good probe closes it");
+    }
+
+    /// Each failed probe doubles the cool-down, up to the longest; a good probe starts over.
+    #[test]
+    fn failed_probes_double_the_cool_down() {
+        let b = Breaker::default();
+        for _ in 0..TRIP_AFTER {
+            let _ = b.admit().unwrap().report(true);
+        }
+        let mut expected = COOL_DOWN;
+        for _ in 0..8 {
+            let opened = b.state().open_until.expect("open");
+            b.state().open_until = Some(Instant::now());
+            let probe = b.admit().expect("a probe");
+            let before = Instant::now();
+            assert_eq!(probe.report(true), None, "it was open already");
+            expected = (expected * 2).min(MAX_COOL_DOWN);
+            let until = b.state().open_until.expect("open again");
+            assert!(until >= before + expected, "{expected:?}");
+            assert!(until <= Instant::now() + expected, "{expected:?}");
+            assert!(opened <= until);
+        }
+        assert_eq!(expected, MAX_COOL_DOWN);
+        b.state().open_until = Some(Instant::now());
+        b.admit().expect("a probe").report(false);
+        for _ in 0..TRIP_AFTER - 1 {
+            let _ = b.admit().unwrap().report(true);
+        }
+        assert_eq!(b.admit().unwrap().report(true), Some(COOL_DOWN));
     }
 
     #[test]
