@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use wasmgate_tests::{Filter, GatewayConfig, Route, TestGateway, Upstream};
 
+/// Held by the tests that keep the machine's cores busy with runaway filters, so that the one
+/// that times requests beside a loop does not also time the others' floods.
+static BUSY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A route `/{name}` to `svc` through `filter`.
 fn route(name: &str, filter: Filter) -> Route {
     Route::prefix(name, &format!("/{name}"))
@@ -40,6 +44,7 @@ async fn gateway(up: &Upstream) -> TestGateway {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_misbehaviour_fails_its_request_cleanly_or_fails_open() {
+    let _busy = BUSY.lock().await;
     let up = Upstream::start("svc").await;
     let gw = gateway(&up).await;
     for mode in ["loop", "alloc", "panic", "stack", "huge", "error"] {
@@ -79,6 +84,7 @@ async fn each_misbehaviour_fails_its_request_cleanly_or_fails_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_runaway_requests_do_not_stall_a_healthy_route() {
+    let _busy = BUSY.lock().await;
     let up = Upstream::start("svc").await;
     let gw = Arc::new(gateway(&up).await);
     for _ in 0..5 {
@@ -126,6 +132,88 @@ async fn twenty_runaway_requests_do_not_stall_a_healthy_route() {
     assert!(
         max < Duration::from_millis(500),
         "healthy latency went to {max:?}"
+    );
+}
+
+/// While one call loops toward its deadline, the worker running it keeps serving its other
+/// connections: the guest yields to them every few hundred microseconds, and only after the
+/// worker has looked for new I/O. (With wasmtime's plain yield, a worker whose only ready task
+/// was the loop looked for I/O every 61 polls: its connections waited 120 ms per step.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looping_call_does_not_hold_its_worker() {
+    let _busy = BUSY.lock().await;
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+
+    let up = Upstream::start("svc").await;
+    let gw = Arc::new(
+        GatewayConfig::new()
+            .service("svc", &[up.url()])
+            .route(route(
+                "loop",
+                fail("loop").limits(json!({"deadline": "1s"})),
+            ))
+            .route(Route::prefix("ok", "/ok").service("svc"))
+            .start()
+            .await,
+    );
+    // Keep-alive connections opened together while both workers are idle, so both workers
+    // hold some; the loop then ties up one of them.
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        let addr = gw.running.addr;
+        conns.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            send
+        }));
+    }
+    let mut senders = Vec::new();
+    for c in conns {
+        senders.push(c.await.unwrap());
+    }
+    let get = |send: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>| {
+        let req = http::Request::get("/ok")
+            .header("host", "t")
+            .body(Empty::new())
+            .unwrap();
+        let sent = send.send_request(req);
+        async move {
+            let started = Instant::now();
+            let resp = sent.await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.into_body().collect().await.unwrap();
+            started.elapsed()
+        }
+    };
+    for send in &mut senders {
+        get(send).await;
+    }
+
+    let looping = {
+        let gw = gw.clone();
+        tokio::spawn(async move { gw.get("/loop").await.status })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..3 {
+        for send in &mut senders {
+            slowest = slowest.max(get(send).await);
+        }
+    }
+    assert!(!looping.is_finished(), "the loop ran the whole time");
+    assert!(
+        slowest < Duration::from_millis(20),
+        "a request beside the loop took {slowest:?}"
+    );
+    assert_eq!(
+        looping.await.unwrap(),
+        500,
+        "the loop was cut at its deadline"
     );
 }
 
