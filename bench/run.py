@@ -57,6 +57,20 @@ def wait_for(port, what, proc):
     sys.exit(f"{what} did not start listening on {port}")
 
 
+def start_wasmgate(config, port, label, procs, log="warn"):
+    """Start `wasmgate serve --config config`, stdout (its access log) to /dev/null, and wait
+    for `port`; with `log` other than "warn", its stderr goes to /dev/null too."""
+    proc = subprocess.Popen(
+        [str(RELEASE / "wasmgate"), "serve", "--config", str(config)],
+        env={**os.environ, "RUST_LOG": log},
+        stdout=subprocess.DEVNULL,
+        stderr=None if log == "warn" else subprocess.DEVNULL,
+    )
+    procs.append(proc)
+    wait_for(port, label, proc)
+    return proc
+
+
 def jwt():
     def b64(data):
         return base64.urlsafe_b64encode(data).rstrip(b"=")
@@ -222,14 +236,10 @@ def run(work, procs):
     )
     procs.append(nginx)
     wait_for(nginx_port, "nginx", nginx)
-    gw = subprocess.Popen(
-        [str(RELEASE / "wasmgate"), "serve", "--config",
-         str(template("gateway.toml", f"127.0.0.1:{gw_port}", f"127.0.0.1:{gw_tls}"))],
-        env={**os.environ, "RUST_LOG": "warn"},
-        stdout=subprocess.DEVNULL,
+    gw = start_wasmgate(
+        template("gateway.toml", f"127.0.0.1:{gw_port}", f"127.0.0.1:{gw_tls}"), gw_port,
+        "wasmgate", procs,
     )
-    procs.append(gw)
-    wait_for(gw_port, "wasmgate", gw)
     # A second gateway, its filters' state in Redis (rate-limit scenario only).
     redis = subprocess.Popen(
         ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
@@ -245,13 +255,7 @@ def run(work, procs):
         .replace(f'"127.0.0.1:{gw_tls}"', f'"127.0.0.1:{gwr_tls}"')
         + f'\n[state]\nbackend = "redis"\nurl = "redis://127.0.0.1:{redis_port}"\n'
     )
-    gwr = subprocess.Popen(
-        [str(RELEASE / "wasmgate"), "serve", "--config", str(gwr_config)],
-        env={**os.environ, "RUST_LOG": "warn"},
-        stdout=subprocess.DEVNULL,
-    )
-    procs.append(gwr)
-    wait_for(gwr_port, "wasmgate (redis state)", gwr)
+    start_wasmgate(gwr_config, gwr_port, "wasmgate (redis state)", procs)
 
     if "--serve" in sys.argv[1:]:
         # For profiling: keep the three servers up until interrupted.
@@ -484,14 +488,8 @@ def isolation(work, upstream, procs):
     rounds = {label: [] for label, _ in conditions}
     for round_ in range(ISOLATION_ROUNDS):
         # A fresh gateway each round: every breaker starts closed, as on a first attack.
-        gw = subprocess.Popen(
-            [str(RELEASE / "wasmgate"), "serve", "--config", str(config)],
-            env={**os.environ, "RUST_LOG": "error"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        procs.append(gw)
-        wait_for(port, "wasmgate (isolation)", gw)
+        # Its runaways' failures are the point: errors only, and not on the terminal.
+        gw = start_wasmgate(config, port, "wasmgate (isolation)", procs, log="error")
         for label, prefix in conditions:
             print(f"isolation: healthy route under {label}, round {round_ + 1}", file=sys.stderr)
             flood = [
@@ -572,15 +570,8 @@ def observability(work, gw_port, gw_tls, auth, procs):
             text = base.replace(f'"127.0.0.1:{gw_port}"', f'"127.0.0.1:{port}"')
             text = text.replace(f'"127.0.0.1:{gw_tls}"', f'"127.0.0.1:{tls_port}"')
             config.write_text(text + "\n" + extra)
-            proc = subprocess.Popen(
-                [str(RELEASE / "wasmgate"), "serve", "--config", str(config)],
-                env={**os.environ, "RUST_LOG": "warn"},
-                stdout=subprocess.DEVNULL,
-            )
-            procs.append(proc)
             try:
-                wait_for(port, f"wasmgate ({label})", proc)
-                return proc, port
+                return start_wasmgate(config, port, f"wasmgate ({label})", procs), port
             except SystemExit:
                 if attempt == 2:
                     raise
