@@ -1,5 +1,6 @@
-//! The access log: one record per request, formatted by the worker thread that served it into
-//! a buffer of that thread's, and written out by a thread of its own, so that a slow disk never
+//! The access log: one record per request, formatted as the request goes by the worker thread
+//! that serves it (an [`Entry`]: nothing of the request is kept but its line), finished into a
+//! buffer of that thread's, and written out by a thread of its own, so that a slow disk never
 //! slows a request. A thread's buffer holds at most `buffer` records; past it they are dropped
 //! and counted (`wasmgate_access_log_dropped_total`). JSON lines by default, or the combined
 //! log format; to stdout or a file, which SIGHUP reopens (for log rotation). Lines of one
@@ -13,39 +14,35 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use http::HeaderValue;
-
 use crate::config::AccessLogConfig;
 use crate::metrics::Metrics;
 
-/// What is logged of one request. Taken from the request without copying (the URI and header
-/// values share the request's buffers); formatted by the worker thread that served it.
-#[derive(Debug, Clone)]
-pub struct Record {
-    pub time: SystemTime,
-    pub request_id: Arc<str>,
-    pub client: SocketAddr,
-    pub method: http::Method,
-    /// The request target; its authority, else `host_header`, is the host.
-    pub uri: http::Uri,
-    pub host_header: Option<HeaderValue>,
-    pub protocol: http::Version,
+/// A request's access log line, written as the request goes so that nothing of the request is
+/// kept but text: what the request says as it arrives ([`AccessLog::begin`]), what the gateway
+/// did once the response headers are known ([`Entry::respond`]), and the bytes sent and the
+/// total time once the body is done ([`Pending::finish`]).
+pub struct Entry {
+    line: Vec<u8>,
+    format: Format,
+    /// The combined format: where the quoted referer and user agent start (they end the line,
+    /// after the status and bytes, which are not known yet).
+    split: usize,
+    status: u16,
+}
+
+/// What the gateway did with a request, as its access log line records it.
+pub struct Outcome<'a> {
     /// The route's name; `None` when none matched.
-    pub route: Option<Arc<str>>,
+    pub route: Option<&'a str>,
     pub status: u16,
     pub bytes_in: u64,
-    pub bytes_out: u64,
-    /// Arrival to the last byte of the response.
-    pub duration: Duration,
     /// Time in upstream tries (to their response headers), and in filter phase calls.
     pub upstream: Duration,
     pub filters: Duration,
     /// The endpoint of the last upstream try.
-    pub endpoint: Option<Arc<str>>,
-    pub user_agent: Option<HeaderValue>,
-    pub referer: Option<HeaderValue>,
+    pub endpoint: Option<&'a str>,
     /// Fields the route's filters added (`fields` in JSON lines; not in the combined format).
-    pub fields: Vec<(String, String)>,
+    pub fields: &'a [(String, String)],
 }
 
 /// The access log: each worker thread formats its records into a buffer of its own, which the
@@ -72,7 +69,6 @@ struct Shared {
 pub struct Pending {
     lines: Mutex<Lines>,
     per_thread: usize,
-    format: Format,
     metrics: Arc<Metrics>,
 }
 
@@ -80,9 +76,6 @@ pub struct Pending {
 struct Lines {
     bytes: Vec<u8>,
     records: usize,
-    clock: Clock,
-    /// Where a JSON line is put together before it is copied to `bytes` (see [`Scratch`]).
-    scratch: Vec<u8>,
 }
 
 impl std::fmt::Debug for AccessLog {
@@ -102,6 +95,8 @@ thread_local! {
     static MINE: std::cell::RefCell<Vec<(usize, Arc<Pending>)>> = const {
         std::cell::RefCell::new(Vec::new())
     };
+    /// This thread's clock for JSON lines.
+    static CLOCK: std::cell::RefCell<Clock> = std::cell::RefCell::default();
 }
 
 impl AccessLog {
@@ -144,7 +139,6 @@ impl AccessLog {
             let pending = Arc::new(Pending {
                 lines: Mutex::default(),
                 per_thread: self.per_thread,
-                format: self.format,
                 metrics: self.metrics.clone(),
             });
             self.shared
@@ -159,6 +153,11 @@ impl AccessLog {
         })
     }
 
+    /// Start the line of a request that has just arrived.
+    pub fn begin<B>(&self, req: &http::Request<B>, request_id: &str, client: SocketAddr) -> Entry {
+        Entry::start(self.format, req, request_id, client, SystemTime::now())
+    }
+
     /// Reopen the file before the next write (after a rotation).
     pub fn reopen(&self) {
         self.shared.reopen.store(true, Ordering::Relaxed);
@@ -171,27 +170,141 @@ impl Drop for AccessLog {
     }
 }
 
+impl Entry {
+    fn start<B>(
+        format: Format,
+        req: &http::Request<B>,
+        request_id: &str,
+        client: SocketAddr,
+        time: SystemTime,
+    ) -> Entry {
+        let head = Head::of(req);
+        let mut entry = Entry {
+            line: Vec::with_capacity(512),
+            format,
+            split: 0,
+            status: 0,
+        };
+        let out = &mut entry.line;
+        match format {
+            Format::Json => {
+                out.put(b"{\"time\":\"");
+                CLOCK.with(|clock| clock.borrow_mut().write(time, out));
+                // The request id is the gateway's own hex and a method is an HTTP token: neither
+                // needs escaping.
+                out.put(b"\",\"request_id\":\"");
+                out.put(request_id.as_bytes());
+                out.put(b"\",\"client\":\"");
+                write_ip(out, client.ip());
+                out.put(b"\",\"method\":\"");
+                out.put(req.method().as_str().as_bytes());
+                out.put(b"\",\"host\":");
+                out.string(head.host);
+                out.put(b",\"path\":");
+                out.string(head.path.as_bytes());
+                out.put(b",\"protocol\":\"");
+                out.put(protocol(req.version()).as_bytes());
+                out.put(b"\",\"user_agent\":");
+                out.opt(head.user_agent);
+                out.put(b",\"referer\":");
+                out.opt(head.referer);
+            }
+            Format::Combined => {
+                combined_head(out, time, client, req, head.path);
+                entry.split = out.len();
+                let quoted = |v: Option<&[u8]>| {
+                    v.map_or("-".into(), String::from_utf8_lossy)
+                        .replace('"', "\\\"")
+                };
+                let _ = write!(
+                    out,
+                    " \"{}\" \"{}\"",
+                    quoted(head.referer),
+                    quoted(head.user_agent)
+                );
+            }
+        }
+        entry
+    }
+
+    /// Add what the gateway did: route, status, body bytes received, upstream and filter
+    /// time, the upstream endpoint and the fields filters added.
+    pub fn respond(&mut self, o: &Outcome<'_>) {
+        self.status = o.status;
+        if let Format::Combined = self.format {
+            return;
+        }
+        let out = &mut self.line;
+        let mut n = itoa::Buffer::new();
+        // Route names are letters, digits, '-' and '_', and an endpoint is a URL as
+        // `http::Uri` prints it: neither needs escaping.
+        out.put(b",\"route\":");
+        out.opt_plain(o.route.map(str::as_bytes));
+        out.put(b",\"status\":");
+        out.put(n.format(o.status).as_bytes());
+        out.put(b",\"bytes_in\":");
+        out.put(n.format(o.bytes_in).as_bytes());
+        out.put(b",\"upstream_ms\":");
+        write_ms(out, o.upstream);
+        out.put(b",\"filters_ms\":");
+        write_ms(out, o.filters);
+        out.put(b",\"upstream\":");
+        out.opt_plain(o.endpoint.map(str::as_bytes));
+        if !o.fields.is_empty() {
+            out.put(b",\"fields\":{");
+            for (i, (name, value)) in o.fields.iter().enumerate() {
+                if i > 0 {
+                    out.put(b",");
+                }
+                out.string(name.as_bytes());
+                out.put(b":");
+                out.string(value.as_bytes());
+            }
+            out.put(b"}");
+        }
+    }
+}
+
 impl Pending {
-    /// Format `record` into this thread's buffer; dropped and counted when the buffer is full.
-    pub fn log(&self, record: &Record) {
+    /// Finish `entry` with the bytes sent and the total time, into this thread's buffer;
+    /// dropped and counted when the buffer is full.
+    pub fn finish(&self, entry: &Entry, bytes_out: u64, duration: Duration) {
         let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
         if lines.records >= self.per_thread {
             drop(lines);
             self.metrics.access_log_dropped.inc();
             return;
         }
-        let Lines {
-            bytes,
-            records,
-            clock,
-            scratch,
-        } = &mut *lines;
-        match self.format {
-            Format::Json => json_line(record, clock, scratch, bytes),
-            Format::Combined => combined(record, bytes),
-        }
-        bytes.push(b'\n');
+        let Lines { bytes, records } = &mut *lines;
+        entry.end(bytes_out, duration, bytes);
         *records += 1;
+    }
+}
+
+impl Entry {
+    /// The whole line, with the bytes sent and the total time, and its newline, onto `out`.
+    fn end(&self, bytes_out: u64, duration: Duration, out: &mut Vec<u8>) {
+        let mut n = itoa::Buffer::new();
+        match self.format {
+            Format::Json => {
+                out.put(&self.line);
+                out.put(b",\"bytes_out\":");
+                out.put(n.format(bytes_out).as_bytes());
+                out.put(b",\"duration_ms\":");
+                write_ms(out, duration);
+                out.put(b"}\n");
+            }
+            Format::Combined => {
+                let (head, tail) = self.line.split_at(self.split);
+                out.put(head);
+                out.put(b" ");
+                out.put(n.format(self.status).as_bytes());
+                out.put(b" ");
+                out.put(n.format(bytes_out).as_bytes());
+                out.put(tail);
+                out.put(b"\n");
+            }
+        }
     }
 }
 
@@ -248,17 +361,47 @@ fn write_records(shared: &Shared, mut out: Box<dyn Write + Send>, path: Option<P
     }
 }
 
-/// The record's host: the request target's authority, else its `Host` header.
-fn host(r: &Record) -> &[u8] {
-    match (r.uri.authority(), &r.host_header) {
-        (Some(a), _) => a.as_str().as_bytes(),
-        (None, Some(h)) => h.as_bytes(),
-        (None, None) => b"",
-    }
+/// What the log takes from a request's head besides its method and version.
+struct Head<'a> {
+    /// The request target's authority, else its `Host` header.
+    host: &'a [u8],
+    /// The target's path and query.
+    path: &'a str,
+    user_agent: Option<&'a [u8]>,
+    referer: Option<&'a [u8]>,
 }
 
-fn path(r: &Record) -> &str {
-    r.uri.path_and_query().map_or("/", |p| p.as_str())
+impl<'a> Head<'a> {
+    fn of<B>(req: &'a http::Request<B>) -> Head<'a> {
+        use http::header::{HOST, REFERER, USER_AGENT};
+        // One pass over the headers costs less than three hashed lookups for the usual
+        // handful; the first value of each wins, as `get` would give.
+        let (mut host, mut user_agent, mut referer) = (None, None, None);
+        for (name, value) in req.headers() {
+            let slot = if name == HOST {
+                &mut host
+            } else if name == USER_AGENT {
+                &mut user_agent
+            } else if name == REFERER {
+                &mut referer
+            } else {
+                continue;
+            };
+            if slot.is_none() {
+                *slot = Some(value.as_bytes());
+            }
+        }
+        let uri = req.uri();
+        Head {
+            host: match uri.authority() {
+                Some(a) => a.as_str().as_bytes(),
+                None => host.unwrap_or_default(),
+            },
+            path: uri.path_and_query().map_or("/", |p| p.as_str()),
+            user_agent,
+            referer,
+        }
+    }
 }
 
 fn protocol(v: http::Version) -> &'static str {
@@ -377,8 +520,7 @@ fn is_plain(bytes: &[u8]) -> bool {
     chunks.all(plain) && (chunks.remainder().is_empty() || plain(&bytes[bytes.len() - 8..]))
 }
 
-/// Where a JSON line is written: the thread's buffer (escaping as needed), or a [`Scratch`]
-/// line on the fast path.
+/// Writing a JSON line into a buffer.
 trait Sink {
     fn put(&mut self, bytes: &[u8]);
     /// `bytes` as a JSON string, quotes included.
@@ -390,9 +532,22 @@ trait Sink {
             None => self.put(b"null"),
         }
     }
+
+    /// `value` as a JSON string, or `null`; it is known to need no escaping.
+    fn opt_plain(&mut self, value: Option<&[u8]>) {
+        match value {
+            Some(v) => {
+                self.put(b"\"");
+                self.put(v);
+                self.put(b"\"");
+            }
+            None => self.put(b"null"),
+        }
+    }
 }
 
 impl Sink for Vec<u8> {
+    #[inline(always)]
     fn put(&mut self, bytes: &[u8]) {
         self.extend_from_slice(bytes);
     }
@@ -400,6 +555,7 @@ impl Sink for Vec<u8> {
     /// Escaped as needed; invalid UTF-8 replaced.
     fn string(&mut self, bytes: &[u8]) {
         if is_plain(bytes) {
+            self.reserve(bytes.len() + 2);
             self.push(b'"');
             self.extend_from_slice(bytes);
             self.push(b'"');
@@ -409,122 +565,21 @@ impl Sink for Vec<u8> {
     }
 }
 
-/// Longest line the fast path writes.
-const LINE: usize = 1024;
-
-/// A line put together in a fixed buffer, its length in a local (no capacity checks against a
-/// vector in memory on every write). A write that does not fit or a string that would need
-/// escaping spoils it: the caller then writes the line again into a [`Vec`].
-struct Scratch<'a> {
-    buf: &'a mut [u8],
-    at: usize,
-    spoiled: bool,
-}
-
-impl Sink for Scratch<'_> {
-    #[inline(always)]
-    fn put(&mut self, bytes: &[u8]) {
-        let end = self.at + bytes.len();
-        match self.buf.get_mut(self.at..end) {
-            Some(room) => {
-                room.copy_from_slice(bytes);
-                self.at = end;
-            }
-            None => self.spoiled = true,
-        }
-    }
-
-    #[inline(always)]
-    fn string(&mut self, bytes: &[u8]) {
-        if is_plain(bytes) {
-            self.put(b"\"");
-            self.put(bytes);
-            self.put(b"\"");
-        } else {
-            self.spoiled = true;
-        }
-    }
-}
-
-/// Append `r` as a JSON line to `out`: the fast way first (every string plain and the line
-/// within [`LINE`] bytes, which is every request in practice), else again, escaping.
-fn json_line(r: &Record, clock: &mut Clock, scratch: &mut Vec<u8>, out: &mut Vec<u8>) {
-    if scratch.len() < LINE {
-        scratch.resize(LINE, 0);
-    }
-    let mut line = Scratch {
-        buf: &mut scratch[..LINE],
-        at: 0,
-        spoiled: false,
-    };
-    json(r, clock, &mut line);
-    match line.spoiled {
-        false => out.extend_from_slice(&line.buf[..line.at]),
-        true => json(r, clock, out),
-    }
-}
-
-/// One JSON object, written field by field: it runs on the worker for every logged request.
-fn json(r: &Record, clock: &mut Clock, out: &mut impl Sink) {
-    let mut n = itoa::Buffer::new();
-    out.put(b"{\"time\":\"");
-    clock.write(r.time, out);
-    // The request id is the gateway's own hex and a method is an HTTP token: neither needs
-    // escaping.
-    out.put(b"\",\"request_id\":\"");
-    out.put(r.request_id.as_bytes());
-    out.put(b"\",\"client\":\"");
-    write_ip(out, r.client.ip());
-    out.put(b"\",\"method\":\"");
-    out.put(r.method.as_str().as_bytes());
-    out.put(b"\",\"host\":");
-    out.string(host(r));
-    out.put(b",\"path\":");
-    out.string(path(r).as_bytes());
-    out.put(b",\"protocol\":\"");
-    out.put(protocol(r.protocol).as_bytes());
-    out.put(b"\",\"route\":");
-    out.opt(r.route.as_deref().map(str::as_bytes));
-    out.put(b",\"status\":");
-    out.put(n.format(r.status).as_bytes());
-    out.put(b",\"bytes_in\":");
-    out.put(n.format(r.bytes_in).as_bytes());
-    out.put(b",\"bytes_out\":");
-    out.put(n.format(r.bytes_out).as_bytes());
-    out.put(b",\"duration_ms\":");
-    write_ms(out, r.duration);
-    out.put(b",\"upstream_ms\":");
-    write_ms(out, r.upstream);
-    out.put(b",\"filters_ms\":");
-    write_ms(out, r.filters);
-    out.put(b",\"upstream\":");
-    out.opt(r.endpoint.as_deref().map(str::as_bytes));
-    out.put(b",\"user_agent\":");
-    out.opt(r.user_agent.as_ref().map(HeaderValue::as_bytes));
-    out.put(b",\"referer\":");
-    out.opt(r.referer.as_ref().map(HeaderValue::as_bytes));
-    if !r.fields.is_empty() {
-        out.put(b",\"fields\":{");
-        for (i, (name, value)) in r.fields.iter().enumerate() {
-            if i > 0 {
-                out.put(b",");
-            }
-            out.string(name.as_bytes());
-            out.put(b":");
-            out.string(value.as_bytes());
-        }
-        out.put(b"}");
-    }
-    out.put(b"}");
-}
-
-/// `client - - [30/Nov/2026:04:02:03 +0000] "GET /path HTTP/1.1" 200 512 "referer" "agent"`
-fn combined(r: &Record, line: &mut Vec<u8>) {
+/// The combined format's line up to the request line:
+/// `client - - [30/Nov/2026:04:02:03 +0000] "GET /path HTTP/1.1"`; the status, bytes, referer
+/// and user agent follow.
+fn combined_head<B>(
+    line: &mut Vec<u8>,
+    time: SystemTime,
+    client: SocketAddr,
+    req: &http::Request<B>,
+    path: &str,
+) {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
     // From RFC 3339 (`2026-11-30T04:02:03Z`) to the combined format's clock.
-    let stamp = humantime::format_rfc3339_seconds(r.time).to_string();
+    let stamp = humantime::format_rfc3339_seconds(time).to_string();
     let (date, clock) = stamp.split_once('T').unwrap_or((&stamp, ""));
     let mut parts = date.split('-');
     let (year, month, day) = (
@@ -535,116 +590,102 @@ fn combined(r: &Record, line: &mut Vec<u8>) {
             .unwrap_or(1),
         parts.next().unwrap_or(""),
     );
-    let quoted = |v: &Option<HeaderValue>| {
-        v.as_ref()
-            .map_or("-".into(), |v| String::from_utf8_lossy(v.as_bytes()))
-            .replace('"', "\\\"")
-    };
     let _ = write!(
         line,
-        "{} - - [{day}/{}/{year}:{} +0000] \"{} {} {:?}\" {} {} \"{}\" \"{}\"",
-        r.client.ip(),
+        "{} - - [{day}/{}/{year}:{} +0000] \"{} {} {:?}\"",
+        client.ip(),
         MONTHS[month.clamp(1, 12) - 1],
         clock.trim_end_matches('Z'),
-        r.method,
-        path(r).replace('"', "%22"),
-        r.protocol,
-        r.status,
-        r.bytes_out,
-        quoted(&r.referer),
-        quoted(&r.user_agent),
+        req.method(),
+        path.replace('"', "%22"),
+        req.version(),
     );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
-    fn record() -> Record {
-        Record {
-            time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_475_323_045),
-            request_id: Arc::from("abc"),
-            client: "[::1]:5000".parse().unwrap(),
-            method: http::Method::POST,
-            uri: "/a%22b?q=\"x\""
-                .parse()
-                .unwrap_or_else(|_| "/a".parse().unwrap()),
-            host_header: Some(HeaderValue::from_static("example.test")),
-            protocol: http::Version::HTTP_2,
-            route: Some(Arc::from("api")),
+    /// A request as the worst client might send it: a user agent with quotes, a backslash and
+    /// a byte that is not UTF-8 (a target cannot hold a quote: the parser refuses it).
+    fn request() -> http::Request<()> {
+        http::Request::builder()
+            .method("POST")
+            .uri("/a%22b?q=1")
+            .version(http::Version::HTTP_2)
+            .header("host", "example.test")
+            .header(
+                "user-agent",
+                HeaderValue::from_bytes(b"agent \"quoted\" \\ \xff").unwrap(),
+            )
+            .body(())
+            .unwrap()
+    }
+
+    fn line(format: Format, req: &http::Request<()>, fields: &[(String, String)]) -> String {
+        let time = SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_475_323_045);
+        let client = "[::1]:5000".parse().unwrap();
+        let mut entry = Entry::start(format, req, "abc", client, time);
+        entry.respond(&Outcome {
+            route: Some("api"),
             status: 201,
             bytes_in: 5,
-            bytes_out: 12,
-            duration: Duration::from_micros(1_234_567),
             upstream: Duration::from_micros(999),
             filters: Duration::ZERO,
             endpoint: None,
-            user_agent: Some(HeaderValue::from_bytes(b"agent \"quoted\" \\ \xff").unwrap()),
-            referer: None,
-            fields: vec![("user".into(), "ann\n".into())],
-        }
+            fields,
+        });
+        let mut out = Vec::new();
+        entry.end(12, Duration::from_micros(1_234_567), &mut out);
+        String::from_utf8(out).expect("UTF-8")
     }
 
     /// The hand-written JSON parses, with every value as given (escapes included).
     #[test]
-    fn json_lines_parse_back_to_the_record() {
-        let r = record();
-        let mut line = Vec::new();
-        json_line(&r, &mut Clock::default(), &mut Vec::new(), &mut line);
-        let v: serde_json::Value = serde_json::from_slice(&line).expect("valid JSON");
+    fn json_lines_parse_back_to_the_request() {
+        let req = request();
+        let fields = [("user".to_string(), "ann\n".to_string())];
+        let line = line(Format::Json, &req, &fields);
+        assert!(
+            line.ends_with("}\n") && line.matches('\n').count() == 1,
+            "{line}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
         assert_eq!(v["time"], "2025-11-30T04:02:03.045Z");
+        assert_eq!(v["request_id"], "abc");
         assert_eq!(v["client"], "::1");
         assert_eq!(v["method"], "POST");
         assert_eq!(v["host"], "example.test");
-        assert_eq!(v["path"], r.uri.path_and_query().unwrap().as_str());
+        assert_eq!(v["path"], "/a%22b?q=1");
         assert_eq!(v["protocol"], "HTTP/2.0");
         assert_eq!(v["route"], "api");
         assert_eq!(v["status"], 201);
+        assert_eq!(v["bytes_in"], 5);
+        assert_eq!(v["bytes_out"], 12);
         assert_eq!(v["duration_ms"], 1234.567);
         assert_eq!(v["upstream_ms"], 0.999);
         assert_eq!(v["filters_ms"], 0.0);
         assert_eq!(v["upstream"], serde_json::Value::Null);
         assert_eq!(v["user_agent"], "agent \"quoted\" \\ \u{fffd}");
+        assert_eq!(v["referer"], serde_json::Value::Null);
         assert_eq!(v["fields"]["user"], "ann\n");
+        // A duration under a millisecond keeps its leading zero and three decimals.
+        let mut out = Vec::new();
+        write_ms(&mut out, Duration::from_micros(7));
+        assert_eq!(out, b"0.007");
     }
 
-    /// The fast way (a fixed line, no escapes) writes exactly what the escaping way does, and
-    /// gives way to it for a string that needs escaping or a line that does not fit.
+    /// The combined format puts the status and bytes, known last, between the request line
+    /// and the referer and user agent, known first.
     #[test]
-    fn fast_and_escaping_lines_agree() {
-        let plain = Record {
-            uri: "/plain/path?q=1".parse().unwrap(),
-            client: "192.168.10.200:40000".parse().unwrap(),
-            user_agent: Some(HeaderValue::from_static("curl/8.5.0")),
-            endpoint: Some(Arc::from("http://127.0.0.1:8080/")),
-            fields: vec![("user".into(), "ann".into())],
-            duration: Duration::from_micros(7),
-            ..record()
-        };
-        let long = Record {
-            uri: format!("/{}", "a".repeat(2 * LINE)).parse().unwrap(),
-            ..plain.clone()
-        };
-        for r in [plain, long, record()] {
-            let mut fast = Vec::new();
-            json_line(&r, &mut Clock::default(), &mut Vec::new(), &mut fast);
-            let mut slow = Vec::new();
-            json(&r, &mut Clock::default(), &mut slow);
-            assert_eq!(
-                String::from_utf8_lossy(&fast),
-                String::from_utf8_lossy(&slow)
-            );
-            let v: serde_json::Value = serde_json::from_slice(&fast).expect("valid JSON");
-            assert_eq!(v["path"], r.uri.path_and_query().unwrap().as_str());
-        }
-        let mut line = Vec::new();
-        let r = Record {
-            duration: Duration::from_micros(7),
-            ..record()
-        };
-        json_line(&r, &mut Clock::default(), &mut Vec::new(), &mut line);
-        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
-        assert_eq!(v["duration_ms"], 0.007);
+    fn combined_lines_in_apache_order() {
+        let line = line(Format::Combined, &request(), &[]);
+        assert_eq!(
+            line,
+            "::1 - - [30/Nov/2025:04:02:03 +0000] \"POST /a%22b?q=1 HTTP/2.0\" 201 12 \
+             \"-\" \"agent \\\"quoted\\\" \\ \u{fffd}\"\n"
+        );
     }
 
     /// The eight-at-a-time check agrees with the byte table for every byte in every position

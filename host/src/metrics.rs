@@ -19,9 +19,33 @@ use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 use wasmgate_sandbox::{FilterMetrics, MetricKind, Value};
 
-/// A label value shared without copying (route and service names).
+/// A label value shared without copying (route, service and filter names), interned: every
+/// `Name` of one text shares its string and its slot, a small number by which the per-request
+/// counts find their place without hashing or comparing the text.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
-pub struct Name(pub Arc<str>);
+pub struct Name(pub Arc<str>, u32);
+
+/// Every name interned in this process, and its slot (names are few and come from configs).
+static INTERNED: LazyLock<std::sync::Mutex<FxHashMap<Arc<str>, u32>>> =
+    LazyLock::new(Default::default);
+
+impl Name {
+    /// The name `text`, with the slot it has had since it was first seen in this process.
+    pub fn new(text: &str) -> Name {
+        let mut interned = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((text, slot)) = interned.get_key_value(text) {
+            return Name(text.clone(), *slot);
+        }
+        let slot = u32::try_from(interned.len()).expect("fewer than 2^32 names");
+        let text: Arc<str> = Arc::from(text);
+        interned.insert(text.clone(), slot);
+        Name(text, slot)
+    }
+
+    fn slot(&self) -> usize {
+        self.1 as usize
+    }
+}
 
 impl std::borrow::Borrow<str> for Name {
     fn borrow(&self) -> &str {
@@ -303,8 +327,9 @@ impl Collector for FilterCollector {
     }
 }
 
-/// Histogram buckets that start at `start_ns` and double `len - 1` times; a duration's bucket
-/// is found by integer comparisons from the bottom (most calls land in the first few).
+/// Histogram buckets that start at `start_ns` and double `len - 1` times (`len` below
+/// [`MAX_BUCKETS`]); a duration's bucket is found by integer comparisons from the bottom (most
+/// calls land in the first few).
 struct Doubling {
     start_ns: u64,
     len: usize,
@@ -328,11 +353,7 @@ static LATENCY: Doubling = Doubling {
 impl Doubling {
     /// The bucket `d` falls in (`le` semantics: a value on a bound is in that bound's bucket);
     /// `len` is `+Inf`.
-    fn index(&self, d: Duration) -> usize {
-        let ns = d
-            .as_secs()
-            .saturating_mul(1_000_000_000)
-            .saturating_add(u64::from(d.subsec_nanos()));
+    fn index(&self, ns: u64) -> usize {
         // The smallest i with ns <= start * 2^i.
         let (mut i, mut bound) = (0, self.start_ns);
         while i < self.len && ns > bound {
@@ -342,6 +363,9 @@ impl Doubling {
         i
     }
 }
+
+/// The route label of requests no route matched.
+static UNMATCHED: LazyLock<Name> = LazyLock::new(|| Name::new(""));
 
 /// Shards of the per-request metrics: a thread counts into its own, so two workers never
 /// contend for a lock or a cache line; a scrape adds the shards up.
@@ -366,11 +390,38 @@ struct Shard(std::sync::Mutex<ShardData>);
 #[derive(Debug, Default)]
 struct ShardData {
     /// By route: requests by (method, status), and their durations.
-    routes: FxHashMap<Name, RouteCounts>,
+    routes: Slots<RouteCounts>,
     /// By service: upstream try durations.
-    services: FxHashMap<Name, Buckets>,
+    services: Slots<Buckets>,
     /// By filter: phase call durations, request then response.
-    filters: FxHashMap<Name, [Buckets; 2]>,
+    filters: Slots<[Buckets; 2]>,
+}
+
+/// Counts by [`Name`], at the name's slot.
+#[derive(Debug)]
+struct Slots<T>(Vec<Option<(Name, T)>>);
+
+impl<T> Default for Slots<T> {
+    fn default() -> Self {
+        Slots(Vec::new())
+    }
+}
+
+impl<T: Default> Slots<T> {
+    /// The counts of `name`, made on first use.
+    fn at(&mut self, name: &Name) -> &mut T {
+        let slot = name.slot();
+        if slot >= self.0.len() {
+            self.0.resize_with(slot + 1, || None);
+        }
+        &mut self.0[slot]
+            .get_or_insert_with(|| (name.clone(), T::default()))
+            .1
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(Name, T)> {
+        self.0.iter().flatten()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -390,32 +441,34 @@ impl RouteCounts {
     }
 }
 
-/// A histogram's counts: per bucket (not cumulative; the last is `+Inf`), sum and count.
+/// Buckets a histogram has at most, `+Inf` included.
+const MAX_BUCKETS: usize = 18;
+
+/// A histogram's counts: per bucket (not cumulative; the one after the last bound is `+Inf`),
+/// sum (in nanoseconds) and count.
 #[derive(Debug, Default, Clone)]
 struct Buckets {
-    counts: Vec<u64>,
-    sum: f64,
+    counts: [u64; MAX_BUCKETS],
+    sum_ns: u128,
     count: u64,
 }
 
 impl Buckets {
     fn observe(&mut self, buckets: &Doubling, d: Duration) {
-        if self.counts.is_empty() {
-            self.counts = vec![0; buckets.len + 1];
-        }
-        self.counts[buckets.index(d)] += 1;
-        self.sum += d.as_secs_f64();
+        let ns = d
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(d.subsec_nanos()));
+        self.counts[buckets.index(ns)] += 1;
+        self.sum_ns += u128::from(ns);
         self.count += 1;
     }
 
     fn add(&mut self, other: &Buckets) {
-        if self.counts.len() < other.counts.len() {
-            self.counts.resize(other.counts.len(), 0);
-        }
         for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
             *mine += theirs;
         }
-        self.sum += other.sum;
+        self.sum_ns += other.sum_ns;
         self.count += other.count;
     }
 
@@ -428,7 +481,8 @@ impl Buckets {
             .chain([f64::INFINITY])
             .zip(self.counts.iter().copied())
             .collect();
-        series.encode_histogram::<NoLabelSet>(self.sum, self.count, &buckets, None)
+        let sum = self.sum_ns as f64 / 1e9;
+        series.encode_histogram::<NoLabelSet>(sum, self.count, &buckets, None)
     }
 }
 
@@ -444,21 +498,18 @@ impl PerThread {
         let mut all = ShardData::default();
         for shard in &self.shards {
             let data = shard.0.lock().unwrap_or_else(|e| e.into_inner());
-            for (route, counts) in &data.routes {
-                let mine = all.routes.entry(route.clone()).or_default();
+            for (route, counts) in data.routes.iter() {
+                let mine = all.routes.at(route);
                 for (key, n) in &counts.requests {
                     mine.count(*key, *n);
                 }
                 mine.duration.add(&counts.duration);
             }
-            for (service, buckets) in &data.services {
-                all.services
-                    .entry(service.clone())
-                    .or_default()
-                    .add(buckets);
+            for (service, buckets) in data.services.iter() {
+                all.services.at(service).add(buckets);
             }
-            for (filter, phases) in &data.filters {
-                let mine = all.filters.entry(filter.clone()).or_default();
+            for (filter, phases) in data.filters.iter() {
+                let mine = all.filters.at(filter);
                 mine[0].add(&phases[0]);
                 mine[1].add(&phases[1]);
             }
@@ -726,15 +777,9 @@ impl Metrics {
             return;
         }
         let key = (Method::of(method), status);
+        let route = route.unwrap_or_else(|| &UNMATCHED);
         self.per_thread.with(|data| {
-            let name = route.map_or("", |r| &*r.0);
-            let counts = match data.routes.get_mut(name) {
-                Some(counts) => counts,
-                None => data
-                    .routes
-                    .entry(route.cloned().unwrap_or_else(|| Name(Arc::from(""))))
-                    .or_default(),
-            };
+            let counts = data.routes.at(route);
             counts.count(key, 1);
             counts.duration.observe(&LATENCY, took);
         });
@@ -745,13 +790,8 @@ impl Metrics {
         if !self.per_request {
             return;
         }
-        self.per_thread.with(|data| {
-            let buckets = match data.services.get_mut(&*service.0) {
-                Some(b) => b,
-                None => data.services.entry(service.clone()).or_default(),
-            };
-            buckets.observe(&LATENCY, took);
-        });
+        self.per_thread
+            .with(|data| data.services.at(service).observe(&LATENCY, took));
     }
 
     /// Count one filter phase call's time; `response` for the response phase.
@@ -760,11 +800,7 @@ impl Metrics {
             return;
         }
         self.per_thread.with(|data| {
-            let phases = match data.filters.get_mut(&*filter.0) {
-                Some(p) => p,
-                None => data.filters.entry(filter.clone()).or_default(),
-            };
-            phases[usize::from(response)].observe(&FILTER_LATENCY, took);
+            data.filters.at(filter)[usize::from(response)].observe(&FILTER_LATENCY, took)
         });
     }
 
@@ -862,11 +898,10 @@ mod tests {
                 probes.extend([ns - 1, ns, ns + 1]);
             }
             for ns in probes {
-                let d = Duration::from_nanos(ns);
                 let by_bounds = buckets
                     .bounds
                     .partition_point(|b| (b * 1e9).round() < ns as f64);
-                assert_eq!(buckets.index(d), by_bounds, "{ns} ns");
+                assert_eq!(buckets.index(ns), by_bounds, "{ns} ns");
             }
         }
     }

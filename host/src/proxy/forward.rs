@@ -189,9 +189,10 @@ async fn timed_send(
         };
         span.end(error, attributes);
     }
+    let took = started.elapsed();
     if ex.logging() {
         ex.upstream_us.fetch_add(
-            started.elapsed().as_micros() as u64,
+            took.as_micros() as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
         if let Some(endpoint) = pick.endpoint.take() {
@@ -200,7 +201,7 @@ async fn timed_send(
     }
     let metrics = &ex.metrics;
     match &result {
-        Ok(_) => metrics.upstream_try(&service.label, started.elapsed()),
+        Ok(_) => metrics.upstream_try(&service.label, took),
         Err(e) => {
             if let Some(kind) = e.metric_kind() {
                 metrics

@@ -22,7 +22,7 @@ mod wit;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::HeaderValue;
@@ -36,7 +36,7 @@ use self::chain::{Answer, Chain, Proceed};
 use self::error::{ErrorKind, GatewayError};
 use self::forward::X_REQUEST_ID;
 use self::wit::CheckedRequest;
-use crate::access_log::{AccessLog, Pending, Record};
+use crate::access_log::{AccessLog, Entry, Outcome, Pending};
 use crate::metrics::{Metrics, Name};
 use crate::otel::Tracing;
 use crate::route::{self, MatchInput, Params};
@@ -146,65 +146,14 @@ struct RouteSeen {
     logged: bool,
 }
 
-/// What the access log keeps of a request before it is taken apart: shared, not copied.
-struct Logged {
-    uri: http::Uri,
-    host: Option<HeaderValue>,
-    protocol: http::Version,
-    user_agent: Option<HeaderValue>,
-    referer: Option<HeaderValue>,
-}
-
-impl Logged {
-    fn of(req: &Request<Incoming>) -> Logged {
-        use http::header::{HOST, REFERER, USER_AGENT};
-        // One pass over the headers costs less than three hashed lookups for the usual
-        // handful; the first value of each wins, as `get` would give.
-        let (mut host, mut user_agent, mut referer) = (None, None, None);
-        for (name, value) in req.headers() {
-            let slot = if name == HOST {
-                &mut host
-            } else if name == USER_AGENT {
-                &mut user_agent
-            } else if name == REFERER {
-                &mut referer
-            } else {
-                continue;
-            };
-            if slot.is_none() {
-                *slot = Some(value.clone());
-            }
-        }
-        Logged {
-            uri: req.uri().clone(),
-            host,
-            protocol: req.version(),
-            user_agent,
-            referer,
-        }
-    }
-}
-
-/// A response body that writes the request's access log record once it is sent (or given
+/// A response body that finishes the request's access log line once it is sent (or given
 /// up), with the bytes that went out.
 struct LoggedBody {
     inner: Body,
     bytes: u64,
-    record: Option<Record>,
+    entry: Entry,
     log: Arc<Pending>,
     started: Instant,
-}
-
-impl LoggedBody {
-    fn new(inner: Body, record: Record, log: Arc<Pending>, started: Instant) -> LoggedBody {
-        LoggedBody {
-            inner,
-            bytes: 0,
-            record: Some(record),
-            log,
-            started,
-        }
-    }
 }
 
 impl http_body::Body for LoggedBody {
@@ -235,11 +184,8 @@ impl http_body::Body for LoggedBody {
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
-        if let Some(mut record) = self.record.take() {
-            record.bytes_out = self.bytes;
-            record.duration = self.started.elapsed();
-            self.log.log(&record);
-        }
+        self.log
+            .finish(&self.entry, self.bytes, self.started.elapsed());
     }
 }
 
@@ -268,8 +214,11 @@ impl Proxy {
         tls: bool,
     ) -> Response<Body> {
         let started = Instant::now();
-        // Kept for the access log, when it is on.
-        let logged = self.access_log.as_ref().map(|_| Logged::of(&req));
+        let request_id = self.next_request_id();
+        let mut entry = self
+            .access_log
+            .as_ref()
+            .map(|log| log.begin(&req, &request_id, client));
         let grpc = grpc::flavour(req.headers());
         let method = req.method().clone();
         let head = method == http::Method::HEAD;
@@ -278,7 +227,7 @@ impl Proxy {
             tracing: tracing.clone(),
         });
         let ex = Exchange {
-            request_id: self.next_request_id(),
+            request_id,
             client,
             tls,
             snapshot: self.snapshots.load_full(),
@@ -287,7 +236,7 @@ impl Proxy {
             upstream_us: AtomicU64::new(0),
             filters_us: AtomicU64::new(0),
             endpoint: std::sync::Mutex::new(None),
-            logging: logged.is_some(),
+            logging: entry.is_some(),
             bytes_in: std::sync::OnceLock::new(),
             log_fields: std::sync::Mutex::default(),
             trace,
@@ -326,35 +275,34 @@ impl Proxy {
             resp.status().as_u16(),
             started.elapsed(),
         );
-        if let (Some(log), Some(logged)) = (&self.access_log, logged)
+        if let (Some(log), Some(mut entry)) = (&self.access_log, entry.take())
             && seen.is_none_or(|r| r.logged)
         {
-            let record = Record {
-                time: SystemTime::now(),
-                request_id: ex.request_id.clone(),
-                client,
-                method,
-                uri: logged.uri,
-                host_header: logged.host,
-                protocol: logged.protocol,
-                route: seen.map(|r| r.label.0.clone()),
+            let endpoint = ex.endpoint.lock().unwrap_or_else(|e| e.into_inner()).take();
+            entry.respond(&Outcome {
+                route: seen.map(|r| &*r.label.0),
                 status: resp.status().as_u16(),
                 bytes_in: ex.bytes_in.get().map_or(0, |b| b.load(Ordering::Relaxed)),
-                bytes_out: 0,
-                duration: Duration::ZERO,
                 upstream: Duration::from_micros(ex.upstream_us.load(Ordering::Relaxed)),
                 filters: Duration::from_micros(ex.filters_us.load(Ordering::Relaxed)),
-                endpoint: ex.endpoint.lock().unwrap_or_else(|e| e.into_inner()).take(),
-                user_agent: logged.user_agent,
-                referer: logged.referer,
-                fields: ex
+                endpoint: endpoint.as_deref(),
+                fields: &ex
                     .log_fields
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .take(),
-            };
+            });
             let log = log.pending();
-            resp = resp.map(|body| LoggedBody::new(body, record, log, started).boxed_unsync());
+            resp = resp.map(|inner| {
+                LoggedBody {
+                    inner,
+                    bytes: 0,
+                    entry,
+                    log,
+                    started,
+                }
+                .boxed_unsync()
+            });
         }
         resp
     }

@@ -160,7 +160,7 @@ impl Snapshot {
                 };
                 chain.push(match checked {
                     Ok((filter, needs)) => ChainEntry::Ready(Binding {
-                        label: crate::metrics::Name(Arc::from(f.name.as_str())),
+                        label: crate::metrics::Name::new(&f.name),
                         instances: Arc::new(InstancePool::new(
                             filter,
                             f.config_json.clone(),
@@ -198,7 +198,7 @@ impl Snapshot {
             let needs_request_body = any(|n| n.request_body);
             let needs_response_body = any(|n| n.response_body);
             routes.push(Route {
-                label: crate::metrics::Name(Arc::from(rc.name.as_str())),
+                label: crate::metrics::Name::new(&rc.name),
                 config: rc.clone(),
                 chain,
                 needs_request_body,

@@ -190,7 +190,7 @@ impl Service {
         );
         Self {
             name: cfg.name.clone(),
-            label: crate::metrics::Name(Arc::from(cfg.name.as_str())),
+            label: crate::metrics::Name::new(&cfg.name),
             table: Arc::new(ArcSwap::from_pointee(Table::new(&cfg.balance, endpoints))),
             upstreams,
             balance: cfg.balance.clone(),
