@@ -96,7 +96,34 @@ thread_local! {
         std::cell::RefCell::new(Vec::new())
     };
     /// This thread's clock for JSON lines.
-    static CLOCK: std::cell::RefCell<Clock> = std::cell::RefCell::default();
+    static CLOCK: std::cell::RefCell<Clock> = const {
+        std::cell::RefCell::new(Clock {
+            second: 0,
+            prefix: String::new(),
+        })
+    };
+    /// Lines of finished entries, kept for the next entries this thread starts (an allocation
+    /// less per request).
+    static SPARE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Lines a thread keeps for reuse, and the capacity past which one is not kept.
+const SPARE_LINES: usize = 64;
+const SPARE_CAPACITY: usize = 4096;
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        let mut line = std::mem::take(&mut self.line);
+        if line.capacity() <= SPARE_CAPACITY {
+            line.clear();
+            let _ = SPARE.try_with(|spare| {
+                let mut spare = spare.borrow_mut();
+                if spare.len() < SPARE_LINES {
+                    spare.push(line);
+                }
+            });
+        }
+    }
 }
 
 impl AccessLog {
@@ -180,7 +207,11 @@ impl Entry {
     ) -> Entry {
         let head = Head::of(req);
         let mut entry = Entry {
-            line: Vec::with_capacity(512),
+            line: SPARE
+                .try_with(|spare| spare.borrow_mut().pop())
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Vec::with_capacity(512)),
             format,
             split: 0,
             status: 0,
