@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use wasmgate_tests::{Filter, GatewayConfig, Route, TestGateway, Upstream};
 
-/// Held by the tests that keep the machine's cores busy with runaway filters, so that the one
-/// that times requests beside a loop does not also time the others' floods.
+/// Held by every test here for its whole run: some keep the machine's cores busy with runaway
+/// filters, and others time requests or count this process's CPU, which must not include
+/// another test's flood or filter compiles.
 static BUSY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A route `/{name}` to `svc` through `filter`.
@@ -217,6 +218,49 @@ async fn a_looping_call_does_not_hold_its_worker() {
     );
 }
 
+/// User plus system CPU time of this process (the gateway runs in it) so far.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime (fields 14 and 15), in clock ticks of 10 ms.
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// A call still running after a tenth of its deadline is most likely a runaway: from then on
+/// it gets about a fifth of its worker, so a loop with a 1 s deadline burns a quarter of a
+/// CPU-second, not all of it, and is still cut at its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_a_tenth_of_its_deadline_is_throttled() {
+    let _busy = BUSY.lock().await;
+    let up = Upstream::start("svc").await;
+    let gw = GatewayConfig::new()
+        .service("svc", &[up.url()])
+        .route(route(
+            "loop",
+            fail("loop").limits(json!({"deadline": "1s"})),
+        ))
+        .start()
+        .await;
+    let (cpu, started) = (process_cpu(), Instant::now());
+    assert_eq!(gw.get("/loop").await.status, 500);
+    let (cpu, took) = (process_cpu() - cpu, started.elapsed());
+    eprintln!("a 1 s loop used {cpu:?} of CPU in {took:?}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_millis(1500),
+        "cut at its deadline: {took:?}"
+    );
+    assert!(
+        cpu < Duration::from_millis(600),
+        "the loop used {cpu:?} of CPU in {took:?}"
+    );
+}
+
 /// Which instance served each of `n` sequential requests to `path`: its request count.
 async fn instance_counts(gw: &TestGateway, path: &str, n: usize) -> Vec<String> {
     let mut counts = Vec::new();
@@ -234,6 +278,7 @@ async fn instance_counts(gw: &TestGateway, path: &str, n: usize) -> Vec<String> 
 
 #[tokio::test]
 async fn instances_are_reused_only_when_the_filter_opts_in_and_never_after_a_failure() {
+    let _busy = BUSY.lock().await;
     let up = Upstream::start("svc").await;
     let counter_reuse =
         |n: u32| Filter::new("counter-reuse").limits(json!({ "requests_per_instance": n }));
@@ -263,6 +308,7 @@ async fn instances_are_reused_only_when_the_filter_opts_in_and_never_after_a_fai
 /// alive: dropping a snapshot's bindings frees them.
 #[tokio::test]
 async fn a_dropped_binding_frees_its_idle_instances() {
+    let _busy = BUSY.lock().await;
     use wasmgate_sandbox::wit::{Request, RouteContext};
     use wasmgate_sandbox::{Grants, InstancePool, Limits, Sandbox};
     let limits = Limits {
@@ -308,6 +354,7 @@ async fn a_dropped_binding_frees_its_idle_instances() {
 /// after the cool-down that fails again pauses it again.
 #[tokio::test]
 async fn a_filter_failing_only_in_its_response_phase_opens_its_breaker() {
+    let _busy = BUSY.lock().await;
     let up = Upstream::start("svc").await;
     let gw = GatewayConfig::new()
         .service("svc", &[up.url()])

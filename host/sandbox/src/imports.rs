@@ -56,6 +56,8 @@ pub(crate) struct HostState {
     /// When the current call's execution budget runs out; host calls that wait (outbound
     /// requests) push it back by the time they waited.
     pub(crate) deadline: Instant,
+    /// From then on the running call is throttled (see [`crate::instance::throttle_from`]).
+    pub(crate) throttle_from: Instant,
     pub(crate) cache: Arc<FilterCache>,
     pub(crate) outbound: Option<Arc<dyn Outbound>>,
     pub(crate) metrics: Arc<FilterMetrics>,
@@ -68,6 +70,15 @@ pub(crate) struct HostState {
     /// What the current call kept for the response phase (`state.keep`), or, in a response
     /// phase, what the request phase kept.
     pub(crate) kept: Option<Vec<u8>>,
+}
+
+impl HostState {
+    /// The call waited `waited` on the host: its deadline, and its throttling, move back by
+    /// as much.
+    fn push_back(&mut self, waited: Duration) {
+        self.deadline += waited;
+        self.throttle_from += waited;
+    }
 }
 
 impl WasiView for HostState {
@@ -137,7 +148,7 @@ impl outbound::Host for HostState {
             _ => Err(denied(&req.service)),
         };
         // Waiting is not executing: the filter's budget does not run while it waits.
-        self.deadline += started.elapsed();
+        self.push_back(started.elapsed());
         result
     }
 
@@ -154,7 +165,7 @@ impl outbound::Host for HostState {
             }
         });
         let results = futures_util::future::join_all(calls).await;
-        self.deadline += started.elapsed();
+        self.push_back(started.elapsed());
         results
     }
 }
@@ -228,7 +239,7 @@ impl HostState {
     async fn waited<T>(&mut self, call: StateFuture<'_, T>) -> Result<T, StateError> {
         let started = Instant::now();
         let result = call.await;
-        self.deadline += started.elapsed();
+        self.push_back(started.elapsed());
         result
     }
 }

@@ -22,7 +22,7 @@ use super::{Exchange, PhaseSpan};
 use crate::config::FailurePolicy;
 use crate::metrics::FilterFailureLabels;
 use crate::route::Params;
-use crate::snapshot::{Binding, ChainEntry, Route, Ticket};
+use crate::snapshot::{Binding, ChainEntry, Outcome, Route, Ticket};
 use crate::upstream::{Body, BoxError, strip_hop_by_hop};
 
 /// One request's run through its route's chain.
@@ -188,7 +188,7 @@ impl<'a> Chain<'a> {
                     span,
                 });
             } else {
-                ticket.report(false);
+                ticket.report(Outcome::Passed);
             }
             match action {
                 RequestAction::Continue(mut next) => {
@@ -247,7 +247,7 @@ impl<'a> Chain<'a> {
             self.observe(binding, Phase::Response, started);
             match self.settle(binding, Phase::Response, ticket, outcome)? {
                 Some((mut next, ticket)) => {
-                    ticket.report(false);
+                    ticket.report(Outcome::Passed);
                     if let Some(new_body) = next.body.take() {
                         body = RespBody::Buffered(Bytes::from(new_body));
                     }
@@ -276,7 +276,13 @@ impl<'a> Chain<'a> {
             Ok(value) => return Ok(Some((value, ticket))),
             Err(err) => err,
         };
-        let counts = matches!(err, FilterError::Trap(_) | FilterError::Invalid(_));
+        let counts = match &err {
+            FilterError::Trap(_) if matches!(err.kind(), "deadline" | "memory") => {
+                Outcome::FailedCostly
+            }
+            FilterError::Trap(_) | FilterError::Invalid(_) => Outcome::Failed,
+            _ => Outcome::Passed,
+        };
         let filter = binding.filter();
         self.ex
             .metrics

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 /// Consecutive failed requests that open the breaker.
 pub const TRIP_AFTER: u32 = 5;
+/// Consecutive failed requests that open the breaker when each ran a call to its deadline or
+/// its memory cap: each of those cost a worker many milliseconds, not microseconds.
+pub const TRIP_AFTER_COSTLY: u32 = 2;
 /// How long an open breaker fails requests before letting one probe through; each probe that
 /// fails doubles it, up to [`MAX_COOL_DOWN`], so that a filter that stays broken (one that
 /// loops to its deadline on every request) gets less and less of the workers' time.
@@ -28,6 +31,8 @@ pub struct Breaker {
 #[derive(Default)]
 struct State {
     consecutive: u32,
+    /// Of those, the last ones in a row that were costly.
+    costly: u32,
     open_until: Option<Instant>,
     /// The cool-down the next opening lasts.
     cool_down: Option<Duration>,
@@ -73,22 +78,37 @@ impl Breaker {
     }
 }
 
+/// How a request's use of a binding went, as its breaker counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Passed,
+    Failed,
+    /// Failed at a call's deadline or memory cap.
+    FailedCostly,
+}
+
 impl Ticket<'_> {
     /// Report the request's outcome; when this failure opened the breaker, for how long.
-    pub fn report(mut self, failed: bool) -> Option<Duration> {
+    pub fn report(mut self, outcome: Outcome) -> Option<Duration> {
         self.reported = true;
         let mut s = self.breaker.state();
         if self.probe {
             s.probing = false;
         }
-        if !failed {
+        if outcome == Outcome::Passed {
             s.consecutive = 0;
+            s.costly = 0;
             s.open_until = None;
             s.cool_down = None;
             return None;
         }
         s.consecutive += 1;
-        if s.consecutive < TRIP_AFTER || (s.open_until.is_some() && !self.probe) {
+        s.costly = match outcome {
+            Outcome::FailedCostly => s.costly + 1,
+            _ => 0,
+        };
+        let tripped = s.consecutive >= TRIP_AFTER || s.costly >= TRIP_AFTER_COSTLY;
+        if !tripped || (s.open_until.is_some() && !self.probe) {
             // Not yet; or a request admitted before the breaker opened, ending now.
             return None;
         }
@@ -116,10 +136,10 @@ mod tests {
     fn opens_after_consecutive_failures_and_probes_after_cool_down() {
         let b = Breaker::default();
         for _ in 0..TRIP_AFTER - 1 {
-            assert_eq!(b.admit().unwrap().report(true), None);
+            assert_eq!(b.admit().unwrap().report(Outcome::Failed), None);
         }
         assert_eq!(
-            b.admit().unwrap().report(true),
+            b.admit().unwrap().report(Outcome::Failed),
             Some(COOL_DOWN),
             "the fifth failure opens it"
         );
@@ -127,7 +147,7 @@ mod tests {
         b.state().open_until = Some(Instant::now());
         let probe = b.admit().expect("one probe after the cool-down");
         assert!(b.admit().is_none(), "only one");
-        probe.report(false);
+        probe.report(Outcome::Passed);
         assert!(b.admit().is_some(), "a good probe closes it");
     }
 
@@ -136,7 +156,7 @@ mod tests {
     fn failed_probes_double_the_cool_down() {
         let b = Breaker::default();
         for _ in 0..TRIP_AFTER {
-            let _ = b.admit().unwrap().report(true);
+            let _ = b.admit().unwrap().report(Outcome::Failed);
         }
         let mut expected = COOL_DOWN;
         for _ in 0..8 {
@@ -144,7 +164,7 @@ mod tests {
             b.state().open_until = Some(Instant::now());
             let probe = b.admit().expect("a probe");
             let before = Instant::now();
-            assert_eq!(probe.report(true), None, "it was open already");
+            assert_eq!(probe.report(Outcome::Failed), None, "it was open already");
             expected = (expected * 2).min(MAX_COOL_DOWN);
             let until = b.state().open_until.expect("open again");
             assert!(until >= before + expected, "{expected:?}");
@@ -153,18 +173,45 @@ mod tests {
         }
         assert_eq!(expected, MAX_COOL_DOWN);
         b.state().open_until = Some(Instant::now());
-        b.admit().expect("a probe").report(false);
+        b.admit().expect("a probe").report(Outcome::Passed);
         for _ in 0..TRIP_AFTER - 1 {
-            let _ = b.admit().unwrap().report(true);
+            let _ = b.admit().unwrap().report(Outcome::Failed);
         }
-        assert_eq!(b.admit().unwrap().report(true), Some(COOL_DOWN));
+        assert_eq!(b.admit().unwrap().report(Outcome::Failed), Some(COOL_DOWN));
+    }
+
+    /// Calls cut at their deadline or memory cap open it after two in a row; a cheap failure
+    /// between them starts that count over (the five-in-a-row count goes on).
+    #[test]
+    fn costly_failures_open_it_sooner() {
+        let b = Breaker::default();
+        assert_eq!(b.admit().unwrap().report(Outcome::FailedCostly), None);
+        assert_eq!(b.admit().unwrap().report(Outcome::Failed), None);
+        assert_eq!(b.admit().unwrap().report(Outcome::FailedCostly), None);
+        assert_eq!(
+            b.admit().unwrap().report(Outcome::FailedCostly),
+            Some(COOL_DOWN),
+            "two costly failures in a row"
+        );
+        b.state().open_until = Some(Instant::now());
+        b.admit().unwrap().report(Outcome::Passed);
+        assert_eq!(b.admit().unwrap().report(Outcome::FailedCostly), None);
+        assert_eq!(b.admit().unwrap().report(Outcome::Passed), None);
+        for _ in 0..TRIP_AFTER - 1 {
+            assert_eq!(b.admit().unwrap().report(Outcome::Failed), None);
+        }
+        assert_eq!(
+            b.admit().unwrap().report(Outcome::FailedCostly),
+            Some(COOL_DOWN),
+            "the fifth failure in a row, whatever its kind"
+        );
     }
 
     #[test]
     fn an_unreported_probe_lets_the_next_request_probe() {
         let b = Breaker::default();
         for _ in 0..TRIP_AFTER {
-            b.admit().unwrap().report(true);
+            b.admit().unwrap().report(Outcome::Failed);
         }
         b.state().open_until = Some(Instant::now());
         drop(b.admit().expect("a probe"));

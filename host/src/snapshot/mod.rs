@@ -10,7 +10,7 @@ use wasmgate_sandbox::{
     FilterCache, FilterMetrics, InstancePool, Limits, LoadedFilter, Needs, StateStore,
 };
 
-pub use breaker::{Breaker, Ticket};
+pub use breaker::{Breaker, Outcome, Ticket};
 
 use crate::config::{self, Config, FailurePolicy, FilterLimits, RouteConfig};
 use crate::upstream::{EndpointRegistry, Service, Services};
