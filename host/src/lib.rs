@@ -35,6 +35,7 @@ mod route;
 mod server;
 mod snapshot;
 mod state;
+mod text;
 mod tls;
 mod upstream;
 

@@ -84,7 +84,7 @@ impl<'a> Chain<'a> {
             ctx: RouteContext {
                 route: route.config.name.clone(),
                 params,
-                client_addr: ex.client.to_string(),
+                client_addr: crate::text::AddrText::socket(ex.client).as_str().to_owned(),
                 request_id: ex.request_id.to_string(),
             },
             entered: Vec::with_capacity(route.chain.len()),
@@ -106,7 +106,7 @@ impl<'a> Chain<'a> {
         // Filters never see connection-level headers (the upstream client drops them too).
         strip_hop_by_hop(&mut req.headers);
         let mut wit_req = wit::Request {
-            method: req.method.to_string(),
+            method: req.method.as_str().to_owned(),
             scheme: if self.ex.tls { "https" } else { "http" }.into(),
             authority,
             path_with_query: req.path_and_query,

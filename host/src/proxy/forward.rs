@@ -258,12 +258,13 @@ fn append_forwarded(
     original_host: Option<HeaderValue>,
     tls: bool,
 ) {
-    let ip = client.ip().to_string();
+    let ip = crate::text::AddrText::ip(client.ip());
+    let ip = ip.as_str();
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {ip}"),
-        None => ip,
+        Some(prior) => HeaderValue::from_str(&[prior, ", ", ip].concat()),
+        None => HeaderValue::from_str(ip),
     };
-    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+    if let Ok(v) = forwarded_for {
         headers.insert(X_FORWARDED_FOR, v);
     }
     let proto = if tls { "https" } else { "http" };

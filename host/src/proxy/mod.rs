@@ -314,7 +314,7 @@ impl Proxy {
 
     fn next_request_id(&self) -> Arc<str> {
         let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:08x}{n:08x}", self.id_prefix).into()
+        crate::text::request_id(self.id_prefix, n).into()
     }
 }
 

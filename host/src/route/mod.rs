@@ -112,24 +112,26 @@ fn method_and_host_match(methods: &[Method], host: Option<&str>, input: &MatchIn
 /// The path and query the upstream receives, after prefix strip or rewrite.
 pub fn upstream_path(route: &RouteConfig, uri: &Uri, params: &[(String, String)]) -> String {
     let path = uri.path();
-    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let rendered;
     let new_path = if let Some(template) = &route.rewrite {
-        render(template, params)
+        rendered = render(template, params);
+        &rendered
     } else if route.strip_prefix {
         let prefix = match &route.path {
             PathMatch::Prefix(p) => p.as_str(),
             _ => "",
         };
-        let rest = path.strip_prefix(prefix).unwrap_or(path);
-        if rest.is_empty() {
-            "/".to_string()
-        } else {
-            rest.to_string()
+        match path.strip_prefix(prefix).unwrap_or(path) {
+            "" => "/",
+            rest => rest,
         }
     } else {
-        path.to_string()
+        path
     };
-    format!("{new_path}{query}")
+    match uri.query() {
+        Some(query) => [new_path, "?", query].concat(),
+        None => new_path.to_owned(),
+    }
 }
 
 /// The authority the client addressed: the URI's (HTTP/2, absolute-form) or the `Host` header.

@@ -106,17 +106,31 @@ pub struct Endpoint {
     pub state: Arc<EndpointState>,
     /// [`Endpoint::id`], kept for the access log.
     pub label: Arc<str>,
+    /// The `Host` an HTTP/1 request to it carries: the base URL's host, and its port unless it
+    /// is the scheme's default (as hyper's client would write it, made once here).
+    host: Option<HeaderValue>,
 }
 
 impl Endpoint {
     pub fn new(base: http::Uri, address: Option<std::net::IpAddr>, weight: u32) -> Endpoint {
         let label = Arc::from(Endpoint::id_of(&base, address));
+        let host = base.host().and_then(|host| {
+            let secure = matches!(base.scheme_str(), Some("https" | "wss"));
+            let value = match base.port_u16() {
+                Some(443) if secure => host.to_owned(),
+                Some(80) if !secure => host.to_owned(),
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_owned(),
+            };
+            HeaderValue::from_str(&value).ok()
+        });
         Endpoint {
             base,
             address,
             weight,
             state: Arc::default(),
             label,
+            host,
         }
     }
 
@@ -524,7 +538,15 @@ async fn send_to(
         .map_err(|e| UpstreamError::Invalid(format!("path {:?}: {e}", req.path_and_query)))?;
     let mut headers = req.headers;
     strip_hop_by_hop(&mut headers);
-    headers.remove(header::HOST);
+    match &endpoint.host {
+        // What hyper's client would add to an HTTP/1 request without one, made once.
+        Some(host) if service.transport.protocol == Protocol::Http1 => {
+            headers.insert(header::HOST, host.clone());
+        }
+        _ => {
+            headers.remove(header::HOST);
+        }
+    }
     if let Some(protocol) = req.upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
@@ -671,8 +693,8 @@ const MAX_POOLS: usize = 1024;
 
 thread_local! {
     /// This thread's pools: a request and the upstream connection it uses stay on one thread.
-    static LOCAL: std::cell::RefCell<HashMap<PoolKey, HttpClient>> =
-        std::cell::RefCell::new(HashMap::new());
+    static LOCAL: std::cell::RefCell<rustc_hash::FxHashMap<PoolKey, HttpClient>> =
+        std::cell::RefCell::default();
 }
 
 /// The pooled client for `transport`: the calling thread's, or for a service with
@@ -772,7 +794,7 @@ fn join(base: &http::Uri, path_and_query: &str) -> Result<http::Uri, http::Error
         builder = builder.authority(authority.clone());
     }
     builder
-        .path_and_query(format!("{base_path}{path_and_query}"))
+        .path_and_query([base_path, path_and_query].concat())
         .build()
 }
 
