@@ -276,11 +276,9 @@ impl<'a> Chain<'a> {
             Ok(value) => return Ok(Some((value, ticket))),
             Err(err) => err,
         };
-        let counts = match &err {
-            FilterError::Trap(_) if matches!(err.kind(), "deadline" | "memory") => {
-                Outcome::FailedCostly
-            }
-            FilterError::Trap(_) | FilterError::Invalid(_) => Outcome::Failed,
+        let counts = match err.kind() {
+            "deadline" | "memory" => Outcome::FailedCostly,
+            "trap" | "invalid" => Outcome::Failed,
             _ => Outcome::Passed,
         };
         let filter = binding.filter();
