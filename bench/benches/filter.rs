@@ -1,6 +1,6 @@
 //! One filter invocation through the host, per phase, for a trivial filter (`headers`, one
 //! request and one response header) and a JSON-body filter (`transform` setting a field in a
-//! 1 KiB JSON body); each with the instance strategies the gateway has (`reused`: the default
+//! 1 KiB and a 16 KiB JSON body); each with the instance strategies the gateway has (`reused`: the default
 //! for filters that opt in; `fresh`: a new instance per request), and chains of 1, 3 and 10
 //! filters. `cargo bench -p wasmgate-bench --bench filter`; see bench/README.md.
 
@@ -52,6 +52,21 @@ fn context() -> RouteContext {
         client_addr: "127.0.0.1:40000".into(),
         request_id: "0000000100000001".into(),
     }
+}
+
+/// About 16 KiB of JSON, the body `bench/run.py` POSTs (Python's `json.dumps`, so with a space
+/// after each `,` and `:`).
+fn json_body_16k() -> Vec<u8> {
+    let mut items = Vec::new();
+    let mut len = 0;
+    while len < 16 << 10 {
+        let i = items.len();
+        let item =
+            format!(r#"{{"id": {i}, "name": "item-{i}", "tags": ["a", "b"], "price": 12.5}}"#);
+        len += item.len() + 1;
+        items.push(item);
+    }
+    format!(r#"{{"user": "bench", "items": [{}]}}"#, items.join(", ")).into_bytes()
 }
 
 /// About 1 KiB of JSON.
@@ -118,6 +133,7 @@ fn phases(c: &mut Criterion) {
     for (filter, config, body) in [
         ("headers", HEADERS_CONFIG, None),
         ("transform-json", JSON_CONFIG, Some(json_body())),
+        ("transform-json16k", JSON_CONFIG, Some(json_body_16k())),
     ] {
         let name = filter.split('-').next().unwrap();
         let req = request(body);

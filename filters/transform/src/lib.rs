@@ -69,28 +69,32 @@ impl Side {
             && !self.touches_body()
     }
 
-    /// Apply the body operations and allow-list to a JSON document.
-    fn transform_json(&self, mut doc: Value) -> Result<Value, Error> {
+    /// Apply the body operations and allow-list to a JSON body; `None` when it is not JSON.
+    /// Only the parts the operations name are parsed: the rest is copied through as text.
+    fn transform_json(&self, body: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let Ok(mut doc) = json::Doc::parse(body) else {
+            return Ok(None);
+        };
         for op in &self.body {
             match op {
                 BodyOp::Rename { from, to } => {
-                    json::rename(&mut doc, from, to);
+                    doc.rename(from, to);
                 }
                 BodyOp::Move { from, to } => {
-                    if let Some(v) = json::remove(&mut doc, from) {
-                        json::set(&mut doc, to, v)?;
+                    if let Some(v) = doc.remove(from) {
+                        doc.set(to, v)?;
                     }
                 }
                 BodyOp::Remove { path } => {
-                    json::remove(&mut doc, path);
+                    doc.remove(path);
                 }
-                BodyOp::Set { path, value } => json::set(&mut doc, path, value.clone())?,
+                BodyOp::Set { path, value } => doc.set(path, value.clone())?,
             }
         }
-        Ok(match &self.allow {
-            Some(paths) => json::retain(&doc, paths),
-            None => doc,
-        })
+        if let Some(paths) = &self.allow {
+            doc.retain(paths);
+        }
+        Ok(Some(doc.to_vec()))
     }
 }
 
@@ -177,16 +181,13 @@ impl Filter for Transform {
             req.set_path(&path);
         }
         edit_query(&mut req, &side.query);
-        if side.touches_body() && req.body().is_some_and(|b| !b.is_empty()) {
-            let doc: Value = match req.json() {
-                Ok(doc) => doc,
-                Err(_) => {
-                    let body = serde_json::json!({ "error": "the request body must be JSON" });
-                    return Ok(Response::json(400, &body).into());
-                }
+        if let Some(body) = req.body().filter(|b| !b.is_empty() && side.touches_body()) {
+            let Some(body) = side.transform_json(body)? else {
+                let body = serde_json::json!({ "error": "the request body must be JSON" });
+                return Ok(Response::json(400, &body).into());
             };
-            let doc = side.transform_json(doc)?;
-            req.set_json(&doc)?;
+            req.set_body(body);
+            req.headers_mut().set("content-type", "application/json");
         }
         Ok(req.into())
     }
@@ -194,13 +195,13 @@ impl Filter for Transform {
     fn on_response(&self, mut resp: Response, _ctx: &Context) -> Result<Response, Error> {
         let side = &self.0.response;
         side.headers.apply(resp.headers_mut());
-        if side.touches_body() && resp.body().is_some_and(|b| !b.is_empty()) {
-            match resp.json_body::<Value>() {
-                Ok(doc) => {
-                    let doc = side.transform_json(doc)?;
-                    resp.set_json(&doc)?;
+        if let Some(body) = resp.body().filter(|b| !b.is_empty() && side.touches_body()) {
+            match side.transform_json(body)? {
+                Some(body) => {
+                    resp.set_body(body);
+                    resp.headers_mut().set("content-type", "application/json");
                 }
-                Err(_) => log::warn("response body is not JSON; left unchanged"),
+                None => log::warn("response body is not JSON; left unchanged"),
             }
         }
         Ok(resp)

@@ -56,3 +56,26 @@ fn a_request_body_that_is_not_json_gets_400_and_a_bad_answer_passes_with_a_warni
         "{logs:?}"
     );
 }
+
+#[test]
+fn a_body_edit_keeps_the_rest_of_the_body_as_sent_and_a_repeated_key_cannot_hide() {
+    let route = TestFilter::load(wasmgate_artifacts::filter("transform"))
+        .unwrap()
+        .route(json!({ "request": { "body": [
+            { "set": { "path": "role", "value": "user" } },
+            { "remove": { "path": "debug" } },
+        ] } }))
+        .unwrap();
+    // The upstream reads the last `role` (as serde_json and most parsers do): the set must reach
+    // it. Untouched values keep their spelling: `1.50`, `2e3`, the escape and the spaces.
+    let sent = r#"{"role": "admin", "items": [1.50, 2e3, {"k": "\u00e5"}], "debug": true, "role": "root"}"#;
+    let Action::Continue(req) = route.on_request(Request::new("POST", "/").with_body(sent)).unwrap()
+    else {
+        panic!("transform answered itself");
+    };
+    assert_eq!(
+        std::str::from_utf8(req.body().unwrap()).unwrap(),
+        r#"{"role":"user","items":[1.50, 2e3, {"k": "\u00e5"}]}"#
+    );
+    assert_eq!(req.header("content-type"), Some("application/json"));
+}

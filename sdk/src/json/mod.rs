@@ -12,6 +12,11 @@ use serde_json::{Map, Value};
 
 use crate::Error;
 
+mod doc;
+mod scan;
+
+pub use doc::Doc;
+
 fn segments(path: &str) -> impl Iterator<Item = &str> {
     path.split('.').filter(|s| !s.is_empty())
 }
@@ -135,7 +140,7 @@ pub fn retain(doc: &Value, paths: &[String]) -> Value {
     retain_inner(doc, &refs)
 }
 
-fn retain_inner(doc: &Value, paths: &[&[&str]]) -> Value {
+pub(crate) fn retain_inner(doc: &Value, paths: &[&[&str]]) -> Value {
     if paths.iter().any(|p| p.is_empty()) {
         return doc.clone();
     }
