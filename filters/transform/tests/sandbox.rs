@@ -69,7 +69,9 @@ fn a_body_edit_keeps_the_rest_of_the_body_as_sent_and_a_repeated_key_cannot_hide
     // The upstream reads the last `role` (as serde_json and most parsers do): the set must reach
     // it. Untouched values keep their spelling: `1.50`, `2e3`, the escape and the spaces.
     let sent = r#"{"role": "admin", "items": [1.50, 2e3, {"k": "\u00e5"}], "debug": true, "role": "root"}"#;
-    let Action::Continue(req) = route.on_request(Request::new("POST", "/").with_body(sent)).unwrap()
+    let Action::Continue(req) = route
+        .on_request(Request::new("POST", "/").with_body(sent))
+        .unwrap()
     else {
         panic!("transform answered itself");
     };

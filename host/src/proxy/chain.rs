@@ -158,8 +158,10 @@ impl<'a> Chain<'a> {
                 }
                 continue;
             }
-            wit_req.body = match (&body, needs.request_body) {
-                (ReqBody::Buffered(b), true) => Some(b.to_vec()),
+            // The buffered body moves into the filter's request (no copy when this request owns
+            // its bytes alone, as a body collected from several reads does) and back after.
+            wit_req.body = match (&mut body, needs.request_body) {
+                (ReqBody::Buffered(b), true) => Some(Vec::from(std::mem::take(b))),
                 _ => None,
             };
             let started = Instant::now();
@@ -172,6 +174,9 @@ impl<'a> Chain<'a> {
                 Ok(action)
             }
             .await;
+            if let Some(sent) = wit_req.body.take() {
+                body = ReqBody::Buffered(Bytes::from(sent));
+            }
             end_span(span.as_ref(), &outcome);
             self.ex.add_log_fields(lease.take_log_fields());
             self.observe(binding, Phase::Request, started);
@@ -230,8 +235,9 @@ impl<'a> Chain<'a> {
             span,
         }) = self.entered.pop()
         {
-            wit_resp.body = match (&body, binding.needs().response_body) {
-                (RespBody::Buffered(b), true) => Some(b.to_vec()),
+            // As in the request phases: moved in and back, not copied.
+            wit_resp.body = match (&mut body, binding.needs().response_body) {
+                (RespBody::Buffered(b), true) => Some(Vec::from(std::mem::take(b))),
                 _ => None,
             };
             let started = Instant::now();
@@ -242,19 +248,21 @@ impl<'a> Chain<'a> {
                 Ok(next)
             }
             .await;
+            if let Some(sent) = wit_resp.body.take() {
+                body = RespBody::Buffered(Bytes::from(sent));
+            }
             end_span(span.as_ref(), &outcome);
             self.ex.add_log_fields(lease.take_log_fields());
             self.observe(binding, Phase::Response, started);
-            match self.settle(binding, Phase::Response, ticket, outcome)? {
-                Some((mut next, ticket)) => {
-                    ticket.report(Outcome::Passed);
-                    if let Some(new_body) = next.body.take() {
-                        body = RespBody::Buffered(Bytes::from(new_body));
-                    }
-                    wit_resp = next;
+            // Fail-open (`None`): the response goes on as the filter found it.
+            if let Some((mut next, ticket)) =
+                self.settle(binding, Phase::Response, ticket, outcome)?
+            {
+                ticket.report(Outcome::Passed);
+                if let Some(new_body) = next.body.take() {
+                    body = RespBody::Buffered(Bytes::from(new_body));
                 }
-                // Fail-open: the response goes on as the filter found it.
-                None => wit_resp.body = None,
+                wit_resp = next;
             }
         }
         client_response(wit_resp, body)
