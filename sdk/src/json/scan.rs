@@ -52,7 +52,12 @@ pub(super) fn validate(src: &[u8]) -> Result<((usize, usize), Index), Invalid> {
     let mut depth = 0usize;
     let mut i = skip_ws(b, 0);
     let start = i;
+    // A key comes before the next value (in an object, after `{` or `,`).
+    let mut key_first = false;
     'value: loop {
+        if key_first {
+            i = key(b, i)?;
+        }
         // A value starts at `i`. Tested from the likeliest kind down, as branches: a `match`
         // here compiles to a `br_table`, an indirect jump per value in a filter.
         let Some(&c) = b.get(i) else {
@@ -79,9 +84,7 @@ pub(super) fn validate(src: &[u8]) -> Result<((usize, usize), Index), Invalid> {
                 depth -= 1;
                 spans[open[depth] as usize].1 = i as u32;
             } else {
-                if object {
-                    i = key(b, i)?;
-                }
+                key_first = object;
                 continue 'value;
             }
         } else {
@@ -93,27 +96,34 @@ pub(super) fn validate(src: &[u8]) -> Result<((usize, usize), Index), Invalid> {
             };
             i = literal(b, i, word)?;
         }
-        // A value ended at `i`: a comma, or the close of its container (maybe several).
-        while depth > 0 {
-            i = skip_ws(b, i);
-            let object = objects[depth - 1];
-            match b.get(i) {
-                Some(b',') => {
-                    i = skip_ws(b, i + 1);
-                    if object {
-                        i = key(b, i)?;
-                    }
-                    continue 'value;
-                }
-                Some(b'}') if object => {}
-                Some(b']') if !object => {}
-                _ => return Err(err(i, "expected ',' or a closing bracket")),
-            }
-            i += 1;
-            depth -= 1;
-            spans[open[depth] as usize].1 = i as u32;
+        // A value ended at `i`: usually a comma follows, tested before the loop of closing
+        // brackets is entered (each loop entered costs an epoch check in a filter).
+        if depth == 0 {
+            break;
         }
-        break;
+        i = skip_ws(b, i);
+        if b.get(i) != Some(&b',') {
+            // The close of its container, maybe of several, then a comma or the end.
+            loop {
+                match b.get(i) {
+                    Some(b'}') if objects[depth - 1] => {}
+                    Some(b']') if !objects[depth - 1] => {}
+                    _ => return Err(err(i, "expected ',' or a closing bracket")),
+                }
+                i += 1;
+                depth -= 1;
+                spans[open[depth] as usize].1 = i as u32;
+                if depth == 0 {
+                    break 'value;
+                }
+                i = skip_ws(b, i);
+                if b.get(i) == Some(&b',') {
+                    break;
+                }
+            }
+        }
+        i = skip_ws(b, i + 1);
+        key_first = objects[depth - 1];
     }
     let end = i;
     if skip_ws(b, i) != b.len() {
