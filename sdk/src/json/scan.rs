@@ -101,6 +101,19 @@ pub(super) fn validate(src: &[u8]) -> Result<((usize, usize), Index), Invalid> {
         if depth == 0 {
             break;
         }
+        // `,x` and `, x` without the general whitespace steps.
+        if let Some(&[b',', next, after]) = b.get(i..i + 3) {
+            if next > b' ' {
+                i += 1;
+                key_first = objects[depth - 1];
+                continue;
+            }
+            if next == b' ' && after > b' ' {
+                i += 2;
+                key_first = objects[depth - 1];
+                continue;
+            }
+        }
         i = skip_ws(b, i);
         if b.get(i) != Some(&b',') {
             // The close of its container, maybe of several, then a comma or the end.
@@ -141,7 +154,17 @@ fn key(b: &[u8], i: usize) -> Result<usize, Invalid> {
             what: "expected a key",
         });
     }
-    let i = skip_ws(b, string(b, i)?);
+    let end = string(b, i)?;
+    // `"key":v` and `"key": v` without the general whitespace steps.
+    if let Some(&[b':', next, after]) = b.get(end..end + 3) {
+        if next > b' ' {
+            return Ok(end + 1);
+        }
+        if next == b' ' && after > b' ' {
+            return Ok(end + 2);
+        }
+    }
+    let i = skip_ws(b, end);
     if b.get(i) != Some(&b':') {
         return Err(Invalid {
             at: i,
