@@ -84,21 +84,23 @@ impl<'a> Doc<'a> {
     /// The value at `path`, parsed from the text (only that part of it).
     pub fn get(&self, path: &str) -> Option<Value> {
         let segs = segments(path);
-        let mut node = Ref::Node(&self.root);
+        let mut node = Place::Node(&self.root);
         for (n, seg) in segs.iter().enumerate() {
             node = match node {
-                Ref::Node(Node::Value(v)) => return super::get(v, &join(&segs[n..])).cloned(),
-                Ref::Node(Node::Object(members)) => {
-                    Ref::Node(&members.iter().find(|(k, _)| self.key_is(k, seg))?.1)
+                Place::Node(Node::Value(v)) => return super::get(v, &join(&segs[n..])).cloned(),
+                Place::Node(Node::Object(members)) => {
+                    Place::Node(&members.iter().find(|(k, _)| key_is(self.src, k, seg))?.1)
                 }
-                Ref::Node(Node::Array(items)) => Ref::Node(items.get(seg.parse::<usize>().ok()?)?),
-                Ref::Node(Node::Raw(start, _)) => Ref::Raw(self.raw_child(*start, seg)?),
-                Ref::Raw(start) => Ref::Raw(self.raw_child(start, seg)?),
+                Place::Node(Node::Array(items)) => {
+                    Place::Node(items.get(seg.parse::<usize>().ok()?)?)
+                }
+                Place::Node(Node::Raw(start, _)) => Place::Raw(self.raw_child(*start, seg)?),
+                Place::Raw(start) => Place::Raw(self.raw_child(start, seg)?),
             };
         }
         Some(match node {
-            Ref::Node(node) => self.value_of(node),
-            Ref::Raw(start) => self.parse_raw(start, scan::skip(self.src, &self.index, start)),
+            Place::Node(node) => self.value_of(node),
+            Place::Raw(start) => self.parse_raw(start, scan::skip(self.src, &self.index, start)),
         })
     }
 
@@ -159,19 +161,19 @@ impl<'a> Doc<'a> {
         let (last, parents) = segs.split_last()?;
         let src = self.src;
         let removed = match self.open_path(parents)? {
-            Ref2::Value(v, mut rest) => {
+            PlaceMut::Value(v, mut rest) => {
                 rest.push(last);
                 return super::remove(v, &join(&rest));
             }
-            Ref2::Node(Node::Object(members)) => {
+            PlaceMut::Node(Node::Object(members)) => {
                 let i = members.iter().position(|(k, _)| key_is(src, k, last))?;
                 members.remove(i).1
             }
-            Ref2::Node(Node::Array(items)) => {
+            PlaceMut::Node(Node::Array(items)) => {
                 let i = last.parse::<usize>().ok().filter(|i| *i < items.len())?;
                 items.remove(i)
             }
-            Ref2::Node(_) => return None,
+            PlaceMut::Node(_) => return None,
         };
         Some(self.take_value(removed))
     }
@@ -185,11 +187,11 @@ impl<'a> Doc<'a> {
         };
         let src = self.src;
         match self.open_path(parents) {
-            Some(Ref2::Value(v, mut rest)) => {
+            Some(PlaceMut::Value(v, mut rest)) => {
                 rest.push(last);
                 super::rename(v, &join(&rest), new_key)
             }
-            Some(Ref2::Node(Node::Object(members))) => {
+            Some(PlaceMut::Node(Node::Object(members))) => {
                 let Some(i) = members.iter().position(|(k, _)| key_is(src, k, last)) else {
                     return false;
                 };
@@ -260,13 +262,13 @@ impl<'a> Doc<'a> {
 
     /// Open the containers along `segs` (no inserting), down to the node at its end, or to a
     /// [`Value`] on the way with the segments still to walk in it.
-    fn open_path<'s>(&'s mut self, segs: &[&'s str]) -> Option<Ref2<'s>> {
+    fn open_path<'s>(&'s mut self, segs: &[&'s str]) -> Option<PlaceMut<'s>> {
         let (src, index) = (self.src, &self.index);
         let mut cur = &mut self.root;
         for (n, seg) in segs.iter().enumerate() {
             open(src, index, cur, false);
             cur = match cur {
-                Node::Value(v) => return Some(Ref2::Value(v, segs[n..].to_vec())),
+                Node::Value(v) => return Some(PlaceMut::Value(v, segs[n..].to_vec())),
                 Node::Object(members) => {
                     let i = members.iter().position(|(k, _)| key_is(src, k, seg))?;
                     &mut members[i].1
@@ -277,13 +279,9 @@ impl<'a> Doc<'a> {
         }
         open(src, index, cur, false);
         Some(match cur {
-            Node::Value(v) => Ref2::Value(v, Vec::new()),
-            node => Ref2::Node(node),
+            Node::Value(v) => PlaceMut::Value(v, Vec::new()),
+            node => PlaceMut::Node(node),
         })
-    }
-
-    fn key_is(&self, key: &Key, name: &str) -> bool {
-        key_is(self.src, key, name)
     }
 
     /// The start of the member `seg` of the raw object or array that opens at `start`.
@@ -291,7 +289,7 @@ impl<'a> Doc<'a> {
         match self.src[start] {
             // The last of duplicate keys, as `serde_json` reads them.
             b'{' => Members::new(self.src, &self.index, start)
-                .filter(|(k, _)| self.key_is(k, seg))
+                .filter(|(k, _)| key_is(self.src, k, seg))
                 .last()
                 .map(|(_, (s, _))| s),
             b'[' => {
@@ -316,7 +314,7 @@ impl<'a> Doc<'a> {
             Node::Object(members) => Value::Object(
                 members
                     .iter()
-                    .map(|(k, v)| (self.key_text(k), self.value_of(v)))
+                    .map(|(k, v)| (key_name(self.src, k).into_owned(), self.value_of(v)))
                     .collect::<Map<_, _>>(),
             ),
         }
@@ -326,14 +324,6 @@ impl<'a> Doc<'a> {
         match node {
             Node::Value(v) => v,
             node => self.value_of(&node),
-        }
-    }
-
-    fn key_text(&self, key: &Key) -> String {
-        match key {
-            Key::Owned(k) => k.clone(),
-            Key::Raw(s, e, false) => String::from_utf8_lossy(&self.src[s + 1..e - 1]).into_owned(),
-            Key::Raw(s, e, true) => serde_json::from_slice(&self.src[*s..*e]).unwrap_or_default(),
         }
     }
 
@@ -372,23 +362,31 @@ impl<'a> Doc<'a> {
     }
 }
 
-enum Ref<'n> {
+/// Where a read-only walk stands: at a node, or at the offset of a value inside raw text.
+enum Place<'n> {
     Node(&'n Node),
     Raw(usize),
 }
 
-enum Ref2<'n> {
+/// Where a walk that opens containers ends: at a node, or inside a value the filter put in.
+enum PlaceMut<'n> {
     Node(&'n mut Node),
     /// A value the filter put in, and the path segments still to walk inside it.
     Value(&'n mut Value, Vec<&'n str>),
 }
 
 fn key_is(src: &[u8], key: &Key, name: &str) -> bool {
+    key_name(src, key) == name
+}
+
+/// A key's text: borrowed from the source unless it holds an escape.
+fn key_name<'s>(src: &'s [u8], key: &'s Key) -> Cow<'s, str> {
     match key {
-        Key::Owned(k) => k == name,
-        Key::Raw(s, e, false) => &src[s + 1..e - 1] == name.as_bytes(),
+        Key::Owned(k) => Cow::Borrowed(k),
+        // Validated: UTF-8, so nothing is replaced.
+        Key::Raw(s, e, false) => String::from_utf8_lossy(&src[s + 1..e - 1]),
         Key::Raw(s, e, true) => {
-            serde_json::from_slice::<String>(&src[*s..*e]).is_ok_and(|k| k == name)
+            Cow::Owned(serde_json::from_slice(&src[*s..*e]).unwrap_or_default())
         }
     }
 }
@@ -431,8 +429,8 @@ fn open(src: &[u8], index: &Index, node: &mut Node, null_to_object: bool) {
 /// reads duplicate keys. Without this, setting `role` in `{"role":"a","role":"a"}` would change
 /// the first and leave the one the upstream reads.
 fn dedupe(src: &[u8], mut members: Vec<(Key, Node)>) -> Vec<(Key, Node)> {
-    let names: Vec<Cow<'_, [u8]>> = members.iter().map(|(k, _)| key_bytes(src, k)).collect();
-    let mut first: HashMap<&[u8], usize> = HashMap::with_capacity(names.len());
+    let names: Vec<Cow<'_, str>> = members.iter().map(|(k, _)| key_name(src, k)).collect();
+    let mut first: HashMap<&str, usize> = HashMap::with_capacity(names.len());
     let mut later = Vec::new();
     for (i, name) in names.iter().enumerate() {
         if let Some(&f) = first.get(name.as_ref()) {
@@ -454,18 +452,6 @@ fn dedupe(src: &[u8], mut members: Vec<(Key, Node)>) -> Vec<(Key, Node)> {
         !later.iter().any(|&(_, i)| i == n - 1)
     });
     members
-}
-
-fn key_bytes<'s>(src: &'s [u8], key: &'s Key) -> Cow<'s, [u8]> {
-    match key {
-        Key::Owned(k) => Cow::Borrowed(k.as_bytes()),
-        Key::Raw(s, e, false) => Cow::Borrowed(&src[s + 1..e - 1]),
-        Key::Raw(s, e, true) => Cow::Owned(
-            serde_json::from_slice::<String>(&src[*s..*e])
-                .unwrap_or_default()
-                .into_bytes(),
-        ),
-    }
 }
 
 /// The members of a validated object (keys and value spans) or elements of an array (with a
