@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -173,6 +174,24 @@ def rss_kib(pids):
         rss += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
         hwm += int(re.search(r"VmHWM:\s+(\d+)", status).group(1))
     return rss, hwm
+
+
+def peak_rss_during(pids, work):
+    """Run `work()`; return its result and the highest RSS (KiB, summed over `pids`) sampled
+    every 100 ms while it ran."""
+    peak, done = [0], threading.Event()
+
+    def sample():
+        while not done.wait(0.1):
+            peak[0] = max(peak[0], rss_kib(pids)[0])
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        return work(), peak[0]
+    finally:
+        done.set()
+        sampler.join()
 
 
 def nginx_pids(master):
@@ -333,10 +352,13 @@ def run(work, procs):
     scaling_conns = []
     for conns in [32, 256, 1024]:
         row = {}
-        for target, url in [("nginx", f"{ng}/"), ("wasmgate, no filter", f"{wg}/plain/"),
-                            ("wasmgate, headers", f"{wg}/headers/")]:
+        for target, url, pids in [("nginx", f"{ng}/", nginx_pids(nginx.pid)),
+                                  ("wasmgate, no filter", f"{wg}/plain/", [gw.pid]),
+                                  ("wasmgate, headers", f"{wg}/headers/", [gw.pid])]:
             print(f"scaling: {conns} connections, {target}", file=sys.stderr)
-            row[target] = wrk(url, connections=conns, headers=auth)
+            row[target], peak = peak_rss_during(
+                pids, lambda: wrk(url, connections=conns, headers=auth))
+            row[target]["rss"] = peak
         scaling_conns.append((conns, row))
     scaling_body = []
     for label, body in [("0 (GET)", None), ("16 KiB", body16k), ("1 MiB", body1m)]:
@@ -347,6 +369,7 @@ def run(work, procs):
         scaling_body.append((label, row))
     gw_rss_end = rss_kib([gw.pid])
     nginx_rss_end = rss_kib(nginx_pids(nginx.pid))
+    filter_rss = loaded_filters(work, procs)
 
     obs_lines, obs_failed = observability(work, gw_port, gw_tls, auth, procs)
     iso_lines, iso_failed = isolation(work, upstream, procs)
@@ -420,17 +443,35 @@ def run(work, procs):
         "",
         "## Scaling with connections (GET)",
         "",
-        "| connections | nginx req/s | nginx p99 ms | no filter req/s | vs nginx | p99 ms | "
-        "headers req/s | vs nginx | p99 ms |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "RSS columns: the highest resident memory sampled (every 100 ms) during that run.",
+        "",
+        "| connections | nginx req/s | nginx p99 ms | nginx RSS | no filter req/s | vs nginx | "
+        "p99 ms | RSS | headers req/s | vs nginx | p99 ms | RSS |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for conns, row in scaling_conns:
         n, w, h = row["nginx"], row["wasmgate, no filter"], row["wasmgate, headers"]
         lines.append(
-            f"| {conns} | {n['rps']:,.0f} | {n['p99']:.2f} | {w['rps']:,.0f} | "
-            f"{ratio(w['rps'], n['rps'])} | {w['p99']:.2f} | {h['rps']:,.0f} | "
-            f"{ratio(h['rps'], n['rps'])} | {h['p99']:.2f} |"
+            f"| {conns} | {n['rps']:,.0f} | {n['p99']:.2f} | {n['rss'] / 1024:.1f} MiB | "
+            f"{w['rps']:,.0f} | {ratio(w['rps'], n['rps'])} | {w['p99']:.2f} | "
+            f"{w['rss'] / 1024:.1f} MiB | {h['rps']:,.0f} | {ratio(h['rps'], n['rps'])} | "
+            f"{h['p99']:.2f} | {h['rss'] / 1024:.1f} MiB |"
         )
+    lines += [
+        "",
+        "## Resident memory with the number of loaded filters",
+        "",
+        "A gateway started afresh for each count, with that many copies of `headers.wasm` "
+        "(each its own filter, on its own route) and one route without a filter. RSS once "
+        "it serves, then after one request on every route (each filter instantiated once).",
+        "",
+        "| filters | RSS at start | RSS after a request per route | per filter after requests |",
+        "|---:|---:|---:|---:|",
+    ]
+    base = filter_rss[0][2]
+    for count, started, served in filter_rss:
+        per = f"{(served - base) / count:,.0f} KiB" if count else "-"
+        lines.append(f"| {count} | {started / 1024:.1f} MiB | {served / 1024:.1f} MiB | {per} |")
     lines += [
         "",
         f"## Scaling with request body size ({CONNECTIONS} connections, POST, no filter)",
@@ -455,6 +496,52 @@ def run(work, procs):
     (BENCH / "RESULTS.md").write_text(text)
     print(text)
     return 0
+
+
+FILTER_COUNTS = [0, 16, 64]
+
+
+def loaded_filters(work, procs):
+    """Resident memory of a gateway with 0, 16 and 64 filters loaded: at start, and after one
+    request on every route. Returns (count, KiB at start, KiB after)."""
+    upstream_port, = free_ports(1)
+    up = subprocess.Popen([str(RELEASE / "bench-upstream"), f"127.0.0.1:{upstream_port}"],
+                          stderr=subprocess.DEVNULL)
+    procs.append(up)
+    wait_for(upstream_port, "bench-upstream", up)
+    rows = []
+    for count in FILTER_COUNTS:
+        print(f"memory: {count} filters loaded", file=sys.stderr)
+        port, = free_ports(1)
+        filters = work / f"filters-{count}"
+        filters.mkdir()
+        lines = [f'listen = "127.0.0.1:{port}"', f'filters_dir = "{filters}"',
+                 "[admin]", "enabled = false",
+                 "[services.app]", f'upstreams = ["http://127.0.0.1:{upstream_port}"]',
+                 "[[routes]]", 'name = "plain"', 'prefix = "/plain"', 'service = "app"']
+        for i in range(count):
+            shutil.copy(FILTERS / "headers.wasm", filters / f"headers-{i}.wasm")
+            lines += ["[[routes]]", f'name = "r{i}"', f'prefix = "/r{i}/"', 'service = "app"',
+                      "[[routes.filters]]", f'name = "headers-{i}"',
+                      'config = { response = { set = { "x-n" = "1" } } }']
+        config = work / f"gateway-filters-{count}.toml"
+        config.write_text("\n".join(lines) + "\n")
+        gw = start_wasmgate(config, port, f"wasmgate ({count} filters)", procs)
+        started = rss_kib([gw.pid])[0]
+        for path in ["/plain/"] + [f"/r{i}/" for i in range(count)]:
+            with socket.create_connection(("127.0.0.1", port)) as s:
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n".encode())
+                reply = b""
+                while chunk := s.recv(65536):
+                    reply += chunk
+            if not reply.startswith(b"HTTP/1.1 200"):
+                raise SystemExit(f"{path} with {count} filters: {reply[:200]!r}")
+        time.sleep(1)
+        rows.append((count, started, rss_kib([gw.pid])[0]))
+        gw.terminate()
+        gw.wait(timeout=10)
+    up.terminate()
+    return rows
 
 
 ISOLATION_RATE = int(os.environ.get("ISOLATION_RATE", RATE))

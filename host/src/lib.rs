@@ -42,3 +42,4 @@ mod upstream;
 pub use config::{Config, ConfigError, Diagnostic};
 pub use control::{CheckReport, check};
 pub use gateway::RunningGateway;
+pub use server::set_worker_park_hook;

@@ -9,6 +9,7 @@ use tracing_subscriber::EnvFilter;
 use wasmgate::{Config, RunningGateway};
 
 mod cli;
+mod memory;
 
 /// glibc's allocator cost 7% of the proxy's CPU under load (perf, bench/README.md); mimalloc's
 /// thread-local free lists take most of that back.
@@ -131,6 +132,7 @@ fn main() -> ExitCode {
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(memory::on_park)
         .build()
     {
         Ok(rt) => rt,
@@ -322,6 +324,8 @@ async fn check(path: PathBuf, filters_dir: Option<PathBuf>) -> ExitCode {
 }
 
 async fn serve(path: PathBuf, filters_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    memory::start_purger();
+    wasmgate::set_worker_park_hook(memory::on_park);
     let mut config = Config::load(&path).map_err(|e| anyhow::anyhow!("invalid config\n{e}"))?;
     if let Some(dir) = filters_dir {
         config.filters_dir = dir;

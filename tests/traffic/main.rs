@@ -751,3 +751,80 @@ on = ["503"]
     assert_eq!(r.status, 503);
     assert_eq!(failing.hits(), 4, "the streamed POST was sent once");
 }
+
+/// An upstream that counts the connections it accepted and those still open.
+async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (accepted, open) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, o) = (accepted.clone(), open.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            a.fetch_add(1, Ordering::SeqCst);
+            o.fetch_add(1, Ordering::SeqCst);
+            let o = o.clone();
+            tokio::spawn(async move {
+                let service = service_fn(|_req: http::Request<hyper::body::Incoming>| async {
+                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+                o.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, accepted, open)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upstream_connections_are_reused_then_closed_after_upstream_idle() {
+    let (addr, accepted, open) = counting_upstream().await;
+    let gw = Arc::new(
+        TestGateway::start(&format!(
+            r#"
+[timeouts]
+upstream_idle = "400ms"
+
+[services.app]
+upstreams = ["http://{addr}"]
+
+[[routes]]
+name = "app"
+prefix = "/"
+service = "app"
+"#
+        ))
+        .await,
+    );
+    // Requests one after another share one kept-alive connection.
+    for _ in 0..5 {
+        assert_eq!(gw.get("/").await.status, 200);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one connection for five requests"
+    );
+    // A burst opens more; once idle past `upstream_idle`, the gateway closes every one.
+    let mut burst = JoinSet::new();
+    for _ in 0..8 {
+        let gw = gw.clone();
+        burst.spawn(async move { gw.get("/").await.status.as_u16() });
+    }
+    assert_eq!(burst.join_all().await, vec![200; 8]);
+    assert!(open.load(Ordering::SeqCst) >= 1);
+    eventually(
+        Duration::from_secs(5),
+        "idle upstream connections closed",
+        || {
+            let open = open.load(Ordering::SeqCst);
+            async move { (open == 0).then_some(()) }
+        },
+    )
+    .await;
+    // And the next request opens a fresh one.
+    let before = accepted.load(Ordering::SeqCst);
+    assert_eq!(gw.get("/").await.status, 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), before + 1);
+}

@@ -116,6 +116,9 @@ pub struct Timeouts {
     /// Time from sending the request until the upstream's response headers arrive (default 30 s).
     #[serde(default = "default_request", with = "humantime_serde")]
     pub request: Duration,
+    /// An upstream connection idle this long is closed (default 15 s).
+    #[serde(default = "default_upstream_idle", with = "humantime_serde")]
+    pub upstream_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -123,12 +126,19 @@ impl Default for Timeouts {
         Self {
             connect: default_connect(),
             request: default_request(),
+            upstream_idle: default_upstream_idle(),
         }
     }
 }
 
 fn default_connect() -> Duration {
     Duration::from_secs(2)
+}
+
+/// Long enough that steady traffic reuses its connections, short enough that a burst's extra
+/// connections (about 25 KiB each, and the memory they pin) are gone soon after it.
+fn default_upstream_idle() -> Duration {
+    Duration::from_secs(15)
 }
 
 fn default_request() -> Duration {

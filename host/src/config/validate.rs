@@ -447,7 +447,9 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
         },
     };
     if let Some(t) = &raw.timeouts
-        && (t.get_ref().connect.is_zero() || t.get_ref().request.is_zero())
+        && (t.get_ref().connect.is_zero()
+            || t.get_ref().request.is_zero()
+            || t.get_ref().upstream_idle.is_zero())
     {
         src.at(t, "timeouts: a timeout must be greater than zero");
     }

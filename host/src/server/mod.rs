@@ -18,6 +18,16 @@ use tokio::net::TcpListener;
 
 use self::framing::{FramingGuard, Guarding};
 use crate::config;
+
+/// Run by each serving thread just before it goes idle (see [`set_worker_park_hook`]).
+static WORKER_PARK_HOOK: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Have every serving thread started from now on call `hook` just before it goes idle (tokio's
+/// `on_thread_park`). The binary returns its allocator's free memory there. Set once; later
+/// calls are ignored.
+pub fn set_worker_park_hook(hook: fn()) {
+    let _ = WORKER_PARK_HOOK.set(hook);
+}
 use crate::proxy::Proxy;
 use crate::tls;
 
@@ -74,10 +84,12 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("wasmgate-worker-{i}"))
                 .spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("a worker runtime");
+                    let mut runtime = tokio::runtime::Builder::new_current_thread();
+                    runtime.enable_all();
+                    if let Some(&hook) = WORKER_PARK_HOOK.get() {
+                        runtime.on_thread_park(hook);
+                    }
+                    let runtime = runtime.build().expect("a worker runtime");
                     runtime.block_on(async move {
                         let listener = TcpListener::from_std(listener).expect("a listener");
                         // Stop when told, or when the Workers are dropped.

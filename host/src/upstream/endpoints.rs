@@ -299,7 +299,9 @@ async fn probe(
         http::header::USER_AGENT,
         http::HeaderValue::from_static("wasmgate-health-check"),
     );
-    let client = super::local_client(connect_timeout, transport, shared, endpoint.address);
+    // The probe's connection lasts from one check to the next.
+    let idle = check.interval.saturating_mul(2);
+    let client = super::local_client(connect_timeout, idle, transport, shared, endpoint.address);
     let sent = tokio::time::timeout(check.timeout, client.request(req)).await;
     match sent {
         Err(_) => Err(format!("no answer within {:?}", check.timeout)),

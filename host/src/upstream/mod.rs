@@ -32,7 +32,7 @@ use http_body_util::{BodyExt, LengthLimitError};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{
     AllUnhealthy, Balance, HealthCheck, OutlierDetection, Protocol, RetryOn, ServiceConfig,
@@ -44,9 +44,6 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type used on both sides of the proxy.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 type HttpClient = Client<Capped, Body>;
-
-/// Idle upstream connections are closed after this long.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Headers that describe one connection and are never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -570,6 +567,7 @@ async fn send_to(
     let where_ = || format!("service {:?} ({base})", service.name);
     let client = local_client(
         timeouts.connect,
+        timeouts.upstream_idle,
         &service.transport,
         &service.shared,
         endpoint.address,
@@ -684,9 +682,9 @@ fn find_source<'a, T: std::error::Error + 'static>(
     None
 }
 
-/// Pools are keyed by connect timeout, transport settings, protocol, and the address a
-/// resolved endpoint connects to.
-type PoolKey = (Duration, u64, Protocol, Option<std::net::IpAddr>);
+/// Pools are keyed by connect and idle timeouts, transport settings, protocol, and the address
+/// a resolved endpoint connects to.
+type PoolKey = (Duration, Duration, u64, Protocol, Option<std::net::IpAddr>);
 
 /// Pools kept per thread before the map is cleared (settings or addresses changed often).
 const MAX_POOLS: usize = 1024;
@@ -701,11 +699,18 @@ thread_local! {
 /// `max_connections`, the service's own.
 fn local_client(
     connect_timeout: Duration,
+    idle: Duration,
     transport: &Transport,
     shared: &Arc<ServiceShared>,
     address: Option<std::net::IpAddr>,
 ) -> HttpClient {
-    let key = (connect_timeout, transport.key, transport.protocol, address);
+    let key = (
+        connect_timeout,
+        idle,
+        transport.key,
+        transport.protocol,
+        address,
+    );
     if shared.connections.is_some() {
         let mut pools = shared.pools.lock().unwrap_or_else(|e| e.into_inner());
         return pools
@@ -713,6 +718,7 @@ fn local_client(
             .or_insert_with(|| {
                 client(
                     connect_timeout,
+                    idle,
                     transport,
                     shared.connections.clone(),
                     address,
@@ -728,7 +734,7 @@ fn local_client(
         if local.len() >= MAX_POOLS {
             local.clear();
         }
-        let fresh = client(connect_timeout, transport, None, address);
+        let fresh = client(connect_timeout, idle, transport, None, address);
         local.insert(key, fresh.clone());
         fresh
     })
@@ -738,6 +744,7 @@ fn local_client(
 /// with the transport's settings (SNI from the upstream's host).
 fn client(
     connect_timeout: Duration,
+    idle: Duration,
     transport: &Transport,
     cap: Option<Arc<ConnectionCap>>,
     address: Option<std::net::IpAddr>,
@@ -755,7 +762,8 @@ fn client(
     };
     let mut builder = Client::builder(TokioExecutor::new());
     builder
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(idle)
         .pool_max_idle_per_host(usize::MAX);
     if transport.protocol != Protocol::Http1 {
         builder.http2_only(true);
