@@ -18,6 +18,8 @@ use tokio::net::TcpListener;
 
 use self::framing::{FramingGuard, Guarding};
 use crate::config;
+use crate::proxy::Proxy;
+use crate::tls;
 
 /// Run by each serving thread just before it goes idle (see [`set_worker_park_hook`]).
 static WORKER_PARK_HOOK: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
@@ -28,8 +30,6 @@ static WORKER_PARK_HOOK: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
 pub fn set_worker_park_hook(hook: fn()) {
     let _ = WORKER_PARK_HOOK.set(hook);
 }
-use crate::proxy::Proxy;
-use crate::tls;
 
 /// How long in-flight requests get to finish after a stop.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
