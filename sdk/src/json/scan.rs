@@ -101,18 +101,10 @@ pub(super) fn validate(src: &[u8]) -> Result<((usize, usize), Index), Invalid> {
         if depth == 0 {
             break;
         }
-        // `,x` and `, x` without the general whitespace steps.
-        if let Some(&[b',', next, after]) = b.get(i..i + 3) {
-            if next > b' ' {
-                i += 1;
-                key_first = objects[depth - 1];
-                continue;
-            }
-            if next == b' ' && after > b' ' {
-                i += 2;
-                key_first = objects[depth - 1];
-                continue;
-            }
+        if let Some(next) = past_separator(b, i, b',') {
+            i = next;
+            key_first = objects[depth - 1];
+            continue;
         }
         i = skip_ws(b, i);
         if b.get(i) != Some(&b',') {
@@ -155,14 +147,8 @@ fn key(b: &[u8], i: usize) -> Result<usize, Invalid> {
         });
     }
     let end = string(b, i)?;
-    // `"key":v` and `"key": v` without the general whitespace steps.
-    if let Some(&[b':', next, after]) = b.get(end..end + 3) {
-        if next > b' ' {
-            return Ok(end + 1);
-        }
-        if next == b' ' && after > b' ' {
-            return Ok(end + 2);
-        }
+    if let Some(next) = past_separator(b, end, b':') {
+        return Ok(next);
     }
     let i = skip_ws(b, end);
     if b.get(i) != Some(&b':') {
@@ -172,6 +158,18 @@ fn key(b: &[u8], i: usize) -> Result<usize, Invalid> {
         });
     }
     Ok(skip_ws(b, i + 1))
+}
+
+/// Past `sep` at `i` and at most one space after it, when what follows is not whitespace: the
+/// usual `,x`, `, x`, `:x` and `: x`, recognised from three bytes without the general
+/// whitespace steps. `None` leaves the rest to them.
+#[inline(always)]
+fn past_separator(b: &[u8], i: usize, sep: u8) -> Option<usize> {
+    match *b.get(i..i + 3)? {
+        [s, next, _] if s == sep && next > b' ' => Some(i + 1),
+        [s, b' ', after] if s == sep && after > b' ' => Some(i + 2),
+        _ => None,
+    }
 }
 
 /// Bytes that end a run of plain string content: the quote, the backslash and the control
