@@ -753,6 +753,40 @@ on = ["503"]
 }
 
 /// An upstream that counts the connections it accepted and those still open.
+/// A client connection of its own to the gateway.
+async fn one_connection(
+    gw: &TestGateway,
+) -> hyper::client::conn::http1::SendRequest<wasmgate_tests::TestBody> {
+    let tcp = tokio::net::TcpStream::connect(gw.running.addr)
+        .await
+        .unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// The status of a request sent on `client`, its body read.
+async fn status(
+    client: &mut hyper::client::conn::http1::SendRequest<wasmgate_tests::TestBody>,
+    method: &str,
+    path: &str,
+) -> u16 {
+    use http_body_util::BodyExt;
+    client.ready().await.unwrap();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "gateway.test")
+        .body(wasmgate_tests::full(""))
+        .unwrap();
+    let resp = client.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    resp.into_body().collect().await.unwrap();
+    status
+}
+
 async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -764,8 +798,13 @@ async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>)
             o.fetch_add(1, Ordering::SeqCst);
             let o = o.clone();
             tokio::spawn(async move {
-                let service = service_fn(|_req: http::Request<hyper::body::Incoming>| async {
-                    Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
+                let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    let mut resp = http::Response::new(Full::new(Bytes::from_static(b"ok")));
+                    if req.uri().path() == "/empty" {
+                        *resp.status_mut() = http::StatusCode::NO_CONTENT;
+                        *resp.body_mut() = Full::default();
+                    }
+                    Ok::<_, Infallible>(resp)
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tcp), service)
@@ -797,14 +836,21 @@ service = "app"
         ))
         .await,
     );
-    // Requests one after another share one kept-alive connection.
+    // Requests one after another share one kept-alive connection (sent over one client
+    // connection: each serving thread pools its own upstream connections).
+    let mut client = one_connection(&gw).await;
     for _ in 0..5 {
-        assert_eq!(gw.get("/").await.status, 200);
+        assert_eq!(status(&mut client, "GET", "/").await, 200);
+    }
+    // So do answers without a body to read: a HEAD, a 204.
+    for _ in 0..3 {
+        assert_eq!(status(&mut client, "HEAD", "/").await, 200);
+        assert_eq!(status(&mut client, "GET", "/empty").await, 204);
     }
     assert_eq!(
         accepted.load(Ordering::SeqCst),
         1,
-        "one connection for five requests"
+        "one connection for eleven requests"
     );
     // A burst opens more; once idle past `upstream_idle`, the gateway closes every one.
     let mut burst = JoinSet::new();
@@ -827,4 +873,131 @@ service = "app"
     let before = accepted.load(Ordering::SeqCst);
     assert_eq!(gw.get("/").await.status, 200);
     assert_eq!(accepted.load(Ordering::SeqCst), before + 1);
+}
+
+/// An upstream written by hand, keep-alive: `/slow` sends one chunk, waits for `release`, then
+/// the rest; `/close` answers, then closes the connection 100 ms later without having said so
+/// (an upstream whose keep-alive timeout is shorter than the gateway's); anything else answers
+/// `ok`. Counts the connections it accepts.
+async fn scripted_upstream(release: Arc<tokio::sync::Notify>) -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let release = release.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head: Vec<u8> = buf.drain(..end + 4).collect();
+                    let path = String::from_utf8_lossy(&head)
+                        .split(' ')
+                        .nth(1)
+                        .unwrap_or("")
+                        .to_owned();
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    match path.as_str() {
+                        "/slow" => {
+                            let start =
+                                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n";
+                            if tcp.write_all(start).await.is_err() {
+                                return;
+                            }
+                            release.notified().await;
+                            if tcp.write_all(b"1\r\nb\r\n0\r\n\r\n").await.is_err() {
+                                return;
+                            }
+                        }
+                        "/close" => {
+                            let _ = tcp.write_all(ok).await;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            return;
+                        }
+                        _ => {
+                            if tcp.write_all(ok).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+fn scripted_gateway(addr: SocketAddr) -> String {
+    format!(
+        r#"
+[services.app]
+upstreams = ["http://{addr}"]
+
+[[routes]]
+name = "app"
+prefix = "/"
+service = "app"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_response_keeps_its_upstream_connection_until_read_to_the_end() {
+    use http_body_util::BodyExt;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (addr, accepted) = scripted_upstream(release.clone()).await;
+    let gw = TestGateway::start(&scripted_gateway(addr)).await;
+
+    let mut first_client = one_connection(&gw).await;
+    let req = http::Request::get("/slow")
+        .header("host", "gateway.test")
+        .body(wasmgate_tests::full(""))
+        .unwrap();
+    let mut slow = first_client.send_request(req).await.unwrap().into_body();
+    let first = slow.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"a");
+    // The slow response's connection is still busy: this request gets one of its own instead
+    // of waiting behind it.
+    let mut second_client = one_connection(&gw).await;
+    let fast = tokio::time::timeout(
+        Duration::from_secs(5),
+        status(&mut second_client, "GET", "/fast"),
+    )
+    .await
+    .expect("a request while another response streams is not queued behind it");
+    assert_eq!(fast, 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+    release.notify_one();
+    let rest = slow.collect().await.unwrap().to_bytes();
+    assert_eq!(&rest[..], b"b");
+    // Read to its end, the slow response's connection is back in its thread's pool.
+    for _ in 0..4 {
+        assert_eq!(status(&mut first_client, "GET", "/fast").await, 200);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_closing_idle_connections_first_fails_no_request() {
+    let (addr, accepted) = scripted_upstream(Arc::default()).await;
+    let gw = TestGateway::start(&scripted_gateway(addr)).await;
+    // Each answer leaves a kept-alive connection in the pool, which the upstream closes while
+    // it idles there: the next request finds it closed and opens another.
+    for n in 1..=3 {
+        let resp = gw.get("/close").await;
+        assert_eq!((resp.status.as_u16(), resp.text()), (200, "ok".to_owned()));
+        assert_eq!(accepted.load(Ordering::SeqCst), n);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }

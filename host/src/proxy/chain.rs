@@ -9,7 +9,6 @@ use bytes::Bytes;
 use http::Response;
 use http::header::{self, HeaderValue};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use wasmgate_sandbox::wit::{self, RequestAction, RouteContext};
 use wasmgate_sandbox::{FilterError, Grants, Lease, Outbound};
 
@@ -23,7 +22,7 @@ use crate::config::FailurePolicy;
 use crate::metrics::FilterFailureLabels;
 use crate::route::Params;
 use crate::snapshot::{Binding, ChainEntry, Outcome, Route, Ticket};
-use crate::upstream::{Body, BoxError, strip_hop_by_hop};
+use crate::upstream::{Body, BoxError, ResponseBody, strip_hop_by_hop};
 
 /// One request's run through its route's chain.
 pub(super) struct Chain<'a> {
@@ -53,11 +52,11 @@ pub(super) enum Proceed {
 /// The response the response phases work on.
 pub(super) enum Answer {
     Filter(wit::Response),
-    Upstream(Response<Incoming>),
+    Upstream(Response<ResponseBody>),
 }
 
 enum RespBody {
-    Stream(Incoming),
+    Stream(ResponseBody),
     Buffered(Bytes),
 }
 
@@ -395,7 +394,7 @@ fn end_span<T>(slot: Option<&PhaseSpan>, outcome: &Result<T, FilterError>) {
 async fn upstream_response(
     route: &Route,
     ex: &Exchange,
-    resp: Response<Incoming>,
+    resp: Response<ResponseBody>,
 ) -> Result<(wit::Response, RespBody), GatewayError> {
     let (mut parts, incoming) = resp.into_parts();
     let body = if route.needs_response_body {

@@ -8,7 +8,6 @@ use http::Response;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::Exchange;
 use super::accept::ReqBody;
@@ -18,7 +17,7 @@ use crate::config::RetryOn;
 use crate::config::Timeouts;
 use crate::metrics::{ServiceLabels, UpstreamErrorLabels};
 use crate::snapshot::Route;
-use crate::upstream::{self, Body, BoxError, Outgoing, Pick};
+use crate::upstream::{self, Body, BoxError, Outgoing, Pick, ResponseBody};
 
 pub(super) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -32,7 +31,7 @@ pub(super) async fn to_upstream(
     body: ReqBody,
     ex: &Exchange,
     upgrade: Option<HeaderValue>,
-) -> Result<Response<Incoming>, GatewayError> {
+) -> Result<Response<ResponseBody>, GatewayError> {
     let service_name = route.config.service.as_deref().ok_or_else(|| {
         GatewayError::new(
             ErrorKind::UpstreamUnavailable,
@@ -153,7 +152,7 @@ async fn timed_send(
     timeouts: Timeouts,
     pick: &mut Pick,
     ex: &Exchange,
-) -> Result<Response<Incoming>, upstream::UpstreamError> {
+) -> Result<Response<ResponseBody>, upstream::UpstreamError> {
     use opentelemetry::KeyValue;
     let span = ex.trace.as_ref().map(|trace| {
         let span = trace.child(
@@ -248,7 +247,7 @@ pub(super) fn route_timeouts(route: &Route, ex: &Exchange) -> Timeouts {
 }
 
 /// An upstream response going back as it came, streamed.
-pub(super) fn stream_back(resp: Response<Incoming>) -> Response<Body> {
+pub(super) fn stream_back(resp: Response<ResponseBody>) -> Response<Body> {
     resp.map(|body| body.map_err(BoxError::from).boxed_unsync())
 }
 

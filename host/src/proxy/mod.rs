@@ -41,7 +41,7 @@ use crate::metrics::{Metrics, Name};
 use crate::otel::Tracing;
 use crate::route::{self, MatchInput, Params};
 use crate::snapshot::{Current, Route, Snapshot};
-use crate::upstream::Body;
+use crate::upstream::{Body, ResponseBody};
 use wasmgate_sandbox::LogFields;
 
 /// Serves client requests against the current snapshot.
@@ -424,13 +424,13 @@ async fn respond(
 }
 
 /// The upstream switched protocols for a client that asked to.
-fn switched(resp: &Response<Incoming>, handshake: &Option<websocket::Handshake>) -> bool {
+fn switched(resp: &Response<ResponseBody>, handshake: &Option<websocket::Handshake>) -> bool {
     handshake.is_some() && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
 }
 
 /// Relay a switched connection, or stream the response back as it came.
 fn switch_or_stream(
-    resp: Response<Incoming>,
+    resp: Response<ResponseBody>,
     handshake: Option<websocket::Handshake>,
     ex: &Exchange,
 ) -> Response<Body> {

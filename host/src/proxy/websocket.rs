@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Method, Response, Version};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::upstream::Body;
+use crate::upstream::{Body, ResponseBody};
 
 /// A client's request to switch its connection to the WebSocket protocol.
 pub(super) struct Handshake {
@@ -104,7 +103,7 @@ fn connection_upgrade(headers: &HeaderMap) -> bool {
 /// The upstream accepted the switch (`resp` is its 101): answer the client with it, and relay
 /// bytes between the two connections once both have switched.
 pub(super) fn relay(
-    mut resp: Response<Incoming>,
+    mut resp: Response<ResponseBody>,
     handshake: Handshake,
     idle: Duration,
     request_id: Arc<str>,

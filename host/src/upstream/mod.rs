@@ -1,17 +1,20 @@
 //! Upstream services and the one client every upstream request goes through: requests the
 //! proxy forwards and service calls filters make. An instance is picked round-robin, the URI
 //! joined, hop-by-hop headers dropped both ways, the response awaited under a timeout, and a
-//! failure classified once ([`UpstreamError`]). Each serving thread has its own pooled
-//! keep-alive clients, one per transport (protocol and TLS settings, [`Transport`]), shared by
-//! every route and across config reloads.
+//! failure classified once ([`UpstreamError`]). Each serving thread keeps its own upstream
+//! connections, shared by every route and across config reloads: plain HTTP/1.1 to a known
+//! address in the request path's own pool (`pool`), everything else in hyper-util clients, one
+//! per transport (protocol and TLS settings, [`Transport`]).
 
 mod balance;
 mod capped;
 mod discovery;
 mod endpoints;
+mod pool;
 
 pub use self::discovery::Resolver;
 pub use self::endpoints::{EndpointRegistry, EndpointState};
+pub use self::pool::ResponseBody;
 
 use self::balance::Balancer;
 use self::capped::{Capped, ConnectionCap, ConnectionLimit};
@@ -29,7 +32,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, LengthLimitError};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -106,6 +108,9 @@ pub struct Endpoint {
     /// The `Host` an HTTP/1 request to it carries: the base URL's host, and its port unless it
     /// is the scheme's default (as hyper's client would write it, made once here).
     host: Option<HeaderValue>,
+    /// The socket address of a plain `http://` endpoint whose address is known (an IP
+    /// literal, or resolved): HTTP/1.1 to it can use the request path's own pool.
+    direct: Option<std::net::SocketAddr>,
 }
 
 impl Endpoint {
@@ -121,6 +126,16 @@ impl Endpoint {
             };
             HeaderValue::from_str(&value).ok()
         });
+        let direct = (base.scheme_str() == Some("http"))
+            .then(|| {
+                let ip = address.or_else(|| {
+                    let host = base.host()?;
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    host.parse().ok()
+                })?;
+                Some(std::net::SocketAddr::new(ip, base.port_u16().unwrap_or(80)))
+            })
+            .flatten();
         Endpoint {
             base,
             address,
@@ -128,6 +143,7 @@ impl Endpoint {
             state: Arc::default(),
             label,
             host,
+            direct,
         }
     }
 
@@ -477,7 +493,7 @@ pub async fn send(
     req: Outgoing,
     timeouts: Timeouts,
     pick: &mut Pick,
-) -> Result<Response<Incoming>, UpstreamError> {
+) -> Result<Response<ResponseBody>, UpstreamError> {
     let limits = service.shared.limits;
     let active = Counted::new(service.shared.clone(), |s| &s.active);
     if let Some(max) = limits.max_requests
@@ -528,11 +544,20 @@ async fn send_to(
     endpoint: &Endpoint,
     req: Outgoing,
     timeouts: Timeouts,
-) -> Result<Response<Incoming>, UpstreamError> {
+) -> Result<Response<ResponseBody>, UpstreamError> {
     let timeout = timeouts.request;
     let base = &endpoint.base;
-    let uri = join(base, &req.path_and_query)
-        .map_err(|e| UpstreamError::Invalid(format!("path {:?}: {e}", req.path_and_query)))?;
+    // Plain HTTP/1.1 to a known address, uncapped, no upgrade: the request path's own pool.
+    let direct = endpoint.direct.filter(|_| {
+        service.transport.protocol == Protocol::Http1
+            && service.shared.connections.is_none()
+            && req.upgrade.is_none()
+    });
+    let uri = match direct {
+        Some(_) => origin(base, &req.path_and_query),
+        None => join(base, &req.path_and_query),
+    }
+    .map_err(|e| UpstreamError::Invalid(format!("path {:?}: {e}", req.path_and_query)))?;
     let mut headers = req.headers;
     strip_hop_by_hop(&mut headers);
     match &endpoint.host {
@@ -565,27 +590,37 @@ async fn send_to(
     *outgoing.uri_mut() = uri;
     *outgoing.headers_mut() = headers;
     let where_ = || format!("service {:?} ({base})", service.name);
-    let client = local_client(
-        timeouts.connect,
-        timeouts.upstream_idle,
-        &service.transport,
-        &service.shared,
-        endpoint.address,
-    );
-    let resp = match tokio::time::timeout(timeout, client.request(outgoing)).await {
-        Err(_) => {
-            return Err(UpstreamError::Timeout(format!(
-                "{} sent no response within {timeout:?}",
-                where_()
-            )));
+    let timed_out =
+        || UpstreamError::Timeout(format!("{} sent no response within {timeout:?}", where_()));
+    let resp = if let Some(addr) = direct {
+        let key = pool::Key {
+            addr,
+            idle: timeouts.upstream_idle,
+        };
+        match tokio::time::timeout(timeout, pool::send(key, timeouts.connect, outgoing)).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Err(pool::Failure::Connect(e))) => return Err(classify(&e, true, &where_())),
+            Ok(Err(pool::Failure::Exchange(e))) => return Err(classify(&e, false, &where_())),
+            Ok(Ok(resp)) => resp,
         }
-        Ok(Err(e)) => {
-            if let Some(why) = client_failure.as_ref().and_then(|f| f.get()) {
-                return Err(UpstreamError::ClientBody(format!("{}: {why}", where_())));
+    } else {
+        let client = local_client(
+            timeouts.connect,
+            timeouts.upstream_idle,
+            &service.transport,
+            &service.shared,
+            endpoint.address,
+        );
+        match tokio::time::timeout(timeout, client.request(outgoing)).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Err(e)) => {
+                if let Some(why) = client_failure.as_ref().and_then(|f| f.get()) {
+                    return Err(UpstreamError::ClientBody(format!("{}: {why}", where_())));
+                }
+                return Err(classify(&e, e.is_connect(), &where_()));
             }
-            return Err(classify(e, &where_()));
+            Ok(Ok(resp)) => resp.map(ResponseBody::plain),
         }
-        Ok(Ok(resp)) => resp,
     };
     // A 101 keeps `Connection` and `Upgrade`: the client needs them to switch too.
     if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
@@ -612,7 +647,7 @@ impl http_body::Body for Watched {
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         if let std::task::Poll::Ready(Some(Err(e))) = &polled
-            && (e.is::<ClientBodyError>() || find_source::<ClientBodyError>(&**e).is_some())
+            && find_source::<ClientBodyError>(&**e).is_some()
         {
             let _ = self.failed.set(causes(&**e));
         }
@@ -628,31 +663,31 @@ impl http_body::Body for Watched {
     }
 }
 
-/// Classify a client error.
-fn classify(e: hyper_util::client::legacy::Error, whom: &str) -> UpstreamError {
-    if let Some(client) = find_source::<ClientBodyError>(&e) {
+/// Classify a failed exchange; `connecting` when no connection was made.
+fn classify(e: &(dyn std::error::Error + 'static), connecting: bool, whom: &str) -> UpstreamError {
+    if let Some(client) = find_source::<ClientBodyError>(e) {
         return UpstreamError::ClientBody(format!("{whom}: {client}"));
     }
-    if find_source::<LengthLimitError>(&e).is_some() {
+    if find_source::<LengthLimitError>(e).is_some() {
         return UpstreamError::BodyTooLarge(format!(
             "{whom}: the streamed request body exceeded server.max_request_body_bytes"
         ));
     }
-    if let Some(limit) = find_source::<ConnectionLimit>(&e) {
+    if let Some(limit) = find_source::<ConnectionLimit>(e) {
         return UpstreamError::Overloaded(format!("{whom}: {limit}"));
     }
-    if !e.is_connect() {
-        return UpstreamError::Unavailable(format!("{whom}: {}", causes(&e)));
+    if !connecting {
+        return UpstreamError::Unavailable(format!("{whom}: {}", causes(e)));
     }
     // hyper-util reports connect failures as an io::Error nested under its ConnectError.
-    match find_source::<std::io::Error>(&e).map(std::io::Error::kind) {
+    match find_source::<std::io::Error>(e).map(std::io::Error::kind) {
         Some(std::io::ErrorKind::TimedOut) => {
-            UpstreamError::ConnectTimeout(format!("{whom}: connect timed out: {}", causes(&e)))
+            UpstreamError::ConnectTimeout(format!("{whom}: connect timed out: {}", causes(e)))
         }
         Some(std::io::ErrorKind::ConnectionRefused) => {
-            UpstreamError::Refused(format!("{whom}: {}", causes(&e)))
+            UpstreamError::Refused(format!("{whom}: {}", causes(e)))
         }
-        _ => UpstreamError::ConnectFailed(format!("{whom}: {}", causes(&e))),
+        _ => UpstreamError::ConnectFailed(format!("{whom}: {}", causes(e))),
     }
 }
 
@@ -668,11 +703,11 @@ fn causes(err: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// The first error of type `T` among `err`'s sources.
+/// The first error of type `T` among `err` and its sources.
 fn find_source<'a, T: std::error::Error + 'static>(
     err: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a T> {
-    let mut source = err.source();
+    let mut source = Some(err);
     while let Some(e) = source {
         if let Some(found) = e.downcast_ref::<T>() {
             return Some(found);
@@ -789,6 +824,12 @@ fn empty() -> Body {
     http_body_util::Empty::new()
         .map_err(|never| match never {})
         .boxed_unsync()
+}
+
+/// `base`'s path joined with `path_and_query`, origin-form (what HTTP/1.1 sends to a server).
+fn origin(base: &http::Uri, path_and_query: &str) -> Result<http::Uri, http::Error> {
+    let base_path = base.path().trim_end_matches('/');
+    Ok(http::Uri::try_from([base_path, path_and_query].concat())?)
 }
 
 /// `base` joined with `path_and_query` (which starts with `/`).
