@@ -819,23 +819,11 @@ async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_upstream_connections_are_reused_then_closed_after_upstream_idle() {
     let (addr, accepted, open) = counting_upstream().await;
-    let gw = Arc::new(
-        TestGateway::start(&format!(
-            r#"
-[timeouts]
-upstream_idle = "400ms"
-
-[services.app]
-upstreams = ["http://{addr}"]
-
-[[routes]]
-name = "app"
-prefix = "/"
-service = "app"
-"#
-        ))
-        .await,
+    let config = format!(
+        "[timeouts]\nupstream_idle = \"400ms\"\n{}",
+        one_service(addr)
     );
+    let gw = Arc::new(TestGateway::start(&config).await);
     // Requests one after another share one kept-alive connection (sent over one client
     // connection: each serving thread pools its own upstream connections).
     let mut client = one_connection(&gw).await;
@@ -937,7 +925,8 @@ async fn scripted_upstream(release: Arc<tokio::sync::Notify>) -> (SocketAddr, Ar
     (addr, accepted)
 }
 
-fn scripted_gateway(addr: SocketAddr) -> String {
+/// A gateway config routing everything to the one upstream at `addr`.
+fn one_service(addr: SocketAddr) -> String {
     format!(
         r#"
 [services.app]
@@ -956,7 +945,7 @@ async fn a_streaming_response_keeps_its_upstream_connection_until_read_to_the_en
     use http_body_util::BodyExt;
     let release = Arc::new(tokio::sync::Notify::new());
     let (addr, accepted) = scripted_upstream(release.clone()).await;
-    let gw = TestGateway::start(&scripted_gateway(addr)).await;
+    let gw = TestGateway::start(&one_service(addr)).await;
 
     let mut first_client = one_connection(&gw).await;
     let req = http::Request::get("/slow")
@@ -991,7 +980,7 @@ async fn a_streaming_response_keeps_its_upstream_connection_until_read_to_the_en
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_closing_idle_connections_first_fails_no_request() {
     let (addr, accepted) = scripted_upstream(Arc::default()).await;
-    let gw = TestGateway::start(&scripted_gateway(addr)).await;
+    let gw = TestGateway::start(&one_service(addr)).await;
     // Each answer leaves a kept-alive connection in the pool, which the upstream closes while
     // it idles there: the next request finds it closed and opens another.
     for n in 1..=3 {
