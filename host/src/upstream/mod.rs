@@ -679,7 +679,8 @@ fn classify(e: &(dyn std::error::Error + 'static), connecting: bool, whom: &str)
     if !connecting {
         return UpstreamError::Unavailable(format!("{whom}: {}", causes(e)));
     }
-    // hyper-util reports connect failures as an io::Error nested under its ConnectError.
+    // A connect failure is an io::Error: nested under a ConnectError from hyper-util's client,
+    // given as is from the pool's (`pool::Failure::Connect`).
     match find_source::<std::io::Error>(e).map(std::io::Error::kind) {
         Some(std::io::ErrorKind::TimedOut) => {
             UpstreamError::ConnectTimeout(format!("{whom}: connect timed out: {}", causes(e)))
@@ -834,17 +835,10 @@ fn origin(base: &http::Uri, path_and_query: &str) -> Result<http::Uri, http::Err
 
 /// `base` joined with `path_and_query` (which starts with `/`).
 fn join(base: &http::Uri, path_and_query: &str) -> Result<http::Uri, http::Error> {
-    let base_path = base.path().trim_end_matches('/');
-    let mut builder = http::Uri::builder();
-    if let Some(scheme) = base.scheme() {
-        builder = builder.scheme(scheme.clone());
-    }
-    if let Some(authority) = base.authority() {
-        builder = builder.authority(authority.clone());
-    }
-    builder
-        .path_and_query([base_path, path_and_query].concat())
-        .build()
+    let mut parts = origin(base, path_and_query)?.into_parts();
+    parts.scheme = base.scheme().cloned();
+    parts.authority = base.authority().cloned();
+    Ok(http::Uri::from_parts(parts)?)
 }
 
 /// Remove hop-by-hop headers, including every header the `Connection` header names.

@@ -222,9 +222,14 @@ impl ResponseBody {
 
     /// An empty body may never be polled: give the connection back as soon as the end is known.
     fn given_back_if_done(&mut self) {
-        if http_body::Body::is_end_stream(&self.inner)
-            && let Some(back) = self.back.take()
-        {
+        if http_body::Body::is_end_stream(&self.inner) {
+            self.give_back();
+        }
+    }
+
+    /// The connection goes back to its pool (once).
+    fn give_back(&mut self) {
+        if let Some(back) = self.back.take() {
             back.give();
         }
     }
@@ -250,11 +255,7 @@ impl http_body::Body for ResponseBody {
         let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             std::task::Poll::Ready(Some(Ok(_))) => this.given_back_if_done(),
-            std::task::Poll::Ready(None) => {
-                if let Some(back) = this.back.take() {
-                    back.give();
-                }
-            }
+            std::task::Poll::Ready(None) => this.give_back(),
             // An error: the connection is not reused (dropping it closes it).
             std::task::Poll::Ready(Some(Err(_))) => this.back = None,
             std::task::Poll::Pending => {}
