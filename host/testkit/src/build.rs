@@ -10,8 +10,9 @@ const TARGET: &str = "wasm32-wasip2";
 
 /// Build the filter crate at `manifest_dir` with `cargo build --release --target
 /// wasm32-wasip2` and return the path of its `.wasm`. The build uses a target directory of its
-/// own (`target/wasmgate-testkit`), so it does not wait on the `cargo test` that runs it; it
-/// happens once per test binary and crate. The error carries cargo's diagnostics.
+/// own, `wasmgate-testkit/` in the crate's (its workspace's, if it is a member), so it does not
+/// wait on the `cargo test` that runs it; it happens once per test binary and crate. The error
+/// carries cargo's diagnostics.
 pub fn build_component(manifest_dir: &Path) -> Result<PathBuf, String> {
     static BUILT: OnceLock<Mutex<HashMap<PathBuf, Result<PathBuf, String>>>> = OnceLock::new();
     let mut built = BUILT
@@ -26,10 +27,8 @@ pub fn build_component(manifest_dir: &Path) -> Result<PathBuf, String> {
 
 fn run_cargo(manifest_dir: &Path) -> Result<PathBuf, String> {
     let manifest = manifest_dir.join("Cargo.toml");
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| manifest_dir.join("target"), PathBuf::from)
-        .join("wasmgate-testkit");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target_dir = target_dir(&cargo, &manifest)?.join("wasmgate-testkit");
     let out = Command::new(cargo)
         .args(["build", "--release", "--target", TARGET])
         .args(["--message-format", "json-render-diagnostics"])
@@ -80,6 +79,33 @@ fn run_cargo(manifest_dir: &Path) -> Result<PathBuf, String> {
         .ok_or_else(|| {
             format!(
                 "cargo built {} but produced no .wasm: is its crate-type \"cdylib\"?",
+                manifest.display()
+            )
+        })
+}
+
+/// The target directory cargo uses for the crate at `manifest`: `CARGO_TARGET_DIR`, the
+/// workspace's, or the crate's own `target/`.
+fn target_dir(cargo: &std::ffi::OsStr, manifest: &Path) -> Result<PathBuf, String> {
+    let out = Command::new(cargo)
+        .args(["metadata", "--no-deps", "--format-version", "1"])
+        .arg("--manifest-path")
+        .arg(manifest)
+        .output()
+        .map_err(|e| format!("running cargo: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo metadata for {} failed:\n{}",
+            manifest.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|meta| meta["target_directory"].as_str().map(PathBuf::from))
+        .ok_or_else(|| {
+            format!(
+                "cargo metadata for {} named no target directory",
                 manifest.display()
             )
         })
