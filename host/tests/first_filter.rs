@@ -207,7 +207,8 @@ fn init_build_serve_a_custom_filter_whose_crate_is_examples_hello() {
         assert!(
             written == committed,
             "examples/filters/hello/{file} is not what `wasmgate filter new hello` writes: \
-             copy the new one there"
+             copy the new one there, and keep the starter rustfmt-clean (`cargo fmt` runs \
+             over the copy)"
         );
     }
     let metadata = run(Command::new(env!("CARGO"))
