@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::Response;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http_body_util::{BodyExt, Limited};
 use wasmgate_sandbox::wit::{self, RequestAction, RouteContext};
 use wasmgate_sandbox::{FilterError, Grants, Lease, Outbound};
@@ -16,7 +16,7 @@ use super::accept::ReqBody;
 use super::error::{ErrorKind, GatewayError};
 use super::service_calls::ServiceCalls;
 use super::wit::{CheckedRequest, check_request, check_response, convert_request};
-use super::wit::{from_wit_headers, to_wit_headers};
+use super::wit::{into_header_map, to_wit_headers};
 use super::{Exchange, PhaseSpan};
 use crate::config::FailurePolicy;
 use crate::metrics::FilterFailureLabels;
@@ -168,7 +168,7 @@ impl<'a> Chain<'a> {
             let outcome = async {
                 let action = lease.on_request(&self.ctx, &wit_req).await?;
                 if let RequestAction::Continue(next) = &action {
-                    check_request(next)?;
+                    check_request(next, &wit_req)?;
                 }
                 Ok(action)
             }
@@ -204,7 +204,7 @@ impl<'a> Chain<'a> {
                 RequestAction::Respond(resp) => return Ok(Proceed::Respond(resp)),
             }
         }
-        let req = convert_request(wit_req).map_err(|e| {
+        let req = convert_request(wit_req, req.headers).map_err(|e| {
             GatewayError::new(
                 ErrorKind::Internal,
                 format!("checked filter output did not convert: {e}"),
@@ -220,10 +220,10 @@ impl<'a> Chain<'a> {
         answer: Answer,
     ) -> Result<Response<Body>, GatewayError> {
         // What the response phases see, and the body that goes back if none replaces it.
-        let (mut wit_resp, mut body) = match answer {
+        let (mut wit_resp, mut body, base) = match answer {
             Answer::Filter(mut resp) => {
                 let bytes = resp.body.take().map(Bytes::from).unwrap_or_default();
-                (resp, RespBody::Buffered(bytes))
+                (resp, RespBody::Buffered(bytes), HeaderMap::new())
             }
             Answer::Upstream(resp) => upstream_response(self.route, self.ex, resp).await?,
         };
@@ -243,7 +243,7 @@ impl<'a> Chain<'a> {
             self.start_span(binding, Phase::Response, span.as_ref());
             let outcome = async {
                 let next = lease.on_response(&self.ctx, &wit_resp).await?;
-                check_response(&next)?;
+                check_response(&next, &wit_resp)?;
                 Ok(next)
             }
             .await;
@@ -264,7 +264,7 @@ impl<'a> Chain<'a> {
                 wit_resp = next;
             }
         }
-        client_response(wit_resp, body)
+        client_response(wit_resp, base, body)
     }
 
     /// The one place a phase call's outcome is handled, for both phases. A failure is reported
@@ -390,12 +390,12 @@ fn end_span<T>(slot: Option<&PhaseSpan>, outcome: &Result<T, FilterError>) {
 }
 
 /// The upstream's response as the response phases see it, its body buffered when a filter
-/// reads it.
+/// reads it, and its headers (what the client's are built on).
 async fn upstream_response(
     route: &Route,
     ex: &Exchange,
     resp: Response<ResponseBody>,
-) -> Result<(wit::Response, RespBody), GatewayError> {
+) -> Result<(wit::Response, RespBody, HeaderMap), GatewayError> {
     let (mut parts, incoming) = resp.into_parts();
     let body = if route.needs_response_body {
         let limit = route.body_limit(&ex.snapshot.body_limits);
@@ -419,18 +419,23 @@ async fn upstream_response(
         headers: to_wit_headers(&parts.headers),
         body: None,
     };
-    Ok((wit, body))
+    Ok((wit, body, parts.headers))
 }
 
-/// The client's response from what the response phases left.
-fn client_response(resp: wit::Response, body: RespBody) -> Result<Response<Body>, GatewayError> {
+/// The client's response from what the response phases left; its headers are built on `base`
+/// (see [`into_header_map`]).
+fn client_response(
+    resp: wit::Response,
+    base: HeaderMap,
+    body: RespBody,
+) -> Result<Response<Body>, GatewayError> {
     let status = super::wit::status(&resp).ok_or_else(|| {
         GatewayError::new(
             ErrorKind::FilterFailed,
             format!("a filter returned status {}", resp.status),
         )
     })?;
-    let mut headers = from_wit_headers(resp.headers)
+    let mut headers = into_header_map(resp.headers, base)
         .map_err(|e| GatewayError::new(ErrorKind::FilterFailed, e))?;
     strip_hop_by_hop(&mut headers);
     let body = match body {
