@@ -86,8 +86,10 @@ pub(super) fn convert_request(
     })
 }
 
-/// A filter's response output the host can use: a final status, valid headers (those still
-/// as `sent` are not checked again, as for [`check_request`]).
+/// A filter's response output the host can use: a final status, valid headers. As for
+/// [`check_request`], a header still as `sent` is not checked again: `sent` came from the
+/// upstream, from a checked response phase, or from a filter's answer, whose headers
+/// [`into_header_map`] checks before the client sees them.
 pub(super) fn check_response(
     resp: &wit::Response,
     sent: &wit::Response,
