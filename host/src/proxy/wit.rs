@@ -28,13 +28,9 @@ pub(super) fn into_header_map(list: Headers, base: HeaderMap) -> Result<HeaderMa
             .iter()
             .zip(&list)
             .all(|((n, v), (name, value))| n.as_str() == name && v.as_bytes() == &value[..]);
-    let (mut headers, skip) = match kept {
-        true => {
-            let skip = base.len();
-            (base, skip)
-        }
-        false => (HeaderMap::with_capacity(list.len()), 0),
-    };
+    let skip = if kept { base.len() } else { 0 };
+    let mut headers = if kept { base } else { HeaderMap::new() };
+    headers.reserve(list.len() - skip);
     for (name, value) in list.into_iter().skip(skip) {
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| format!("invalid header name {name:?}"))?;
