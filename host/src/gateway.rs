@@ -28,6 +28,9 @@ pub struct RunningGateway {
     pub tls_addr: Option<SocketAddr>,
     /// The admin endpoint's address, when enabled.
     pub admin_addr: Option<SocketAddr>,
+    /// The metrics-only listener's address, when `[metrics] listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
+    control: Arc<Control>,
     workers: Workers,
     background: Vec<tokio::task::JoinHandle<()>>,
     tracing: Option<Arc<Tracing>>,
@@ -51,6 +54,14 @@ impl RunningGateway {
                 control::admin::bind(addr)
                     .await
                     .with_context(|| format!("binding the admin endpoint {addr}"))?,
+            ),
+            None => None,
+        };
+        let metrics_listener = match config.metrics.listen {
+            Some(addr) => Some(
+                control::admin::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the metrics listener {addr}"))?,
             ),
             None => None,
         };
@@ -103,7 +114,25 @@ impl RunningGateway {
         let admin_addr = match admin_listener {
             Some(l) => {
                 let addr = l.local_addr()?;
-                background.push(control::admin::spawn(control.clone(), metrics, l));
+                let serves = control::admin::Serves::Admin {
+                    token: admin.token,
+                    protect_reads: admin.protect_reads,
+                };
+                background.push(control::admin::spawn(
+                    control.clone(),
+                    metrics.clone(),
+                    l,
+                    serves,
+                ));
+                Some(addr)
+            }
+            None => None,
+        };
+        let metrics_addr = match metrics_listener {
+            Some(l) => {
+                let addr = l.local_addr()?;
+                let serves = control::admin::Serves::MetricsOnly;
+                background.push(control::admin::spawn(control.clone(), metrics, l, serves));
                 Some(addr)
             }
             None => None,
@@ -113,20 +142,23 @@ impl RunningGateway {
             filters_dir,
             config_path,
         )?);
-        tracing::info!(listen = %workers.addr, https = ?workers.tls_addr, admin = ?admin_addr, workers = workers.count, "wasmgate serving");
+        tracing::info!(listen = %workers.addr, https = ?workers.tls_addr, admin = ?admin_addr, metrics = ?metrics_addr, workers = workers.count, "wasmgate serving");
         Ok(RunningGateway {
             addr: workers.addr,
             tls_addr: workers.tls_addr,
             admin_addr,
+            metrics_addr,
+            control,
             workers,
             background,
             tracing,
         })
     }
 
-    /// Stop accepting, wait for in-flight requests (up to 30 s), stop the admin endpoint and
-    /// the watcher.
+    /// Say "draining" on `/ready`, stop accepting, wait for in-flight requests (up to 30 s),
+    /// stop the admin endpoint and the watcher.
     pub async fn stop(self) {
+        self.control.start_draining();
         self.workers.stop().await;
         for task in &self.background {
             task.abort();

@@ -19,6 +19,102 @@ use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 use wasmgate_sandbox::{FilterMetrics, MetricKind, Value};
 
+/// The last bucket's bound: prometheus-client writes `le="+Inf"` for `f64::MAX` only (it writes
+/// `f64::INFINITY` as `inf`, which OpenMetrics parsers refuse).
+const PLUS_INF: f64 = f64::MAX;
+
+/// The content type of the OpenMetrics text `/metrics` serves by default.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The content type of Prometheus' text format 0.0.4.
+pub const TEXT_004: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether a scraper's `Accept` values prefer Prometheus text 0.0.4 (`text/plain`) to
+/// OpenMetrics: the higher `q` wins, OpenMetrics on a tie or when neither is named (`*/*`, no
+/// `Accept` at all).
+pub fn prefers_text_004<'a>(accept: impl Iterator<Item = &'a str>) -> bool {
+    let (mut openmetrics, mut text) = (0.0f32, 0.0f32);
+    for range in accept.flat_map(|v| v.split(',')) {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or("").trim();
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        if media.eq_ignore_ascii_case("application/openmetrics-text") {
+            openmetrics = openmetrics.max(q);
+        } else if media.eq_ignore_ascii_case("text/plain") {
+            text = text.max(q);
+        }
+    }
+    text > openmetrics
+}
+
+/// OpenMetrics text (as [`Metrics::render`] writes it) rewritten in Prometheus' text format
+/// 0.0.4: a counter's `# HELP` and `# TYPE` name its samples' `_total` name, `unknown` is
+/// `untyped`, an info metric is a gauge named `_info`, and `# UNIT`, exemplars and `# EOF` go.
+pub fn text_004(openmetrics: &str) -> String {
+    let mut renamed: FxHashMap<&str, (String, &str)> = FxHashMap::default();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((name, kind)) = rest.split_once(' ')
+        {
+            let new = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "info" => (format!("{name}_info"), "gauge"),
+                "unknown" | "stateset" | "gaugehistogram" => (name.to_string(), "untyped"),
+                other => (name.to_string(), other),
+            };
+            renamed.insert(name, new);
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            let name = renamed.get(name).map_or(name, |(new, _)| new.as_str());
+            // 0.0.4 escapes only `\` and `\n` in help text.
+            let help = help.replace("\\\"", "\"");
+            out.push_str(&format!("# HELP {name} {help}\n"));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split_once(' ').map_or(rest, |(name, _)| name);
+            match renamed.get(name) {
+                Some((new, kind)) => out.push_str(&format!("# TYPE {new} {kind}\n")),
+                None => out.push_str(&format!("{line}\n")),
+            }
+        } else if line.starts_with("# UNIT ") || line == "# EOF" {
+        } else {
+            out.push_str(without_exemplar(line));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// A sample line without its exemplar (` # {...} value`), which 0.0.4 does not have.
+fn without_exemplar(line: &str) -> &str {
+    // Label values may hold `#`: look only after the label set, minding quotes.
+    let mut in_quotes = false;
+    let mut escaped = false;
+    let mut after_labels = 0;
+    for (i, c) in line.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quotes => escaped = true,
+            '"' => in_quotes = !in_quotes,
+            '}' if !in_quotes => {
+                after_labels = i;
+                break;
+            }
+            _ => {}
+        }
+    }
+    match line[after_labels..].find(" # ") {
+        Some(at) => &line[..after_labels + at],
+        None => line,
+    }
+}
+
 /// A label value shared without copying (route, service and filter names), interned: every
 /// `Name` of one text shares its string and its slot, a small number by which the per-request
 /// counts find their place without hashing or comparing the text.
@@ -298,7 +394,7 @@ impl Collector for FilterCollector {
                                 .buckets
                                 .iter()
                                 .copied()
-                                .chain([f64::INFINITY])
+                                .chain([PLUS_INF])
                                 .zip(buckets)
                                 .collect();
                             series.encode_histogram::<NoLabelSet>(sum, count, &bounds, None)?
@@ -478,7 +574,7 @@ impl Buckets {
         let buckets: Vec<(f64, u64)> = bounds
             .iter()
             .copied()
-            .chain([f64::INFINITY])
+            .chain([PLUS_INF])
             .zip(self.counts.iter().copied())
             .collect();
         let sum = self.sum_ns as f64 / 1e9;
@@ -884,6 +980,66 @@ mod tests {
         ] {
             assert_eq!(Method::of(&method).label(), label);
         }
+    }
+
+    /// A scraper gets 0.0.4 only when it prefers `text/plain`; OpenMetrics otherwise.
+    #[test]
+    fn accept_chooses_the_format() {
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        for (accept, text) in [
+            (vec![], false),
+            (vec!["*/*"], false),
+            (vec![prometheus], false),
+            (vec!["text/plain"], true),
+            (vec!["text/plain;version=0.0.4;q=0.9, */*;q=0.1"], true),
+            (
+                vec!["application/openmetrics-text; q=0.4", "text/plain; q=0.5"],
+                true,
+            ),
+            (
+                vec!["text/plain;q=0.5, application/openmetrics-text"],
+                false,
+            ),
+            (vec!["text/plain;q=0"], false),
+        ] {
+            assert_eq!(prefers_text_004(accept.iter().copied()), text, "{accept:?}");
+        }
+    }
+
+    /// Counters are named by their `_total` samples; units, exemplars and `# EOF` go.
+    #[test]
+    fn text_004_names_counters_by_their_samples() {
+        let om = concat!(
+            "# HELP app_requests Requests \\\"served\\\".\n",
+            "# TYPE app_requests counter\n",
+            "app_requests_total{route=\"a # b\"} 3 # {trace=\"x\"} 1.0\n",
+            "# HELP app_cpu_seconds CPU.\n",
+            "# TYPE app_cpu_seconds counter\n",
+            "# UNIT app_cpu_seconds seconds\n",
+            "app_cpu_seconds_total 0.5\n",
+            "# HELP app_up Up.\n",
+            "# TYPE app_up gauge\n",
+            "app_up 1\n",
+            "# TYPE app_build info\n",
+            "app_build_info{version=\"1\"} 1\n",
+            "# EOF\n",
+        );
+        assert_eq!(
+            text_004(om),
+            concat!(
+                "# HELP app_requests_total Requests \"served\".\n",
+                "# TYPE app_requests_total counter\n",
+                "app_requests_total{route=\"a # b\"} 3\n",
+                "# HELP app_cpu_seconds_total CPU.\n",
+                "# TYPE app_cpu_seconds_total counter\n",
+                "app_cpu_seconds_total 0.5\n",
+                "# HELP app_up Up.\n",
+                "# TYPE app_up gauge\n",
+                "app_up 1\n",
+                "# TYPE app_build_info gauge\n",
+                "app_build_info{version=\"1\"} 1\n",
+            )
+        );
     }
 
     /// The integer bucket search agrees with Prometheus' `le` rule on the float bounds,

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real gateway in front of real upstreams, with real `.wasm` filters.
 
 mod access_log;
+mod admin;
 mod aggregate;
 mod auth;
 mod cache;

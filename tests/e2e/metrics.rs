@@ -470,3 +470,191 @@ fn sha256_hex(text: &str) -> String {
     use sha2::Digest;
     format!("{:x}", sha2::Sha256::digest(text.as_bytes()))
 }
+
+/// Debian's `python3-prometheus-client` (`.ci/run` installs it): the reference parsers, the
+/// strict OpenMetrics one and the Prometheus text 0.0.4 one. Prints the families and samples it
+/// read, one `name labels` line per sample.
+fn python_parse(parser: &str, text: &str) -> Result<Vec<String>, String> {
+    use std::io::Write;
+    let script = format!(
+        "import sys\nfrom {parser} import text_string_to_metric_families as parse\n\
+         for family in parse(sys.stdin.read()):\n\
+         \x20   print('family', family.name, family.type)\n\
+         \x20   for s in family.samples:\n\
+         \x20       print('sample', s.name, sorted(s.labels.items()))\n"
+    );
+    // Debian's python, where the package is; not one a version manager put first in PATH.
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3 (apt-get install python3-prometheus-client)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named"),
+        "apt-get install python3-prometheus-client: {stderr}"
+    );
+    if !out.status.success() {
+        return Err(stderr.into_owned());
+    }
+    Ok(String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
+/// Every family and every sample `/metrics` serves passes the strict OpenMetrics parser, with
+/// a histogram of each kind (the gateway's, a filter's own) and counters with and without
+/// units among them; a scraper that asks for `text/plain` gets the same samples as Prometheus
+/// text 0.0.4, whose parser reads them too.
+#[tokio::test]
+async fn every_family_passes_a_strict_openmetrics_parser_and_text_004_is_served_on_request() {
+    let up = Upstream::start("svc").await;
+    let dead = dead_addr().await;
+    let gw = TestGateway::start(&format!(
+        r#"
+[services.svc]
+upstreams = ["{up}"]
+
+[services.down]
+upstreams = ["http://{dead}"]
+
+[[routes]]
+name = "metered"
+prefix = "/metered"
+service = "svc"
+filters = [{{ name = "metered" }}]
+
+[[routes]]
+name = "keyed"
+prefix = "/keyed"
+service = "svc"
+[[routes.filters]]
+name = "auth-apikey"
+config = {{ keys = [{{ hash = "sha256:{hash}", consumer = "ann" }}] }}
+
+[[routes]]
+name = "down"
+prefix = "/down"
+service = "down"
+
+[[routes]]
+name = "trap"
+prefix = "/trap"
+service = "svc"
+filters = [{{ name = "fail", config = {{ mode = "panic" }} }}]
+"#,
+        up = up.url(),
+        hash = sha256_hex("k1"),
+    ))
+    .await;
+    for (method, path, headers, body, status) in [
+        ("POST", "/metered", vec![("x-user", "ann")], "12345", 200),
+        ("GET", "/keyed", vec![], "", 401),
+        ("GET", "/keyed", vec![("x-api-key", "k1")], "", 200),
+        ("GET", "/down", vec![], "", 502),
+        ("GET", "/trap", vec![], "", 500),
+        ("GET", "/nowhere", vec![], "", 404),
+    ] {
+        let r = gw.request(method, path, &headers, body).await;
+        assert_eq!(r.status, status, "{method} {path}");
+    }
+    let admin = gw.running.admin_addr.unwrap();
+    let get = |accept: Option<&'static str>| {
+        let mut req = http::Request::get(format!("http://{admin}/metrics"));
+        if let Some(accept) = accept {
+            req = req.header("accept", accept);
+        }
+        gw.send(req.body(wasmgate_tests::full("")).unwrap())
+    };
+
+    // What Prometheus itself sends, and curl's default: OpenMetrics.
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let om = get(Some(prometheus)).await;
+    assert_eq!(
+        om.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    let text = om.text();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let parsed = python_parse("prometheus_client.openmetrics.parser", &text)
+        .unwrap_or_else(|e| panic!("the OpenMetrics parser refused /metrics: {e}\n{text}"));
+    let families = parsed.iter().filter(|l| l.starts_with("family ")).count();
+    let samples = parsed.iter().filter(|l| l.starts_with("sample ")).count();
+    assert_eq!(
+        families,
+        text.lines().filter(|l| l.starts_with("# TYPE ")).count(),
+        "every family read"
+    );
+    assert_eq!(
+        samples,
+        text.lines().filter(|l| !l.starts_with('#')).count(),
+        "every sample read"
+    );
+    for family in [
+        "family wasmgate_requests counter",
+        "family wasmgate_request_duration_seconds histogram",
+        "family wasmgate_filter_phase_duration_seconds histogram",
+        "family wasmgate_filter_metered_body_bytes histogram",
+        "family wasmgate_filter_auth_apikey_refused counter",
+        "family wasmgate_process_cpu_seconds counter",
+        "family wasmgate_upstream_errors counter",
+        "family wasmgate_filter_failures counter",
+    ] {
+        assert!(parsed.iter().any(|l| l == family), "{family} in\n{text}");
+    }
+    assert!(text.contains("le=\"+Inf\""), "{text}");
+    assert!(!text.contains("le=\"inf\""), "{text}");
+
+    // Prometheus text 0.0.4, for a scraper that prefers it.
+    let plain = get(Some("text/plain;version=0.0.4;q=0.9,*/*;q=0.1")).await;
+    assert_eq!(
+        plain.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text_004 = plain.text();
+    assert!(!text_004.contains("# EOF") && !text_004.contains("# UNIT"));
+    assert!(text_004.contains("# TYPE wasmgate_requests_total counter\n"));
+    assert!(text_004.contains("# HELP wasmgate_process_cpu_seconds_total "));
+    for line in text_004.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let mut words = line.split(' ').skip(2);
+        let (name, kind) = (words.next().unwrap(), words.next().unwrap());
+        if kind == "counter" {
+            assert!(name.ends_with("_total"), "{line}");
+            assert!(
+                text_004.contains(&format!("\n{name}{{"))
+                    || text_004.contains(&format!("\n{name} ")),
+                "a counter's samples carry its name: {name}\n{text_004}"
+            );
+        }
+    }
+    let parsed_004 = python_parse("prometheus_client.parser", &text_004)
+        .unwrap_or_else(|e| panic!("the 0.0.4 parser refused it: {e}\n{text_004}"));
+    let sample_names = |lines: &[String]| {
+        let mut names: Vec<String> = lines
+            .iter()
+            .filter(|l| l.starts_with("sample "))
+            .map(|l| l.split(' ').nth(1).unwrap().to_string())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    };
+    assert_eq!(
+        sample_names(&parsed_004),
+        sample_names(&parsed),
+        "the same series in both formats"
+    );
+    // The lenient parser the other tests use reads it too.
+    Scrape::parse(text_004.lines().map(|l| Ok(l.to_string()))).expect("parses");
+}

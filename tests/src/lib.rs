@@ -484,8 +484,13 @@ impl FileGateway {
         } else {
             "access_log = { enabled = false }\n"
         };
+        let admin = if body.contains("[admin]") {
+            ""
+        } else {
+            "admin = { listen = \"127.0.0.1:0\" }\n"
+        };
         let text = format!(
-            "listen = \"127.0.0.1:0\"\nfilters_dir = \"filters\"\ncache_dir = \"cache\"\nadmin = {{ listen = \"127.0.0.1:0\" }}\n{quiet}{body}"
+            "listen = \"127.0.0.1:0\"\nfilters_dir = \"filters\"\ncache_dir = \"cache\"\n{admin}{quiet}{body}"
         );
         // Atomic, as editors save: write aside, then rename over.
         let tmp = dir.join(".gateway.toml.tmp");
@@ -494,7 +499,8 @@ impl FileGateway {
         path
     }
 
-    /// Replace the config file (listen, filters_dir, cache_dir and admin are kept).
+    /// Replace the config file (listen, filters_dir, cache_dir and admin are kept; admin is
+    /// the body's own when it has an `[admin]` table).
     pub fn write_config(&self, body: &str) {
         Self::write_config_in(&self.dir, body);
     }

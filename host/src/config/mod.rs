@@ -336,6 +336,49 @@ fn default_max_connections() -> usize {
 pub struct Admin {
     /// `None` when disabled.
     pub listen: Option<SocketAddr>,
+    /// The bearer token requests must carry (`token_file`); required when `listen` is not a
+    /// loopback address.
+    pub token: Option<AdminToken>,
+    /// Reads (`GET`) need the token too (`protect_reads`, default true); `/health` and
+    /// `/ready` never do.
+    pub protect_reads: bool,
+}
+
+/// The admin token, kept only as its SHA-256 digest: it is compared as a digest, in constant
+/// time, and never shown (its `Debug` prints nothing of it).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct AdminToken {
+    digest: [u8; 32],
+}
+
+/// Shortest admin token accepted, in bytes.
+pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
+
+impl AdminToken {
+    /// The token `text` (surrounding white space, such as a file's last newline, is not part
+    /// of it).
+    pub fn new(text: &str) -> AdminToken {
+        use sha2::Digest;
+        AdminToken {
+            digest: sha2::Sha256::digest(text.trim().as_bytes()).into(),
+        }
+    }
+
+    /// Whether `given` is the token. The time it takes depends on neither the token nor on
+    /// how much of `given` matches it: both are hashed, and the digests compared in constant
+    /// time.
+    pub fn matches(&self, given: &[u8]) -> bool {
+        use sha2::Digest;
+        use subtle::ConstantTimeEq;
+        let given: [u8; 32] = sha2::Sha256::digest(given).into();
+        self.digest.ct_eq(&given).into()
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
 }
 
 /// Default admin listener.
@@ -560,6 +603,50 @@ filters = [{ name = "headers", services = ["users"], config = { request = { set 
                 prop_assert!(diags.iter().all(|d| d.line >= 1 && d.column >= 1));
             }
         }
+    }
+
+    /// The token matches only itself (its file's last newline aside); a prefix, a longer
+    /// text or another token of the same length do not, and `Debug` shows none of it.
+    #[test]
+    fn the_admin_token_matches_only_itself() {
+        let token = AdminToken::new("0123456789abcdef0123456789abcdef\n");
+        assert!(token.matches(b"0123456789abcdef0123456789abcdef"));
+        for wrong in [
+            &b""[..],
+            b"0123456789abcdef",
+            b"0123456789abcdef0123456789abcdeF",
+            b"1123456789abcdef0123456789abcdef",
+            b"0123456789abcdef0123456789abcdef0",
+        ] {
+            assert!(!token.matches(wrong), "{}", String::from_utf8_lossy(wrong));
+        }
+        assert_eq!(format!("{token:?}"), "AdminToken(..)");
+    }
+
+    /// A token file is read relative to the config; a short token is refused with its place.
+    #[test]
+    fn the_admin_token_file_is_read_and_checked() {
+        let dir = std::env::temp_dir().join(format!("wasmgate-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("gateway.toml");
+        std::fs::write(
+            &config,
+            "[admin]\nlisten = \"0.0.0.0:9901\"\ntoken_file = \"admin.token\"\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("admin.token"), "short\n").unwrap();
+        let err = Config::load(&config).unwrap_err().to_string();
+        assert!(
+            err.contains("gateway.toml:3:14: admin.token_file: the token in "),
+            "{err}"
+        );
+        assert!(err.contains("is 5 bytes; use at least 16"), "{err}");
+
+        std::fs::write(dir.join("admin.token"), "0123456789abcdef0123\n").unwrap();
+        let admin = Config::load(&config).unwrap().admin;
+        assert!(admin.token.unwrap().matches(b"0123456789abcdef0123"));
+        assert!(admin.protect_reads);
+        assert_eq!(admin.listen, Some("0.0.0.0:9901".parse().unwrap()));
     }
 
     #[test]

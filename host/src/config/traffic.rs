@@ -325,11 +325,17 @@ pub struct MetricsConfig {
     /// filters' own metrics and process figures are still kept and `/metrics` still serves.
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// A listener of its own that serves `/metrics`, `/health` and `/ready` and nothing else,
+    /// without a token (for scrapers and probes beyond loopback); none by default.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { enabled: true }
+        MetricsConfig {
+            enabled: true,
+            listen: None,
+        }
     }
 }
 

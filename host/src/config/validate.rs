@@ -203,6 +203,9 @@ struct RawAdmin {
     listen: Option<Spanned<String>>,
     #[serde(default = "yes")]
     enabled: bool,
+    token_file: Option<Spanned<String>>,
+    #[serde(default = "yes")]
+    protect_reads: bool,
 }
 
 fn yes() -> bool {
@@ -423,27 +426,15 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
         }),
     };
     let admin = match &raw.admin {
-        Some(a) if !a.enabled => Admin { listen: None },
-        Some(RawAdmin {
-            listen: Some(l), ..
-        }) => Admin {
-            listen: l.get_ref().parse().ok().or_else(|| {
-                src.at(
-                    l,
-                    format!(
-                        "admin.listen: {:?} is not an address like \"127.0.0.1:9901\"",
-                        l.get_ref()
-                    ),
-                );
-                None
-            }),
-        },
-        _ => Admin {
+        Some(a) => validate_admin(a, src),
+        None => Admin {
             listen: Some(
                 DEFAULT_ADMIN_LISTEN
                     .parse()
                     .expect("default admin address parses"),
             ),
+            token: None,
+            protect_reads: true,
         },
     };
     if let Some(t) = &raw.timeouts
@@ -647,6 +638,65 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
         tls,
         services,
         routes,
+    }
+}
+
+fn validate_admin(raw: &RawAdmin, src: &mut Source<'_>) -> Admin {
+    let token = raw.token_file.as_ref().and_then(|file| {
+        let path = src.resolve(file.get_ref());
+        let problem = match std::fs::read_to_string(&path) {
+            Err(e) => format!("admin.token_file: cannot read {}: {e}", path.display()),
+            Ok(text) if text.trim().len() < MIN_ADMIN_TOKEN_BYTES => format!(
+                "admin.token_file: the token in {} is {} bytes; use at least {MIN_ADMIN_TOKEN_BYTES} (e.g. `openssl rand -hex 32 > admin.token`)",
+                path.display(),
+                text.trim().len()
+            ),
+            Ok(text) => return Some(AdminToken::new(&text)),
+        };
+        src.at(file, problem);
+        None
+    });
+    if !raw.enabled {
+        return Admin {
+            listen: None,
+            token,
+            protect_reads: raw.protect_reads,
+        };
+    }
+    let listen = match &raw.listen {
+        None => Some(
+            DEFAULT_ADMIN_LISTEN
+                .parse()
+                .expect("default admin address parses"),
+        ),
+        Some(l) => match l.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => {
+                if !addr.ip().is_loopback() && raw.token_file.is_none() {
+                    src.at(
+                        l,
+                        format!(
+                            "admin.listen: {addr} is reachable beyond this machine, so the admin endpoint needs a token: set admin.token_file (or listen on 127.0.0.1; [metrics] listen serves only metrics and health)"
+                        ),
+                    );
+                }
+                Some(addr)
+            }
+            Err(_) => {
+                src.at(
+                    l,
+                    format!(
+                        "admin.listen: {:?} is not an address like \"127.0.0.1:9901\"",
+                        l.get_ref()
+                    ),
+                );
+                None
+            }
+        },
+    };
+    Admin {
+        listen,
+        token,
+        protect_reads: raw.protect_reads,
     }
 }
 

@@ -1,15 +1,23 @@
 //! The admin endpoint, on its own listener (loopback by default). JSON throughout.
 //!
-//! - `GET /health`: `{"status":"ok"}`.
+//! - `GET /health`: `{"status":"ok"}` while the process serves.
+//! - `GET /ready`: 200 `{"status":"ready"}` once the config and every filter it names are
+//!   loaded; 503 with what is missing (or `"draining"` while the gateway stops).
 //! - `GET /routes`: each route, its match, service and filter chain with each filter's state.
 //! - `GET /filters`: each filter: version (content hash), loaded-at time, where its code came
 //!   from (compiled or the cache), state (`serving`, `rejected`, `unavailable`), the last
 //!   rejection and the routes using it.
 //! - `GET /services`: each service, its balancing policy and limits, and each endpoint with its
 //!   weight, health, ejection, requests in flight and failures.
-//! - `GET /metrics`: Prometheus metrics (see [`crate::metrics`]).
+//! - `GET /metrics`: metrics in OpenMetrics text, or Prometheus text 0.0.4 for a scraper whose
+//!   `Accept` prefers `text/plain` (see [`crate::metrics`]).
 //! - `GET /config`: the config file, when it was loaded, and the last rejected reload.
 //! - `POST /reload`: re-read the config and every filter now; answers what happened.
+//!
+//! With `[admin] token_file`, every request but `/health` and `/ready` must carry
+//! `Authorization: Bearer TOKEN` (reads too, unless `protect_reads = false`); one without it, or
+//! with another token, gets 401 and changes nothing. The metrics listener (`[metrics] listen`)
+//! serves `/metrics`, `/health` and `/ready` only, without a token.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -17,7 +25,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -27,16 +35,31 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use super::Control;
-use crate::config::PathMatch;
-use crate::metrics::{BindingState, Metrics, Name};
+use crate::config::{AdminToken, PathMatch};
+use crate::metrics::{self, BindingState, Metrics, Name};
 use crate::snapshot::ChainEntry;
 use wasmgate_sandbox::FilterMetrics;
 
-/// Serve the admin API on `listener` until the task is aborted.
+/// What a listener serves.
+#[derive(Debug, Clone, Copy)]
+pub enum Serves {
+    /// The whole admin API.
+    Admin {
+        /// Requests must carry this bearer token (`/health` and `/ready` excepted).
+        token: Option<AdminToken>,
+        /// Reads need the token too.
+        protect_reads: bool,
+    },
+    /// `/metrics`, `/health` and `/ready`, open to all.
+    MetricsOnly,
+}
+
+/// Serve `serves` on `listener` until the task is aborted.
 pub fn spawn(
     control: Arc<Control>,
     metrics: Arc<Metrics>,
     listener: TcpListener,
+    serves: Serves,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
@@ -47,12 +70,7 @@ pub fn spawn(
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
                     let (control, metrics) = (control.clone(), metrics.clone());
-                    async move {
-                        if req.method() == Method::GET && req.uri().path() == "/metrics" {
-                            return Ok::<_, Infallible>(prometheus(&control, &metrics));
-                        }
-                        Ok::<_, Infallible>(handle(&control, req).await)
-                    }
+                    async move { Ok::<_, Infallible>(route(&control, &metrics, serves, req).await) }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
@@ -62,8 +80,114 @@ pub fn spawn(
     })
 }
 
-/// `GET /metrics`: the Prometheus text format.
-fn prometheus(control: &Control, metrics: &Metrics) -> Response<Full<Bytes>> {
+/// One admin request: probes first (open to all), then the token, then the API.
+async fn route(
+    control: &Control,
+    metrics: &Metrics,
+    serves: Serves,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let (method, path) = (req.method(), req.uri().path());
+    match (method, path) {
+        (&Method::GET, "/health") => {
+            return json_response(StatusCode::OK, json!({ "status": "ok" }));
+        }
+        (&Method::GET, "/ready") => {
+            let (status, body) = ready(control);
+            return json_response(status, body);
+        }
+        _ => {}
+    }
+    match serves {
+        Serves::MetricsOnly => {
+            if method == Method::GET && path == "/metrics" {
+                return prometheus(control, metrics, req.headers());
+            }
+            json_response(StatusCode::NOT_FOUND, json!({ "error": "not found" }))
+        }
+        Serves::Admin {
+            token,
+            protect_reads,
+        } => {
+            let read = method == Method::GET || method == Method::HEAD;
+            if let Some(token) = token
+                && (!read || protect_reads)
+                && !carries(req.headers(), &token)
+            {
+                let mut resp = json_response(
+                    StatusCode::UNAUTHORIZED,
+                    json!({ "error": "this admin request needs the admin token: Authorization: Bearer TOKEN" }),
+                );
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer realm=\"wasmgate admin\""),
+                );
+                return resp;
+            }
+            if method == Method::GET && path == "/metrics" {
+                return prometheus(control, metrics, req.headers());
+            }
+            handle(control, req).await
+        }
+    }
+}
+
+/// Whether `headers` carry `Authorization: Bearer <token>` (the scheme in any case).
+fn carries(headers: &HeaderMap, token: &AdminToken) -> bool {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return false;
+    };
+    let Some((scheme, given)) = value.as_bytes().split_at_checked(7) else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case(b"bearer ") && token.matches(given.trim_ascii())
+}
+
+/// `GET /ready`: ready once every route's filters are loaded, and until the gateway stops.
+fn ready(control: &Control) -> (StatusCode, Value) {
+    if control.is_draining() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "status": "draining" }),
+        );
+    }
+    let snapshot = control.snapshots.load();
+    let missing: Vec<Value> = snapshot
+        .routes
+        .iter()
+        .flat_map(|route| {
+            route.chain.iter().filter_map(|entry| match entry {
+                ChainEntry::Ready(_) => None,
+                ChainEntry::Unavailable { name, reason } => Some(json!({
+                    "route": &*route.label.0,
+                    "filter": name,
+                    "reason": reason,
+                })),
+            })
+        })
+        .collect();
+    if missing.is_empty() {
+        (StatusCode::OK, json!({ "status": "ready" }))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "status": "filters not loaded", "unavailable": missing }),
+        )
+    }
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// `GET /metrics`: OpenMetrics text, or Prometheus text 0.0.4 when `Accept` prefers it.
+fn prometheus(control: &Control, metrics: &Metrics, headers: &HeaderMap) -> Response<Full<Bytes>> {
     let snapshot = control.snapshots.load();
     let bindings = snapshot
         .routes
@@ -94,39 +218,42 @@ fn prometheus(control: &Control, metrics: &Metrics) -> Response<Full<Bytes>> {
         .values()
         .flat_map(|service| service.endpoint_samples())
         .collect();
-    let mut resp = Response::new(Full::new(Bytes::from(
-        metrics.render(bindings, filters, endpoints),
-    )));
+    let text = metrics.render(bindings, filters, endpoints);
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let (text, content_type) = if metrics::prefers_text_004(accept) {
+        (metrics::text_004(&text), metrics::TEXT_004)
+    } else {
+        (text, metrics::OPENMETRICS)
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
-        header::HeaderValue::from_static(
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        ),
+        header::HeaderValue::from_static(content_type),
     );
     resp
 }
 
 async fn handle(control: &Control, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/health") => (StatusCode::OK, json!({ "status": "ok" })),
         (&Method::GET, "/routes") => (StatusCode::OK, routes(control)),
         (&Method::GET, "/filters") => (StatusCode::OK, filters(control).await),
         (&Method::GET, "/config") => (StatusCode::OK, config(control).await),
         (&Method::GET, "/services") => (StatusCode::OK, services(control)),
         (&Method::POST, "/reload") => reload(control).await,
-        (_, "/health" | "/routes" | "/filters" | "/config" | "/services" | "/reload") => (
+        (
+            _,
+            "/health" | "/ready" | "/metrics" | "/routes" | "/filters" | "/config" | "/services"
+            | "/reload",
+        ) => (
             StatusCode::METHOD_NOT_ALLOWED,
             json!({ "error": "method not allowed" }),
         ),
         _ => (StatusCode::NOT_FOUND, json!({ "error": "not found" })),
     };
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    resp
+    json_response(status, body)
 }
 
 fn routes(control: &Control) -> Value {

@@ -9,6 +9,7 @@ pub mod watch;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use wasmgate_sandbox::Sandbox;
@@ -28,6 +29,9 @@ pub struct Control {
     /// the request path.
     state: tokio::sync::Mutex<State>,
     metrics: Arc<Metrics>,
+    /// Set when the gateway starts stopping: `/ready` says so, so that load balancers stop
+    /// sending new requests while the in-flight ones finish.
+    draining: AtomicBool,
 }
 
 /// What reloads work from.
@@ -61,6 +65,7 @@ impl Control {
         warn_unnamed_files(&config, None);
         prune_cache(&sandbox, &config, &registry);
         Ok(Control {
+            draining: AtomicBool::new(false),
             metrics,
             sandbox,
             snapshots: Arc::new(Current::from_pointee(snapshot)),
@@ -73,6 +78,16 @@ impl Control {
                 config_rejected: None,
             }),
         })
+    }
+
+    /// From now on `/ready` answers 503 (the gateway is stopping).
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the gateway is stopping.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// The certificate files of the serving config's `[tls]`, when it has one.
@@ -129,6 +144,9 @@ impl Control {
         }
         if new.server != old.server {
             tracing::warn!("[server] settings changed: restart wasmgate to apply them");
+        }
+        if new.metrics.listen != old.metrics.listen {
+            tracing::warn!("[metrics] listen changed: restart wasmgate to apply it");
         }
         if new.access_log != old.access_log {
             tracing::warn!("[access_log] changed: restart wasmgate to apply it");
