@@ -8,7 +8,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -50,7 +49,7 @@ pub trait Outbound: Send + Sync {
 pub(crate) struct HostState {
     pub(crate) wasi: WasiCtx,
     pub(crate) table: ResourceTable,
-    pub(crate) limits: StoreLimits,
+    pub(crate) memory: crate::instance::MemoryCap,
     pub(crate) filter: Arc<str>,
     pub(crate) request_id: Arc<str>,
     /// When the current call's execution budget runs out; host calls that wait (outbound

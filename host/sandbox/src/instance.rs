@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{Engine, Store, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtx;
 
 use crate::bindings::{GatewayFilter, GatewayFilterPre};
@@ -59,12 +59,29 @@ pub enum FilterError {
     Returned(String),
     /// The instance trapped (panic, out-of-bounds, unreachable, stack overflow, out of memory)
     /// or was interrupted at its deadline. The instance is discarded.
-    #[error("filter trapped: {0}")]
-    Trap(String),
+    #[error("filter trapped: {reason}")]
+    Trap {
+        /// What stopped it, as the sandbox saw it.
+        kind: TrapKind,
+        /// wasmtime's account of the trap, for the log.
+        reason: String,
+    },
     /// The filter returned something the host will not use (an invalid header, status, or
     /// more output than its cap).
     #[error("filter returned an invalid result: {0}")]
     Invalid(String),
+}
+
+/// What stopped a call that trapped: told by the sandbox itself (the engine's interrupt, the
+/// memory cap's own refusal), never read from a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrapKind {
+    /// Interrupted at its deadline.
+    Deadline,
+    /// Its memory cap refused to grow its linear memory.
+    Memory,
+    /// Anything else: a panic, an out-of-bounds access, a stack overflow, `unreachable`.
+    Trap,
 }
 
 impl FilterError {
@@ -74,10 +91,82 @@ impl FilterError {
         match self {
             FilterError::Returned(_) => "error",
             FilterError::Invalid(_) => "invalid",
-            FilterError::Trap(why) if why.contains("deadline exceeded") => "deadline",
-            FilterError::Trap(why) if why.contains("memory") => "memory",
-            FilterError::Trap(_) => "trap",
+            FilterError::Trap { kind, .. } => match kind {
+                TrapKind::Deadline => "deadline",
+                TrapKind::Memory => "memory",
+                TrapKind::Trap => "trap",
+            },
         }
+    }
+
+    /// The error for `err`, a call on `store` that trapped.
+    fn trapped(store: &Store<HostState>, err: &wasmtime::Error) -> FilterError {
+        let kind = match err.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => TrapKind::Deadline,
+            _ if store.data().memory.refused => TrapKind::Memory,
+            _ => TrapKind::Trap,
+        };
+        FilterError::Trap {
+            kind,
+            reason: trap_reason(err),
+        }
+    }
+}
+
+/// One instance's memory cap: growth past it traps (a filter never sees a failed
+/// `memory.grow`), and the cap remembers that it refused, so that the failure is told as
+/// [`TrapKind::Memory`].
+pub(crate) struct MemoryCap {
+    bytes: usize,
+    /// A growth was refused: the call trapped on the cap.
+    pub(crate) refused: bool,
+}
+
+impl MemoryCap {
+    fn new(bytes: usize) -> MemoryCap {
+        MemoryCap {
+            bytes,
+            refused: false,
+        }
+    }
+}
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.bytes || maximum.is_some_and(|max| desired > max) {
+            self.refused = true;
+            wasmtime::bail!(
+                "memory cap: growing linear memory to {desired} bytes, over the {} allowed",
+                self.bytes
+            );
+        }
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.refused = true;
+        Err(error.context("growing linear memory failed"))
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if maximum.is_some_and(|max| desired > max) {
+            wasmtime::bail!("growing a table to {desired} elements, over its maximum");
+        }
+        Ok(true)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        Err(error.context("growing a table failed"))
     }
 }
 
@@ -147,10 +236,7 @@ impl LoadedFilter {
         let state = HostState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(grants.limits.memory_bytes)
-                .trap_on_grow_failure(true)
-                .build(),
+            memory: MemoryCap::new(grants.limits.memory_bytes),
             filter: self.name.clone(),
             request_id: request_id.clone(),
             deadline: Instant::now() + grants.limits.deadline,
@@ -164,7 +250,7 @@ impl LoadedFilter {
             kept: None,
         };
         let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
+        store.limiter(|s| &mut s.memory);
         store.set_epoch_deadline(2);
         store.epoch_deadline_callback(|ctx| {
             let now = Instant::now();
@@ -191,10 +277,18 @@ impl LoadedFilter {
                 Box::pin(tokio::task::yield_now()),
             ))
         });
-        let instance =
-            self.pre.instantiate_async(&mut store).await.map_err(|e| {
-                FilterError::Trap(format!("instantiation failed: {}", trap_reason(&e)))
-            })?;
+        let instance = match self.pre.instantiate_async(&mut store).await {
+            Ok(instance) => instance,
+            Err(e) => {
+                return Err(match FilterError::trapped(&store, &e) {
+                    FilterError::Trap { kind, reason } => FilterError::Trap {
+                        kind,
+                        reason: format!("instantiation failed: {reason}"),
+                    },
+                    other => other,
+                });
+            }
+        };
         Ok((store, instance))
     }
 
@@ -211,7 +305,7 @@ impl LoadedFilter {
             .wasmgate_filter_filter()
             .call_configure(&mut store, config_json)
             .await
-            .map_err(|e| FilterError::Trap(trap_reason(&e)))?
+            .map_err(|e| FilterError::trapped(&store, &e))?
             .map_err(|e| FilterError::Returned(format!("config rejected: {e}")))?;
         // A body is read only by a phase that runs.
         needs.request_body &= needs.request_phase;
@@ -499,7 +593,7 @@ impl FilterInstance {
             .wasmgate_filter_filter()
             .call_on_request(&mut self.store, ctx, req)
             .await
-            .map_err(|e| FilterError::Trap(trap_reason(&e)))?
+            .map_err(|e| FilterError::trapped(&self.store, &e))?
             .map_err(FilterError::Returned)?;
         let size = match &action {
             RequestAction::Continue(r) => {
@@ -524,7 +618,7 @@ impl FilterInstance {
             .wasmgate_filter_filter()
             .call_on_response(&mut self.store, ctx, resp)
             .await
-            .map_err(|e| FilterError::Trap(trap_reason(&e)))?
+            .map_err(|e| FilterError::trapped(&self.store, &e))?
             .map_err(FilterError::Returned)?;
         self.check_output(output_size(&resp.headers, resp.body.as_deref()))?;
         self.failed = false;

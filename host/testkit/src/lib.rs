@@ -54,7 +54,9 @@ pub use build::build_component;
 pub use logs::LogRecord;
 pub use services::ServiceCall;
 pub use tracing::Level;
-pub use wasmgate_sandbox::{FilterError, Limits, Metric, MetricKind, Needs, Value as MetricValue};
+pub use wasmgate_sandbox::{
+    FilterError, Limits, Metric, MetricKind, Needs, TrapKind, Value as MetricValue,
+};
 
 use logs::Capture;
 use services::Stubs;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use wasmgate_sdk::{Action, Request, Response};
-use wasmgate_testkit::{FilterError, Limits, TestFilter};
+use wasmgate_testkit::{FilterError, Limits, TestFilter, TrapKind};
 
 fn load(name: &str) -> TestFilter {
     TestFilter::load(wasmgate_artifacts::filter(name)).unwrap()
@@ -31,9 +31,37 @@ fn a_looping_filter_is_cut_at_its_deadline() {
         .unwrap();
     let started = Instant::now();
     let err = route.on_request(Request::new("GET", "/")).unwrap_err();
-    assert!(matches!(err, FilterError::Trap(_)), "{err}");
+    assert!(
+        matches!(
+            err,
+            FilterError::Trap {
+                kind: TrapKind::Deadline,
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(started.elapsed() < Duration::from_millis(500));
     assert_eq!(route.metrics().failures, 1);
+}
+
+/// Each way of failing is told apart by the sandbox itself: an out-of-bounds read is a trap
+/// even though its message speaks of memory, and only the memory cap's refusal is `memory`.
+#[test]
+fn every_failure_has_its_kind() {
+    let filter = load("fail");
+    for (mode, kind) in [
+        ("error", "error"),
+        ("panic", "trap"),
+        ("stack", "trap"),
+        ("out-of-bounds", "trap"),
+        ("loop", "deadline"),
+        ("alloc", "memory"),
+    ] {
+        let route = filter.route(json!({ "mode": mode })).unwrap();
+        let err = route.on_request(Request::new("GET", "/")).unwrap_err();
+        assert_eq!(err.kind(), kind, "{mode}: {err}");
+    }
 }
 
 #[test]

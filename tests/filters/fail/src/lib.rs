@@ -19,6 +19,9 @@ enum Mode {
     Stack,
     /// Answer with an 8 MiB body (over the output cap).
     Huge,
+    /// Read past the end of linear memory (a trap whose message mentions memory, though no
+    /// memory cap was reached).
+    OutOfBounds,
 }
 
 #[allow(unconditional_recursion)] // the point: overflow the stack
@@ -85,6 +88,13 @@ impl Fail {
             }
             Mode::Stack => Ok(Request::new("GET", &format!("/{}", recurse(0))).into()),
             Mode::Huge => Ok(Response::new(200).with_body(vec![b'x'; 8 << 20]).into()),
+            Mode::OutOfBounds => {
+                // Past anything a 32-bit linear memory of this filter's cap can hold.
+                let past_the_end = std::hint::black_box(0xFFFF_FFF0usize) as *const u8;
+                // SAFETY: none; the point is the trap the read raises.
+                let byte = unsafe { std::ptr::read_volatile(past_the_end) };
+                Err(Error::msg(format!("read {byte} past the end of memory")))
+            }
             Mode::Alloc => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
