@@ -306,3 +306,101 @@ fn check_refused(text: &str, expected: &str) {
     };
     assert!(errors.contains(expected), "{expected:?} not in:\n{errors}");
 }
+
+/// An upstream that speaks only HTTP/1.0: it reads one request, answers it (with a
+/// `Content-Length`, or without one and ended by closing) and closes the connection.
+async fn http10_upstream() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer: &[u8] = if head.windows(6).any(|w| w == b"/sized") {
+                    b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 11\r\n\r\nsized, 1.0\n"
+                } else {
+                    b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nread until close, 1.0\n"
+                };
+                let _ = conn.write_all(answer).await;
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP/1.0 upstream's answers reach an HTTP/1.1 client as HTTP/1.1, framed by the gateway,
+/// on a connection that stays open for the next request.
+#[tokio::test]
+async fn an_http10_upstreams_answer_is_reframed_as_http11_and_keeps_the_connection() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let old = http10_upstream().await;
+    let gw = gateway(&[("old", format!("upstreams = [\"http://{old}\"]"))]).await;
+    let stream = tokio::net::TcpStream::connect(gw.running.addr)
+        .await
+        .unwrap();
+    let mut conn = BufReader::new(stream);
+    for (path, body) in [
+        ("/old/sized", "sized, 1.0\n"),
+        ("/old/unsized", "read until close, 1.0\n"),
+        ("/old/sized", "sized, 1.0\n"),
+    ] {
+        conn.get_mut()
+            .write_all(format!("GET {path} HTTP/1.1\r\nhost: gw\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut status = String::new();
+        conn.read_line(&mut status).await.unwrap();
+        assert_eq!(status, "HTTP/1.1 200 OK\r\n", "{path}");
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            conn.read_line(&mut line).await.unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            headers.push(line.to_ascii_lowercase());
+        }
+        assert!(
+            !headers.iter().any(|h| h.starts_with("connection: close")),
+            "{path}: {headers:?}"
+        );
+        let received = if let Some(len) = headers
+            .iter()
+            .find_map(|h| h.strip_prefix("content-length: "))
+        {
+            let mut body = vec![0; len.trim().parse().unwrap()];
+            conn.read_exact(&mut body).await.unwrap();
+            String::from_utf8(body).unwrap()
+        } else {
+            assert!(
+                headers.contains(&"transfer-encoding: chunked\r\n".to_string()),
+                "{path}: an unsized body is chunked: {headers:?}"
+            );
+            let mut body = String::new();
+            loop {
+                let mut size = String::new();
+                conn.read_line(&mut size).await.unwrap();
+                let size = usize::from_str_radix(size.trim(), 16).unwrap();
+                let mut chunk = vec![0; size + 2];
+                conn.read_exact(&mut chunk).await.unwrap();
+                if size == 0 {
+                    break;
+                }
+                body.push_str(std::str::from_utf8(&chunk[..size]).unwrap());
+            }
+            body
+        };
+        assert_eq!(received, body, "{path}");
+    }
+}

@@ -24,7 +24,7 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<Diagnostic>> {
 /// Parse and validate config text: what it describes (routes with problems included when
 /// their path match could be read, for `check` to look at their filters) and every problem,
 /// in file order. Fails only when the TOML cannot be read into the config's shape (syntax, a
-/// wrong type), with that one problem.
+/// wrong type, a missing key), with that problem and the unknown keys read before it.
 pub(super) fn parse_checked(
     text: &str,
     base: &Path,
@@ -38,14 +38,8 @@ pub(super) fn parse_checked(
     let read = toml::Deserializer::parse(text).and_then(|de| {
         serde_ignored::deserialize(de, |path| unknown.push(unknown_key::segments(&path)))
     });
-    let raw: RawConfig = match read {
-        Ok(raw) => raw,
-        Err(e) => {
-            let offset = e.span().map_or(0, |s| s.start);
-            src.error(offset, e.message().trim_end().to_string());
-            return Err(src.diagnostics);
-        }
-    };
+    // Unknown keys met before a failure are reported with it: a misspelt key (`upstream`)
+    // is most often why a required one (`upstreams`) is missing.
     if !unknown.is_empty() {
         let doc = toml::de::DeTable::parse(text).ok();
         for path in &unknown {
@@ -53,6 +47,15 @@ pub(super) fn parse_checked(
             src.error(offset, unknown_key::message(path));
         }
     }
+    let raw: RawConfig = match read {
+        Ok(raw) => raw,
+        Err(e) => {
+            let offset = e.span().map_or(0, |s| s.start);
+            src.error(offset, e.message().trim_end().to_string());
+            src.diagnostics.sort_by_key(|d| (d.line, d.column));
+            return Err(src.diagnostics);
+        }
+    };
     let config = validate(raw, &mut src);
     src.diagnostics.sort_by_key(|d| (d.line, d.column));
     Ok((config, src.diagnostics))

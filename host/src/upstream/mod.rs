@@ -628,6 +628,10 @@ async fn send_to(
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // The gateway frames its own answer to the client: an HTTP/1.0 upstream's response goes
+    // out as HTTP/1.1 (chunked when it has no length), not as HTTP/1.0, which would close the
+    // client's connection.
+    parts.version = http::Version::HTTP_11;
     Ok(Response::from_parts(parts, body))
 }
 
