@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
@@ -32,7 +32,7 @@ pub struct RunningGateway {
     pub metrics_addr: Option<SocketAddr>,
     control: Arc<Control>,
     workers: Workers,
-    background: Vec<tokio::task::JoinHandle<()>>,
+    background: Tasks,
     tracing: Option<Arc<Tracing>>,
 }
 
@@ -65,7 +65,35 @@ impl RunningGateway {
             ),
             None => None,
         };
-        let mut background = Vec::new();
+        // The admin and metrics listeners answer from here on: `/health` at once, `/ready` with
+        // 503 until the config and its filters are loaded (compiling many filters can take a
+        // while, and a probe that hangs counts as a failure).
+        let metrics = Metrics::new(config.metrics.enabled);
+        let started = Arc::new(OnceLock::new());
+        let mut background = Tasks::default();
+        let admin_addr = match admin_listener {
+            Some(l) => {
+                let addr = l.local_addr()?;
+                let serves = control::admin::Serves::Admin {
+                    token: admin.token,
+                    protect_reads: admin.protect_reads,
+                };
+                let (started, metrics) = (started.clone(), metrics.clone());
+                background.push(control::admin::spawn(started, metrics, l, serves));
+                Some(addr)
+            }
+            None => None,
+        };
+        let metrics_addr = match metrics_listener {
+            Some(l) => {
+                let addr = l.local_addr()?;
+                let serves = control::admin::Serves::MetricsOnly;
+                let (started, metrics) = (started.clone(), metrics.clone());
+                background.push(control::admin::spawn(started, metrics, l, serves));
+                Some(addr)
+            }
+            None => None,
+        };
         let https = match &config.tls {
             Some(tls) => {
                 let settings = tls::load(&tls.certificates).map_err(|problems| {
@@ -80,7 +108,6 @@ impl RunningGateway {
             }
             None => None,
         };
-        let metrics = Metrics::new(config.metrics.enabled);
         let access_log = AccessLog::start(&config.access_log, metrics.clone())
             .with_context(|| format!("opening the access log {}", config.access_log.path))?;
         if let Some(log) = &access_log {
@@ -96,6 +123,7 @@ impl RunningGateway {
         }
         let tracing = Tracing::start(&config.tracing).context("starting trace export")?;
         let control = Arc::new(Control::start(config, config_path.clone(), metrics.clone()).await?);
+        let _ = started.set(control.clone());
         let proxy = Arc::new(Proxy::new(
             control.snapshots(),
             metrics.clone(),
@@ -111,32 +139,6 @@ impl RunningGateway {
             (listen, acceptor)
         });
         let workers = Workers::start(listen, https, server, proxy)?;
-        let admin_addr = match admin_listener {
-            Some(l) => {
-                let addr = l.local_addr()?;
-                let serves = control::admin::Serves::Admin {
-                    token: admin.token,
-                    protect_reads: admin.protect_reads,
-                };
-                background.push(control::admin::spawn(
-                    control.clone(),
-                    metrics.clone(),
-                    l,
-                    serves,
-                ));
-                Some(addr)
-            }
-            None => None,
-        };
-        let metrics_addr = match metrics_listener {
-            Some(l) => {
-                let addr = l.local_addr()?;
-                let serves = control::admin::Serves::MetricsOnly;
-                background.push(control::admin::spawn(control.clone(), metrics, l, serves));
-                Some(addr)
-            }
-            None => None,
-        };
         background.push(control::watch::spawn(
             control.clone(),
             filters_dir,
@@ -160,12 +162,29 @@ impl RunningGateway {
     pub async fn stop(self) {
         self.control.start_draining();
         self.workers.stop().await;
-        for task in &self.background {
-            task.abort();
-        }
+        drop(self.background);
         if let Some(tracing) = self.tracing {
             // Spans still queued are sent (the export blocks up to its timeout).
             let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
+        }
+    }
+}
+
+/// The gateway's background tasks (admin and metrics listeners, the watcher, reloads), aborted
+/// when dropped: when the gateway stops, and when it fails to start after some were spawned.
+#[derive(Default)]
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Tasks {
+    fn push(&mut self, task: tokio::task::JoinHandle<()>) {
+        self.0.push(task);
+    }
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
         }
     }
 }

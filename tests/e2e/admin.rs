@@ -268,3 +268,81 @@ async fn ready_waits_for_every_named_filter_and_ends_with_draining() {
     );
     stopping.await.unwrap();
 }
+
+/// `GET path` on `addr`: the status and body, or `None` when nothing answers yet.
+async fn probe(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let resp = client
+        .request(
+            http::Request::get(format!("http://{addr}{path}"))
+                .body(full(""))
+                .unwrap(),
+        )
+        .await
+        .ok()?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The admin endpoint answers while the gateway is still compiling its filters: alive
+/// (`/health` 200), not ready (`/ready` 503 "starting"); ready once they are loaded. A probe
+/// that hung until then would count as failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_answer_while_the_filters_compile() {
+    let up = Upstream::start("svc").await;
+    let dir = temp_dir("admin-starting");
+    let admin = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut text = format!(
+        "listen = \"127.0.0.1:0\"\nfilters_dir = {:?}\ncache_dir = {:?}\naccess_log = {{ enabled = false }}\n[admin]\nlisten = \"{admin}\"\n\n[services.svc]\nupstreams = [\"{}\"]\n",
+        dir.join("filters").display().to_string(),
+        dir.join("cache").display().to_string(),
+        up.url()
+    );
+    // Compiled afresh (an empty compile cache): the start takes a while.
+    for name in [
+        "headers",
+        "phases",
+        "tag-v1",
+        "tag-v2",
+        "metered",
+        "echo-config",
+    ] {
+        std::fs::copy(
+            filter(name),
+            dir.join("filters").join(format!("{name}.wasm")),
+        )
+        .unwrap();
+        text.push_str(&format!(
+            "\n[[routes]]\nname = \"{name}\"\nprefix = \"/{name}\"\nservice = \"svc\"\nfilters = [{{ name = \"{name}\" }}]\n"
+        ));
+    }
+    let config = wasmgate::Config::parse(&text).unwrap();
+    let start = tokio::spawn(wasmgate::RunningGateway::start(config, None));
+    let mut seen = Vec::new();
+    while !start.is_finished() {
+        if let (Some(health), Some(ready)) =
+            (probe(admin, "/health").await, probe(admin, "/ready").await)
+            && !start.is_finished()
+        {
+            seen.push((health, ready));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let running = start.await.unwrap().expect("the gateway starts");
+    assert!(
+        seen.iter()
+            .any(|((health, _), (ready, body))| *health == 200
+                && *ready == 503
+                && body.contains("\"status\":\"starting\"")),
+        "no probe answered during the start: {seen:?}"
+    );
+    let (status, body) = probe(admin, "/ready").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "{\"status\":\"ready\"}"));
+    running.stop().await;
+}

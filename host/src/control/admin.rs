@@ -2,7 +2,8 @@
 //!
 //! - `GET /health`: `{"status":"ok"}` while the process serves.
 //! - `GET /ready`: 200 `{"status":"ready"}` once the config and every filter it names are
-//!   loaded; 503 with what is missing (or `"draining"` while the gateway stops).
+//!   loaded; 503 with what is missing (`"starting"` while the gateway loads them, `"draining"`
+//!   while it stops). The listener answers from before the filters load.
 //! - `GET /routes`: each route, its match, service and filter chain with each filter's state.
 //! - `GET /filters`: each filter: version (content hash), loaded-at time, where its code came
 //!   from (compiled or the cache), state (`serving`, `rejected`, `unavailable`), the last
@@ -21,7 +22,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -54,9 +55,11 @@ pub enum Serves {
     MetricsOnly,
 }
 
-/// Serve `serves` on `listener` until the task is aborted.
+/// Serve `serves` on `listener` until the task is aborted. Until `started` holds the control
+/// plane (the config and its filters are loaded), `/health` answers, `/ready` says `starting`,
+/// and the rest 503.
 pub fn spawn(
-    control: Arc<Control>,
+    started: Arc<OnceLock<Arc<Control>>>,
     metrics: Arc<Metrics>,
     listener: TcpListener,
     serves: Serves,
@@ -66,11 +69,17 @@ pub fn spawn(
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let (control, metrics) = (control.clone(), metrics.clone());
+            let (started, metrics) = (started.clone(), metrics.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
-                    let (control, metrics) = (control.clone(), metrics.clone());
-                    async move { Ok::<_, Infallible>(route(&control, &metrics, serves, req).await) }
+                    let (started, metrics) = (started.clone(), metrics.clone());
+                    async move {
+                        let resp = match started.get() {
+                            Some(control) => route(control, &metrics, serves, req).await,
+                            None => starting(&req),
+                        };
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
@@ -129,6 +138,21 @@ async fn route(
             }
             handle(control, req).await
         }
+    }
+}
+
+/// An answer while the gateway loads its config and filters: alive, not ready.
+fn starting(req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/health") => json_response(StatusCode::OK, json!({ "status": "ok" })),
+        (&Method::GET, "/ready") => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "status": "starting" }),
+        ),
+        _ => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "error": "the gateway is starting" }),
+        ),
     }
 }
 
