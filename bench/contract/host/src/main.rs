@@ -13,6 +13,17 @@ wasmtime::component::bindgen!({
     },
 });
 
+/// The same world with async exports, as the gateway calls filters (on a fiber); the imports
+/// are the synchronous ones above.
+mod calls_async {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "contract",
+        with: { "draft:filter/types": super::draft::filter::types },
+        exports: { default: async },
+    });
+}
+
 use exports::draft::filter::filter::{RequestRecord, ResponseRecord, RouteContext};
 
 pub struct HostRequest {
@@ -144,7 +155,7 @@ fn from_list(list: Vec<(String, Vec<u8>)>) -> HeaderMap {
 fn main() -> anyhow::Result<()> {
     let wasm = std::env::args()
         .nth(1)
-        .expect("usage: contract-host GUEST.wasm [N [handles|records|maps]]");
+        .expect("usage: contract-host GUEST.wasm [N [handles|handles-async|records|maps]]");
     let n: u32 = std::env::args()
         .nth(2)
         .map_or(200_000, |n| n.parse().unwrap());
@@ -173,6 +184,11 @@ fn main() -> anyhow::Result<()> {
     store.set_epoch_deadline(u64::MAX / 2);
     let bindings = Contract::instantiate(&mut store, &component, &linker)?;
     let f = bindings.draft_filter_filter();
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let async_bindings = runtime.block_on(calls_async::Contract::instantiate_async(
+        &mut store, &component, &linker,
+    ))?;
+    let fa = async_bindings.draft_filter_filter();
 
     let ctx = RouteContext {
         route: "headers".into(),
@@ -202,6 +218,34 @@ fn main() -> anyhow::Result<()> {
             std::hint::black_box((req.headers.len(), resp.headers.len()));
         }
         let handles = started.elapsed().as_nanos() as f64 / f64::from(n);
+
+        // 0.3 again, each phase an async call (a fiber), as the gateway makes it.
+        let started = Instant::now();
+        if run("handles-async") {
+            runtime.block_on(async {
+                for _ in 0..n {
+                    let req = store.data_mut().table.push(HostRequest {
+                        method: http::Method::GET,
+                        uri: "/headers/x".into(),
+                        headers: request_headers(),
+                    })?;
+                    let borrowed = Resource::<HostRequest>::new_borrow(req.rep());
+                    fa.call_on_request(&mut store, borrowed).await?.unwrap();
+                    let req = store.data_mut().table.delete(req)?;
+                    let resp = store.data_mut().table.push(HostResponse {
+                        status: 200,
+                        headers: response_headers(),
+                    })?;
+                    let borrowed = Resource::<HostResponse>::new_borrow(resp.rep());
+                    fa.call_on_response(&mut store, borrowed).await?.unwrap();
+                    let resp = store.data_mut().table.delete(resp)?;
+                    std::hint::black_box((req.headers.len(), resp.headers.len()));
+                }
+                anyhow::Ok(())
+            })?;
+        }
+        let handles_async = started.elapsed().as_nanos() as f64 / f64::from(n);
+        println!("round {round}: both phases, handles with async calls {handles_async:.0} ns");
 
         // 0.2: both phases by value, headers converted each way as the proxy does.
         let started = Instant::now();
