@@ -140,7 +140,7 @@ impl Control {
             tracing::warn!(old = %old.listen, new = %new.listen, "listen address changed: restart wasmgate to apply it");
         }
         if new.admin != old.admin {
-            tracing::warn!("admin listener changed: restart wasmgate to apply it");
+            tracing::warn!("[admin] changed: restart wasmgate to apply it");
         }
         if new.server != old.server {
             tracing::warn!("[server] settings changed: restart wasmgate to apply them");

@@ -47,9 +47,10 @@ pub fn spawn(
         Some(path) => {
             let file = ConfigFile::new(&path);
             watcher.watch(&file.dir, RecursiveMode::NonRecursive)?;
-            let mut file = Some(file);
-            follow_links(&mut watcher, &mut file);
-            file
+            if let Some(dir) = &file.target_dir {
+                watch_target_dir(&mut watcher, dir);
+            }
+            Some(file)
         }
         None => None,
     };
@@ -224,9 +225,14 @@ fn follow_links(watcher: &mut notify::RecommendedWatcher, config: &mut Option<Co
         // Gone already when a ConfigMap update removed it.
         let _ = watcher.unwatch(&old);
     }
-    if let Some(dir) = &file.target_dir
-        && let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive)
-    {
+    if let Some(dir) = &file.target_dir {
+        watch_target_dir(watcher, dir);
+    }
+}
+
+/// Watch `dir`, where the config file's links lead.
+fn watch_target_dir(watcher: &mut notify::RecommendedWatcher, dir: &Path) {
+    if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
         tracing::warn!(dir = %dir.display(), "cannot watch the directory the config file links to, edits there need a reload: {e}");
     }
 }
