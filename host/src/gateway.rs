@@ -49,51 +49,31 @@ impl RunningGateway {
             config.server,
             config.filters_dir.clone(),
         );
-        let admin_listener = match admin.listen {
-            Some(addr) => Some(
-                control::admin::bind(addr)
-                    .await
-                    .with_context(|| format!("binding the admin endpoint {addr}"))?,
-            ),
-            None => None,
-        };
-        let metrics_listener = match config.metrics.listen {
-            Some(addr) => Some(
-                control::admin::bind(addr)
-                    .await
-                    .with_context(|| format!("binding the metrics listener {addr}"))?,
-            ),
-            None => None,
-        };
+        let admin_listener = bind(admin.listen, "the admin endpoint").await?;
+        let metrics_listener = bind(config.metrics.listen, "the metrics listener").await?;
         // The admin and metrics listeners answer from here on: `/health` at once, `/ready` with
         // 503 until the config and its filters are loaded (compiling many filters can take a
         // while, and a probe that hangs counts as a failure).
         let metrics = Metrics::new(config.metrics.enabled);
         let started = Arc::new(OnceLock::new());
         let mut background = Tasks::default();
-        let admin_addr = match admin_listener {
-            Some(l) => {
-                let addr = l.local_addr()?;
-                let serves = control::admin::Serves::Admin {
-                    token: admin.token,
-                    protect_reads: admin.protect_reads,
-                };
-                let (started, metrics) = (started.clone(), metrics.clone());
-                background.push(control::admin::spawn(started, metrics, l, serves));
-                Some(addr)
-            }
-            None => None,
+        let mut serve = |listener: Option<tokio::net::TcpListener>, serves| {
+            let Some(listener) = listener else {
+                return anyhow::Ok(None);
+            };
+            let addr = listener.local_addr()?;
+            let (started, metrics) = (started.clone(), metrics.clone());
+            background.push(control::admin::spawn(started, metrics, listener, serves));
+            Ok(Some(addr))
         };
-        let metrics_addr = match metrics_listener {
-            Some(l) => {
-                let addr = l.local_addr()?;
-                let serves = control::admin::Serves::MetricsOnly;
-                let (started, metrics) = (started.clone(), metrics.clone());
-                background.push(control::admin::spawn(started, metrics, l, serves));
-                Some(addr)
-            }
-            None => None,
-        };
+        let admin_addr = serve(
+            admin_listener,
+            control::admin::Serves::Admin {
+                token: admin.token,
+                protect_reads: admin.protect_reads,
+            },
+        )?;
+        let metrics_addr = serve(metrics_listener, control::admin::Serves::MetricsOnly)?;
         let https = match &config.tls {
             Some(tls) => {
                 let settings = tls::load(&tls.certificates).map_err(|problems| {
@@ -167,6 +147,21 @@ impl RunningGateway {
             // Spans still queued are sent (the export blocks up to its timeout).
             let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
         }
+    }
+}
+
+/// Bind `addr`, when there is one, naming `what` if it cannot be bound.
+async fn bind(
+    addr: Option<SocketAddr>,
+    what: &str,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    match addr {
+        Some(addr) => Ok(Some(
+            control::admin::bind(addr)
+                .await
+                .with_context(|| format!("binding {what} {addr}"))?,
+        )),
+        None => Ok(None),
     }
 }
 

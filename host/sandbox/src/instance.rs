@@ -101,14 +101,20 @@ impl FilterError {
 
     /// The error for `err`, a call on `store` that trapped.
     fn trapped(store: &Store<HostState>, err: &wasmtime::Error) -> FilterError {
-        let kind = match err.downcast_ref::<Trap>() {
+        FilterError::Trap {
+            kind: TrapKind::of(store, err),
+            reason: trap_reason(err),
+        }
+    }
+}
+
+impl TrapKind {
+    /// What stopped the call on `store` that failed with `err`.
+    fn of(store: &Store<HostState>, err: &wasmtime::Error) -> TrapKind {
+        match err.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => TrapKind::Deadline,
             _ if store.data().memory.refused => TrapKind::Memory,
             _ => TrapKind::Trap,
-        };
-        FilterError::Trap {
-            kind,
-            reason: trap_reason(err),
         }
     }
 }
@@ -280,12 +286,9 @@ impl LoadedFilter {
         let instance = match self.pre.instantiate_async(&mut store).await {
             Ok(instance) => instance,
             Err(e) => {
-                return Err(match FilterError::trapped(&store, &e) {
-                    FilterError::Trap { kind, reason } => FilterError::Trap {
-                        kind,
-                        reason: format!("instantiation failed: {reason}"),
-                    },
-                    other => other,
+                return Err(FilterError::Trap {
+                    kind: TrapKind::of(&store, &e),
+                    reason: format!("instantiation failed: {}", trap_reason(&e)),
                 });
             }
         };

@@ -211,6 +211,18 @@ struct RawAdmin {
     protect_reads: bool,
 }
 
+/// No `[admin]` table: enabled, on the default address, without a token.
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            listen: None,
+            enabled: true,
+            token_file: None,
+            protect_reads: true,
+        }
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -430,15 +442,7 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
     };
     let admin = match &raw.admin {
         Some(a) => validate_admin(a, src),
-        None => Admin {
-            listen: Some(
-                DEFAULT_ADMIN_LISTEN
-                    .parse()
-                    .expect("default admin address parses"),
-            ),
-            token: None,
-            protect_reads: true,
-        },
+        None => validate_admin(&RawAdmin::default(), src),
     };
     if let Some(t) = &raw.timeouts
         && (t.get_ref().connect.is_zero()

@@ -74,11 +74,8 @@ pub fn spawn(
                 let service = service_fn(move |req: Request<Incoming>| {
                     let (started, metrics) = (started.clone(), metrics.clone());
                     async move {
-                        let resp = match started.get() {
-                            Some(control) => route(control, &metrics, serves, req).await,
-                            None => starting(&req),
-                        };
-                        Ok::<_, Infallible>(resp)
+                        let control = started.get().map(|c| &**c);
+                        Ok::<_, Infallible>(route(control, &metrics, serves, req).await)
                     }
                 });
                 let _ = auto::Builder::new(TokioExecutor::new())
@@ -89,9 +86,10 @@ pub fn spawn(
     })
 }
 
-/// One admin request: probes first (open to all), then the token, then the API.
+/// One admin request: probes first (open to all, and answered while the gateway starts;
+/// `control` is `None` until then), then the token, then the API.
 async fn route(
-    control: &Control,
+    control: Option<&Control>,
     metrics: &Metrics,
     serves: Serves,
     req: Request<Incoming>,
@@ -107,6 +105,12 @@ async fn route(
         }
         _ => {}
     }
+    let Some(control) = control else {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "error": "the gateway is starting" }),
+        );
+    };
     match serves {
         Serves::MetricsOnly => {
             if method == Method::GET && path == "/metrics" {
@@ -141,21 +145,6 @@ async fn route(
     }
 }
 
-/// An answer while the gateway loads its config and filters: alive, not ready.
-fn starting(req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/health") => json_response(StatusCode::OK, json!({ "status": "ok" })),
-        (&Method::GET, "/ready") => json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "status": "starting" }),
-        ),
-        _ => json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({ "error": "the gateway is starting" }),
-        ),
-    }
-}
-
 /// Whether `headers` carry `Authorization: Bearer <token>` (the scheme in any case).
 fn carries(headers: &HeaderMap, token: &AdminToken) -> bool {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
@@ -167,8 +156,15 @@ fn carries(headers: &HeaderMap, token: &AdminToken) -> bool {
     scheme.eq_ignore_ascii_case(b"bearer ") && token.matches(given.trim_ascii())
 }
 
-/// `GET /ready`: ready once every route's filters are loaded, and until the gateway stops.
-fn ready(control: &Control) -> (StatusCode, Value) {
+/// `GET /ready`: ready once every route's filters are loaded (`control` is `None` before),
+/// and until the gateway stops.
+fn ready(control: Option<&Control>) -> (StatusCode, Value) {
+    let Some(control) = control else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "status": "starting" }),
+        );
+    };
     if control.is_draining() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
