@@ -1,8 +1,13 @@
 //! Typed requests, responses and headers, as a filter sees them.
 
+use std::cell::{OnceCell, RefCell};
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
+use crate::__bindings::wasmgate::filter::types as wit;
+use crate::json::{self, JsonError};
 use crate::Error;
 
 /// Percent-encode everything but RFC 3986 unreserved characters (`A-Z a-z 0-9 - . _ ~`): safe
@@ -20,13 +25,25 @@ pub fn percent_encode(text: &str) -> String {
 }
 
 /// Header list in wire order. Names are stored lower-case; a name may repeat.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Headers(Vec<(String, Vec<u8>)>);
+///
+/// In the gateway the headers stay in the host: a read asks the host for that one header (or,
+/// for [`Headers::iter`], for all of them once), and a write changes the host's copy at once.
+/// Built in a unit test or by a filter ([`Response::new`]), they are a plain list.
+#[derive(Default)]
+pub struct Headers {
+    /// The host's message, when the headers are the host's.
+    remote: Option<Remote>,
+    /// Every header in order: always for a plain list; for the host's, once fetched (and
+    /// until the next write).
+    list: OnceCell<Vec<(String, Vec<u8>)>>,
+    /// Values fetched one header at a time from the host, kept for the `&[u8]` handed out.
+    fetched: Arena,
+}
 
 impl Headers {
     /// An empty header list.
     pub fn new() -> Self {
-        Self::default()
+        Self::from_wire(Vec::new())
     }
 
     /// The first value of `name` (case-insensitive) as text; `None` when absent or not UTF-8.
@@ -37,18 +54,32 @@ impl Headers {
 
     /// The first value of `name` (case-insensitive) as raw bytes.
     pub fn get_bytes(&self, name: &str) -> Option<&[u8]> {
-        self.0
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+        match (self.list.get(), &self.remote) {
+            (None, Some(remote)) => Some(self.fetched.keep(remote.header(name)?)),
+            _ => self
+                .list()
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_slice()),
+        }
     }
 
     /// Every value of `name` (case-insensitive), in order, as raw bytes.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.0
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+        let values: Vec<&'a [u8]> = match (self.list.get(), &self.remote) {
+            (None, Some(remote)) => remote
+                .header_all(name)
+                .into_iter()
+                .map(|v| self.fetched.keep(v))
+                .collect(),
+            _ => self
+                .list()
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_slice())
+                .collect(),
+        };
+        values.into_iter()
     }
 
     /// Whether `name` is present.
@@ -56,71 +87,180 @@ impl Headers {
         self.get_bytes(name).is_some()
     }
 
-    /// Replace every value of `name` with one value.
+    /// Replace every value of `name` with one value. An invalid name or value (the host
+    /// checks) fails the filter's phase when it returns.
     pub fn set(&mut self, name: &str, value: impl Into<Vec<u8>>) {
-        self.remove(name);
-        self.append(name, value);
+        let value = value.into();
+        match &self.remote {
+            Some(remote) => {
+                remote.set_header(name, &value);
+                self.list.take();
+            }
+            None => {
+                self.remove(name);
+                self.append(name, value);
+            }
+        }
     }
 
     /// Add a value for `name`, keeping existing ones.
     pub fn append(&mut self, name: &str, value: impl Into<Vec<u8>>) {
-        self.0.push((name.to_ascii_lowercase(), value.into()));
+        let value = value.into();
+        match &self.remote {
+            Some(remote) => {
+                remote.append_header(name, &value);
+                self.list.take();
+            }
+            None => self.local().push((name.to_ascii_lowercase(), value)),
+        }
     }
 
     /// Remove every value of `name`; returns whether any was present.
     pub fn remove(&mut self, name: &str) -> bool {
-        let before = self.0.len();
-        self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
-        self.0.len() != before
+        match &self.remote {
+            Some(remote) => {
+                self.list.take();
+                remote.remove_header(name)
+            }
+            None => {
+                let list = self.local();
+                let before = list.len();
+                list.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+                list.len() != before
+            }
+        }
     }
 
     /// All `(name, value)` pairs in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.0.iter().map(|(n, v)| (n.as_str(), v.as_slice()))
+        self.list().iter().map(|(n, v)| (n.as_str(), v.as_slice()))
     }
 
     /// Number of header lines.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.list().len()
     }
 
     /// Whether there are no headers.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.list().is_empty()
+    }
+
+    fn list(&self) -> &Vec<(String, Vec<u8>)> {
+        self.list.get_or_init(|| match &self.remote {
+            Some(remote) => remote.headers(),
+            None => Vec::new(),
+        })
+    }
+
+    /// The plain list (only called when there is no remote).
+    fn local(&mut self) -> &mut Vec<(String, Vec<u8>)> {
+        self.list.get_or_init(Vec::new);
+        self.list.get_mut().expect("initialized above")
+    }
+
+    fn remote(remote: Remote) -> Self {
+        Headers {
+            remote: Some(remote),
+            ..Headers::default()
+        }
     }
 
     pub(crate) fn from_wire(list: Vec<(String, Vec<u8>)>) -> Self {
-        Self(list)
+        Headers {
+            remote: None,
+            list: OnceCell::from(list),
+            fetched: Arena::default(),
+        }
     }
 
     pub(crate) fn into_wire(self) -> Vec<(String, Vec<u8>)> {
-        self.0
+        self.list();
+        self.list.into_inner().unwrap_or_default()
+    }
+
+    /// A plain copy.
+    fn snapshot(&self) -> Headers {
+        Headers::from_wire(self.list().clone())
+    }
+}
+
+impl Clone for Headers {
+    /// A plain copy: the clone of the host's headers is a list of their current values.
+    fn clone(&self) -> Self {
+        self.snapshot()
+    }
+}
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.list() == other.list()
+    }
+}
+
+impl Eq for Headers {}
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(
+                self.iter()
+                    .map(|(n, v)| (n, String::from_utf8_lossy(v).into_owned())),
+            )
+            .finish()
     }
 }
 
 /// An HTTP request on its way to the upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// In the gateway it is a handle to the host's request: each accessor asks the host for what
+/// it returns, once, and each setter changes the host's request. Built with
+/// [`Request::new`] (unit tests), it is a plain value.
 pub struct Request {
-    pub(crate) method: String,
-    pub(crate) scheme: String,
-    pub(crate) authority: String,
-    pub(crate) path_with_query: String,
+    remote: Option<u32>,
+    method: OnceCell<String>,
+    scheme: OnceCell<String>,
+    authority: OnceCell<String>,
+    path_with_query: OnceCell<String>,
     pub(crate) headers: Headers,
-    pub(crate) body: Option<Vec<u8>>,
+    body: OnceCell<Option<Vec<u8>>>,
 }
 
 impl Request {
     /// A request with no headers and no body, e.g. for unit tests:
     /// `Request::new("GET", "/users/42?full=1")`.
     pub fn new(method: &str, path_with_query: &str) -> Self {
-        Self {
-            method: method.to_ascii_uppercase(),
-            scheme: "http".into(),
-            authority: String::new(),
-            path_with_query: path_with_query.into(),
+        Request {
+            remote: None,
+            method: OnceCell::from(method.to_ascii_uppercase()),
+            scheme: OnceCell::from("http".to_owned()),
+            authority: OnceCell::from(String::new()),
+            path_with_query: OnceCell::from(path_with_query.to_owned()),
             headers: Headers::new(),
-            body: None,
+            body: OnceCell::from(None),
         }
+    }
+
+    /// The host's request behind handle `handle`.
+    pub(crate) fn remote(handle: u32) -> Self {
+        Request {
+            remote: Some(handle),
+            method: OnceCell::new(),
+            scheme: OnceCell::new(),
+            authority: OnceCell::new(),
+            path_with_query: OnceCell::new(),
+            headers: Headers::remote(Remote::Request(handle)),
+            body: OnceCell::new(),
+        }
+    }
+
+    /// The handle of the host's request, when this is one.
+    pub(crate) fn handle(&self) -> Option<u32> {
+        self.remote
+    }
+
+    fn host<T>(&self, call: impl FnOnce(&wit::Request) -> T) -> T {
+        Remote::Request(self.remote.expect("a plain request has every field")).request(call)
     }
 
     /// Builder form of [`Headers::append`].
@@ -131,40 +271,43 @@ impl Request {
 
     /// Builder form of [`Request::set_body`].
     pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
-        self.body = Some(body.into());
+        self.set_body(body);
         self
     }
 
     /// The method, upper-case.
     pub fn method(&self) -> &str {
-        &self.method
+        self.method.get_or_init(|| self.host(|r| r.method()))
     }
 
     /// Change the method sent upstream.
     pub fn set_method(&mut self, method: &str) {
-        self.method = method.to_ascii_uppercase();
+        let method = method.to_ascii_uppercase();
+        if self.remote.is_some() {
+            self.host(|r| r.set_method(&method));
+        }
+        self.method = OnceCell::from(method);
     }
 
     /// `http` or `https`: how the client reached the gateway.
     pub fn scheme(&self) -> &str {
-        &self.scheme
+        self.scheme.get_or_init(|| self.host(|r| r.scheme()))
     }
 
     /// The authority (`Host`) the client asked for.
     pub fn authority(&self) -> &str {
-        &self.authority
+        self.authority.get_or_init(|| self.host(|r| r.authority()))
     }
 
     /// The path without the query, e.g. `/users/42`.
     pub fn path(&self) -> &str {
-        self.path_with_query
-            .split_once('?')
-            .map_or(self.path_with_query.as_str(), |(p, _)| p)
+        let pq = self.path_with_query();
+        pq.split_once('?').map_or(pq, |(p, _)| p)
     }
 
     /// The raw query string without `?`, if any.
     pub fn query(&self) -> Option<&str> {
-        self.path_with_query.split_once('?').map(|(_, q)| q)
+        self.path_with_query().split_once('?').map(|(_, q)| q)
     }
 
     /// The value of query parameter `name` (percent-decoding is not applied).
@@ -178,20 +321,26 @@ impl Request {
 
     /// Path and query as they will be sent upstream.
     pub fn path_with_query(&self) -> &str {
-        &self.path_with_query
+        self.path_with_query
+            .get_or_init(|| self.host(|r| r.path_with_query()))
     }
 
     /// Replace path and query sent upstream; must start with `/`.
     pub fn set_path_with_query(&mut self, path_with_query: impl Into<String>) {
-        self.path_with_query = path_with_query.into();
+        let pq = path_with_query.into();
+        if self.remote.is_some() {
+            self.host(|r| r.set_path_with_query(&pq));
+        }
+        self.path_with_query = OnceCell::from(pq);
     }
 
     /// Replace the path, keeping the query.
     pub fn set_path(&mut self, path: &str) {
-        self.path_with_query = match self.query() {
+        let pq = match self.query() {
             Some(q) => format!("{path}?{q}"),
             None => path.to_string(),
         };
+        self.set_path_with_query(pq);
     }
 
     /// The headers.
@@ -223,63 +372,202 @@ impl Request {
         (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
     }
 
-    /// The body, when the filter declared [`crate::Needs::request_body`] (or set one).
+    /// The body, when the filter declared [`crate::Needs::request_body`] (or set one). In the
+    /// gateway the first call copies it from the host; [`Request::body_size`] and
+    /// [`Request::json_at`] do not.
     pub fn body(&self) -> Option<&[u8]> {
-        self.body.as_deref()
+        self.body.get_or_init(|| self.host(|r| r.body())).as_deref()
+    }
+
+    /// The body's size, without reading it.
+    pub fn body_size(&self) -> Option<u64> {
+        match (self.body.get(), self.remote) {
+            (None, Some(_)) => self.host(|r| r.body_size()),
+            _ => self.body().map(|b| b.len() as u64),
+        }
     }
 
     /// Replace the body; the gateway fixes `content-length`.
     pub fn set_body(&mut self, body: impl Into<Vec<u8>>) {
-        self.body = Some(body.into());
+        let body = body.into();
+        if self.remote.is_some() {
+            self.host(|r| r.set_body(&body));
+        }
+        self.body = OnceCell::from(Some(body));
     }
 
     /// Decode the body as JSON.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        decode_json(self.body.as_deref())
+        decode_json(self.body())
     }
 
     /// Encode `value` as the JSON body and set `content-type: application/json`.
     pub fn set_json<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.body = Some(serde_json::to_vec(value)?);
+        self.set_body(serde_json::to_vec(value)?);
         self.headers.set("content-type", "application/json");
         Ok(())
+    }
+
+    /// The value at `path` of the JSON body (see [`crate::json`] for paths); `None` when
+    /// absent. In the gateway the host reads it: the body is not copied into the filter.
+    pub fn json_at(&self, path: &str) -> Result<Option<Value>, JsonError> {
+        match (self.body.get(), self.remote) {
+            (None, Some(_)) => json_text(self.host(|r| r.json_get(path))),
+            _ => json::get_in(self.body(), path),
+        }
+    }
+
+    /// Apply `edits` to the JSON body, in order. In the gateway the host does it (validating
+    /// the body as it goes), so the body is never copied into the filter.
+    pub fn edit_json(&mut self, edits: &[json::Edit]) -> Result<(), JsonError> {
+        match self.remote {
+            Some(_) => {
+                self.host(|r| r.edit_json(&json::to_wit(edits)))
+                    .map_err(JsonError::from)?;
+                self.body = OnceCell::new();
+                Ok(())
+            }
+            None => {
+                let body = json::edit_bytes(self.body(), edits)?;
+                self.body = OnceCell::from(Some(body));
+                Ok(())
+            }
+        }
+    }
+
+    /// A plain copy of every field (from the host, for the host's request).
+    fn snapshot(&self) -> Request {
+        Request {
+            remote: None,
+            method: OnceCell::from(self.method().to_owned()),
+            scheme: OnceCell::from(self.scheme().to_owned()),
+            authority: OnceCell::from(self.authority().to_owned()),
+            path_with_query: OnceCell::from(self.path_with_query().to_owned()),
+            headers: self.headers.snapshot(),
+            body: OnceCell::from(self.body().map(<[u8]>::to_vec)),
+        }
+    }
+
+    /// Its fields: method, scheme, authority, path and query, headers, body.
+    pub(crate) fn into_parts(self) -> (String, String, String, String, Headers, Option<Vec<u8>>) {
+        let plain = match self.remote {
+            Some(_) => self.snapshot(),
+            None => self,
+        };
+        (
+            plain.method.into_inner().unwrap_or_default(),
+            plain.scheme.into_inner().unwrap_or_default(),
+            plain.authority.into_inner().unwrap_or_default(),
+            plain.path_with_query.into_inner().unwrap_or_default(),
+            plain.headers,
+            plain.body.into_inner().flatten(),
+        )
+    }
+
+    pub(crate) fn from_parts(
+        method: String,
+        scheme: String,
+        authority: String,
+        path_with_query: String,
+        headers: Headers,
+        body: Option<Vec<u8>>,
+    ) -> Request {
+        Request {
+            remote: None,
+            method: OnceCell::from(method),
+            scheme: OnceCell::from(scheme),
+            authority: OnceCell::from(authority),
+            path_with_query: OnceCell::from(path_with_query),
+            headers,
+            body: OnceCell::from(body),
+        }
+    }
+}
+
+impl Clone for Request {
+    /// A plain copy (of the host's request's current values).
+    fn clone(&self) -> Self {
+        self.snapshot()
+    }
+}
+
+impl PartialEq for Request {
+    fn eq(&self, other: &Self) -> bool {
+        self.method() == other.method()
+            && self.scheme() == other.scheme()
+            && self.authority() == other.authority()
+            && self.path_with_query() == other.path_with_query()
+            && self.headers == other.headers
+            && self.body() == other.body()
+    }
+}
+
+impl Eq for Request {}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method())
+            .field("path_with_query", &self.path_with_query())
+            .field("headers", &self.headers)
+            .field("body", &self.body().map(String::from_utf8_lossy))
+            .finish()
     }
 }
 
 /// An HTTP response: from the upstream, or built by a filter to answer at once.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// In a response phase it is a handle to the host's response (as [`Request`] is); built with
+/// [`Response::new`] and its shorthands, it is a plain value the gateway takes when the phase
+/// returns it.
 pub struct Response {
-    pub(crate) status: u16,
+    remote: Option<u32>,
+    status: OnceCell<u16>,
     pub(crate) headers: Headers,
-    pub(crate) body: Option<Vec<u8>>,
+    body: OnceCell<Option<Vec<u8>>>,
 }
 
 impl Response {
     /// A response with this status, no headers and an empty body.
     pub fn new(status: u16) -> Self {
-        Self {
-            status,
+        Response {
+            remote: None,
+            status: OnceCell::from(status),
             headers: Headers::new(),
-            body: None,
+            body: OnceCell::from(None),
         }
+    }
+
+    pub(crate) fn remote(handle: u32) -> Self {
+        Response {
+            remote: Some(handle),
+            status: OnceCell::new(),
+            headers: Headers::remote(Remote::Response(handle)),
+            body: OnceCell::new(),
+        }
+    }
+
+    pub(crate) fn handle(&self) -> Option<u32> {
+        self.remote
+    }
+
+    fn host<T>(&self, call: impl FnOnce(&wit::Response) -> T) -> T {
+        Remote::Response(self.remote.expect("a plain response has every field")).response(call)
     }
 
     /// A `text/plain; charset=utf-8` response.
     pub fn text(status: u16, text: impl Into<String>) -> Self {
-        let mut resp = Self::new(status);
-        resp.headers
-            .set("content-type", "text/plain; charset=utf-8");
-        resp.body = Some(text.into().into_bytes());
-        resp
+        Self::new(status)
+            .with_header("content-type", "text/plain; charset=utf-8")
+            .with_body(text.into().into_bytes())
     }
 
     /// An `application/json` response. Serializing plain data does not fail; if `value`'s
     /// `Serialize` impl does, the body is `null`.
     pub fn json<T: Serialize + ?Sized>(status: u16, value: &T) -> Self {
-        let mut resp = Self::new(status);
-        resp.headers.set("content-type", "application/json");
-        resp.body = Some(serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec()));
-        resp
+        Self::new(status)
+            .with_header("content-type", "application/json")
+            .with_body(serde_json::to_vec(value).unwrap_or_else(|_| b"null".to_vec()))
     }
 
     /// RFC 6750's answer to a request without a bearer token: 401,
@@ -313,18 +601,21 @@ impl Response {
 
     /// Builder form of [`Response::set_body`].
     pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
-        self.body = Some(body.into());
+        self.set_body(body);
         self
     }
 
     /// The status code.
     pub fn status(&self) -> u16 {
-        self.status
+        *self.status.get_or_init(|| self.host(|r| r.status()))
     }
 
-    /// Change the status code.
+    /// Change the status code (200 to 599 in the gateway).
     pub fn set_status(&mut self, status: u16) {
-        self.status = status;
+        if self.remote.is_some() {
+            self.host(|r| r.set_status(status));
+        }
+        self.status = OnceCell::from(status);
     }
 
     /// The headers.
@@ -349,24 +640,119 @@ impl Response {
 
     /// The body, when the filter declared [`crate::Needs::response_body`] (or set one).
     pub fn body(&self) -> Option<&[u8]> {
-        self.body.as_deref()
+        self.body.get_or_init(|| self.host(|r| r.body())).as_deref()
+    }
+
+    /// The body's size, without reading it.
+    pub fn body_size(&self) -> Option<u64> {
+        match (self.body.get(), self.remote) {
+            (None, Some(_)) => self.host(|r| r.body_size()),
+            _ => self.body().map(|b| b.len() as u64),
+        }
     }
 
     /// Replace the body; the gateway fixes `content-length`.
     pub fn set_body(&mut self, body: impl Into<Vec<u8>>) {
-        self.body = Some(body.into());
+        let body = body.into();
+        if self.remote.is_some() {
+            self.host(|r| r.set_body(&body));
+        }
+        self.body = OnceCell::from(Some(body));
     }
 
     /// Decode the body as JSON.
     pub fn json_body<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        decode_json(self.body.as_deref())
+        decode_json(self.body())
     }
 
     /// Encode `value` as the JSON body and set `content-type: application/json`.
     pub fn set_json<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        self.body = Some(serde_json::to_vec(value)?);
+        self.set_body(serde_json::to_vec(value)?);
         self.headers.set("content-type", "application/json");
         Ok(())
+    }
+
+    /// As [`Request::json_at`].
+    pub fn json_at(&self, path: &str) -> Result<Option<Value>, JsonError> {
+        match (self.body.get(), self.remote) {
+            (None, Some(_)) => json_text(self.host(|r| r.json_get(path))),
+            _ => json::get_in(self.body(), path),
+        }
+    }
+
+    /// As [`Request::edit_json`].
+    pub fn edit_json(&mut self, edits: &[json::Edit]) -> Result<(), JsonError> {
+        match self.remote {
+            Some(_) => {
+                self.host(|r| r.edit_json(&json::to_wit(edits)))
+                    .map_err(JsonError::from)?;
+                self.body = OnceCell::new();
+                Ok(())
+            }
+            None => {
+                let body = json::edit_bytes(self.body(), edits)?;
+                self.body = OnceCell::from(Some(body));
+                Ok(())
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Response {
+        Response {
+            remote: None,
+            status: OnceCell::from(self.status()),
+            headers: self.headers.snapshot(),
+            body: OnceCell::from(self.body().map(<[u8]>::to_vec)),
+        }
+    }
+
+    /// Status, headers, body.
+    pub(crate) fn into_parts(self) -> (u16, Headers, Option<Vec<u8>>) {
+        let plain = match self.remote {
+            Some(_) => self.snapshot(),
+            None => self,
+        };
+        (
+            plain.status.into_inner().unwrap_or_default(),
+            plain.headers,
+            plain.body.into_inner().flatten(),
+        )
+    }
+
+    pub(crate) fn from_parts(status: u16, headers: Headers, body: Option<Vec<u8>>) -> Response {
+        Response {
+            remote: None,
+            status: OnceCell::from(status),
+            headers,
+            body: OnceCell::from(body),
+        }
+    }
+}
+
+impl Clone for Response {
+    /// A plain copy (of the host's response's current values).
+    fn clone(&self) -> Self {
+        self.snapshot()
+    }
+}
+
+impl PartialEq for Response {
+    fn eq(&self, other: &Self) -> bool {
+        self.status() == other.status()
+            && self.headers == other.headers
+            && self.body() == other.body()
+    }
+}
+
+impl Eq for Response {}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.status())
+            .field("headers", &self.headers)
+            .field("body", &self.body().map(String::from_utf8_lossy))
+            .finish()
     }
 }
 
@@ -377,49 +763,77 @@ fn decode_json<T: DeserializeOwned>(body: Option<&[u8]>) -> Result<T, Error> {
     Ok(serde_json::from_slice(body)?)
 }
 
+
 /// Where and for whom the request is handled.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Context {
-    pub(crate) route: String,
-    pub(crate) params: Vec<(String, String)>,
-    pub(crate) client_addr: String,
-    pub(crate) request_id: String,
+    remote: Option<u32>,
+    route: OnceCell<String>,
+    params: OnceCell<Vec<(String, String)>>,
+    client_addr: OnceCell<String>,
+    request_id: OnceCell<String>,
+}
+
+impl Default for Context {
+    fn default() -> Self {
+        Context::new("", &[])
+    }
 }
 
 impl Context {
     /// A context for unit tests: route name and captured path parameters.
     pub fn new(route: &str, params: &[(&str, &str)]) -> Self {
-        Self {
-            route: route.into(),
-            params: params
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            client_addr: "127.0.0.1:0".into(),
-            request_id: "test".into(),
+        Context {
+            remote: None,
+            route: OnceCell::from(route.to_owned()),
+            params: OnceCell::from(
+                params
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<Vec<_>>(),
+            ),
+            client_addr: OnceCell::from("127.0.0.1:0".to_owned()),
+            request_id: OnceCell::from("test".to_owned()),
         }
+    }
+
+    pub(crate) fn remote(handle: u32) -> Self {
+        Context {
+            remote: Some(handle),
+            route: OnceCell::new(),
+            params: OnceCell::new(),
+            client_addr: OnceCell::new(),
+            request_id: OnceCell::new(),
+        }
+    }
+
+    fn host<T>(&self, call: impl FnOnce(&wit::Context) -> T) -> T {
+        let handle = self.remote.expect("a plain context has every field");
+        // SAFETY: `handle` is the borrowed handle of the phase's context; ManuallyDrop keeps
+        // the guest from dropping what it does not own.
+        let ctx = std::mem::ManuallyDrop::new(unsafe { wit::Context::from_handle(handle) });
+        call(&ctx)
     }
 
     /// Builder: the client's address (`ip:port`; default `127.0.0.1:0`).
     pub fn with_client_addr(mut self, addr: &str) -> Self {
-        self.client_addr = addr.into();
+        self.client_addr = OnceCell::from(addr.to_owned());
         self
     }
 
     /// Builder: the request id (default `test`).
     pub fn with_request_id(mut self, id: &str) -> Self {
-        self.request_id = id.into();
+        self.request_id = OnceCell::from(id.to_owned());
         self
     }
 
     /// The route's name from the gateway config.
     pub fn route(&self) -> &str {
-        &self.route
+        self.route.get_or_init(|| self.host(|c| c.route()))
     }
 
     /// A path parameter captured by the route pattern, e.g. `id` for `/users/{id}`.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
+        self.params()
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
@@ -427,17 +841,36 @@ impl Context {
 
     /// All captured path parameters, in pattern order.
     pub fn params(&self) -> &[(String, String)] {
-        &self.params
+        self.params.get_or_init(|| self.host(|c| c.params()))
     }
 
     /// The client's address as `ip:port`.
     pub fn client_addr(&self) -> &str {
-        &self.client_addr
+        self.client_addr.get_or_init(|| self.host(|c| c.client_addr()))
     }
 
     /// The id the gateway gave this request (also sent upstream as `x-request-id`).
     pub fn request_id(&self) -> &str {
-        &self.request_id
+        self.request_id.get_or_init(|| self.host(|c| c.request_id()))
+    }
+
+    /// Route, params, client address, request id.
+    pub(crate) fn parts(&self) -> (String, Vec<(String, String)>, String, String) {
+        (
+            self.route().to_owned(),
+            self.params().to_vec(),
+            self.client_addr().to_owned(),
+            self.request_id().to_owned(),
+        )
+    }
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("route", &self.route())
+            .field("params", &self.params())
+            .finish()
     }
 }
 
@@ -459,5 +892,104 @@ impl From<Request> for Action {
 impl From<Response> for Action {
     fn from(resp: Response) -> Self {
         Action::Respond(resp)
+    }
+}
+
+/// A message held by the host, by the handle a phase was given.
+#[derive(Clone, Copy)]
+enum Remote {
+    Request(u32),
+    Response(u32),
+}
+
+macro_rules! on_message {
+    ($remote:expr, |$m:ident| $body:expr) => {
+        match $remote {
+            Remote::Request(_) => $remote.request(|$m| $body),
+            Remote::Response(_) => $remote.response(|$m| $body),
+        }
+    };
+}
+
+impl Remote {
+    fn request<T>(self, call: impl FnOnce(&wit::Request) -> T) -> T {
+        let Remote::Request(handle) = self else {
+            unreachable!("a response handle used as a request")
+        };
+        // SAFETY: `handle` is the borrowed handle of the phase's request; ManuallyDrop keeps
+        // the guest from dropping what it does not own.
+        let req = std::mem::ManuallyDrop::new(unsafe { wit::Request::from_handle(handle) });
+        call(&req)
+    }
+
+    fn response<T>(self, call: impl FnOnce(&wit::Response) -> T) -> T {
+        let Remote::Response(handle) = self else {
+            unreachable!("a request handle used as a response")
+        };
+        // SAFETY: as for `request`.
+        let resp = std::mem::ManuallyDrop::new(unsafe { wit::Response::from_handle(handle) });
+        call(&resp)
+    }
+
+    fn header(self, name: &str) -> Option<Vec<u8>> {
+        on_message!(self, |m| m.header(name))
+    }
+
+    fn header_all(self, name: &str) -> Vec<Vec<u8>> {
+        on_message!(self, |m| m.header_all(name))
+    }
+
+    fn headers(self) -> Vec<(String, Vec<u8>)> {
+        on_message!(self, |m| m.headers())
+    }
+
+    fn set_header(self, name: &str, value: &[u8]) {
+        on_message!(self, |m| m.set_header(name, value))
+    }
+
+    fn append_header(self, name: &str, value: &[u8]) {
+        on_message!(self, |m| m.append_header(name, value))
+    }
+
+    fn remove_header(self, name: &str) -> bool {
+        on_message!(self, |m| m.remove_header(name))
+    }
+}
+
+/// Byte strings kept for as long as their owner, so that `&[u8]` into them can be handed out
+/// from `&self`; emptied only through `&mut self`, when nothing borrows them.
+#[derive(Default)]
+struct Arena(RefCell<Vec<*mut [u8]>>);
+
+impl Arena {
+    fn keep(&self, bytes: Vec<u8>) -> &[u8] {
+        let raw = Box::into_raw(bytes.into_boxed_slice());
+        self.0.borrow_mut().push(raw);
+        // SAFETY: `raw` stays allocated, and is never written, until `self` drops: entries are
+        // only freed in `Drop`, which no `&self` borrow outlives.
+        unsafe { &*raw }
+    }
+}
+
+// SAFETY: the entries are owned boxes (as a `Vec<Box<[u8]>>` would be), reachable only
+// through the arena.
+unsafe impl Send for Arena {}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        for raw in self.0.get_mut().drain(..) {
+            // SAFETY: each entry came from `Box::into_raw` in `keep`, and is freed once.
+            drop(unsafe { Box::from_raw(raw) });
+        }
+    }
+}
+
+/// The value of a JSON body operation the host answered with JSON text.
+fn json_text(answer: Result<Option<String>, wit::JsonError>) -> Result<Option<Value>, JsonError> {
+    match answer.map_err(JsonError::from)? {
+        Some(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| JsonError::NotJson(e.to_string())),
+        None => Ok(None),
     }
 }

@@ -64,7 +64,7 @@ pub use http::{Action, Context, Headers, Request, Response, percent_encode};
 /// The version of the `wasmgate:filter` WIT package this SDK builds filters for. A gateway
 /// loads only filters built for the version it speaks; this crate's `major.minor` version is
 /// the WIT version's (see the crate README's compatibility rule).
-pub const WIT_VERSION: &str = "0.2.2";
+pub const WIT_VERSION: &str = "0.3.0";
 pub use serde;
 pub use serde_json;
 
@@ -212,15 +212,15 @@ macro_rules! export_filter {
                     $crate::__rt::configure::<$filter>(&__WASMGATE_FILTER, config)
                 }
                 fn on_request(
-                    ctx: $crate::__rt::RouteContext,
-                    req: $crate::__rt::WitRequest,
+                    ctx: &$crate::__rt::WitContext,
+                    req: &$crate::__rt::WitRequest,
                 ) -> ::std::result::Result<$crate::__rt::RequestAction, ::std::string::String> {
                     $crate::__rt::on_request::<$filter>(&__WASMGATE_FILTER, ctx, req)
                 }
                 fn on_response(
-                    ctx: $crate::__rt::RouteContext,
-                    resp: $crate::__rt::WitResponse,
-                ) -> ::std::result::Result<$crate::__rt::WitResponse, ::std::string::String> {
+                    ctx: &$crate::__rt::WitContext,
+                    resp: &$crate::__rt::WitResponse,
+                ) -> ::std::result::Result<::std::option::Option<$crate::__rt::WitResponse>, ::std::string::String> {
                     $crate::__rt::on_response::<$filter>(&__WASMGATE_FILTER, ctx, resp)
                 }
             }
@@ -297,47 +297,40 @@ pub mod __testkit {
     }
 
     pub fn request_into_parts(req: Request) -> RequestParts {
+        let (method, scheme, authority, path_with_query, headers, body) = req.into_parts();
         RequestParts {
-            method: req.method,
-            scheme: req.scheme,
-            authority: req.authority,
-            path_with_query: req.path_with_query,
-            headers: req.headers.into_wire(),
-            body: req.body,
-        }
-    }
-
-    pub fn request_from_parts(p: RequestParts) -> Request {
-        Request {
-            method: p.method,
-            scheme: p.scheme,
-            authority: p.authority,
-            path_with_query: p.path_with_query,
-            headers: Headers::from_wire(p.headers),
-            body: p.body,
-        }
-    }
-
-    pub fn response_into_parts(resp: Response) -> (u16, Wire, Option<Vec<u8>>) {
-        (resp.status, resp.headers.into_wire(), resp.body)
-    }
-
-    pub fn response_from_parts(status: u16, headers: Wire, body: Option<Vec<u8>>) -> Response {
-        Response {
-            status,
-            headers: Headers::from_wire(headers),
+            method,
+            scheme,
+            authority,
+            path_with_query,
+            headers: headers.into_wire(),
             body,
         }
     }
 
+    pub fn request_from_parts(p: RequestParts) -> Request {
+        Request::from_parts(
+            p.method,
+            p.scheme,
+            p.authority,
+            p.path_with_query,
+            Headers::from_wire(p.headers),
+            p.body,
+        )
+    }
+
+    pub fn response_into_parts(resp: Response) -> (u16, Wire, Option<Vec<u8>>) {
+        let (status, headers, body) = resp.into_parts();
+        (status, headers.into_wire(), body)
+    }
+
+    pub fn response_from_parts(status: u16, headers: Wire, body: Option<Vec<u8>>) -> Response {
+        Response::from_parts(status, Headers::from_wire(headers), body)
+    }
+
     /// Route, params, client address, request id.
     pub fn context_into_parts(ctx: &Context) -> (String, Vec<(String, String)>, String, String) {
-        (
-            ctx.route.clone(),
-            ctx.params.clone(),
-            ctx.client_addr.clone(),
-            ctx.request_id.clone(),
-        )
+        ctx.parts()
     }
 }
 
@@ -349,10 +342,10 @@ pub mod __rt {
 
     pub use crate::__bindings::exports::wasmgate::filter::filter::Guest;
     pub use crate::__bindings::wasmgate::filter::types::{
-        Needs as WitNeeds, Request as WitRequest, RequestAction, Response as WitResponse,
-        RouteContext,
+        Context as WitContext, Needs as WitNeeds, Request as WitRequest, RequestAction,
+        Response as WitResponse,
     };
-    use crate::{Action, Context, Filter, Headers, Request, Response};
+    use crate::{Action, Context, Filter, Request, Response};
 
     type Slot<F> = LocalKey<RefCell<Option<F>>>;
 
@@ -375,44 +368,47 @@ pub mod __rt {
 
     pub fn on_request<F: Filter>(
         slot: &'static Slot<F>,
-        ctx: RouteContext,
-        req: WitRequest,
+        ctx: &WitContext,
+        req: &WitRequest,
     ) -> Result<RequestAction, String> {
-        let ctx = context(ctx);
-        let req = Request {
-            method: req.method,
-            scheme: req.scheme,
-            authority: req.authority,
-            path_with_query: req.path_with_query,
-            headers: Headers::from_wire(req.headers),
-            body: req.body,
-        };
-        let action = with_filter(slot, |f| f.on_request(req, &ctx))?;
+        let ctx = Context::remote(ctx.handle());
+        let held = req.handle();
+        let action = with_filter(slot, |f| f.on_request(Request::remote(held), &ctx))?;
         Ok(match action {
-            Action::Continue(req) => RequestAction::Continue(WitRequest {
-                method: req.method,
-                scheme: req.scheme,
-                authority: req.authority,
-                path_with_query: req.path_with_query,
-                headers: req.headers.into_wire(),
-                body: req.body,
-            }),
-            Action::Respond(resp) => RequestAction::Respond(wit_response(resp)),
+            Action::Continue(next) if next.handle() == Some(held) => RequestAction::Continue,
+            Action::Continue(other) => {
+                // A request the filter built (or a copy): it replaces the host's.
+                let (method, _, _, path_with_query, headers, body) = other.into_parts();
+                req.set_method(&method);
+                req.set_path_with_query(&path_with_query);
+                req.replace_headers(&headers.into_wire());
+                if let Some(body) = body {
+                    req.set_body(&body);
+                }
+                RequestAction::Continue
+            }
+            Action::Respond(resp) => RequestAction::Respond(built(resp)),
         })
     }
 
     pub fn on_response<F: Filter>(
         slot: &'static Slot<F>,
-        ctx: RouteContext,
-        resp: WitResponse,
-    ) -> Result<WitResponse, String> {
-        let ctx = context(ctx);
-        let resp = Response {
-            status: resp.status,
-            headers: Headers::from_wire(resp.headers),
-            body: resp.body,
-        };
-        with_filter(slot, |f| f.on_response(resp, &ctx)).map(wit_response)
+        ctx: &WitContext,
+        resp: &WitResponse,
+    ) -> Result<Option<WitResponse>, String> {
+        let ctx = Context::remote(ctx.handle());
+        let held = resp.handle();
+        let next = with_filter(slot, |f| f.on_response(Response::remote(held), &ctx))?;
+        Ok(match next.handle() == Some(held) {
+            true => None,
+            false => Some(built(next)),
+        })
+    }
+
+    /// A response for the host to take: one call with everything in it.
+    fn built(resp: Response) -> WitResponse {
+        let (status, headers, body) = resp.into_parts();
+        WitResponse::new(status, &headers.into_wire(), body.as_deref())
     }
 
     fn with_filter<F: Filter, T>(
@@ -423,23 +419,6 @@ pub mod __rt {
             Some(filter) => run(filter).map_err(|e| e.0),
             None => Err("filter called before configure".into()),
         })
-    }
-
-    fn context(ctx: RouteContext) -> Context {
-        Context {
-            route: ctx.route,
-            params: ctx.params,
-            client_addr: ctx.client_addr,
-            request_id: ctx.request_id,
-        }
-    }
-
-    fn wit_response(resp: Response) -> WitResponse {
-        WitResponse {
-            status: resp.status,
-            headers: resp.headers.into_wire(),
-            body: resp.body,
-        }
     }
 
     /// serde_json reports positions in the JSON the host made from the TOML config, which the

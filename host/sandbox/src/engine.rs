@@ -16,11 +16,18 @@ use crate::imports::HostState;
 use crate::instance::{Grants, Limits, LoadedFilter};
 
 /// The version of the `wasmgate:filter` WIT package this sandbox speaks.
-pub const WIT_VERSION: &str = "0.2.2";
-/// Versions of the contract this sandbox also loads: each is a subset of [`WIT_VERSION`] (its
-/// later patch versions only add imports), and wasmtime links a component's `@0.2.0` names to
-/// the host's `@0.2.2` definitions by semver.
-const ALSO_SPEAKS: &[&str] = &["0.2.0", "0.2.1"];
+pub const WIT_VERSION: &str = "0.3.0";
+/// Versions of the contract this sandbox also loads: each a subset of [`WIT_VERSION`] (a
+/// later patch version only adds imports), linked by wasmtime to the host's definitions by
+/// semver. None yet for 0.3.
+const ALSO_SPEAKS: &[&str] = &[];
+
+/// The SDK line that builds filters for [`WIT_VERSION`] (its `major.minor`).
+fn sdk_line() -> &'static str {
+    WIT_VERSION
+        .rsplit_once('.')
+        .map_or(WIT_VERSION, |(line, _)| line)
+}
 
 /// Whether a component built for contract version `version` loads here.
 fn speaks(version: &str) -> bool {
@@ -194,8 +201,8 @@ impl Sandbox {
         match versions.iter().find(|v| !speaks(v)) {
             Some(built_for) => anyhow::bail!(
                 "built for {WIT_PACKAGE}@{built_for}, but this gateway speaks \
-                 {WIT_PACKAGE}@{WIT_VERSION}: rebuild it against a wasmgate-sdk for \
-                 {WIT_PACKAGE}@{WIT_VERSION}"
+                 {WIT_PACKAGE}@{WIT_VERSION}: rebuild it against wasmgate-sdk {sdk}",
+                sdk = sdk_line()
             ),
             None => Ok(()),
         }

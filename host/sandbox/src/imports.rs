@@ -12,6 +12,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::wasmgate::filter::{cache, host, log, outbound, state, telemetry, types};
+use crate::messages::Held;
 use crate::state::{Counter, MAX_KEY_BYTES, StateError, StateFuture, StateStore, ThrottleResult};
 use crate::telemetry::{FilterMetrics, LogFields, MetricKind};
 use crate::wit::{CallError, OutboundRequest, OutboundResponse};
@@ -69,6 +70,8 @@ pub(crate) struct HostState {
     /// What the current call kept for the response phase (`state.keep`), or, in a response
     /// phase, what the request phase kept.
     pub(crate) kept: Option<Vec<u8>>,
+    /// The context and message of the phase running now.
+    pub(crate) held: Held,
 }
 
 impl HostState {
@@ -89,10 +92,8 @@ impl WasiView for HostState {
     }
 }
 
-impl types::Host for HostState {}
-
 impl log::Host for HostState {
-    async fn log(&mut self, level: types::LogLevel, message: String) {
+    fn log(&mut self, level: types::LogLevel, message: String) {
         use types::LogLevel as L;
         let (filter, request_id) = (&*self.filter, &*self.request_id);
         match level {
@@ -112,13 +113,13 @@ impl log::Host for HostState {
 }
 
 impl host::Host for HostState {
-    async fn now_ms(&mut self) -> u64 {
+    fn now_ms(&mut self) -> u64 {
         SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64)
     }
 
-    async fn random_bytes(&mut self, len: u32) -> Vec<u8> {
+    fn random_bytes(&mut self, len: u32) -> Vec<u8> {
         let mut buf = vec![0u8; len.min(MAX_RANDOM_BYTES) as usize];
         if getrandom::fill(&mut buf).is_err() {
             // The OS generator is gone; nothing sane to return but an empty list.
@@ -129,11 +130,11 @@ impl host::Host for HostState {
 }
 
 impl cache::Host for HostState {
-    async fn get(&mut self, key: String) -> Option<Vec<u8>> {
+    fn get(&mut self, key: String) -> Option<Vec<u8>> {
         self.cache.get(&key)
     }
 
-    async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u32) {
+    fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: u32) {
         self.cache
             .set(key, value, Duration::from_millis(u64::from(ttl_ms)));
     }
@@ -170,7 +171,7 @@ impl outbound::Host for HostState {
 }
 
 impl telemetry::Host for HostState {
-    async fn define_metric(&mut self, metric: telemetry::Metric) -> Result<u32, String> {
+    fn define_metric(&mut self, metric: telemetry::Metric) -> Result<u32, String> {
         let kind = match metric.kind {
             telemetry::MetricKind::Counter => MetricKind::Counter,
             telemetry::MetricKind::Gauge => MetricKind::Gauge,
@@ -185,25 +186,25 @@ impl telemetry::Host for HostState {
         )
     }
 
-    async fn add(&mut self, metric: u32, label_values: Vec<String>, value: f64) {
+    fn add(&mut self, metric: u32, label_values: Vec<String>, value: f64) {
         if let Some(m) = self.metrics.get(metric) {
             m.add(&self.route, label_values, value);
         }
     }
 
-    async fn set(&mut self, metric: u32, label_values: Vec<String>, value: f64) {
+    fn set(&mut self, metric: u32, label_values: Vec<String>, value: f64) {
         if let Some(m) = self.metrics.get(metric) {
             m.set(&self.route, label_values, value);
         }
     }
 
-    async fn observe(&mut self, metric: u32, label_values: Vec<String>, value: f64) {
+    fn observe(&mut self, metric: u32, label_values: Vec<String>, value: f64) {
         if let Some(m) = self.metrics.get(metric) {
             m.observe(&self.route, label_values, value);
         }
     }
 
-    async fn log_field(&mut self, name: String, value: String) {
+    fn log_field(&mut self, name: String, value: String) {
         if let Some(fields) = &mut self.log_fields {
             fields.add(name, value);
         }

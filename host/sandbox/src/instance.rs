@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtx;
 
@@ -14,7 +14,9 @@ use crate::engine::POOL_INSTANCES;
 use crate::imports::{FilterCache, HostState, Outbound};
 use crate::state::{MemoryStore, StateStore};
 use crate::telemetry::{FilterMetrics, LogFields};
-use crate::wit::{Needs, Request, RequestAction, Response, RouteContext};
+use crate::bindings::exports::wasmgate::filter::filter::RequestAction;
+use crate::messages::{HELD, Held, HttpRequest, HttpResponse, RouteInfo};
+use crate::wit::Needs;
 
 /// Idle instances kept per pool, and across all pools (a share of the engine's instance slots,
 /// so idle instances never starve requests of slots).
@@ -30,7 +32,7 @@ pub struct Limits {
     pub deadline: Duration,
     /// Cap on a filter instance's linear memory (at most [`crate::MAX_MEMORY_BYTES`]).
     pub memory_bytes: usize,
-    /// Cap on what one phase returns (header names and values, path, body).
+    /// Cap on what one phase writes (header names and values, method, path, body).
     pub max_output_bytes: usize,
     /// Requests one instance may serve when its filter allows reuse; 1 means a fresh instance
     /// for every request.
@@ -254,6 +256,7 @@ impl LoadedFilter {
             log_fields: grants.logged.then(LogFields::default),
             state: grants.state,
             kept: None,
+            held: Held::default(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.memory);
@@ -519,29 +522,32 @@ impl Lease {
         std::mem::take(&mut self.fields)
     }
 
-    /// The request phase, on this lease's instance.
+    /// The request phase, on this lease's instance: the filter reads and changes `req` in
+    /// place. `Some` is the response it answers with (the upstream is not called). On a
+    /// failure `req` holds whatever writes the filter made before it failed.
     pub async fn on_request(
         &mut self,
-        ctx: &RouteContext,
-        req: &Request,
-    ) -> Result<RequestAction, FilterError> {
+        ctx: &Arc<RouteInfo>,
+        req: &mut HttpRequest,
+    ) -> Result<Option<HttpResponse>, FilterError> {
         let mut instance = self.instance().await?;
-        let action = instance.on_request(ctx, req).await?;
+        let answer = instance.on_request(ctx, req).await?;
         self.done(instance);
-        Ok(action)
+        Ok(answer)
     }
 
-    /// The response phase, on this lease's instance.
+    /// The response phase, on this lease's instance: the filter changes `resp` in place, or
+    /// replaces it.
     pub async fn on_response(
         &mut self,
-        ctx: &RouteContext,
-        resp: &Response,
-    ) -> Result<Response, FilterError> {
+        ctx: &Arc<RouteInfo>,
+        resp: &mut HttpResponse,
+    ) -> Result<(), FilterError> {
         let mut instance = self.instance().await?;
         instance.store.data_mut().kept = self.kept.take();
-        let resp = instance.on_response(ctx, resp).await?;
+        instance.on_response(ctx, resp).await?;
         self.done(instance);
-        Ok(resp)
+        Ok(())
     }
 }
 
@@ -586,66 +592,90 @@ impl FilterInstance {
 
     async fn on_request(
         &mut self,
-        ctx: &RouteContext,
-        req: &Request,
-    ) -> Result<RequestAction, FilterError> {
+        ctx: &Arc<RouteInfo>,
+        req: &mut HttpRequest,
+    ) -> Result<Option<HttpResponse>, FilterError> {
         self.arm_deadline();
         self.failed = true;
-        let action = self
+        let held = &mut self.store.data_mut().held;
+        held.begin(ctx.clone(), self.limits.max_output_bytes);
+        held.request = Some(std::mem::take(req));
+        let result = self
             .bindings
             .wasmgate_filter_filter()
-            .call_on_request(&mut self.store, ctx, req)
-            .await
+            .call_on_request(
+                &mut self.store,
+                Resource::new_borrow(HELD),
+                Resource::new_borrow(HELD),
+            )
+            .await;
+        let held = &mut self.store.data_mut().held;
+        if let Some(back) = held.request.take() {
+            *req = back;
+        }
+        let answer = match &result {
+            Ok(Ok(RequestAction::Respond(built))) => held.take_built(built.rep()),
+            _ => None,
+        };
+        let invalid = held.end();
+        let action = result
             .map_err(|e| FilterError::trapped(&self.store, &e))?
             .map_err(FilterError::Returned)?;
-        let size = match &action {
-            RequestAction::Continue(r) => {
-                r.path_with_query.len() + output_size(&r.headers, r.body.as_deref())
-            }
-            RequestAction::Respond(r) => output_size(&r.headers, r.body.as_deref()),
+        if let Some(why) = invalid {
+            return Err(FilterError::Invalid(why));
+        }
+        let answer = match action {
+            RequestAction::Continue => None,
+            RequestAction::Respond(_) => Some(answer.ok_or_else(|| {
+                FilterError::Invalid("answered with a response it did not build".into())
+            })?),
         };
-        self.check_output(size)?;
         self.failed = false;
-        Ok(action)
+        Ok(answer)
     }
 
     async fn on_response(
         &mut self,
-        ctx: &RouteContext,
-        resp: &Response,
-    ) -> Result<Response, FilterError> {
+        ctx: &Arc<RouteInfo>,
+        resp: &mut HttpResponse,
+    ) -> Result<(), FilterError> {
         self.arm_deadline();
         self.failed = true;
-        let resp = self
+        let held = &mut self.store.data_mut().held;
+        held.begin(ctx.clone(), self.limits.max_output_bytes);
+        held.response = Some(std::mem::take(resp));
+        let result = self
             .bindings
             .wasmgate_filter_filter()
-            .call_on_response(&mut self.store, ctx, resp)
-            .await
+            .call_on_response(
+                &mut self.store,
+                Resource::new_borrow(HELD),
+                Resource::new_borrow(HELD),
+            )
+            .await;
+        let held = &mut self.store.data_mut().held;
+        if let Some(back) = held.response.take() {
+            *resp = back;
+        }
+        let replaced = match &result {
+            Ok(Ok(Some(built))) => Some(held.take_built(built.rep())),
+            _ => None,
+        };
+        let invalid = held.end();
+        result
             .map_err(|e| FilterError::trapped(&self.store, &e))?
             .map_err(FilterError::Returned)?;
-        self.check_output(output_size(&resp.headers, resp.body.as_deref()))?;
-        self.failed = false;
-        Ok(resp)
-    }
-
-    fn check_output(&self, size: usize) -> Result<(), FilterError> {
-        let cap = self.limits.max_output_bytes;
-        if size > cap {
-            return Err(FilterError::Invalid(format!(
-                "returned {size} bytes, over its cap of {cap}"
-            )));
+        if let Some(why) = invalid {
+            return Err(FilterError::Invalid(why));
         }
+        if let Some(built) = replaced {
+            *resp = built.ok_or_else(|| {
+                FilterError::Invalid("replaced the response with one it did not build".into())
+            })?;
+        }
+        self.failed = false;
         Ok(())
     }
-}
-
-/// Bytes a filter returned: header names and values, and the body.
-fn output_size(headers: &[(String, Vec<u8>)], body: Option<&[u8]>) -> usize {
-    headers
-        .iter()
-        .map(|(n, v)| n.len() + v.len())
-        .sum::<usize>()
-        + body.map_or(0, <[u8]>::len)
 }
 
 /// A call still running this long after it started (or a tenth of its deadline, if that is

@@ -26,6 +26,7 @@ mod compile;
 mod engine;
 mod imports;
 mod instance;
+mod messages;
 mod state;
 mod telemetry;
 
@@ -33,6 +34,7 @@ pub use compile::{LoadSource, content_hash};
 pub use engine::{EPOCH_TICK, MAX_MEMORY_BYTES, Sandbox, WIT_VERSION};
 pub use imports::{FilterCache, Outbound, OutboundFuture};
 pub use instance::{FilterError, Grants, InstancePool, Lease, Limits, LoadedFilter, TrapKind};
+pub use messages::{HttpRequest, HttpResponse, RouteInfo};
 pub use state::{
     Counter, MAX_KEY_BYTES, MemoryLimits, MemoryStore, StateError, StateFuture, StateStore,
     ThrottleResult, gcra, unix_micros,
@@ -43,11 +45,10 @@ pub use telemetry::{
 
 /// The types of the WIT contract (`wit/filter.wit`) as the host sees them.
 pub mod wit {
-    pub use crate::bindings::exports::wasmgate::filter::filter::{Needs, RequestAction};
+    pub use crate::bindings::exports::wasmgate::filter::filter::Needs;
     pub use crate::bindings::wasmgate::filter::outbound::{
         CallError, OutboundRequest, OutboundResponse,
     };
-    pub use crate::bindings::wasmgate::filter::types::{Request, Response, RouteContext};
 
     /// A header list in wire order: lower-case names, raw byte values.
     pub type Headers = Vec<(String, Vec<u8>)>;
@@ -61,7 +62,17 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit",
         world: "gateway-filter",
-        imports: { default: async },
+        // Only what waits on the network is async: the message handles, logs, clock, cache
+        // and metrics answer at once.
+        imports: {
+            "wasmgate:filter/outbound": async,
+            "wasmgate:filter/state": async,
+        },
         exports: { default: async },
+        with: {
+            "wasmgate:filter/types.request": crate::messages::HttpRequest,
+            "wasmgate:filter/types.response": crate::messages::HttpResponse,
+            "wasmgate:filter/types.context": crate::messages::RouteInfo,
+        },
     });
 }

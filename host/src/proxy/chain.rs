@@ -7,16 +7,16 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::Response;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http_body_util::{BodyExt, Limited};
-use wasmgate_sandbox::wit::{self, RequestAction, RouteContext};
-use wasmgate_sandbox::{FilterError, Grants, Lease, Outbound};
+use wasmgate_sandbox::{
+    FilterError, Grants, HttpRequest, HttpResponse, Lease, Outbound, RouteInfo,
+};
 
 use super::accept::ReqBody;
 use super::error::{ErrorKind, GatewayError};
 use super::service_calls::ServiceCalls;
-use super::wit::{CheckedRequest, check_request, check_response, convert_request};
-use super::wit::{into_header_map, to_wit_headers};
+use super::wit::CheckedRequest;
 use super::{Exchange, PhaseSpan};
 use crate::config::FailurePolicy;
 use crate::metrics::FilterFailureLabels;
@@ -28,7 +28,7 @@ use crate::upstream::{Body, BoxError, ResponseBody, strip_hop_by_hop};
 pub(super) struct Chain<'a> {
     route: &'a Route,
     ex: &'a Exchange,
-    ctx: RouteContext,
+    ctx: Arc<RouteInfo>,
     /// Filters whose response phase is still to run, in chain order.
     entered: Vec<Entered<'a>>,
 }
@@ -46,12 +46,12 @@ pub(super) enum Proceed {
     /// On to the upstream, as the filters left it.
     Upstream(CheckedRequest, ReqBody),
     /// A filter answered; its response goes through the response phases.
-    Respond(wit::Response),
+    Respond(HttpResponse),
 }
 
 /// The response the response phases work on.
 pub(super) enum Answer {
-    Filter(wit::Response),
+    Filter(HttpResponse),
     Upstream(Response<ResponseBody>),
 }
 
@@ -80,12 +80,12 @@ impl<'a> Chain<'a> {
         Chain {
             route,
             ex,
-            ctx: RouteContext {
+            ctx: Arc::new(RouteInfo {
                 route: route.config.name.clone(),
                 params,
                 client_addr: crate::text::AddrText::socket(ex.client).as_str().to_owned(),
                 request_id: ex.request_id.to_string(),
-            },
+            }),
             entered: Vec::with_capacity(route.chain.len()),
         }
     }
@@ -104,12 +104,12 @@ impl<'a> Chain<'a> {
     ) -> Result<Proceed, GatewayError> {
         // Filters never see connection-level headers (the upstream client drops them too).
         strip_hop_by_hop(&mut req.headers);
-        let mut wit_req = wit::Request {
-            method: req.method.as_str().to_owned(),
-            scheme: if self.ex.tls { "https" } else { "http" }.into(),
+        let mut held = HttpRequest {
+            method: req.method,
+            scheme: if self.ex.tls { "https" } else { "http" },
             authority,
-            path_with_query: req.path_and_query,
-            headers: to_wit_headers(&req.headers),
+            path_and_query: req.path_and_query,
+            headers: req.headers,
             body: None,
         };
         let route = self.route;
@@ -157,24 +157,22 @@ impl<'a> Chain<'a> {
                 }
                 continue;
             }
-            // The buffered body moves into the filter's request (no copy when this request owns
-            // its bytes alone, as a body collected from several reads does) and back after.
-            wit_req.body = match (&mut body, needs.request_body) {
-                (ReqBody::Buffered(b), true) => Some(Vec::from(std::mem::take(b))),
+            // The buffered body is held with the request for a filter that reads it, and comes
+            // back after (replaced, if the filter set one). A fail-open filter works on a copy:
+            // if it fails, the request goes on as it was.
+            held.body = match (&mut body, needs.request_body) {
+                (ReqBody::Buffered(b), true) => Some(std::mem::take(b)),
                 _ => None,
             };
+            let before = matches!(binding.on_failure, FailurePolicy::FailOpen).then(|| held.clone());
             let started = Instant::now();
             self.start_span(binding, Phase::Request, span.as_ref());
-            let outcome = async {
-                let action = lease.on_request(&self.ctx, &wit_req).await?;
-                if let RequestAction::Continue(next) = &action {
-                    check_request(next, &wit_req)?;
-                }
-                Ok(action)
+            let outcome = lease.on_request(&self.ctx, &mut held).await;
+            if let (Err(_), Some(before)) = (&outcome, before) {
+                held = before;
             }
-            .await;
-            if let Some(sent) = wit_req.body.take() {
-                body = ReqBody::Buffered(Bytes::from(sent));
+            if let Some(sent) = held.body.take() {
+                body = ReqBody::Buffered(sent);
             }
             end_span(span.as_ref(), &outcome);
             self.ex.add_log_fields(lease.take_log_fields());
@@ -194,22 +192,15 @@ impl<'a> Chain<'a> {
             } else {
                 ticket.report(Outcome::Passed);
             }
-            match action {
-                RequestAction::Continue(mut next) => {
-                    if let Some(new_body) = next.body.take() {
-                        body = ReqBody::Buffered(Bytes::from(new_body));
-                    }
-                    wit_req = next;
-                }
-                RequestAction::Respond(resp) => return Ok(Proceed::Respond(resp)),
+            if let Some(answer) = action {
+                return Ok(Proceed::Respond(answer));
             }
         }
-        let req = convert_request(wit_req, req.headers).map_err(|e| {
-            GatewayError::new(
-                ErrorKind::Internal,
-                format!("checked filter output did not convert: {e}"),
-            )
-        })?;
+        let req = CheckedRequest {
+            method: held.method,
+            path_and_query: held.path_and_query,
+            headers: held.headers,
+        };
         Ok(Proceed::Upstream(req, body))
     }
 
@@ -220,10 +211,10 @@ impl<'a> Chain<'a> {
         answer: Answer,
     ) -> Result<Response<Body>, GatewayError> {
         // What the response phases see, and the body that goes back if none replaces it.
-        let (mut wit_resp, mut body, base) = match answer {
+        let (mut held, mut body) = match answer {
             Answer::Filter(mut resp) => {
-                let bytes = resp.body.take().map(Bytes::from).unwrap_or_default();
-                (resp, RespBody::Buffered(bytes), HeaderMap::new())
+                let bytes = resp.body.take().unwrap_or_default();
+                (resp, RespBody::Buffered(bytes))
             }
             Answer::Upstream(resp) => upstream_response(self.route, self.ex, resp).await?,
         };
@@ -234,37 +225,30 @@ impl<'a> Chain<'a> {
             span,
         }) = self.entered.pop()
         {
-            // As in the request phases: moved in and back, not copied.
-            wit_resp.body = match (&mut body, binding.needs().response_body) {
-                (RespBody::Buffered(b), true) => Some(Vec::from(std::mem::take(b))),
+            // As in the request phases: held for a filter that reads it, and back after.
+            held.body = match (&mut body, binding.needs().response_body) {
+                (RespBody::Buffered(b), true) => Some(std::mem::take(b)),
                 _ => None,
             };
+            let before = matches!(binding.on_failure, FailurePolicy::FailOpen).then(|| held.clone());
             let started = Instant::now();
             self.start_span(binding, Phase::Response, span.as_ref());
-            let outcome = async {
-                let next = lease.on_response(&self.ctx, &wit_resp).await?;
-                check_response(&next, &wit_resp)?;
-                Ok(next)
+            let outcome = lease.on_response(&self.ctx, &mut held).await;
+            if let (Err(_), Some(before)) = (&outcome, before) {
+                held = before;
             }
-            .await;
-            if let Some(sent) = wit_resp.body.take() {
-                body = RespBody::Buffered(Bytes::from(sent));
+            if let Some(sent) = held.body.take() {
+                body = RespBody::Buffered(sent);
             }
             end_span(span.as_ref(), &outcome);
             self.ex.add_log_fields(lease.take_log_fields());
             self.observe(binding, Phase::Response, started);
             // Fail-open (`None`): the response goes on as the filter found it.
-            if let Some((mut next, ticket)) =
-                self.settle(binding, Phase::Response, ticket, outcome)?
-            {
+            if let Some(((), ticket)) = self.settle(binding, Phase::Response, ticket, outcome)? {
                 ticket.report(Outcome::Passed);
-                if let Some(new_body) = next.body.take() {
-                    body = RespBody::Buffered(Bytes::from(new_body));
-                }
-                wit_resp = next;
             }
         }
-        client_response(wit_resp, base, body)
+        client_response(held, body)
     }
 
     /// The one place a phase call's outcome is handled, for both phases. A failure is reported
@@ -389,13 +373,13 @@ fn end_span<T>(slot: Option<&PhaseSpan>, outcome: &Result<T, FilterError>) {
     }
 }
 
-/// The upstream's response as the response phases see it, its body buffered when a filter
-/// reads it, and its headers (what the client's are built on).
+/// The upstream's response as the response phases see it, and its body, buffered when a
+/// filter reads it.
 async fn upstream_response(
     route: &Route,
     ex: &Exchange,
     resp: Response<ResponseBody>,
-) -> Result<(wit::Response, RespBody, HeaderMap), GatewayError> {
+) -> Result<(HttpResponse, RespBody), GatewayError> {
     let (mut parts, incoming) = resp.into_parts();
     let body = if route.needs_response_body {
         let limit = route.body_limit(&ex.snapshot.body_limits);
@@ -414,29 +398,17 @@ async fn upstream_response(
     } else {
         RespBody::Stream(incoming)
     };
-    let wit = wit::Response {
-        status: parts.status.as_u16(),
-        headers: to_wit_headers(&parts.headers),
+    let held = HttpResponse {
+        status: parts.status,
+        headers: parts.headers,
         body: None,
     };
-    Ok((wit, body, parts.headers))
+    Ok((held, body))
 }
 
-/// The client's response from what the response phases left; its headers are built on `base`
-/// (see [`into_header_map`]).
-fn client_response(
-    resp: wit::Response,
-    base: HeaderMap,
-    body: RespBody,
-) -> Result<Response<Body>, GatewayError> {
-    let status = super::wit::status(&resp).ok_or_else(|| {
-        GatewayError::new(
-            ErrorKind::FilterFailed,
-            format!("a filter returned status {}", resp.status),
-        )
-    })?;
-    let mut headers = into_header_map(resp.headers, base)
-        .map_err(|e| GatewayError::new(ErrorKind::FilterFailed, e))?;
+/// The client's response from what the response phases left.
+fn client_response(resp: HttpResponse, body: RespBody) -> Result<Response<Body>, GatewayError> {
+    let mut headers = resp.headers;
     strip_hop_by_hop(&mut headers);
     let body = match body {
         RespBody::Stream(incoming) => incoming.map_err(BoxError::from).boxed_unsync(),
@@ -445,8 +417,8 @@ fn client_response(
             super::full(bytes)
         }
     };
-    let mut resp = Response::new(body);
-    *resp.status_mut() = status;
-    *resp.headers_mut() = headers;
-    Ok(resp)
+    let mut out = Response::new(body);
+    *out.status_mut() = resp.status;
+    *out.headers_mut() = headers;
+    Ok(out)
 }

@@ -42,7 +42,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use wasmgate_sandbox::wit::{Request as WitRequest, RequestAction, Response as WitResponse};
+use bytes::Bytes;
+use wasmgate_sandbox::{HttpRequest, HttpResponse, RouteInfo};
 use wasmgate_sandbox::{
     Counter, FilterCache, FilterMetrics, Grants, InstancePool, Lease, LoadedFilter, LogFields,
     MemoryStore, Sandbox, StateError, StateFuture, StateStore, ThrottleResult, content_hash,
@@ -299,50 +300,44 @@ impl TestRoute {
             id.into()
         };
         let mut lease = self.pool.lease(&request_id, self.grants(&route));
-        let ctx = wasmgate_sandbox::wit::RouteContext {
+        let ctx = Arc::new(RouteInfo {
             route,
             params,
             client_addr,
             request_id: request_id.to_string(),
-        };
+        });
         if !self.needs().request_phase {
             // The gateway never calls it.
             return Ok(Action::Continue(req));
         }
-        let mut req = parts::request_into_parts(req);
-        if !self.needs().request_body {
-            req.body = None;
-        }
-        let wit = WitRequest {
-            method: req.method,
-            scheme: req.scheme,
+        let req = parts::request_into_parts(req);
+        let mut held = HttpRequest {
+            method: http::Method::from_bytes(req.method.as_bytes())
+                .map_err(|_| invalid_input(format!("method {:?}", req.method)))?,
+            scheme: if req.scheme == "https" { "https" } else { "http" },
             authority: req.authority,
-            path_with_query: req.path_with_query,
-            headers: req.headers,
-            body: req.body,
+            path_and_query: req.path_with_query,
+            headers: header_map(req.headers)?,
+            body: req.body.filter(|_| self.needs().request_body).map(Bytes::from),
         };
         self.counters.request_calls.fetch_add(1, Ordering::Relaxed);
         let (_, runtime) = sandbox();
         let result = self
             .logs
-            .during(|| runtime.block_on(lease.on_request(&ctx, &wit)));
+            .during(|| runtime.block_on(lease.on_request(&ctx, &mut held)));
         self.keep_log_fields(&mut lease);
         *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some((lease, request_id));
-        let action = result.inspect_err(|_| self.count_failure())?;
-        Ok(match action {
-            RequestAction::Continue(r) => {
-                Action::Continue(parts::request_from_parts(parts::RequestParts {
-                    method: r.method,
-                    scheme: r.scheme,
-                    authority: r.authority,
-                    path_with_query: r.path_with_query,
-                    headers: r.headers,
-                    body: r.body,
-                }))
-            }
-            RequestAction::Respond(r) => {
-                Action::Respond(parts::response_from_parts(r.status, r.headers, r.body))
-            }
+        let answer = result.inspect_err(|_| self.count_failure())?;
+        Ok(match answer {
+            None => Action::Continue(parts::request_from_parts(parts::RequestParts {
+                method: held.method.to_string(),
+                scheme: held.scheme.to_owned(),
+                authority: held.authority,
+                path_with_query: held.path_and_query,
+                headers: wire(&held.headers),
+                body: held.body.map(Vec::from),
+            })),
+            Some(r) => Action::Respond(sdk_response(r)),
         })
     }
 
@@ -366,33 +361,27 @@ impl TestRoute {
             }
         };
         let (route, params, client_addr, _) = parts::context_into_parts(&self.context);
-        let ctx = wasmgate_sandbox::wit::RouteContext {
+        let ctx = Arc::new(RouteInfo {
             route,
             params,
             client_addr,
             request_id: request_id.to_string(),
-        };
-        let (status, headers, mut body) = parts::response_into_parts(resp);
-        if !self.needs().response_body {
-            body = None;
-        }
-        let wit = WitResponse {
-            status,
-            headers,
-            body,
+        });
+        let (status, headers, body) = parts::response_into_parts(resp);
+        let mut held = HttpResponse {
+            status: http::StatusCode::from_u16(status)
+                .map_err(|_| invalid_input(format!("status {status}")))?,
+            headers: header_map(headers)?,
+            body: body.filter(|_| self.needs().response_body).map(Bytes::from),
         };
         self.counters.response_calls.fetch_add(1, Ordering::Relaxed);
         let (_, runtime) = sandbox();
-        let resp = self
+        let result = self
             .logs
-            .during(|| runtime.block_on(lease.on_response(&ctx, &wit)));
+            .during(|| runtime.block_on(lease.on_response(&ctx, &mut held)));
         self.keep_log_fields(&mut lease);
-        let resp = resp.inspect_err(|_| self.count_failure())?;
-        Ok(parts::response_from_parts(
-            resp.status,
-            resp.headers,
-            resp.body,
-        ))
+        result.inspect_err(|_| self.count_failure())?;
+        Ok(sdk_response(held))
     }
 
     /// Every record the filter logged so far (also printed to stderr, which `cargo test` shows
@@ -477,4 +466,35 @@ fn down<T: Send + 'static>() -> StateFuture<'static, T> {
     Box::pin(std::future::ready(Err(StateError::Unavailable(
         "the state store is down (TestRoute::state_down)".into(),
     ))))
+}
+
+/// What a test gave that the gateway would never hand a filter (an invalid header or status).
+fn invalid_input(what: String) -> FilterError {
+    FilterError::Invalid(format!("the test's own input is invalid: {what}"))
+}
+
+fn header_map(list: parts::Wire) -> Result<http::HeaderMap, FilterError> {
+    let mut map = http::HeaderMap::with_capacity(list.len());
+    for (name, value) in list {
+        let name = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| invalid_input(format!("header name {name:?}")))?;
+        let value = http::HeaderValue::from_bytes(&value)
+            .map_err(|_| invalid_input(format!("value of header {name}")))?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+fn wire(map: &http::HeaderMap) -> parts::Wire {
+    map.iter()
+        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+fn sdk_response(resp: HttpResponse) -> Response {
+    parts::response_from_parts(
+        resp.status.as_u16(),
+        wire(&resp.headers),
+        resp.body.map(Vec::from),
+    )
 }

@@ -17,6 +17,131 @@ mod scan;
 
 pub use doc::Doc;
 
+/// One edit of a JSON body, for [`crate::Request::edit_json`] and
+/// [`crate::Response::edit_json`] (the gateway runs them in the host) or [`edit_bytes`].
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Edit {
+    /// Rename the field at `from` to the key `to`, in the same object.
+    Rename {
+        /// Path of the field.
+        from: String,
+        /// Its new key.
+        to: String,
+    },
+    /// Move the value at `from` to the path `to`.
+    Move {
+        /// Path of the value.
+        from: String,
+        /// Where it goes.
+        to: String,
+    },
+    /// Remove the field at `path`.
+    Remove {
+        /// Path of the field.
+        path: String,
+    },
+    /// Set the field at `path` to `value`, creating objects on the way.
+    Set {
+        /// Path of the field.
+        path: String,
+        /// Its value.
+        value: Value,
+    },
+    /// Keep only these paths (see [`retain`]).
+    Retain {
+        /// The paths kept.
+        paths: Vec<String>,
+    },
+}
+
+/// Why a JSON body operation did not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JsonError {
+    /// There is no body: the filter did not declare it needs it
+    /// ([`crate::Needs::request_body`] / [`crate::Needs::response_body`]).
+    NoBody,
+    /// The body is not valid JSON; says where.
+    NotJson(String),
+    /// An edit could not be applied (a path through a value that is not an object or array).
+    Edit(String),
+}
+
+impl std::fmt::Display for JsonError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JsonError::NoBody => f.write_str(
+                "no body: declare Needs::request_body / Needs::response_body to read it",
+            ),
+            JsonError::NotJson(why) => write!(f, "the body is not JSON: {why}"),
+            JsonError::Edit(why) => write!(f, "JSON edit failed: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for JsonError {}
+
+impl From<crate::__bindings::wasmgate::filter::types::JsonError> for JsonError {
+    fn from(err: crate::__bindings::wasmgate::filter::types::JsonError) -> Self {
+        use crate::__bindings::wasmgate::filter::types::JsonError as Wit;
+        match err {
+            Wit::NoBody => JsonError::NoBody,
+            Wit::NotJson(why) => JsonError::NotJson(why),
+            Wit::Edit(why) => JsonError::Edit(why),
+        }
+    }
+}
+
+/// `edits` applied, in order, to the JSON document `body`: the new document. Only the parts
+/// the edits name are parsed ([`Doc`]); the host runs this same code for a filter's
+/// [`crate::Request::edit_json`].
+pub fn edit_bytes(body: Option<&[u8]>, edits: &[Edit]) -> Result<Vec<u8>, JsonError> {
+    let body = body.ok_or(JsonError::NoBody)?;
+    let mut doc = Doc::parse(body).map_err(|e| JsonError::NotJson(e.message().to_owned()))?;
+    let failed = |e: Error| JsonError::Edit(e.message().to_owned());
+    for edit in edits {
+        match edit {
+            Edit::Rename { from, to } => {
+                doc.rename(from, to);
+            }
+            Edit::Move { from, to } => {
+                if let Some(value) = doc.remove(from) {
+                    doc.set(to, value).map_err(failed)?;
+                }
+            }
+            Edit::Remove { path } => {
+                doc.remove(path);
+            }
+            Edit::Set { path, value } => doc.set(path, value.clone()).map_err(failed)?,
+            Edit::Retain { paths } => doc.retain(paths),
+        }
+    }
+    Ok(doc.to_vec())
+}
+
+/// The value at `path` of the JSON document `body`, parsing only that part.
+pub fn get_in(body: Option<&[u8]>, path: &str) -> Result<Option<Value>, JsonError> {
+    let body = body.ok_or(JsonError::NoBody)?;
+    let doc = Doc::parse(body).map_err(|e| JsonError::NotJson(e.message().to_owned()))?;
+    Ok(doc.get(path))
+}
+
+/// The edits as the WIT contract carries them.
+pub(crate) fn to_wit(edits: &[Edit]) -> Vec<crate::__bindings::wasmgate::filter::types::JsonEdit> {
+    use crate::__bindings::wasmgate::filter::types::JsonEdit as Wit;
+    edits
+        .iter()
+        .map(|edit| match edit {
+            Edit::Rename { from, to } => Wit::Rename((from.clone(), to.clone())),
+            Edit::Move { from, to } => Wit::Move((from.clone(), to.clone())),
+            Edit::Remove { path } => Wit::Remove(path.clone()),
+            Edit::Set { path, value } => Wit::Set((path.clone(), value.to_string())),
+            Edit::Retain { paths } => Wit::Retain(paths.clone()),
+        })
+        .collect()
+}
+
+
 fn segments(path: &str) -> impl Iterator<Item = &str> {
     path.split('.').filter(|s| !s.is_empty())
 }
