@@ -19,7 +19,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `wasmgate --version`: the gateway's version and the filter contract it speaks.
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
-    " (loads filters built for wasmgate:filter@0.2.0 to wasmgate:filter@0.2.2)"
+    " (loads filters built for wasmgate:filter@0.3.0)"
 );
 
 #[derive(Parser)]

@@ -865,6 +865,28 @@ impl Context {
     }
 }
 
+impl Clone for Context {
+    /// A plain copy (of the gateway's context's values).
+    fn clone(&self) -> Self {
+        let (route, params, client_addr, request_id) = self.parts();
+        Context {
+            remote: None,
+            route: OnceCell::from(route),
+            params: OnceCell::from(params),
+            client_addr: OnceCell::from(client_addr),
+            request_id: OnceCell::from(request_id),
+        }
+    }
+}
+
+impl PartialEq for Context {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for Context {}
+
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")

@@ -41,9 +41,17 @@
 //! crate with all of this set up. The contract underneath is the WIT package in this crate's
 //! `wit/filter.wit` ([`WIT_VERSION`]).
 //!
+//! ## What a phase costs
+//! In the gateway, [`Request`], [`Response`] and [`Context`] are handles to what the gateway
+//! holds (`wasmgate:filter@0.3.0`): a field is fetched the first time the filter reads it, a
+//! write changes the gateway's copy at once, and a body the filter does not read is never
+//! copied in. [`Request::edit_json`] and [`Request::json_at`] work on a JSON body in the gateway
+//! without copying it at all.
+//!
 //! ## Unit tests without a gateway
-//! [`Request`], [`Response`] and [`Context`] are plain Rust values, so a filter's phases can be
-//! called directly in a native `cargo test`; [`log`] prints to stderr there. To run the built
+//! Built with [`Request::new`], [`Response::new`] and [`Context::new`] they are plain Rust
+//! values behind the same methods, so a filter's phases can be called directly in a native
+//! `cargo test`; [`log`] prints to stderr there. To run the built
 //! component under the gateway's real sandbox (limits, instance reuse, stubbed services), use
 //! the `wasmgate-testkit` crate as a dev-dependency.
 #![deny(missing_docs)]

@@ -275,18 +275,3 @@ async fn a_phase_the_filter_declares_unused_is_never_called() {
         .collect();
     assert_eq!(phases, [(true, true), (true, false), (false, true)]);
 }
-
-/// 0.2.1 only added the `telemetry` import: a filter built for 0.2.0 and never rebuilt loads
-/// and serves on this gateway.
-#[tokio::test]
-async fn a_filter_built_for_the_previous_patch_version_of_the_contract_still_serves() {
-    let up = Upstream::start("svc").await;
-    let gw = with_service(&up)
-        .route(to_svc("old", "/").filter(Filter::new("contract-v0-2-0")))
-        .start()
-        .await;
-
-    let r = gw.request("GET", "/a", &[], "").await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(up.seen()[0].headers["x-contract"], "0.2.0");
-}

@@ -21,14 +21,25 @@ fn route(name: &str, filter: Filter) -> Route {
         .filter(filter)
 }
 
-/// The `fail` filter misbehaving in `mode`.
+/// The `fail` filter misbehaving in `mode`, after marking the request (`x-marked`).
 fn fail(mode: &str) -> Filter {
-    Filter::new("fail").config(json!({ "mode": mode }))
+    Filter::new("fail").config(json!({ "mode": mode, "mark": true }))
 }
+
+/// Every way the `fail` filter misbehaves.
+const MODES: [&str; 7] = [
+    "loop",
+    "alloc",
+    "panic",
+    "stack",
+    "huge",
+    "error",
+    "invalid-header",
+];
 
 async fn gateway(up: &Upstream) -> TestGateway {
     let mut config = GatewayConfig::new().service("svc", &[up.url()]);
-    for mode in ["loop", "alloc", "panic", "stack", "huge", "error"] {
+    for mode in MODES {
         config = config
             .route(route(mode, fail(mode)))
             .route(route(&format!("{mode}-open"), fail(mode).fail_open()));
@@ -48,7 +59,7 @@ async fn each_misbehaviour_fails_its_request_cleanly_or_fails_open() {
     let _busy = BUSY.lock().await;
     let up = Upstream::start("svc").await;
     let gw = gateway(&up).await;
-    for mode in ["loop", "alloc", "panic", "stack", "huge", "error"] {
+    for mode in MODES {
         let started = Instant::now();
         let r = gw.get(&format!("/{mode}")).await;
         let took = started.elapsed();
@@ -62,7 +73,7 @@ async fn each_misbehaviour_fails_its_request_cleanly_or_fails_open() {
     }
     assert_eq!(up.hits(), 0, "no failing request reached the upstream");
 
-    for mode in ["loop", "alloc", "panic", "stack", "huge", "error"] {
+    for (n, mode) in MODES.into_iter().enumerate() {
         let r = gw.get(&format!("/{mode}-open")).await;
         assert_eq!(r.status, 200, "{mode} fail-open: {}", r.text());
         assert_eq!(
@@ -70,8 +81,15 @@ async fn each_misbehaviour_fails_its_request_cleanly_or_fails_open() {
             "svc",
             "fail-open continued to the upstream"
         );
+        // As if the filter were absent: what it wrote before failing is not sent on.
+        let seen = &up.seen()[n];
+        assert!(
+            !seen.headers.contains_key("x-marked") && !seen.headers.contains_key("x-broken"),
+            "{mode} fail-open passed on the failed filter's writes: {:?}",
+            seen.headers
+        );
     }
-    assert_eq!(up.hits(), 6);
+    assert_eq!(up.hits(), MODES.len());
 
     // A per-route deadline override cuts the loop sooner.
     let started = Instant::now();
@@ -309,8 +327,7 @@ async fn instances_are_reused_only_when_the_filter_opts_in_and_never_after_a_fai
 #[tokio::test]
 async fn a_dropped_binding_frees_its_idle_instances() {
     let _busy = BUSY.lock().await;
-    use wasmgate_sandbox::wit::{Request, RouteContext};
-    use wasmgate_sandbox::{Grants, InstancePool, Limits, Sandbox};
+    use wasmgate_sandbox::{Grants, HttpRequest, InstancePool, Limits, RouteInfo, Sandbox};
     let limits = Limits {
         deadline: Duration::from_millis(100),
         memory_bytes: 32 << 20,
@@ -323,22 +340,20 @@ async fn a_dropped_binding_frees_its_idle_instances() {
     let needs = filter.check_config("{}", limits).await.unwrap();
     assert!(needs.reuse_instance, "the filter opts in");
     let pool = Arc::new(InstancePool::new(filter.clone(), "{}".into(), needs, 1000));
-    let ctx = RouteContext {
+    let ctx = Arc::new(RouteInfo {
         route: "r".into(),
         params: vec![],
         client_addr: "127.0.0.1:1".into(),
         request_id: "r1".into(),
-    };
-    let req = Request {
-        method: "GET".into(),
-        scheme: "http".into(),
+    });
+    let mut req = HttpRequest {
         authority: "x".into(),
-        path_with_query: "/".into(),
-        headers: vec![],
-        body: None,
+        path_and_query: "/".into(),
+        scheme: "http",
+        ..HttpRequest::default()
     };
     let mut lease = pool.lease(&"r1".into(), Grants::none(limits));
-    lease.on_request(&ctx, &req).await.unwrap();
+    lease.on_request(&ctx, &mut req).await.unwrap();
     drop(lease);
     assert_eq!(pool.idle(), 1, "given back to the pool after the call");
     let weak = Arc::downgrade(&pool);

@@ -132,8 +132,9 @@ async fn bad_files_are_rejected_and_the_last_good_version_keeps_serving() {
     assert_eq!(version(&fg).await, "v1");
     let good = std::fs::read(filter("tag-v2")).unwrap();
     let legacy = std::fs::read(filter("legacy-v0-1")).unwrap();
+    let previous = std::fs::read(filter("contract-v0-2-0")).unwrap();
 
-    let cases: [(&str, Vec<u8>, &str); 6] = [
+    let cases: [(&str, Vec<u8>, &str); 7] = [
         (
             "garbage",
             b"this is not wasm at all".to_vec(),
@@ -155,6 +156,15 @@ async fn bad_files_are_rejected_and_the_last_good_version_keeps_serving() {
             b"\0asm\x0d\0\x01\0".to_vec(),
             &format!(
                 "does not implement wasmgate:filter/filter@{}",
+                wasmgate_sandbox::WIT_VERSION
+            ),
+        ),
+        (
+            "built against the 0.2.0 contract",
+            previous,
+            &format!(
+                "built for wasmgate:filter@0.2.0, but this gateway speaks wasmgate:filter@{}: \
+                 rebuild it against wasmgate-sdk 0.3",
                 wasmgate_sandbox::WIT_VERSION
             ),
         ),

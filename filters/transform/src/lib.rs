@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use serde_json::Value;
 use wasmgate_sdk::header_edits::HeaderEdits;
 use wasmgate_sdk::{
     Action, Context, Error, Filter, Needs, Request, Response, export_filter, json, log,
     percent_encode,
 };
+use wasmgate_sdk::json::JsonError;
 
 /// Query parameter edits (request only), applied in the order remove, set.
 #[derive(Debug, Default, Deserialize)]
@@ -20,20 +20,6 @@ pub struct QueryEdits {
     pub remove: Vec<String>,
     #[serde(default)]
     pub set: BTreeMap<String, String>,
-}
-
-/// One JSON body operation; paths use the SDK's dot syntax (`a.b.0.c`).
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum BodyOp {
-    /// Rename the field at `from` to the key `to`, in the same object.
-    Rename { from: String, to: String },
-    /// Move the value at `from` to the path `to`.
-    Move { from: String, to: String },
-    /// Remove the field at `path`.
-    Remove { path: String },
-    /// Set the field at `path` to `value`.
-    Set { path: String, value: Value },
 }
 
 /// Edits for one direction.
@@ -48,11 +34,15 @@ pub struct Side {
     /// Request only.
     #[serde(default)]
     pub query: QueryEdits,
-    /// Operations on a JSON body, in order.
+    /// Operations on a JSON body, in order (`rename`, `move`, `remove`, `set`; paths in the
+    /// SDK's dot syntax, `a.b.0.c`).
     #[serde(default)]
-    pub body: Vec<BodyOp>,
+    pub body: Vec<json::Edit>,
     /// Keep only these body fields (applied after `body`).
     pub allow: Option<Vec<String>>,
+    /// `body` then `allow`, as the host runs them.
+    #[serde(skip)]
+    edits: Vec<json::Edit>,
 }
 
 impl Side {
@@ -69,32 +59,27 @@ impl Side {
             && !self.touches_body()
     }
 
-    /// Apply the body operations and allow-list to a JSON body; `None` when it is not JSON.
-    /// Only the parts the operations name are parsed: the rest is copied through as text.
-    fn transform_json(&self, body: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        let Ok(mut doc) = json::Doc::parse(body) else {
-            return Ok(None);
-        };
-        for op in &self.body {
-            match op {
-                BodyOp::Rename { from, to } => {
-                    doc.rename(from, to);
-                }
-                BodyOp::Move { from, to } => {
-                    if let Some(v) = doc.remove(from) {
-                        doc.set(to, v)?;
-                    }
-                }
-                BodyOp::Remove { path } => {
-                    doc.remove(path);
-                }
-                BodyOp::Set { path, value } => doc.set(path, value.clone())?,
-            }
+    /// Apply the body operations and allow-list to a JSON body, in the host (the body is not
+    /// copied into the filter); `Ok(false)` when it is not JSON.
+    fn edit_body(&self, edit: impl FnOnce(&[json::Edit]) -> Result<(), JsonError>) -> Result<bool, Error> {
+        match edit(&self.edits) {
+            Ok(()) => Ok(true),
+            Err(JsonError::NotJson(_)) => Ok(false),
+            Err(other) => Err(other.into()),
         }
+    }
+
+    /// Check the side's config and put its body edits in the order they run.
+    fn prepare(&mut self, side: &str) -> Result<(), Error> {
+        self.headers.validate(&format!("{side}.headers"))?;
+        if self.body.iter().any(|e| matches!(e, json::Edit::Retain { .. })) {
+            return Err(Error::msg(format!("{side}.body: use `allow` to keep only some fields")));
+        }
+        self.edits = self.body.clone();
         if let Some(paths) = &self.allow {
-            doc.retain(paths);
+            self.edits.push(json::Edit::Retain { paths: paths.clone() });
         }
-        Ok(Some(doc.to_vec()))
+        Ok(())
     }
 }
 
@@ -143,9 +128,9 @@ fn edit_query(req: &mut Request, edits: &QueryEdits) {
 impl Filter for Transform {
     type Config = Config;
     // Nothing is kept between requests: `self` is only the parsed config.
-    fn new(config: Config) -> Result<Self, Error> {
-        config.request.headers.validate("request.headers")?;
-        config.response.headers.validate("response.headers")?;
+    fn new(mut config: Config) -> Result<Self, Error> {
+        config.request.prepare("request")?;
+        config.response.prepare("response")?;
         if let Some(path) = &config.request.path
             && !path.starts_with('/')
         {
@@ -181,12 +166,11 @@ impl Filter for Transform {
             req.set_path(&path);
         }
         edit_query(&mut req, &side.query);
-        if let Some(body) = req.body().filter(|b| !b.is_empty() && side.touches_body()) {
-            let Some(body) = side.transform_json(body)? else {
+        if side.touches_body() && req.body_size().is_some_and(|n| n > 0) {
+            if !side.edit_body(|edits| req.edit_json(edits))? {
                 let body = serde_json::json!({ "error": "the request body must be JSON" });
                 return Ok(Response::json(400, &body).into());
-            };
-            req.set_body(body);
+            }
             req.headers_mut().set("content-type", "application/json");
         }
         Ok(req.into())
@@ -195,13 +179,10 @@ impl Filter for Transform {
     fn on_response(&self, mut resp: Response, _ctx: &Context) -> Result<Response, Error> {
         let side = &self.0.response;
         side.headers.apply(resp.headers_mut());
-        if let Some(body) = resp.body().filter(|b| !b.is_empty() && side.touches_body()) {
-            match side.transform_json(body)? {
-                Some(body) => {
-                    resp.set_body(body);
-                    resp.headers_mut().set("content-type", "application/json");
-                }
-                None => log::warn("response body is not JSON; left unchanged"),
+        if side.touches_body() && resp.body_size().is_some_and(|n| n > 0) {
+            match side.edit_body(|edits| resp.edit_json(edits))? {
+                true => resp.headers_mut().set("content-type", "application/json"),
+                false => log::warn("response body is not JSON; left unchanged"),
             }
         }
         Ok(resp)
@@ -213,7 +194,7 @@ export_filter!(Transform);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn transform(config: Value) -> Transform {
         Transform::new(serde_json::from_value(config).unwrap()).unwrap()

@@ -22,6 +22,15 @@ pub const WIT_VERSION: &str = "0.3.0";
 /// semver. None yet for 0.3.
 const ALSO_SPEAKS: &[&str] = &[];
 
+/// The pooling allocator, except in a build for valgrind (feature `on-demand-allocator`), which
+/// cannot reserve the pool's address space.
+fn allocation(pool: PoolingAllocationConfig) -> InstanceAllocationStrategy {
+    if cfg!(feature = "on-demand-allocator") {
+        return InstanceAllocationStrategy::OnDemand;
+    }
+    InstanceAllocationStrategy::Pooling(pool)
+}
+
 /// The SDK line that builds filters for [`WIT_VERSION`] (its `major.minor`).
 fn sdk_line() -> &'static str {
     WIT_VERSION
@@ -105,7 +114,7 @@ impl Sandbox {
         let mut config = Config::new();
         config
             .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .allocation_strategy(allocation(pool))
             .max_wasm_stack(512 << 10);
         let engine = Engine::new(&config).map_err(|e| context(e, "configuring the wasm engine"))?;
 

@@ -87,6 +87,14 @@ fn a_component_the_gateway_refuses_is_refused_with_its_reason() {
         .err()
         .expect("refused");
     assert!(err.contains("wasmgate:filter@0.1.0"), "{err}");
+    let err = TestFilter::load(wasmgate_artifacts::filter("contract-v0-2-0"))
+        .err()
+        .expect("refused");
+    assert!(
+        err.contains("built for wasmgate:filter@0.2.0")
+            && err.contains("rebuild it against wasmgate-sdk 0.3"),
+        "{err}"
+    );
 
     let err = load("fail").route(json!({ "mode": "nonsense" })).err();
     assert!(err.is_some(), "an unknown mode is a config error");

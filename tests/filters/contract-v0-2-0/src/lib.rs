@@ -1,6 +1,6 @@
 //! A filter built against `wasmgate:filter@0.2.0` (a copy of it is in `wit/` beside this crate),
-//! without the SDK: 0.2.1 only added an import, so the gateway must load and serve it as it is.
-//! Its request phase adds `x-contract: 0.2.0` to the request.
+//! without the SDK: 0.3 changed the contract, so the gateway must refuse it, saying which SDK to
+//! rebuild it against. Its request phase adds `x-contract: 0.2.0` to the request.
 
 wit_bindgen::generate!({
     path: "wit",

@@ -22,6 +22,8 @@ enum Mode {
     /// Read past the end of linear memory (a trap whose message mentions memory, though no
     /// memory cap was reached).
     OutOfBounds,
+    /// Set a header value with a line break (invalid output), then continue.
+    InvalidHeader,
 }
 
 #[allow(unconditional_recursion)] // the point: overflow the stack
@@ -37,6 +39,10 @@ struct Config {
     /// The phase that fails; the other passes everything through.
     #[serde(default)]
     phase: Phase,
+    /// Before failing, set `x-marked: before-failing` on the message (a fail-open route must
+    /// not pass it on).
+    #[serde(default)]
+    mark: bool,
 }
 
 #[derive(Deserialize, Default, PartialEq)]
@@ -49,6 +55,9 @@ enum Phase {
 
 struct Fail(Config);
 
+/// The header `mark` sets.
+const MARK: &str = "x-marked";
+
 impl Filter for Fail {
     type Config = Config;
 
@@ -56,15 +65,30 @@ impl Filter for Fail {
         Ok(Self(config))
     }
 
-    fn on_request(&self, req: Request, _ctx: &Context) -> Result<Action, Error> {
+    fn on_request(&self, mut req: Request, _ctx: &Context) -> Result<Action, Error> {
         if self.0.phase == Phase::Response {
             return Ok(req.into());
         }
-        self.fail(req.path())
+        if self.0.mark {
+            req.set_header(MARK, "before-failing");
+        }
+        if matches!(self.0.mode, Mode::InvalidHeader) {
+            req.set_header("x-broken", "line\r\nbreak");
+            return Ok(req.into());
+        }
+        let path = req.path().to_owned();
+        self.fail(&path)
     }
 
-    fn on_response(&self, resp: Response, _ctx: &Context) -> Result<Response, Error> {
+    fn on_response(&self, mut resp: Response, _ctx: &Context) -> Result<Response, Error> {
         if self.0.phase == Phase::Request {
+            return Ok(resp);
+        }
+        if self.0.mark {
+            resp.set_header(MARK, "before-failing");
+        }
+        if matches!(self.0.mode, Mode::InvalidHeader) {
+            resp.set_header("x-broken", "line\r\nbreak");
             return Ok(resp);
         }
         match self.fail("the response")? {
@@ -95,6 +119,7 @@ impl Fail {
                 let byte = unsafe { std::ptr::read_volatile(past_the_end) };
                 Err(Error::msg(format!("read {byte} past the end of memory")))
             }
+            Mode::InvalidHeader => unreachable!("handled by the phases"),
             Mode::Alloc => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
