@@ -6,9 +6,12 @@
 
 use std::sync::Arc;
 
-use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use wasmgate_sandbox::wit::{Request, Response, RouteContext};
-use wasmgate_sandbox::{Grants, InstancePool, Lease, Limits, Sandbox};
+use bytes::Bytes;
+use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue, Method, header};
+use wasmgate_sandbox::{
+    Grants, HttpRequest, HttpResponse, InstancePool, Lease, Limits, RouteInfo, Sandbox,
+};
 
 /// The gateway's default filter limits (`[filter_limits]`).
 const LIMITS: Limits = Limits {
@@ -22,36 +25,40 @@ const HEADERS_CONFIG: &str =
     r#"{"request":{"set":{"x-tenant":"bench"}},"response":{"set":{"x-served-by":"wasmgate"}}}"#;
 const JSON_CONFIG: &str = r#"{"request":{"body":[{"set":{"path":"meta.via","value":"gw"}}]}}"#;
 
-fn request(body: Option<Vec<u8>>) -> Request {
-    Request {
-        method: "POST".into(),
-        scheme: "http".into(),
+fn request(body: Option<Vec<u8>>) -> HttpRequest {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::USER_AGENT, HeaderValue::from_static("wrk"));
+    headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    HttpRequest {
+        method: Method::POST,
+        scheme: "http",
         authority: "api.example.com".into(),
-        path_with_query: "/users/42?view=full".into(),
-        headers: vec![
-            ("user-agent".into(), b"wrk".to_vec()),
-            ("accept".into(), b"*/*".to_vec()),
-            ("content-type".into(), b"application/json".to_vec()),
-        ],
-        body,
+        path_and_query: "/users/42?view=full".into(),
+        headers,
+        body: body.map(Bytes::from),
     }
 }
 
-fn response() -> Response {
-    Response {
-        status: 200,
-        headers: vec![("content-type".into(), b"application/json".to_vec())],
-        body: None,
-    }
+fn response() -> HttpResponse {
+    let mut resp = HttpResponse::default();
+    resp.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
-fn context() -> RouteContext {
-    RouteContext {
+fn context() -> Arc<RouteInfo> {
+    Arc::new(RouteInfo {
         route: "bench".into(),
         params: vec![],
         client_addr: "127.0.0.1:40000".into(),
         request_id: "0000000100000001".into(),
-    }
+    })
 }
 
 /// About 16 KiB of JSON, the body `bench/run.py` POSTs (Python's `json.dumps`, so with a space
@@ -112,7 +119,7 @@ impl Setup {
 
 /// One request through `chain`: request phases in order, response phases in reverse, as the
 /// proxy runs them.
-async fn through(chain: &[Arc<InstancePool>], req: &Request, ctx: &RouteContext) {
+async fn through(chain: &[Arc<InstancePool>], req: &mut HttpRequest, ctx: &Arc<RouteInfo>) {
     let request_id: Arc<str> = ctx.request_id.as_str().into();
     let mut ran: Vec<Lease> = Vec::with_capacity(chain.len());
     for pool in chain {
@@ -120,9 +127,9 @@ async fn through(chain: &[Arc<InstancePool>], req: &Request, ctx: &RouteContext)
         lease.on_request(ctx, req).await.unwrap();
         ran.push(lease);
     }
-    let resp = response();
+    let mut resp = response();
     while let Some(mut lease) = ran.pop() {
-        lease.on_response(ctx, &resp).await.unwrap();
+        lease.on_response(ctx, &mut resp).await.unwrap();
     }
 }
 
@@ -141,22 +148,33 @@ fn phases(c: &mut Criterion) {
         // One phase call on a reused instance: the cost the filter adds per phase.
         let mut lease = pool.lease(&ctx.request_id.as_str().into(), Grants::none(LIMITS));
         group.bench_function(BenchmarkId::new("on-request", filter), |b| {
-            b.iter(|| setup.rt.block_on(lease.on_request(&ctx, &req)).unwrap())
+            b.iter_batched_ref(
+                || req.clone(),
+                |req| setup.rt.block_on(lease.on_request(&ctx, req)).unwrap(),
+                BatchSize::SmallInput,
+            )
         });
-        let resp = response();
         group.bench_function(BenchmarkId::new("on-response", filter), |b| {
-            b.iter(|| setup.rt.block_on(lease.on_response(&ctx, &resp)).unwrap())
+            b.iter_batched_ref(
+                response,
+                |resp| setup.rt.block_on(lease.on_response(&ctx, resp)).unwrap(),
+                BatchSize::SmallInput,
+            )
         });
         // A whole request through one filter: both phases, as the proxy runs them.
         for reuse in [true, false] {
             let pool = setup.pool(name, config, reuse);
             let label = format!("{filter}/{}", if reuse { "reused" } else { "fresh" });
             group.bench_function(BenchmarkId::new("request", label), |b| {
-                b.iter(|| {
-                    setup
-                        .rt
-                        .block_on(through(std::slice::from_ref(&pool), &req, &ctx))
-                })
+                b.iter_batched_ref(
+                    || req.clone(),
+                    |req| {
+                        setup
+                            .rt
+                            .block_on(through(std::slice::from_ref(&pool), req, &ctx))
+                    },
+                    BatchSize::SmallInput,
+                )
             });
         }
     }
@@ -173,7 +191,11 @@ fn chains(c: &mut Criterion) {
             .map(|_| setup.pool("headers", HEADERS_CONFIG, true))
             .collect();
         group.bench_function(BenchmarkId::new("headers-reused", len), |b| {
-            b.iter(|| setup.rt.block_on(through(&chain, &req, &ctx)))
+            b.iter_batched_ref(
+                || req.clone(),
+                |req| setup.rt.block_on(through(&chain, req, &ctx)),
+                BatchSize::SmallInput,
+            )
         });
     }
     group.finish();

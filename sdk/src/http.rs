@@ -7,8 +7,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::__bindings::wasmgate::filter::types as wit;
-use crate::json::{self, JsonError};
 use crate::Error;
+use crate::json::{self, JsonError};
 
 /// Percent-encode everything but RFC 3986 unreserved characters (`A-Z a-z 0-9 - . _ ~`): safe
 /// for a path segment, a query component or a form value.
@@ -763,7 +763,6 @@ fn decode_json<T: DeserializeOwned>(body: Option<&[u8]>) -> Result<T, Error> {
     Ok(serde_json::from_slice(body)?)
 }
 
-
 /// Where and for whom the request is handled.
 pub struct Context {
     remote: Option<u32>,
@@ -846,12 +845,14 @@ impl Context {
 
     /// The client's address as `ip:port`.
     pub fn client_addr(&self) -> &str {
-        self.client_addr.get_or_init(|| self.host(|c| c.client_addr()))
+        self.client_addr
+            .get_or_init(|| self.host(|c| c.client_addr()))
     }
 
     /// The id the gateway gave this request (also sent upstream as `x-request-id`).
     pub fn request_id(&self) -> &str {
-        self.request_id.get_or_init(|| self.host(|c| c.request_id()))
+        self.request_id
+            .get_or_init(|| self.host(|c| c.request_id()))
     }
 
     /// Route, params, client address, request id.

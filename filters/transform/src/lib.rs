@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use wasmgate_sdk::header_edits::HeaderEdits;
+use wasmgate_sdk::json::JsonError;
 use wasmgate_sdk::{
     Action, Context, Error, Filter, Needs, Request, Response, export_filter, json, log,
     percent_encode,
 };
-use wasmgate_sdk::json::JsonError;
 
 /// Query parameter edits (request only), applied in the order remove, set.
 #[derive(Debug, Default, Deserialize)]
@@ -61,7 +61,10 @@ impl Side {
 
     /// Apply the body operations and allow-list to a JSON body, in the host (the body is not
     /// copied into the filter); `Ok(false)` when it is not JSON.
-    fn edit_body(&self, edit: impl FnOnce(&[json::Edit]) -> Result<(), JsonError>) -> Result<bool, Error> {
+    fn edit_body(
+        &self,
+        edit: impl FnOnce(&[json::Edit]) -> Result<(), JsonError>,
+    ) -> Result<bool, Error> {
         match edit(&self.edits) {
             Ok(()) => Ok(true),
             Err(JsonError::NotJson(_)) => Ok(false),
@@ -72,12 +75,20 @@ impl Side {
     /// Check the side's config and put its body edits in the order they run.
     fn prepare(&mut self, side: &str) -> Result<(), Error> {
         self.headers.validate(&format!("{side}.headers"))?;
-        if self.body.iter().any(|e| matches!(e, json::Edit::Retain { .. })) {
-            return Err(Error::msg(format!("{side}.body: use `allow` to keep only some fields")));
+        if self
+            .body
+            .iter()
+            .any(|e| matches!(e, json::Edit::Retain { .. }))
+        {
+            return Err(Error::msg(format!(
+                "{side}.body: use `allow` to keep only some fields"
+            )));
         }
         self.edits = self.body.clone();
         if let Some(paths) = &self.allow {
-            self.edits.push(json::Edit::Retain { paths: paths.clone() });
+            self.edits.push(json::Edit::Retain {
+                paths: paths.clone(),
+            });
         }
         Ok(())
     }

@@ -8,14 +8,14 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtx;
 
+use crate::bindings::exports::wasmgate::filter::filter::RequestAction;
 use crate::bindings::{GatewayFilter, GatewayFilterPre};
 use crate::compile::LoadSource;
 use crate::engine::POOL_INSTANCES;
 use crate::imports::{FilterCache, HostState, Outbound};
+use crate::messages::{HELD, Held, HttpRequest, HttpResponse, RouteInfo};
 use crate::state::{MemoryStore, StateStore};
 use crate::telemetry::{FilterMetrics, LogFields};
-use crate::bindings::exports::wasmgate::filter::filter::RequestAction;
-use crate::messages::{HELD, Held, HttpRequest, HttpResponse, RouteInfo};
 use crate::wit::Needs;
 
 /// Idle instances kept per pool, and across all pools (a share of the engine's instance slots,

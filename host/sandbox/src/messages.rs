@@ -210,19 +210,15 @@ fn all(map: &HeaderMap, name: &str) -> Vec<Vec<u8>> {
 
 fn chunk(body: &Option<Bytes>, offset: u64, len: u32) -> Option<Vec<u8>> {
     let body = body.as_ref()?;
-    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(body.len());
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(body.len());
     let end = start.saturating_add(len as usize).min(body.len());
     Some(body[start..end].to_vec())
 }
 
 /// A header write on `target` (reached through `held`), checked and counted.
-fn write_header(
-    held: &mut Held,
-    target: Target,
-    how: Write,
-    name: String,
-    value: Vec<u8>,
-) {
+fn write_header(held: &mut Held, target: Target, how: Write, name: String, value: Vec<u8>) {
     if !held.write(name.len() + value.len() + HEADER_OVERHEAD) {
         return;
     }
@@ -369,11 +365,15 @@ impl HostRequest for HostState {
     }
 
     fn header_all(&mut self, _: Resource<HttpRequest>, name: String) -> Vec<Vec<u8>> {
-        self.req().map(|r| all(&r.headers, &name)).unwrap_or_default()
+        self.req()
+            .map(|r| all(&r.headers, &name))
+            .unwrap_or_default()
     }
 
     fn headers(&mut self, _: Resource<HttpRequest>) -> Headers {
-        self.req().map(|r| headers_of(&r.headers)).unwrap_or_default()
+        self.req()
+            .map(|r| headers_of(&r.headers))
+            .unwrap_or_default()
     }
 
     fn set_header(&mut self, _: Resource<HttpRequest>, name: String, value: Vec<u8>) {
@@ -420,7 +420,11 @@ impl HostRequest for HostState {
         json_get(&self.req().ok_or(JsonError::NoBody)?.body, &path)
     }
 
-    fn edit_json(&mut self, _: Resource<HttpRequest>, edits: Vec<JsonEdit>) -> Result<(), JsonError> {
+    fn edit_json(
+        &mut self,
+        _: Resource<HttpRequest>,
+        edits: Vec<JsonEdit>,
+    ) -> Result<(), JsonError> {
         let body = json_edit(&self.req().ok_or(JsonError::NoBody)?.body, edits)?;
         set_body(&mut self.held, Target::Request, body);
         Ok(())
@@ -433,7 +437,12 @@ impl HostRequest for HostState {
 }
 
 impl HostResponse for HostState {
-    fn new(&mut self, status: u16, headers: Headers, body: Option<Vec<u8>>) -> Resource<HttpResponse> {
+    fn new(
+        &mut self,
+        status: u16,
+        headers: Headers,
+        body: Option<Vec<u8>>,
+    ) -> Resource<HttpResponse> {
         let mut resp = HttpResponse::default();
         match StatusCode::from_u16(status) {
             Ok(s) if (200..=599).contains(&status) => resp.status = s,
@@ -484,11 +493,23 @@ impl HostResponse for HostState {
     }
 
     fn set_header(&mut self, this: Resource<HttpResponse>, name: String, value: Vec<u8>) {
-        write_header(&mut self.held, Target::Response(this.rep()), Write::Set, name, value);
+        write_header(
+            &mut self.held,
+            Target::Response(this.rep()),
+            Write::Set,
+            name,
+            value,
+        );
     }
 
     fn append_header(&mut self, this: Resource<HttpResponse>, name: String, value: Vec<u8>) {
-        write_header(&mut self.held, Target::Response(this.rep()), Write::Append, name, value);
+        write_header(
+            &mut self.held,
+            Target::Response(this.rep()),
+            Write::Append,
+            name,
+            value,
+        );
     }
 
     fn remove_header(&mut self, this: Resource<HttpResponse>, name: String) -> bool {
@@ -513,7 +534,12 @@ impl HostResponse for HostState {
         Some(self.held.response(&this)?.body.as_ref()?.to_vec())
     }
 
-    fn body_chunk(&mut self, this: Resource<HttpResponse>, offset: u64, len: u32) -> Option<Vec<u8>> {
+    fn body_chunk(
+        &mut self,
+        this: Resource<HttpResponse>,
+        offset: u64,
+        len: u32,
+    ) -> Option<Vec<u8>> {
         chunk(&self.held.response(&this)?.body, offset, len)
     }
 
@@ -526,11 +552,21 @@ impl HostResponse for HostState {
         this: Resource<HttpResponse>,
         path: String,
     ) -> Result<Option<String>, JsonError> {
-        json_get(&self.held.response(&this).ok_or(JsonError::NoBody)?.body, &path)
+        json_get(
+            &self.held.response(&this).ok_or(JsonError::NoBody)?.body,
+            &path,
+        )
     }
 
-    fn edit_json(&mut self, this: Resource<HttpResponse>, edits: Vec<JsonEdit>) -> Result<(), JsonError> {
-        let body = json_edit(&self.held.response(&this).ok_or(JsonError::NoBody)?.body, edits)?;
+    fn edit_json(
+        &mut self,
+        this: Resource<HttpResponse>,
+        edits: Vec<JsonEdit>,
+    ) -> Result<(), JsonError> {
+        let body = json_edit(
+            &self.held.response(&this).ok_or(JsonError::NoBody)?.body,
+            edits,
+        )?;
         set_body(&mut self.held, Target::Response(this.rep()), body);
         Ok(())
     }
@@ -568,7 +604,9 @@ impl HostContext for HostState {
     }
 
     fn client_addr(&mut self, _: Resource<RouteInfo>) -> String {
-        self.ctx().map(|c| c.client_addr.clone()).unwrap_or_default()
+        self.ctx()
+            .map(|c| c.client_addr.clone())
+            .unwrap_or_default()
     }
 
     fn request_id(&mut self, _: Resource<RouteInfo>) -> String {

@@ -164,7 +164,8 @@ impl<'a> Chain<'a> {
                 (ReqBody::Buffered(b), true) => Some(std::mem::take(b)),
                 _ => None,
             };
-            let before = matches!(binding.on_failure, FailurePolicy::FailOpen).then(|| held.clone());
+            let before =
+                matches!(binding.on_failure, FailurePolicy::FailOpen).then(|| held.clone());
             let started = Instant::now();
             self.start_span(binding, Phase::Request, span.as_ref());
             let outcome = lease.on_request(&self.ctx, &mut held).await;
@@ -230,7 +231,8 @@ impl<'a> Chain<'a> {
                 (RespBody::Buffered(b), true) => Some(std::mem::take(b)),
                 _ => None,
             };
-            let before = matches!(binding.on_failure, FailurePolicy::FailOpen).then(|| held.clone());
+            let before =
+                matches!(binding.on_failure, FailurePolicy::FailOpen).then(|| held.clone());
             let started = Instant::now();
             self.start_span(binding, Phase::Response, span.as_ref());
             let outcome = lease.on_response(&self.ctx, &mut held).await;

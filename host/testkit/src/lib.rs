@@ -43,11 +43,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use wasmgate_sandbox::{HttpRequest, HttpResponse, RouteInfo};
 use wasmgate_sandbox::{
     Counter, FilterCache, FilterMetrics, Grants, InstancePool, Lease, LoadedFilter, LogFields,
     MemoryStore, Sandbox, StateError, StateFuture, StateStore, ThrottleResult, content_hash,
 };
+use wasmgate_sandbox::{HttpRequest, HttpResponse, RouteInfo};
 use wasmgate_sdk::__testkit as parts;
 use wasmgate_sdk::{Action, Context, Request, Response};
 
@@ -314,11 +314,18 @@ impl TestRoute {
         let mut held = HttpRequest {
             method: http::Method::from_bytes(req.method.as_bytes())
                 .map_err(|_| invalid_input(format!("method {:?}", req.method)))?,
-            scheme: if req.scheme == "https" { "https" } else { "http" },
+            scheme: if req.scheme == "https" {
+                "https"
+            } else {
+                "http"
+            },
             authority: req.authority,
             path_and_query: req.path_with_query,
             headers: header_map(req.headers)?,
-            body: req.body.filter(|_| self.needs().request_body).map(Bytes::from),
+            body: req
+                .body
+                .filter(|_| self.needs().request_body)
+                .map(Bytes::from),
         };
         self.counters.request_calls.fetch_add(1, Ordering::Relaxed);
         let (_, runtime) = sandbox();

@@ -141,7 +141,6 @@ pub(crate) fn to_wit(edits: &[Edit]) -> Vec<crate::__bindings::wasmgate::filter:
         .collect()
 }
 
-
 fn segments(path: &str) -> impl Iterator<Item = &str> {
     path.split('.').filter(|s| !s.is_empty())
 }
