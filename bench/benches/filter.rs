@@ -56,7 +56,7 @@ fn context() -> Arc<RouteInfo> {
     Arc::new(RouteInfo {
         route: "bench".into(),
         params: vec![],
-        client_addr: "127.0.0.1:40000".into(),
+        client: wasmgate_sandbox::ClientAddr::Text("127.0.0.1:40000".into()),
         request_id: "0000000100000001".into(),
     })
 }
@@ -120,7 +120,7 @@ impl Setup {
 /// One request through `chain`: request phases in order, response phases in reverse, as the
 /// proxy runs them.
 async fn through(chain: &[Arc<InstancePool>], req: &mut HttpRequest, ctx: &Arc<RouteInfo>) {
-    let request_id: Arc<str> = ctx.request_id.as_str().into();
+    let request_id = ctx.request_id.clone();
     let mut ran: Vec<Lease> = Vec::with_capacity(chain.len());
     for pool in chain {
         let mut lease = pool.lease(&request_id, Grants::none(LIMITS));
@@ -146,7 +146,7 @@ fn phases(c: &mut Criterion) {
         let req = request(body);
         let pool = setup.pool(name, config, true);
         // One phase call on a reused instance: the cost the filter adds per phase.
-        let mut lease = pool.lease(&ctx.request_id.as_str().into(), Grants::none(LIMITS));
+        let mut lease = pool.lease(&ctx.request_id, Grants::none(LIMITS));
         group.bench_function(BenchmarkId::new("on-request", filter), |b| {
             b.iter_batched_ref(
                 || req.clone(),

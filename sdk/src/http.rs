@@ -387,6 +387,22 @@ impl Request {
         }
     }
 
+    /// Up to `len` bytes of the body from `offset` (empty past its end), `None` without a
+    /// body. In the gateway only those bytes are copied in: read a large body piece by piece.
+    pub fn body_chunk(&self, offset: u64, len: u32) -> Option<Vec<u8>> {
+        match (self.body.get(), self.remote) {
+            (None, Some(_)) => self.host(|r| r.body_chunk(offset, len)),
+            _ => {
+                let body = self.body()?;
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(body.len());
+                let end = start.saturating_add(len as usize).min(body.len());
+                Some(body[start..end].to_vec())
+            }
+        }
+    }
+
     /// Replace the body; the gateway fixes `content-length`.
     pub fn set_body(&mut self, body: impl Into<Vec<u8>>) {
         let body = body.into();
@@ -651,6 +667,22 @@ impl Response {
         }
     }
 
+    /// Up to `len` bytes of the body from `offset` (empty past its end), `None` without a
+    /// body. In the gateway only those bytes are copied in: read a large body piece by piece.
+    pub fn body_chunk(&self, offset: u64, len: u32) -> Option<Vec<u8>> {
+        match (self.body.get(), self.remote) {
+            (None, Some(_)) => self.host(|r| r.body_chunk(offset, len)),
+            _ => {
+                let body = self.body()?;
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(body.len());
+                let end = start.saturating_add(len as usize).min(body.len());
+                Some(body[start..end].to_vec())
+            }
+        }
+    }
+
     /// Replace the body; the gateway fixes `content-length`.
     pub fn set_body(&mut self, body: impl Into<Vec<u8>>) {
         let body = body.into();
@@ -840,7 +872,14 @@ impl Context {
 
     /// All captured path parameters, in pattern order.
     pub fn params(&self) -> &[(String, String)] {
-        self.params.get_or_init(|| self.host(|c| c.params()))
+        self.params.get_or_init(|| {
+            pairs(&self.host(|c| c.params()))
+                .map(|(n, v)| {
+                    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                    (text(n), text(v))
+                })
+                .collect()
+        })
     }
 
     /// The client's address as `ip:port`.
@@ -959,11 +998,14 @@ impl Remote {
     }
 
     fn header_all(self, name: &str) -> Vec<Vec<u8>> {
-        on_message!(self, |m| m.header_all(name))
+        let packed = on_message!(self, |m| m.header_all(name));
+        unpack(&packed).map(<[u8]>::to_vec).collect()
     }
 
     fn headers(self) -> Vec<(String, Vec<u8>)> {
-        on_message!(self, |m| m.headers())
+        pairs(&on_message!(self, |m| m.headers()))
+            .map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), v.to_vec()))
+            .collect()
     }
 
     fn set_header(self, name: &str, value: &[u8]) {
@@ -977,6 +1019,21 @@ impl Remote {
     fn remove_header(self, name: &str) -> bool {
         on_message!(self, |m| m.remove_header(name))
     }
+}
+
+/// The items of a list the contract packs as item, NUL, item, NUL, ...
+fn unpack(packed: &[u8]) -> impl Iterator<Item = &[u8]> {
+    packed
+        .strip_suffix(&[0])
+        .map(|items| items.split(|&b| b == 0))
+        .into_iter()
+        .flatten()
+}
+
+/// The pairs of a list packed as name, NUL, value, NUL, ...
+fn pairs(packed: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let mut items = unpack(packed);
+    std::iter::from_fn(move || Some((items.next()?, items.next()?)))
 }
 
 /// Byte strings kept for as long as their owner, so that `&[u8]` into them can be handed out
@@ -1014,5 +1071,46 @@ fn json_text(answer: Result<Option<String>, wit::JsonError>) -> Result<Option<Va
             .map(Some)
             .map_err(|e| JsonError::NotJson(e.to_string())),
         None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_lists_unpack_to_their_items() {
+        assert_eq!(unpack(b"").count(), 0);
+        assert_eq!(unpack(b"\0").collect::<Vec<_>>(), [b""]);
+        assert_eq!(
+            pairs(b"a\x001\0b\0\0").collect::<Vec<_>>(),
+            [(&b"a"[..], &b"1"[..]), (&b"b"[..], &b""[..])]
+        );
+    }
+
+    #[test]
+    fn plain_values_work_behind_the_same_methods() {
+        let mut req = Request::new("post", "/a?x=1")
+            .with_header("X-One", "1")
+            .with_body(r#"{"id": 7}"#);
+        req.set_header("x-one", "2");
+        req.set_path("/b");
+        assert_eq!(req.method(), "POST");
+        assert_eq!(req.path_with_query(), "/b?x=1");
+        assert_eq!(req.header("x-one"), Some("2"));
+        assert_eq!(req.headers().len(), 1);
+        req.edit_json(&[json::Edit::Rename {
+            from: "id".into(),
+            to: "userId".into(),
+        }])
+        .unwrap();
+        assert_eq!(req.json_at("userId").unwrap(), Some(serde_json::json!(7)));
+        assert_eq!(req.body(), Some(&br#"{"userId":7}"#[..]));
+        let copy = req.clone();
+        assert_eq!(copy, req);
+        assert_eq!(
+            Request::new("GET", "/").json_at("a"),
+            Err(json::JsonError::NoBody)
+        );
     }
 }

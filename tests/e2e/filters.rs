@@ -228,6 +228,36 @@ async fn a_body_filter_reads_and_rewrites_both_bodies() {
     assert_eq!(up.hits(), before);
 }
 
+/// A phase may answer with a message it built anew rather than the one it was given: the
+/// request it builds replaces the client's (method, path, headers, body), the response it
+/// builds replaces the upstream's.
+#[tokio::test]
+async fn a_message_a_filter_builds_anew_replaces_the_one_it_was_given() {
+    let up = Upstream::start("svc").await;
+    let gw = with_service(&up)
+        .route(
+            to_svc("rebuild", "/rebuild")
+                .filter(Filter::new("phases").config(json!({"rebuild": true}))),
+        )
+        .start()
+        .await;
+
+    let r = gw
+        .request("GET", "/rebuild/x", &[("x-client", "1")], "")
+        .await;
+    assert_eq!(r.status, 203, "{}", r.text());
+    assert_eq!(r.text(), "rebuilt from 200\n");
+    assert_eq!(r.header("x-rebuilt"), Some("yes"));
+    let seen = up.seen().pop().unwrap();
+    assert_eq!(
+        (seen.method.as_str(), seen.path.as_str()),
+        ("POST", "/rebuilt")
+    );
+    assert_eq!(seen.headers["x-rebuilt"], "from /rebuild/x on rebuild");
+    assert!(!seen.headers.contains_key("x-client"), "{:?}", seen.headers);
+    assert_eq!(seen.body_len, "rebuilt body".len() as u64);
+}
+
 #[tokio::test]
 async fn a_phase_the_filter_declares_unused_is_never_called() {
     let up = Upstream::start("svc").await;

@@ -343,7 +343,7 @@ async fn a_dropped_binding_frees_its_idle_instances() {
     let ctx = Arc::new(RouteInfo {
         route: "r".into(),
         params: vec![],
-        client_addr: "127.0.0.1:1".into(),
+        client: wasmgate_sandbox::ClientAddr::Text("127.0.0.1:1".into()),
         request_id: "r1".into(),
     });
     let mut req = HttpRequest {

@@ -29,12 +29,13 @@ mod instance;
 mod messages;
 mod state;
 mod telemetry;
+mod text;
 
 pub use compile::{LoadSource, content_hash};
 pub use engine::{EPOCH_TICK, MAX_MEMORY_BYTES, Sandbox, WIT_VERSION};
 pub use imports::{FilterCache, Outbound, OutboundFuture};
 pub use instance::{FilterError, Grants, InstancePool, Lease, Limits, LoadedFilter, TrapKind};
-pub use messages::{HttpRequest, HttpResponse, RouteInfo};
+pub use messages::{ClientAddr, HttpRequest, HttpResponse, RouteInfo};
 pub use state::{
     Counter, MAX_KEY_BYTES, MemoryLimits, MemoryStore, StateError, StateFuture, StateStore,
     ThrottleResult, gcra, unix_micros,
@@ -42,6 +43,7 @@ pub use state::{
 pub use telemetry::{
     FilterMetrics, LogFields, MAX_FIELDS, MAX_METRICS, MAX_SERIES, Metric, MetricKind, Value,
 };
+pub use text::AddrText;
 
 /// The types of the WIT contract (`wit/filter.wit`) as the host sees them.
 pub mod wit {

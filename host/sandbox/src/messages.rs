@@ -69,17 +69,46 @@ impl Default for HttpResponse {
     }
 }
 
-/// Where and for whom a request is handled.
-#[derive(Debug, Clone, Default)]
+/// Where and for whom a request is handled. Nothing here is formatted until a filter asks.
+#[derive(Debug, Clone)]
 pub struct RouteInfo {
     /// The route's name.
-    pub route: String,
+    pub route: Arc<str>,
     /// Path parameters the route pattern captured, in pattern order.
     pub params: Vec<(String, String)>,
-    /// The client's address, `ip:port`.
-    pub client_addr: String,
+    /// The client's address.
+    pub client: ClientAddr,
     /// The request's id.
-    pub request_id: String,
+    pub request_id: Arc<str>,
+}
+
+impl Default for RouteInfo {
+    fn default() -> Self {
+        RouteInfo {
+            route: Arc::from(""),
+            params: Vec::new(),
+            client: ClientAddr::Text(String::new()),
+            request_id: Arc::from(""),
+        }
+    }
+}
+
+/// A client's address, as the gateway knows it or as a test gives it.
+#[derive(Debug, Clone)]
+pub enum ClientAddr {
+    /// The connection's peer.
+    Socket(std::net::SocketAddr),
+    /// `ip:port` as text.
+    Text(String),
+}
+
+impl std::fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientAddr::Socket(addr) => f.write_str(crate::AddrText::socket(*addr).as_str()),
+            ClientAddr::Text(text) => f.write_str(text),
+        }
+    }
 }
 
 /// What the phase running in a store works on.
@@ -190,22 +219,34 @@ enum Write {
     Append,
 }
 
-/// The operations requests and responses share: headers and body.
-fn headers_of(list: &HeaderMap) -> Headers {
-    list.iter()
-        .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
-        .collect()
+/// Every header as the contract packs them in one list: name, NUL, value, NUL, for each.
+fn headers_of(map: &HeaderMap) -> Vec<u8> {
+    let size = map
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 2)
+        .sum();
+    let mut out = Vec::with_capacity(size);
+    for (name, value) in map {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.push(0);
+        out.extend_from_slice(value.as_bytes());
+        out.push(0);
+    }
+    out
 }
 
 fn first(map: &HeaderMap, name: &str) -> Option<Vec<u8>> {
     map.get(name).map(|v| v.as_bytes().to_vec())
 }
 
-fn all(map: &HeaderMap, name: &str) -> Vec<Vec<u8>> {
-    map.get_all(name)
-        .iter()
-        .map(|v| v.as_bytes().to_vec())
-        .collect()
+/// Every value of `name`, each followed by a NUL.
+fn all(map: &HeaderMap, name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for value in map.get_all(name) {
+        out.extend_from_slice(value.as_bytes());
+        out.push(0);
+    }
+    out
 }
 
 fn chunk(body: &Option<Bytes>, offset: u64, len: u32) -> Option<Vec<u8>> {
@@ -364,13 +405,13 @@ impl HostRequest for HostState {
         first(&self.req()?.headers, &name)
     }
 
-    fn header_all(&mut self, _: Resource<HttpRequest>, name: String) -> Vec<Vec<u8>> {
+    fn header_all(&mut self, _: Resource<HttpRequest>, name: String) -> Vec<u8> {
         self.req()
             .map(|r| all(&r.headers, &name))
             .unwrap_or_default()
     }
 
-    fn headers(&mut self, _: Resource<HttpRequest>) -> Headers {
+    fn headers(&mut self, _: Resource<HttpRequest>) -> Vec<u8> {
         self.req()
             .map(|r| headers_of(&r.headers))
             .unwrap_or_default()
@@ -478,14 +519,14 @@ impl HostResponse for HostState {
         first(&self.held.response(&this)?.headers, &name)
     }
 
-    fn header_all(&mut self, this: Resource<HttpResponse>, name: String) -> Vec<Vec<u8>> {
+    fn header_all(&mut self, this: Resource<HttpResponse>, name: String) -> Vec<u8> {
         self.held
             .response(&this)
             .map(|r| all(&r.headers, &name))
             .unwrap_or_default()
     }
 
-    fn headers(&mut self, this: Resource<HttpResponse>) -> Headers {
+    fn headers(&mut self, this: Resource<HttpResponse>) -> Vec<u8> {
         self.held
             .response(&this)
             .map(|r| headers_of(&r.headers))
@@ -588,7 +629,7 @@ impl HostState {
 
 impl HostContext for HostState {
     fn route(&mut self, _: Resource<RouteInfo>) -> String {
-        self.ctx().map(|c| c.route.clone()).unwrap_or_default()
+        self.ctx().map(|c| c.route.to_string()).unwrap_or_default()
     }
 
     fn param(&mut self, _: Resource<RouteInfo>, name: String) -> Option<String> {
@@ -599,21 +640,129 @@ impl HostContext for HostState {
             .map(|(_, v)| v.clone())
     }
 
-    fn params(&mut self, _: Resource<RouteInfo>) -> Vec<(String, String)> {
-        self.ctx().map(|c| c.params.clone()).unwrap_or_default()
+    fn params(&mut self, _: Resource<RouteInfo>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (name, value) in self.ctx().map_or(&[][..], |c| &c.params) {
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
+            out.extend_from_slice(value.as_bytes());
+            out.push(0);
+        }
+        out
     }
 
     fn client_addr(&mut self, _: Resource<RouteInfo>) -> String {
-        self.ctx()
-            .map(|c| c.client_addr.clone())
-            .unwrap_or_default()
+        self.ctx().map(|c| c.client.to_string()).unwrap_or_default()
     }
 
     fn request_id(&mut self, _: Resource<RouteInfo>) -> String {
-        self.ctx().map(|c| c.request_id.clone()).unwrap_or_default()
+        self.ctx()
+            .map(|c| c.request_id.to_string())
+            .unwrap_or_default()
     }
 
     fn drop(&mut self, _: Resource<RouteInfo>) -> wasmtime::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn held(max_output: usize) -> Held {
+        let mut held = Held::default();
+        held.begin(Arc::default(), max_output);
+        held.request = Some(HttpRequest::default());
+        held
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever a filter writes as a header, it is applied exactly when `http` takes the
+        /// name and value, and otherwise refused (the phase fails as invalid) with the headers
+        /// left as they were.
+        #[test]
+        fn a_header_write_is_applied_exactly_when_valid(
+            name in prop_oneof!["[a-z-]{1,8}", "\\PC{0,12}"],
+            value in prop_oneof![
+                "[ -~]{0,12}".prop_map(String::into_bytes),
+                prop::collection::vec(any::<u8>(), 0..24),
+            ],
+            append in any::<bool>(),
+        ) {
+            let valid = HeaderName::from_bytes(name.as_bytes()).is_ok()
+                && HeaderValue::from_bytes(&value).is_ok();
+            let mut held = held(1 << 20);
+            let how = if append { Write::Append } else { Write::Set };
+            write_header(&mut held, Target::Request, how, name.clone(), value.clone());
+            let headers = &held.request.as_ref().unwrap().headers;
+            prop_assert_eq!(held.invalid.is_none(), valid);
+            prop_assert_eq!(headers.len(), usize::from(valid));
+            if valid {
+                prop_assert_eq!(headers.get(name.as_str()).unwrap().as_bytes(), &value[..]);
+            }
+        }
+    }
+
+    #[test]
+    fn writes_past_the_output_cap_are_refused() {
+        let mut held = held(100);
+        write_header(
+            &mut held,
+            Target::Request,
+            Write::Set,
+            "a".into(),
+            vec![b'x'; 40],
+        );
+        assert!(held.invalid.is_none(), "73 bytes of 100");
+        write_header(
+            &mut held,
+            Target::Request,
+            Write::Append,
+            "b".into(),
+            vec![b'x'; 40],
+        );
+        let why = held.end().expect("refused");
+        assert!(why.contains("over its cap of 100"), "{why}");
+    }
+
+    #[test]
+    fn headers_cross_packed_in_one_list() {
+        let mut map = HeaderMap::new();
+        map.append("a", HeaderValue::from_static("1"));
+        map.append("a", HeaderValue::from_static(""));
+        map.append("b", HeaderValue::from_static("x y"));
+        assert_eq!(headers_of(&map), b"a\x001\0a\0\0b\0x y\0");
+        assert_eq!(all(&map, "a"), b"1\0\0");
+        assert!(all(&map, "c").is_empty());
+    }
+
+    #[test]
+    fn json_edits_run_on_the_held_body() {
+        let body = Some(Bytes::from_static(br#"{"a": {"b": 1}, "c": [1, 2]}"#));
+        let edits = vec![
+            JsonEdit::Set(("a.d".into(), "true".into())),
+            JsonEdit::Remove("c".into()),
+        ];
+        assert_eq!(
+            json_edit(&body, edits).unwrap(),
+            br#"{"a":{"b":1,"d":true}}"#
+        );
+        assert_eq!(json_get(&body, "a.b").unwrap().as_deref(), Some("1"));
+        assert!(matches!(json_get(&None, "a"), Err(JsonError::NoBody)));
+        let bad = Some(Bytes::from_static(b"{nope"));
+        assert!(matches!(
+            json_edit(&bad, vec![]),
+            Err(JsonError::NotJson(_))
+        ));
+        let not_json = vec![JsonEdit::Set(("a".into(), "{".into()))];
+        assert!(matches!(
+            json_edit(&body, not_json),
+            Err(JsonError::Edit(_))
+        ));
     }
 }

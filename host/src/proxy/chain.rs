@@ -10,7 +10,7 @@ use http::Response;
 use http::header::{self, HeaderValue};
 use http_body_util::{BodyExt, Limited};
 use wasmgate_sandbox::{
-    FilterError, Grants, HttpRequest, HttpResponse, Lease, Outbound, RouteInfo,
+    ClientAddr, FilterError, Grants, HttpRequest, HttpResponse, Lease, Outbound, RouteInfo,
 };
 
 use super::accept::ReqBody;
@@ -81,10 +81,10 @@ impl<'a> Chain<'a> {
             route,
             ex,
             ctx: Arc::new(RouteInfo {
-                route: route.config.name.clone(),
+                route: route.label.0.clone(),
                 params,
-                client_addr: crate::text::AddrText::socket(ex.client).as_str().to_owned(),
-                request_id: ex.request_id.to_string(),
+                client: ClientAddr::Socket(ex.client),
+                request_id: ex.request_id.clone(),
             }),
             entered: Vec::with_capacity(route.chain.len()),
         }

@@ -43,11 +43,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use wasmgate_sandbox::{ClientAddr, HttpRequest, HttpResponse, RouteInfo};
 use wasmgate_sandbox::{
     Counter, FilterCache, FilterMetrics, Grants, InstancePool, Lease, LoadedFilter, LogFields,
     MemoryStore, Sandbox, StateError, StateFuture, StateStore, ThrottleResult, content_hash,
 };
-use wasmgate_sandbox::{HttpRequest, HttpResponse, RouteInfo};
 use wasmgate_sdk::__testkit as parts;
 use wasmgate_sdk::{Action, Context, Request, Response};
 
@@ -301,10 +301,10 @@ impl TestRoute {
         };
         let mut lease = self.pool.lease(&request_id, self.grants(&route));
         let ctx = Arc::new(RouteInfo {
-            route,
+            route: route.into(),
             params,
-            client_addr,
-            request_id: request_id.to_string(),
+            client: ClientAddr::Text(client_addr),
+            request_id: request_id.clone(),
         });
         if !self.needs().request_phase {
             // The gateway never calls it.
@@ -369,10 +369,10 @@ impl TestRoute {
         };
         let (route, params, client_addr, _) = parts::context_into_parts(&self.context);
         let ctx = Arc::new(RouteInfo {
-            route,
+            route: route.into(),
             params,
-            client_addr,
-            request_id: request_id.to_string(),
+            client: ClientAddr::Text(client_addr),
+            request_id: request_id.clone(),
         });
         let (status, headers, body) = parts::response_into_parts(resp);
         let mut held = HttpResponse {

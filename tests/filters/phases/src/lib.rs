@@ -13,6 +13,11 @@ struct Config {
     request: bool,
     #[serde(default = "yes")]
     response: bool,
+    /// Answer each phase with a message built anew instead of the one it was given: the
+    /// request phase continues with `POST /rebuilt` (one header, a body), the response phase
+    /// returns a 203 of its own.
+    #[serde(default)]
+    rebuild: bool,
 }
 
 fn yes() -> bool {
@@ -36,12 +41,27 @@ impl Filter for Phases {
         }
     }
 
-    fn on_request(&self, mut req: Request, _ctx: &Context) -> Result<Action, Error> {
+    fn on_request(&self, mut req: Request, ctx: &Context) -> Result<Action, Error> {
+        if self.0.rebuild {
+            let rebuilt = Request::new("POST", "/rebuilt")
+                .with_header(
+                    "x-rebuilt",
+                    format!("from {} on {}", req.path(), ctx.route()),
+                )
+                .with_body("rebuilt body");
+            return Ok(rebuilt.into());
+        }
         req.set_header("x-phase-request", "called");
         Ok(req.into())
     }
 
     fn on_response(&self, mut resp: Response, _ctx: &Context) -> Result<Response, Error> {
+        if self.0.rebuild {
+            return Ok(
+                Response::text(203, format!("rebuilt from {}\n", resp.status()))
+                    .with_header("x-rebuilt", "yes"),
+            );
+        }
         resp.set_header("x-phase-response", "called");
         Ok(resp)
     }
