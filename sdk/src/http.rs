@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::__bindings::wasmgate::filter::context as wit_context;
 use crate::__bindings::wasmgate::filter::types as wit;
 use crate::Error;
 use crate::json::{self, JsonError};
@@ -796,8 +797,12 @@ fn decode_json<T: DeserializeOwned>(body: Option<&[u8]>) -> Result<T, Error> {
 }
 
 /// Where and for whom the request is handled.
+///
+/// In the gateway each value is asked for the first time the filter reads it; built with
+/// [`Context::new`] (unit tests), it holds plain values.
 pub struct Context {
-    remote: Option<u32>,
+    /// The gateway's context of the running phase (not values of our own).
+    remote: bool,
     route: OnceCell<String>,
     params: OnceCell<Vec<(String, String)>>,
     client_addr: OnceCell<String>,
@@ -814,7 +819,7 @@ impl Context {
     /// A context for unit tests: route name and captured path parameters.
     pub fn new(route: &str, params: &[(&str, &str)]) -> Self {
         Context {
-            remote: None,
+            remote: false,
             route: OnceCell::from(route.to_owned()),
             params: OnceCell::from(
                 params
@@ -827,9 +832,10 @@ impl Context {
         }
     }
 
-    pub(crate) fn remote(handle: u32) -> Self {
+    /// The running phase's context, in the gateway.
+    pub(crate) fn remote() -> Self {
         Context {
-            remote: Some(handle),
+            remote: true,
             route: OnceCell::new(),
             params: OnceCell::new(),
             client_addr: OnceCell::new(),
@@ -837,12 +843,9 @@ impl Context {
         }
     }
 
-    fn host<T>(&self, call: impl FnOnce(&wit::Context) -> T) -> T {
-        let handle = self.remote.expect("a plain context has every field");
-        // SAFETY: `handle` is the borrowed handle of the phase's context; ManuallyDrop keeps
-        // the guest from dropping what it does not own.
-        let ctx = std::mem::ManuallyDrop::new(unsafe { wit::Context::from_handle(handle) });
-        call(&ctx)
+    fn host<T>(&self, call: impl FnOnce() -> T) -> T {
+        assert!(self.remote, "a plain context has every field");
+        call()
     }
 
     /// Builder: the client's address (`ip:port`; default `127.0.0.1:0`).
@@ -859,7 +862,7 @@ impl Context {
 
     /// The route's name from the gateway config.
     pub fn route(&self) -> &str {
-        self.route.get_or_init(|| self.host(|c| c.route()))
+        self.route.get_or_init(|| self.host(wit_context::route))
     }
 
     /// A path parameter captured by the route pattern, e.g. `id` for `/users/{id}`.
@@ -873,7 +876,7 @@ impl Context {
     /// All captured path parameters, in pattern order.
     pub fn params(&self) -> &[(String, String)] {
         self.params.get_or_init(|| {
-            pairs(&self.host(|c| c.params()))
+            pairs(&self.host(wit_context::params))
                 .map(|(n, v)| {
                     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
                     (text(n), text(v))
@@ -885,13 +888,13 @@ impl Context {
     /// The client's address as `ip:port`.
     pub fn client_addr(&self) -> &str {
         self.client_addr
-            .get_or_init(|| self.host(|c| c.client_addr()))
+            .get_or_init(|| self.host(wit_context::client_addr))
     }
 
     /// The id the gateway gave this request (also sent upstream as `x-request-id`).
     pub fn request_id(&self) -> &str {
         self.request_id
-            .get_or_init(|| self.host(|c| c.request_id()))
+            .get_or_init(|| self.host(wit_context::request_id))
     }
 
     /// Route, params, client address, request id.
@@ -910,7 +913,7 @@ impl Clone for Context {
     fn clone(&self) -> Self {
         let (route, params, client_addr, request_id) = self.parts();
         Context {
-            remote: None,
+            remote: false,
             route: OnceCell::from(route),
             params: OnceCell::from(params),
             client_addr: OnceCell::from(client_addr),

@@ -220,16 +220,14 @@ macro_rules! export_filter {
                     $crate::__rt::configure::<$filter>(&__WASMGATE_FILTER, config)
                 }
                 fn on_request(
-                    ctx: &$crate::__rt::WitContext,
                     req: &$crate::__rt::WitRequest,
                 ) -> ::std::result::Result<$crate::__rt::RequestAction, ::std::string::String> {
-                    $crate::__rt::on_request::<$filter>(&__WASMGATE_FILTER, ctx, req)
+                    $crate::__rt::on_request::<$filter>(&__WASMGATE_FILTER, req)
                 }
                 fn on_response(
-                    ctx: &$crate::__rt::WitContext,
                     resp: &$crate::__rt::WitResponse,
                 ) -> ::std::result::Result<::std::option::Option<$crate::__rt::WitResponse>, ::std::string::String> {
-                    $crate::__rt::on_response::<$filter>(&__WASMGATE_FILTER, ctx, resp)
+                    $crate::__rt::on_response::<$filter>(&__WASMGATE_FILTER, resp)
                 }
             }
 
@@ -350,8 +348,7 @@ pub mod __rt {
 
     pub use crate::__bindings::exports::wasmgate::filter::filter::Guest;
     pub use crate::__bindings::wasmgate::filter::types::{
-        Context as WitContext, Needs as WitNeeds, Request as WitRequest, RequestAction,
-        Response as WitResponse,
+        Needs as WitNeeds, Request as WitRequest, RequestAction, Response as WitResponse,
     };
     use crate::{Action, Context, Filter, Request, Response};
 
@@ -376,10 +373,9 @@ pub mod __rt {
 
     pub fn on_request<F: Filter>(
         slot: &'static Slot<F>,
-        ctx: &WitContext,
         req: &WitRequest,
     ) -> Result<RequestAction, String> {
-        let ctx = Context::remote(ctx.handle());
+        let ctx = Context::remote();
         let held = req.handle();
         let action = with_filter(slot, |f| f.on_request(Request::remote(held), &ctx))?;
         Ok(match action {
@@ -401,10 +397,9 @@ pub mod __rt {
 
     pub fn on_response<F: Filter>(
         slot: &'static Slot<F>,
-        ctx: &WitContext,
         resp: &WitResponse,
     ) -> Result<Option<WitResponse>, String> {
-        let ctx = Context::remote(ctx.handle());
+        let ctx = Context::remote();
         let held = resp.handle();
         let next = with_filter(slot, |f| f.on_response(Response::remote(held), &ctx))?;
         Ok(match next.handle() == Some(held) {

@@ -603,11 +603,7 @@ impl FilterInstance {
         let result = self
             .bindings
             .wasmgate_filter_filter()
-            .call_on_request(
-                &mut self.store,
-                Resource::new_borrow(HELD),
-                Resource::new_borrow(HELD),
-            )
+            .call_on_request(&mut self.store, Resource::new_borrow(HELD))
             .await;
         let held = &mut self.store.data_mut().held;
         if let Some(back) = held.request.take() {
@@ -647,11 +643,7 @@ impl FilterInstance {
         let result = self
             .bindings
             .wasmgate_filter_filter()
-            .call_on_response(
-                &mut self.store,
-                Resource::new_borrow(HELD),
-                Resource::new_borrow(HELD),
-            )
+            .call_on_response(&mut self.store, Resource::new_borrow(HELD))
             .await;
         let held = &mut self.store.data_mut().held;
         if let Some(back) = held.response.take() {

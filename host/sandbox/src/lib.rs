@@ -74,7 +74,6 @@ mod bindings {
         with: {
             "wasmgate:filter/types.request": crate::messages::HttpRequest,
             "wasmgate:filter/types.response": crate::messages::HttpResponse,
-            "wasmgate:filter/types.context": crate::messages::RouteInfo,
         },
     });
 }

@@ -4,10 +4,10 @@
 //! a write is checked here, as it is made, and an invalid one is not applied but recorded: the
 //! phase then fails as [`crate::FilterError::Invalid`].
 //!
-//! Handles are not kept in a resource table: the phase's context, request and response are
-//! each the one value of their type in the store, so their handles carry a fixed rep
-//! ([`HELD`]); responses a filter builds to answer early live in [`Held::built`], at rep
-//! `1 + index`.
+//! Handles are not kept in a resource table: the phase's request and response are each the
+//! one value of their type in the store, so their handles carry a fixed rep ([`HELD`]);
+//! responses a filter builds to answer early live in [`Held::built`], at rep `1 + index`. The
+//! context is plain functions (the `context` import) over the phase's [`RouteInfo`].
 
 use std::sync::Arc;
 
@@ -16,8 +16,9 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use wasmtime::component::Resource;
 
+use crate::bindings::wasmgate::filter::context;
 use crate::bindings::wasmgate::filter::types::{
-    self, Headers, HostContext, HostRequest, HostResponse, JsonEdit, JsonError,
+    self, Headers, HostRequest, HostResponse, JsonEdit, JsonError,
 };
 use crate::imports::HostState;
 use wasmgate_sdk::json;
@@ -627,12 +628,12 @@ impl HostState {
     }
 }
 
-impl HostContext for HostState {
-    fn route(&mut self, _: Resource<RouteInfo>) -> String {
+impl context::Host for HostState {
+    fn route(&mut self) -> String {
         self.ctx().map(|c| c.route.to_string()).unwrap_or_default()
     }
 
-    fn param(&mut self, _: Resource<RouteInfo>, name: String) -> Option<String> {
+    fn param(&mut self, name: String) -> Option<String> {
         let ctx = self.ctx()?;
         ctx.params
             .iter()
@@ -640,7 +641,7 @@ impl HostContext for HostState {
             .map(|(_, v)| v.clone())
     }
 
-    fn params(&mut self, _: Resource<RouteInfo>) -> Vec<u8> {
+    fn params(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
         for (name, value) in self.ctx().map_or(&[][..], |c| &c.params) {
             out.extend_from_slice(name.as_bytes());
@@ -651,18 +652,14 @@ impl HostContext for HostState {
         out
     }
 
-    fn client_addr(&mut self, _: Resource<RouteInfo>) -> String {
+    fn client_addr(&mut self) -> String {
         self.ctx().map(|c| c.client.to_string()).unwrap_or_default()
     }
 
-    fn request_id(&mut self, _: Resource<RouteInfo>) -> String {
+    fn request_id(&mut self) -> String {
         self.ctx()
             .map(|c| c.request_id.to_string())
             .unwrap_or_default()
-    }
-
-    fn drop(&mut self, _: Resource<RouteInfo>) -> wasmtime::Result<()> {
-        Ok(())
     }
 }
 
