@@ -39,7 +39,13 @@ pub struct Headers {
     list: OnceCell<Vec<(String, Vec<u8>)>>,
     /// Values fetched one header at a time from the host, kept for the `&[u8]` handed out.
     fetched: Arena,
+    /// Single headers fetched so far: from the third on, every header is fetched at once (one
+    /// call into the gateway costs more than copying a few headers).
+    asked: std::cell::Cell<u8>,
 }
+
+/// Single-header reads after which [`Headers`] fetches them all.
+const FETCH_ALL_AFTER: u8 = 2;
 
 impl Headers {
     /// An empty header list.
@@ -56,7 +62,7 @@ impl Headers {
     /// The first value of `name` (case-insensitive) as raw bytes.
     pub fn get_bytes(&self, name: &str) -> Option<&[u8]> {
         match (self.list.get(), &self.remote) {
-            (None, Some(remote)) => Some(self.fetched.keep(remote.header(name)?)),
+            (None, Some(remote)) if self.ask() => Some(self.fetched.keep(remote.header(name)?)),
             _ => self
                 .list()
                 .iter()
@@ -68,7 +74,7 @@ impl Headers {
     /// Every value of `name` (case-insensitive), in order, as raw bytes.
     pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         let values: Vec<&'a [u8]> = match (self.list.get(), &self.remote) {
-            (None, Some(remote)) => remote
+            (None, Some(remote)) if self.ask() => remote
                 .header_all(name)
                 .into_iter()
                 .map(|v| self.fetched.keep(v))
@@ -147,6 +153,13 @@ impl Headers {
         self.list().is_empty()
     }
 
+    /// Count a single-header read: whether to make it (else fetch every header).
+    fn ask(&self) -> bool {
+        let asked = self.asked.get();
+        self.asked.set(asked.saturating_add(1));
+        asked < FETCH_ALL_AFTER
+    }
+
     fn list(&self) -> &Vec<(String, Vec<u8>)> {
         self.list.get_or_init(|| match &self.remote {
             Some(remote) => remote.headers(),
@@ -172,6 +185,7 @@ impl Headers {
             remote: None,
             list: OnceCell::from(list),
             fetched: Arena::default(),
+            asked: std::cell::Cell::new(0),
         }
     }
 

@@ -111,7 +111,13 @@ fn seconds(directives: &[(String, Option<String>)], name: &str) -> Option<Durati
 }
 
 fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(digest.len() * 2);
+    for b in digest {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
 }
 
 /// What the request phase keeps for the response phase of a miss: the key, and the request
@@ -282,7 +288,9 @@ impl Cache {
             }
             h.update(b"\n");
         }
-        format!("r:{}", hex(&h.finalize()))
+        let mut key = String::from("r:");
+        key.push_str(&hex(&h.finalize()));
+        key
     }
 
     fn get(&self, key: &str) -> Option<Entry> {

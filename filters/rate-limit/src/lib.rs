@@ -93,6 +93,30 @@ struct Rule {
     requests: u32,
     window: Duration,
     by: By,
+    /// This limit in `RateLimit-Policy`: `"name";q=requests;w=seconds`, made once.
+    policy: String,
+}
+
+/// `n` in decimal, appended (no `core::fmt` on the request path: a `format!` costs the guest
+/// more than the rest of the limit check).
+fn push_num(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
+}
+
+fn num(n: u64) -> String {
+    let mut out = String::new();
+    push_num(&mut out, n);
+    out
 }
 
 pub struct RateLimit {
@@ -128,20 +152,28 @@ impl RateLimit {
             By::Client => ctx
                 .client_addr()
                 .rsplit_once(':')
-                .map_or(ctx.client_addr(), |(ip, _)| ip)
-                .to_string(),
-            By::Route => String::new(),
-            By::Header(name) => req.header(name)?.to_string(),
-            By::Param(name) => ctx.param(name)?.to_string(),
+                .map_or(ctx.client_addr(), |(ip, _)| ip),
+            By::Route => "",
+            By::Header(name) => req.header(name)?,
+            By::Param(name) => ctx.param(name)?,
         };
+        let hashed;
         let value = if value.len() > MAX_KEY_PART {
             let mut h = DefaultHasher::new();
             value.hash(&mut h);
-            format!("#{:016x}", h.finish())
+            hashed = format!("#{:016x}", h.finish());
+            hashed.as_str()
         } else {
             value
         };
-        Some(format!("{}:{index}:{value}", ctx.route()))
+        let route = ctx.route();
+        let mut key = String::with_capacity(route.len() + value.len() + 8);
+        key.push_str(route);
+        key.push(':');
+        push_num(&mut key, index as u64);
+        key.push(':');
+        key.push_str(value);
+        Some(key)
     }
 
     fn headers(&self, verdicts: &[Verdict<'_>], resp: &mut Response) {
@@ -153,33 +185,30 @@ impl RateLimit {
         match self.headers {
             Headers::None => {}
             Headers::Ietf => {
-                let policies: Vec<String> = verdicts
-                    .iter()
-                    .map(|v| {
-                        format!(
-                            "\"{}\";q={};w={}",
-                            v.rule.name,
-                            v.rule.requests,
-                            v.rule.window.as_secs().max(1)
-                        )
-                    })
-                    .collect();
-                resp.set_header("ratelimit-policy", policies.join(", "));
-                resp.set_header(
-                    "ratelimit",
-                    format!(
-                        "\"{}\";r={};t={reset}",
-                        tightest.rule.name, tightest.result.remaining
-                    ),
-                );
+                let mut policies = String::new();
+                for (i, v) in verdicts.iter().enumerate() {
+                    if i > 0 {
+                        policies.push_str(", ");
+                    }
+                    policies.push_str(&v.rule.policy);
+                }
+                resp.set_header("ratelimit-policy", policies);
+                let mut now = String::with_capacity(tightest.rule.name.len() + 24);
+                now.push('"');
+                now.push_str(&tightest.rule.name);
+                now.push_str("\";r=");
+                push_num(&mut now, u64::from(tightest.result.remaining));
+                now.push_str(";t=");
+                push_num(&mut now, reset);
+                resp.set_header("ratelimit", now);
             }
             Headers::XRatelimit => {
-                resp.set_header("x-ratelimit-limit", tightest.rule.requests.to_string());
+                resp.set_header("x-ratelimit-limit", num(u64::from(tightest.rule.requests)));
                 resp.set_header(
                     "x-ratelimit-remaining",
-                    tightest.result.remaining.to_string(),
+                    num(u64::from(tightest.result.remaining)),
                 );
-                resp.set_header("x-ratelimit-reset", reset.to_string());
+                resp.set_header("x-ratelimit-reset", num(reset));
             }
         }
     }
@@ -226,11 +255,17 @@ impl Filter for RateLimit {
                     "limits[{i}].name {name:?}: expected printable ASCII without quotes"
                 )));
             }
+            let policy = format!(
+                "\"{name}\";q={};w={}",
+                limit.requests,
+                window.as_secs().max(1)
+            );
             rules.push(Rule {
                 name,
                 requests: limit.requests,
                 window,
                 by,
+                policy,
             });
         }
         Ok(Self {
