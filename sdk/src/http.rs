@@ -39,13 +39,13 @@ pub struct Headers {
     list: OnceCell<Vec<(String, Vec<u8>)>>,
     /// Values fetched one header at a time from the host, kept for the `&[u8]` handed out.
     fetched: Arena,
-    /// Single headers fetched so far: from the third on, every header is fetched at once (one
+    /// Single headers fetched so far: from the second on, every header is fetched at once (one
     /// call into the gateway costs more than copying a few headers).
     asked: std::cell::Cell<u8>,
 }
 
 /// Single-header reads after which [`Headers`] fetches them all.
-const FETCH_ALL_AFTER: u8 = 2;
+const FETCH_ALL_AFTER: u8 = 1;
 
 impl Headers {
     /// An empty header list.

@@ -113,7 +113,8 @@ pub trait Filter: Sized + 'static {
 
     /// The response phase, run in reverse chain order for every filter the request went
     /// through (also when a later filter answered early), unless its [`Needs::response_phase`]
-    /// is `false`. Return the (possibly modified) response; an `Err` fails the request with a
+    /// is `false`. A filter that answered in its request phase gets no response phase for that
+    /// answer: it built the response itself. Return the (possibly modified) response; an `Err` fails the request with a
     /// 500. Default: unchanged.
     fn on_response(&self, resp: Response, ctx: &Context) -> Result<Response, Error> {
         let _ = ctx;

@@ -228,6 +228,40 @@ async fn a_body_filter_reads_and_rewrites_both_bodies() {
     assert_eq!(up.hits(), before);
 }
 
+/// A filter that answers built that response itself: its own response phase does not run on
+/// it, the response phases of the filters before it do.
+#[tokio::test]
+async fn the_filter_that_answers_skips_its_own_response_phase() {
+    let up = Upstream::start("svc").await;
+    let answer = || Filter::new("phases").config(json!({"answer": true}));
+    let gw = with_service(&up)
+        .route(to_svc("alone", "/alone").filter(answer()))
+        .route(
+            to_svc("after", "/after")
+                .filter(Filter::new("phases"))
+                .filter(answer()),
+        )
+        .start()
+        .await;
+
+    let r = gw.get("/alone").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "answered\n");
+    assert_eq!(
+        r.header("x-phase-response"),
+        None,
+        "its own response phase ran"
+    );
+    let r = gw.get("/after").await;
+    assert_eq!(r.text(), "answered\n");
+    assert_eq!(
+        r.header("x-phase-response"),
+        Some("called"),
+        "the filter before it"
+    );
+    assert_eq!(up.hits(), 0);
+}
+
 /// A phase may answer with a message it built anew rather than the one it was given: the
 /// request it builds replaces the client's (method, path, headers, body), the response it
 /// builds replaces the upstream's.

@@ -183,7 +183,9 @@ impl<'a> Chain<'a> {
             else {
                 continue;
             };
-            if needs.response_phase {
+            // A filter that answers built that response itself: its own response phase does
+            // not run on it (the filters before it still do).
+            if needs.response_phase && action.is_none() {
                 self.entered.push(Entered {
                     binding,
                     lease,

@@ -18,6 +18,9 @@ struct Config {
     /// returns a 203 of its own.
     #[serde(default)]
     rebuild: bool,
+    /// The request phase answers `200 answered` itself.
+    #[serde(default)]
+    answer: bool,
 }
 
 fn yes() -> bool {
@@ -42,6 +45,9 @@ impl Filter for Phases {
     }
 
     fn on_request(&self, mut req: Request, ctx: &Context) -> Result<Action, Error> {
+        if self.0.answer {
+            return Ok(Response::text(200, "answered\n").into());
+        }
         if self.0.rebuild {
             let rebuilt = Request::new("POST", "/rebuilt")
                 .with_header(
