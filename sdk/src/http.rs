@@ -238,7 +238,7 @@ pub struct Request {
     authority: OnceCell<String>,
     path_with_query: OnceCell<String>,
     pub(crate) headers: Headers,
-    body: OnceCell<Option<Vec<u8>>>,
+    body: Body,
 }
 
 impl Request {
@@ -252,7 +252,7 @@ impl Request {
             authority: OnceCell::from(String::new()),
             path_with_query: OnceCell::from(path_with_query.to_owned()),
             headers: Headers::new(),
-            body: OnceCell::from(None),
+            body: Body::plain(None),
         }
     }
 
@@ -265,7 +265,7 @@ impl Request {
             authority: OnceCell::new(),
             path_with_query: OnceCell::new(),
             headers: Headers::remote(Remote::Request(handle)),
-            body: OnceCell::new(),
+            body: Body::remote(Remote::Request(handle)),
         }
     }
 
@@ -391,40 +391,23 @@ impl Request {
     /// gateway the first call copies it from the host; [`Request::body_size`] and
     /// [`Request::json_at`] do not.
     pub fn body(&self) -> Option<&[u8]> {
-        self.body.get_or_init(|| self.host(|r| r.body())).as_deref()
+        self.body.get()
     }
 
     /// The body's size, without reading it.
     pub fn body_size(&self) -> Option<u64> {
-        match (self.body.get(), self.remote) {
-            (None, Some(_)) => self.host(|r| r.body_size()),
-            _ => self.body().map(|b| b.len() as u64),
-        }
+        self.body.size()
     }
 
     /// Up to `len` bytes of the body from `offset` (empty past its end), `None` without a
     /// body. In the gateway only those bytes are copied in: read a large body piece by piece.
     pub fn body_chunk(&self, offset: u64, len: u32) -> Option<Vec<u8>> {
-        match (self.body.get(), self.remote) {
-            (None, Some(_)) => self.host(|r| r.body_chunk(offset, len)),
-            _ => {
-                let body = self.body()?;
-                let start = usize::try_from(offset)
-                    .unwrap_or(usize::MAX)
-                    .min(body.len());
-                let end = start.saturating_add(len as usize).min(body.len());
-                Some(body[start..end].to_vec())
-            }
-        }
+        self.body.chunk(offset, len)
     }
 
     /// Replace the body; the gateway fixes `content-length`.
     pub fn set_body(&mut self, body: impl Into<Vec<u8>>) {
-        let body = body.into();
-        if self.remote.is_some() {
-            self.host(|r| r.set_body(&body));
-        }
-        self.body = OnceCell::from(Some(body));
+        self.body.set(body.into());
     }
 
     /// Decode the body as JSON.
@@ -442,28 +425,13 @@ impl Request {
     /// The value at `path` of the JSON body (see [`crate::json`] for paths); `None` when
     /// absent. In the gateway the host reads it: the body is not copied into the filter.
     pub fn json_at(&self, path: &str) -> Result<Option<Value>, JsonError> {
-        match (self.body.get(), self.remote) {
-            (None, Some(_)) => json_text(self.host(|r| r.json_get(path))),
-            _ => json::get_in(self.body(), path),
-        }
+        self.body.json_at(path)
     }
 
     /// Apply `edits` to the JSON body, in order. In the gateway the host does it (validating
     /// the body as it goes), so the body is never copied into the filter.
     pub fn edit_json(&mut self, edits: &[json::Edit]) -> Result<(), JsonError> {
-        match self.remote {
-            Some(_) => {
-                self.host(|r| r.edit_json(&json::to_wit(edits)))
-                    .map_err(JsonError::from)?;
-                self.body = OnceCell::new();
-                Ok(())
-            }
-            None => {
-                let body = json::edit_bytes(self.body(), edits)?;
-                self.body = OnceCell::from(Some(body));
-                Ok(())
-            }
-        }
+        self.body.edit_json(edits)
     }
 
     /// A plain copy of every field (from the host, for the host's request).
@@ -475,7 +443,7 @@ impl Request {
             authority: OnceCell::from(self.authority().to_owned()),
             path_with_query: OnceCell::from(self.path_with_query().to_owned()),
             headers: self.headers.snapshot(),
-            body: OnceCell::from(self.body().map(<[u8]>::to_vec)),
+            body: Body::plain(self.body().map(<[u8]>::to_vec)),
         }
     }
 
@@ -491,7 +459,7 @@ impl Request {
             plain.authority.into_inner().unwrap_or_default(),
             plain.path_with_query.into_inner().unwrap_or_default(),
             plain.headers,
-            plain.body.into_inner().flatten(),
+            plain.body.into_inner(),
         )
     }
 
@@ -510,7 +478,7 @@ impl Request {
             authority: OnceCell::from(authority),
             path_with_query: OnceCell::from(path_with_query),
             headers,
-            body: OnceCell::from(body),
+            body: Body::plain(body),
         }
     }
 }
@@ -555,7 +523,7 @@ pub struct Response {
     remote: Option<u32>,
     status: OnceCell<u16>,
     pub(crate) headers: Headers,
-    body: OnceCell<Option<Vec<u8>>>,
+    body: Body,
 }
 
 impl Response {
@@ -565,7 +533,7 @@ impl Response {
             remote: None,
             status: OnceCell::from(status),
             headers: Headers::new(),
-            body: OnceCell::from(None),
+            body: Body::plain(None),
         }
     }
 
@@ -574,7 +542,7 @@ impl Response {
             remote: Some(handle),
             status: OnceCell::new(),
             headers: Headers::remote(Remote::Response(handle)),
-            body: OnceCell::new(),
+            body: Body::remote(Remote::Response(handle)),
         }
     }
 
@@ -671,40 +639,22 @@ impl Response {
 
     /// The body, when the filter declared [`crate::Needs::response_body`] (or set one).
     pub fn body(&self) -> Option<&[u8]> {
-        self.body.get_or_init(|| self.host(|r| r.body())).as_deref()
+        self.body.get()
     }
 
-    /// The body's size, without reading it.
+    /// As [`Request::body_size`].
     pub fn body_size(&self) -> Option<u64> {
-        match (self.body.get(), self.remote) {
-            (None, Some(_)) => self.host(|r| r.body_size()),
-            _ => self.body().map(|b| b.len() as u64),
-        }
+        self.body.size()
     }
 
-    /// Up to `len` bytes of the body from `offset` (empty past its end), `None` without a
-    /// body. In the gateway only those bytes are copied in: read a large body piece by piece.
+    /// As [`Request::body_chunk`].
     pub fn body_chunk(&self, offset: u64, len: u32) -> Option<Vec<u8>> {
-        match (self.body.get(), self.remote) {
-            (None, Some(_)) => self.host(|r| r.body_chunk(offset, len)),
-            _ => {
-                let body = self.body()?;
-                let start = usize::try_from(offset)
-                    .unwrap_or(usize::MAX)
-                    .min(body.len());
-                let end = start.saturating_add(len as usize).min(body.len());
-                Some(body[start..end].to_vec())
-            }
-        }
+        self.body.chunk(offset, len)
     }
 
     /// Replace the body; the gateway fixes `content-length`.
     pub fn set_body(&mut self, body: impl Into<Vec<u8>>) {
-        let body = body.into();
-        if self.remote.is_some() {
-            self.host(|r| r.set_body(&body));
-        }
-        self.body = OnceCell::from(Some(body));
+        self.body.set(body.into());
     }
 
     /// Decode the body as JSON.
@@ -721,27 +671,12 @@ impl Response {
 
     /// As [`Request::json_at`].
     pub fn json_at(&self, path: &str) -> Result<Option<Value>, JsonError> {
-        match (self.body.get(), self.remote) {
-            (None, Some(_)) => json_text(self.host(|r| r.json_get(path))),
-            _ => json::get_in(self.body(), path),
-        }
+        self.body.json_at(path)
     }
 
     /// As [`Request::edit_json`].
     pub fn edit_json(&mut self, edits: &[json::Edit]) -> Result<(), JsonError> {
-        match self.remote {
-            Some(_) => {
-                self.host(|r| r.edit_json(&json::to_wit(edits)))
-                    .map_err(JsonError::from)?;
-                self.body = OnceCell::new();
-                Ok(())
-            }
-            None => {
-                let body = json::edit_bytes(self.body(), edits)?;
-                self.body = OnceCell::from(Some(body));
-                Ok(())
-            }
-        }
+        self.body.edit_json(edits)
     }
 
     fn snapshot(&self) -> Response {
@@ -749,7 +684,7 @@ impl Response {
             remote: None,
             status: OnceCell::from(self.status()),
             headers: self.headers.snapshot(),
-            body: OnceCell::from(self.body().map(<[u8]>::to_vec)),
+            body: Body::plain(self.body().map(<[u8]>::to_vec)),
         }
     }
 
@@ -762,7 +697,7 @@ impl Response {
         (
             plain.status.into_inner().unwrap_or_default(),
             plain.headers,
-            plain.body.into_inner().flatten(),
+            plain.body.into_inner(),
         )
     }
 
@@ -771,7 +706,7 @@ impl Response {
             remote: None,
             status: OnceCell::from(status),
             headers,
-            body: OnceCell::from(body),
+            body: Body::plain(body),
         }
     }
 }
@@ -974,13 +909,6 @@ impl From<Response> for Action {
     }
 }
 
-/// A message held by the host, by the handle a phase was given.
-#[derive(Clone, Copy)]
-enum Remote {
-    Request(u32),
-    Response(u32),
-}
-
 macro_rules! on_message {
     ($remote:expr, |$m:ident| $body:expr) => {
         match $remote {
@@ -988,6 +916,95 @@ macro_rules! on_message {
             Remote::Response(_) => $remote.response(|$m| $body),
         }
     };
+}
+
+/// A message's body: the host's (fetched once, when first read) or a plain value.
+struct Body {
+    remote: Option<Remote>,
+    bytes: OnceCell<Option<Vec<u8>>>,
+}
+
+impl Body {
+    fn plain(bytes: Option<Vec<u8>>) -> Body {
+        Body {
+            remote: None,
+            bytes: OnceCell::from(bytes),
+        }
+    }
+
+    fn remote(remote: Remote) -> Body {
+        Body {
+            remote: Some(remote),
+            bytes: OnceCell::new(),
+        }
+    }
+
+    /// The host's message, while the body has not been copied in.
+    fn unread(&self) -> Option<Remote> {
+        self.remote.filter(|_| self.bytes.get().is_none())
+    }
+
+    fn get(&self) -> Option<&[u8]> {
+        self.bytes
+            .get_or_init(|| on_message!(self.remote.expect("a plain body is set"), |m| m.body()))
+            .as_deref()
+    }
+
+    fn size(&self) -> Option<u64> {
+        match self.unread() {
+            Some(remote) => on_message!(remote, |m| m.body_size()),
+            None => self.get().map(|b| b.len() as u64),
+        }
+    }
+
+    fn chunk(&self, offset: u64, len: u32) -> Option<Vec<u8>> {
+        if let Some(remote) = self.unread() {
+            return on_message!(remote, |m| m.body_chunk(offset, len));
+        }
+        let body = self.get()?;
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(body.len());
+        let end = start.saturating_add(len as usize).min(body.len());
+        Some(body[start..end].to_vec())
+    }
+
+    fn set(&mut self, body: Vec<u8>) {
+        if let Some(remote) = self.remote {
+            on_message!(remote, |m| m.set_body(&body));
+        }
+        self.bytes = OnceCell::from(Some(body));
+    }
+
+    fn json_at(&self, path: &str) -> Result<Option<Value>, JsonError> {
+        match self.unread() {
+            Some(remote) => json_text(on_message!(remote, |m| m.json_get(path))),
+            None => json::get_in(self.get(), path),
+        }
+    }
+
+    fn edit_json(&mut self, edits: &[json::Edit]) -> Result<(), JsonError> {
+        let edited = match self.remote {
+            Some(remote) => {
+                on_message!(remote, |m| m.edit_json(&json::to_wit(edits)))?;
+                None
+            }
+            None => Some(json::edit_bytes(self.get(), edits)?),
+        };
+        self.bytes = edited.map_or_else(OnceCell::new, |b| OnceCell::from(Some(b)));
+        Ok(())
+    }
+
+    fn into_inner(self) -> Option<Vec<u8>> {
+        self.bytes.into_inner().flatten()
+    }
+}
+
+/// A message held by the host, by the handle a phase was given.
+#[derive(Clone, Copy)]
+enum Remote {
+    Request(u32),
+    Response(u32),
 }
 
 impl Remote {
@@ -1083,7 +1100,7 @@ impl Drop for Arena {
 
 /// The value of a JSON body operation the host answered with JSON text.
 fn json_text(answer: Result<Option<String>, wit::JsonError>) -> Result<Option<Value>, JsonError> {
-    match answer.map_err(JsonError::from)? {
+    match answer? {
         Some(text) => serde_json::from_str(&text)
             .map(Some)
             .map_err(|e| JsonError::NotJson(e.to_string())),
