@@ -13,6 +13,10 @@
 //!   shared: each phase call takes an idle instance and gives it back when the call succeeds.
 //!   An instance is recycled after about [`Limits::requests_per_instance`] requests; one whose
 //!   call trapped, hit a limit, returned an error or was abandoned mid-call is never reused.
+//! - A phase works on the request or response in place: the [`HttpRequest`] or
+//!   [`HttpResponse`] moves into the store for the call and the filter reaches it through a
+//!   borrowed handle (`wasmgate:filter@0.3.0`), reading only what it asks for; each write is
+//!   checked as it is made, and an invalid one fails the phase as [`FilterError::Invalid`].
 //! - Each call runs under a deadline (checked every epoch tick, yielding to the async runtime
 //!   in between, so a looping filter cannot hold a thread) and a linear-memory cap.
 //! - What a filter reaches besides its request is a [`Grants`] value: its [`FilterCache`], its
