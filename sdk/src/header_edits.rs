@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::{Error, Headers};
+use crate::{Context, Error, Headers};
 
 /// Header edits for one direction, deserialized from a filter's config.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -34,6 +34,25 @@ pub fn valid_header_name(name: &str) -> bool {
 }
 
 impl HeaderEdits {
+    /// Only sets and adds (no removes, no renames): the edits need nothing of the message,
+    /// so response edits can be made from the request phase with
+    /// [`HeaderEdits::apply_for_response`], and the filter needs no response phase.
+    pub fn only_writes(&self) -> bool {
+        self.remove.is_empty() && self.rename.is_empty()
+    }
+
+    /// From the request phase: the `set` and `add` edits, in that order, for the response to
+    /// this request (see [`Context::set_response_header`]). Removes and renames are not
+    /// made: check [`HeaderEdits::only_writes`] first.
+    pub fn apply_for_response(&self, ctx: &Context) {
+        for (name, value) in &self.set {
+            ctx.set_response_header(name, value);
+        }
+        for (name, value) in &self.add {
+            ctx.append_response_header(name, value);
+        }
+    }
+
     /// No edits at all: applying them changes nothing.
     pub fn is_empty(&self) -> bool {
         self.remove.is_empty()

@@ -756,6 +756,8 @@ pub struct Context {
     params: OnceCell<Vec<(String, String)>>,
     client_addr: OnceCell<String>,
     request_id: OnceCell<String>,
+    /// Plain contexts: the headers set for the response, in order (`true`: appended).
+    for_response: RefCell<Vec<(String, Vec<u8>, bool)>>,
 }
 
 impl Default for Context {
@@ -778,6 +780,7 @@ impl Context {
             ),
             client_addr: OnceCell::from("127.0.0.1:0".to_owned()),
             request_id: OnceCell::from("test".to_owned()),
+            for_response: RefCell::default(),
         }
     }
 
@@ -789,6 +792,7 @@ impl Context {
             params: OnceCell::new(),
             client_addr: OnceCell::new(),
             request_id: OnceCell::new(),
+            for_response: RefCell::default(),
         }
     }
 
@@ -846,6 +850,55 @@ impl Context {
             .get_or_init(|| self.host(wit_context::request_id))
     }
 
+    /// From the request phase: set a header of the response to this request, replacing its
+    /// values, without a response phase. The gateway applies it to whatever response goes back
+    /// to the client (the upstream's, or one a filter answers with, this filter's own
+    /// included) where this filter's response phase would run, before that phase. A filter
+    /// that changes the response only this way declares `response_phase: false` in its
+    /// [`crate::Needs`]: one call per request instead of two. An invalid name or value, or a
+    /// call from the response phase, fails the phase when it returns.
+    ///
+    /// ```
+    /// # use wasmgate_sdk::{Context, Request, Response};
+    /// let ctx = Context::default();
+    /// ctx.set_response_header("x-served-by", "wasmgate");
+    /// let mut resp = Response::new(200);
+    /// ctx.apply_response_headers(&mut resp);
+    /// assert_eq!(resp.header("x-served-by"), Some("wasmgate"));
+    /// ```
+    pub fn set_response_header(&self, name: &str, value: impl AsRef<[u8]>) {
+        self.for_response(name, value.as_ref(), false);
+    }
+
+    /// As [`Context::set_response_header`], but adds a value, keeping the response's others.
+    pub fn append_response_header(&self, name: &str, value: impl AsRef<[u8]>) {
+        self.for_response(name, value.as_ref(), true);
+    }
+
+    fn for_response(&self, name: &str, value: &[u8], append: bool) {
+        match (self.remote, append) {
+            (true, false) => wit_context::set_response_header(name, value),
+            (true, true) => wit_context::append_response_header(name, value),
+            (false, _) => {
+                self.for_response
+                    .borrow_mut()
+                    .push((name.to_owned(), value.to_vec(), append));
+            }
+        }
+    }
+
+    /// Unit tests: apply the headers a request phase set with
+    /// [`Context::set_response_header`] and [`Context::append_response_header`] to `resp`, in
+    /// order, as the gateway does. Nothing happens for the gateway's own context.
+    pub fn apply_response_headers(&self, resp: &mut Response) {
+        for (name, value, append) in self.for_response.borrow().iter() {
+            match append {
+                false => resp.headers_mut().set(name, value.clone()),
+                true => resp.headers_mut().append(name, value.clone()),
+            }
+        }
+    }
+
     /// Route, params, client address, request id.
     pub(crate) fn parts(&self) -> (String, Vec<(String, String)>, String, String) {
         (
@@ -867,6 +920,7 @@ impl Clone for Context {
             params: OnceCell::from(params),
             client_addr: OnceCell::from(client_addr),
             request_id: OnceCell::from(request_id),
+            for_response: self.for_response.clone(),
         }
     }
 }

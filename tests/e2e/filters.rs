@@ -262,6 +262,47 @@ async fn the_filter_that_answers_skips_its_own_response_phase() {
     assert_eq!(up.hits(), 0);
 }
 
+/// Headers a request phase sets for the response (`Context::set_response_header`) go on
+/// whatever response goes back, the filter's own answer included, where that filter's response
+/// phase would run: before its own response phase, after those of the filters behind it.
+#[tokio::test]
+async fn response_headers_set_from_the_request_phase_reach_the_client() {
+    let up = Upstream::start("svc").await;
+    let phases = |config| Filter::new("phases").config(config);
+    let gw = with_service(&up)
+        .route(
+            to_svc("early", "/early")
+                .filter(phases(json!({"early": "a"})))
+                .filter(phases(json!({"early": "b", "response": false}))),
+        )
+        .route(
+            to_svc("answered", "/answered")
+                .filter(phases(json!({"early": "a", "response": false})))
+                .filter(phases(json!({"early": "own", "answer": true}))),
+        )
+        .start()
+        .await;
+
+    let r = gw.get("/early").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["upstream"], "svc");
+    assert_eq!(r.header_all("x-early"), ["b", "a"]);
+    assert_eq!(
+        r.header("x-early-seen"),
+        Some("b,a"),
+        "the first filter's response phase runs after both were applied"
+    );
+    assert!(
+        !up.seen()[0].headers.contains_key("x-early"),
+        "sent upstream"
+    );
+
+    let r = gw.get("/answered").await;
+    assert_eq!(r.text(), "answered\n");
+    assert_eq!(r.header_all("x-early"), ["own", "a"]);
+    assert_eq!(up.hits(), 1);
+}
+
 /// A phase may answer with a message it built anew rather than the one it was given: the
 /// request it builds replaces the client's (method, path, headers, body), the response it
 /// builds replaces the upstream's.

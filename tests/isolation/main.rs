@@ -27,7 +27,7 @@ fn fail(mode: &str) -> Filter {
 }
 
 /// Every way the `fail` filter misbehaves.
-const MODES: [&str; 7] = [
+const MODES: [&str; 8] = [
     "loop",
     "alloc",
     "panic",
@@ -35,6 +35,7 @@ const MODES: [&str; 7] = [
     "huge",
     "error",
     "invalid-header",
+    "invalid-response-header",
 ];
 
 async fn gateway(up: &Upstream) -> TestGateway {
@@ -76,6 +77,7 @@ async fn each_misbehaviour_fails_its_request_cleanly_or_fails_open() {
     for (n, mode) in MODES.into_iter().enumerate() {
         let r = gw.get(&format!("/{mode}-open")).await;
         assert_eq!(r.status, 200, "{mode} fail-open: {}", r.text());
+        assert_eq!(r.header("x-broken"), None, "{mode} fail-open");
         assert_eq!(
             r.json()["upstream"],
             "svc",
@@ -400,4 +402,25 @@ async fn a_filter_failing_only_in_its_response_phase_opens_its_breaker() {
         "and the breaker opens again"
     );
     assert_eq!(up.hits(), 6);
+}
+
+/// Headers for the response are set from the request phase; a response phase that tries
+/// (instead of setting them on the response it holds) fails as invalid output.
+#[tokio::test]
+async fn a_response_header_queued_from_the_response_phase_fails_it() {
+    let _busy = BUSY.lock().await;
+    let up = Upstream::start("svc").await;
+    let gw = GatewayConfig::new()
+        .service("svc", &[up.url()])
+        .route(route(
+            "late",
+            Filter::new("fail")
+                .config(json!({"mode": "invalid-response-header", "phase": "response"})),
+        ))
+        .start()
+        .await;
+    let r = gw.get("/late").await;
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(r.header("x-early"), None);
+    assert_eq!(up.hits(), 1);
 }

@@ -26,18 +26,25 @@ impl Filter for HeadersFilter {
         Ok(Self(config))
     }
 
-    /// A side without edits is not called at all.
+    /// A side without edits is not called at all. Response edits that only set and add are
+    /// made from the request phase (the gateway applies them to the response): one call per
+    /// request instead of two.
     fn needs(&self) -> Needs {
+        let (request, response) = (&self.0.request, &self.0.response);
+        let early = !response.is_empty() && response.only_writes();
         Needs {
-            request_phase: !self.0.request.is_empty(),
-            response_phase: !self.0.response.is_empty(),
+            request_phase: !request.is_empty() || early,
+            response_phase: !response.is_empty() && !early,
             reuse_instance: true,
             ..Needs::default()
         }
     }
 
-    fn on_request(&self, mut req: Request, _ctx: &Context) -> Result<Action, Error> {
+    fn on_request(&self, mut req: Request, ctx: &Context) -> Result<Action, Error> {
         self.0.request.apply(req.headers_mut());
+        if self.0.response.only_writes() {
+            self.0.response.apply_for_response(ctx);
+        }
         Ok(req.into())
     }
 
@@ -67,6 +74,23 @@ mod tests {
     }
 
     #[test]
+    fn response_sets_and_adds_are_made_from_the_request_phase() {
+        let f = filter(r#"{"response": {"set": {"x-served-by": "gw"}, "add": {"vary": "x-t"}}}"#)
+            .unwrap();
+        let needs = f.needs();
+        assert!(needs.request_phase && !needs.response_phase);
+        let ctx = Context::default();
+        f.on_request(Request::new("GET", "/"), &ctx).unwrap();
+        let mut resp = Response::new(200)
+            .with_header("x-served-by", "upstream")
+            .with_header("vary", "accept");
+        ctx.apply_response_headers(&mut resp);
+        assert_eq!(resp.header("x-served-by"), Some("gw"));
+        let vary: Vec<_> = resp.headers().get_all("vary").collect();
+        assert_eq!(vary, [b"accept".as_slice(), b"x-t".as_slice()]);
+    }
+
+    #[test]
     fn request_edits_apply_in_order_remove_set_add() {
         let f = filter(
             r#"{"request": {"remove": ["x-drop"], "set": {"x-set": "new"}, "add": {"x-add": "2"}}}"#,
@@ -87,11 +111,16 @@ mod tests {
 
     #[test]
     fn response_edits_touch_only_the_response() {
-        let f = filter(r#"{"response": {"set": {"x-powered-by": "wasmgate"}}}"#).unwrap();
-        let resp = f
-            .on_response(Response::new(200), &Context::default())
+        let f = filter(r#"{"response": {"remove": ["server"], "set": {"x-powered-by": "gw"}}}"#)
             .unwrap();
-        assert_eq!(resp.header("x-powered-by"), Some("wasmgate"));
+        let resp = f
+            .on_response(
+                Response::new(200).with_header("server", "upstream/1.0"),
+                &Context::default(),
+            )
+            .unwrap();
+        assert_eq!(resp.header("x-powered-by"), Some("gw"));
+        assert!(!resp.headers().contains("server"));
     }
 
     #[test]

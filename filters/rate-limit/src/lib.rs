@@ -176,7 +176,8 @@ impl RateLimit {
         Some(key)
     }
 
-    fn headers(&self, verdicts: &[Verdict<'_>], resp: &mut Response) {
+    /// The rate limit headers for `verdicts`, each given to `set`.
+    fn headers(&self, verdicts: &[Verdict<'_>], mut set: impl FnMut(&str, String)) {
         // The most restrictive limit is the one a client must watch.
         let Some(tightest) = verdicts.iter().min_by_key(|v| v.result.remaining) else {
             return;
@@ -192,7 +193,7 @@ impl RateLimit {
                     }
                     policies.push_str(&v.rule.policy);
                 }
-                resp.set_header("ratelimit-policy", policies);
+                set("ratelimit-policy", policies);
                 let mut now = String::with_capacity(tightest.rule.name.len() + 24);
                 now.push('"');
                 now.push_str(&tightest.rule.name);
@@ -200,15 +201,15 @@ impl RateLimit {
                 push_num(&mut now, u64::from(tightest.result.remaining));
                 now.push_str(";t=");
                 push_num(&mut now, reset);
-                resp.set_header("ratelimit", now);
+                set("ratelimit", now);
             }
             Headers::XRatelimit => {
-                resp.set_header("x-ratelimit-limit", num(u64::from(tightest.rule.requests)));
-                resp.set_header(
+                set("x-ratelimit-limit", num(u64::from(tightest.rule.requests)));
+                set(
                     "x-ratelimit-remaining",
                     num(u64::from(tightest.result.remaining)),
                 );
-                resp.set_header("x-ratelimit-reset", num(reset));
+                set("x-ratelimit-reset", num(reset));
             }
         }
     }
@@ -281,11 +282,11 @@ impl Filter for RateLimit {
         })
     }
 
-    /// Works on the request; the response phase only adds headers. Nothing is kept between
-    /// requests in the instance (the counts live in the state store).
+    /// Works on the request only: the rate limit headers are set for the response from the
+    /// request phase. Nothing is kept between requests in the instance (the counts live in the
+    /// state store).
     fn needs(&self) -> Needs {
         Needs {
-            response_phase: self.headers != Headers::None,
             reuse_instance: true,
             ..Needs::default()
         }
@@ -326,39 +327,15 @@ impl Filter for RateLimit {
                     }),
                 )
                 .with_header("retry-after", retry_after.to_string());
-                self.headers(&verdicts, &mut resp);
+                self.headers(&verdicts, |name, value| resp.set_header(name, value));
                 return Ok(resp.into());
             }
         }
-        if self.headers != Headers::None && !verdicts.is_empty() {
-            // Render the headers now; the response phase copies them onto the response.
-            let mut carrier = Response::new(200);
-            self.headers(&verdicts, &mut carrier);
-            let mut kept = Vec::new();
-            for (name, value) in carrier.headers().iter() {
-                kept.extend_from_slice(name.as_bytes());
-                kept.push(b'\n');
-                kept.extend_from_slice(value);
-                kept.push(b'\n');
-            }
-            state::keep(&kept);
-        }
+        // The upstream's answer (or a later filter's) carries them.
+        self.headers(&verdicts, |name, value| {
+            ctx.set_response_header(name, value)
+        });
         Ok(req.into())
-    }
-
-    fn on_response(&self, mut resp: Response, _ctx: &Context) -> Result<Response, Error> {
-        let Some(kept) = state::kept() else {
-            return Ok(resp);
-        };
-        let mut lines = kept.split(|&b| b == b'\n');
-        while let (Some(name), Some(value)) = (lines.next(), lines.next()) {
-            if let Ok(name) = std::str::from_utf8(name)
-                && !name.is_empty()
-            {
-                resp.set_header(name, value);
-            }
-        }
-        Ok(resp)
     }
 }
 

@@ -13,7 +13,7 @@ use crate::bindings::{GatewayFilter, GatewayFilterPre};
 use crate::compile::LoadSource;
 use crate::engine::POOL_INSTANCES;
 use crate::imports::{FilterCache, HostState, Outbound};
-use crate::messages::{HELD, Held, HttpRequest, HttpResponse, RouteInfo};
+use crate::messages::{HELD, Held, HttpRequest, HttpResponse, ResponseHeaders, RouteInfo};
 use crate::state::{MemoryStore, StateStore};
 use crate::telemetry::{FilterMetrics, LogFields};
 use crate::wit::Needs;
@@ -401,6 +401,7 @@ impl InstancePool {
             held: None,
             fields: LogFields::default(),
             kept: None,
+            for_response: ResponseHeaders::default(),
         }
     }
 
@@ -489,6 +490,8 @@ pub struct Lease {
     fields: LogFields,
     /// What the request phase kept for the response phase (`state.keep`).
     kept: Option<Vec<u8>>,
+    /// The headers the request phase set for the response.
+    for_response: ResponseHeaders,
 }
 
 impl Lease {
@@ -522,9 +525,15 @@ impl Lease {
         std::mem::take(&mut self.fields)
     }
 
+    /// The headers the request phase set for the response (see [`ResponseHeaders`]), taken.
+    pub fn take_response_headers(&mut self) -> ResponseHeaders {
+        std::mem::take(&mut self.for_response)
+    }
+
     /// The request phase, on this lease's instance: the filter reads and changes `req` in
     /// place. `Some` is the response it answers with (the upstream is not called). On a
-    /// failure `req` holds whatever writes the filter made before it failed.
+    /// failure `req` holds whatever writes the filter made before it failed. Headers it set
+    /// for the response wait in [`Lease::take_response_headers`].
     pub async fn on_request(
         &mut self,
         ctx: &Arc<RouteInfo>,
@@ -532,6 +541,7 @@ impl Lease {
     ) -> Result<Option<HttpResponse>, FilterError> {
         let mut instance = self.instance().await?;
         let answer = instance.on_request(ctx, req).await?;
+        self.for_response = std::mem::take(&mut instance.store.data_mut().held.for_response);
         self.done(instance);
         Ok(answer)
     }

@@ -39,7 +39,7 @@ pub use compile::{LoadSource, content_hash};
 pub use engine::{EPOCH_TICK, MAX_MEMORY_BYTES, Sandbox, WIT_VERSION};
 pub use imports::{FilterCache, Outbound, OutboundFuture};
 pub use instance::{FilterError, Grants, InstancePool, Lease, Limits, LoadedFilter, TrapKind};
-pub use messages::{ClientAddr, HttpRequest, HttpResponse, RouteInfo};
+pub use messages::{ClientAddr, HttpRequest, HttpResponse, ResponseHeaders, RouteInfo};
 pub use state::{
     Counter, MAX_KEY_BYTES, MemoryLimits, MemoryStore, StateError, StateFuture, StateStore,
     ThrottleResult, gcra, unix_micros,

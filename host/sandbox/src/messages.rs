@@ -121,6 +121,8 @@ pub(crate) struct Held {
     /// Responses the filter built in this call (rep `1 + index`); `None` once returned or
     /// dropped.
     pub(crate) built: Vec<Option<HttpResponse>>,
+    /// Headers a request phase set for its response (`context.set-response-header`).
+    pub(crate) for_response: ResponseHeaders,
     /// The first write that was refused, for the phase's failure.
     pub(crate) invalid: Option<String>,
     /// Bytes the filter wrote in this call (names, values, paths, bodies).
@@ -136,6 +138,7 @@ impl Held {
         self.max_output = max_output;
         self.written = 0;
         self.invalid = None;
+        self.for_response.0.clear();
     }
 
     /// End a phase call: nothing of it stays in the store.
@@ -196,6 +199,32 @@ impl Held {
     }
 }
 
+/// Headers a request phase set for the response to its request, in the order it set them
+/// (`context.set-response-header`, `context.append-response-header`). The gateway applies them
+/// where that filter's response phase would run, before it.
+#[derive(Debug, Clone, Default)]
+pub struct ResponseHeaders(Vec<(HeaderName, HeaderValue, Write)>);
+
+impl ResponseHeaders {
+    /// Whether the phase set none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Apply them to a response's headers, in order: a set replaces the values the response
+    /// had, an append keeps them.
+    pub fn apply(self, map: &mut HeaderMap) {
+        for (name, value, how) in self.0 {
+            // The filter's writes were counted against its output cap; the map's own limit
+            // (32 768 entries) is far beyond what that lets through.
+            let _ = match how {
+                Write::Set => map.try_insert(name, value).map(drop),
+                Write::Append => map.try_append(name, value).map(drop),
+            };
+        }
+    }
+}
+
 /// The message a write goes to.
 #[derive(Clone, Copy)]
 enum Target {
@@ -214,7 +243,7 @@ fn header(name: &str, value: Vec<u8>) -> Result<(HeaderName, HeaderValue), Strin
 }
 
 /// How a header write changes the map.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 enum Write {
     Set,
     Append,
@@ -660,6 +689,28 @@ impl context::Host for HostState {
         self.ctx()
             .map(|c| c.request_id.to_string())
             .unwrap_or_default()
+    }
+
+    fn set_response_header(&mut self, name: String, value: Vec<u8>) {
+        for_response(&mut self.held, Write::Set, name, value);
+    }
+
+    fn append_response_header(&mut self, name: String, value: Vec<u8>) {
+        for_response(&mut self.held, Write::Append, name, value);
+    }
+}
+
+/// A header a request phase sets for its response, checked and counted as a header write.
+fn for_response(held: &mut Held, how: Write, name: String, value: Vec<u8>) {
+    if held.request.is_none() {
+        return held.refuse("set a response header outside a request phase".into());
+    }
+    if !held.write(name.len() + value.len() + HEADER_OVERHEAD) {
+        return;
+    }
+    match header(&name, value) {
+        Ok((name, value)) => held.for_response.0.push((name, value, how)),
+        Err(why) => held.refuse(why),
     }
 }
 

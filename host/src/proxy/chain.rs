@@ -10,7 +10,8 @@ use http::Response;
 use http::header::{self, HeaderValue};
 use http_body_util::{BodyExt, Limited};
 use wasmgate_sandbox::{
-    ClientAddr, FilterError, Grants, HttpRequest, HttpResponse, Lease, Outbound, RouteInfo,
+    ClientAddr, FilterError, Grants, HttpRequest, HttpResponse, Lease, Outbound, ResponseHeaders,
+    RouteInfo,
 };
 
 use super::accept::ReqBody;
@@ -29,13 +30,21 @@ pub(super) struct Chain<'a> {
     route: &'a Route,
     ex: &'a Exchange,
     ctx: Arc<RouteInfo>,
-    /// Filters whose response phase is still to run, in chain order.
+    /// Filters with something to do to the response, in chain order.
     entered: Vec<Entered<'a>>,
 }
 
-/// A filter the request went through whose response phase is to run.
+/// A filter the request went through that has something to do to the response: headers its
+/// request phase set for it, its response phase, or both.
 struct Entered<'a> {
     binding: &'a Binding,
+    /// Applied before its response phase, where that phase runs in the chain.
+    headers: ResponseHeaders,
+    phase: Option<ResponsePhase<'a>>,
+}
+
+/// A response phase still to run.
+struct ResponsePhase<'a> {
     lease: Lease,
     ticket: Ticket<'a>,
     span: Option<PhaseSpan>,
@@ -90,7 +99,7 @@ impl<'a> Chain<'a> {
         }
     }
 
-    /// Whether any filter the request went through has a response phase to run.
+    /// Whether any filter the request went through has something to do to the response.
     pub(super) fn has_response_phases(&self) -> bool {
         !self.entered.is_empty()
     }
@@ -150,9 +159,12 @@ impl<'a> Chain<'a> {
                 if needs.response_phase {
                     self.entered.push(Entered {
                         binding,
-                        lease,
-                        ticket,
-                        span,
+                        headers: ResponseHeaders::default(),
+                        phase: Some(ResponsePhase {
+                            lease,
+                            ticket,
+                            span,
+                        }),
                     });
                 }
                 continue;
@@ -184,16 +196,28 @@ impl<'a> Chain<'a> {
                 continue;
             };
             // A filter that answers built that response itself: its own response phase does
-            // not run on it (the filters before it still do).
+            // not run on it (the filters before it still do). Headers it set for the response
+            // go on whichever response it is.
+            let headers = lease.take_response_headers();
             if needs.response_phase && action.is_none() {
                 self.entered.push(Entered {
                     binding,
-                    lease,
-                    ticket,
-                    span,
+                    headers,
+                    phase: Some(ResponsePhase {
+                        lease,
+                        ticket,
+                        span,
+                    }),
                 });
             } else {
                 ticket.report(Outcome::Passed);
+                if !headers.is_empty() {
+                    self.entered.push(Entered {
+                        binding,
+                        headers,
+                        phase: None,
+                    });
+                }
             }
             if let Some(answer) = action {
                 return Ok(Proceed::Respond(answer));
@@ -223,11 +247,19 @@ impl<'a> Chain<'a> {
         };
         while let Some(Entered {
             binding,
-            mut lease,
-            ticket,
-            span,
+            headers,
+            phase,
         }) = self.entered.pop()
         {
+            headers.apply(&mut held.headers);
+            let Some(ResponsePhase {
+                mut lease,
+                ticket,
+                span,
+            }) = phase
+            else {
+                continue;
+            };
             // As in the request phases: held for a filter that reads it, and back after.
             held.body = match (&mut body, binding.needs().response_body) {
                 (RespBody::Buffered(b), true) => Some(std::mem::take(b)),

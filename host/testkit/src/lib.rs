@@ -43,7 +43,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use wasmgate_sandbox::{ClientAddr, HttpRequest, HttpResponse, RouteInfo};
+use wasmgate_sandbox::{ClientAddr, HttpRequest, HttpResponse, ResponseHeaders, RouteInfo};
 use wasmgate_sandbox::{
     Counter, FilterCache, FilterMetrics, Grants, InstancePool, Lease, LoadedFilter, LogFields,
     MemoryStore, Sandbox, StateError, StateFuture, StateStore, ThrottleResult, content_hash,
@@ -181,8 +181,9 @@ pub struct TestRoute {
     cache: Arc<FilterCache>,
     stubs: Arc<Stubs>,
     context: Context,
-    /// The lease of the request whose request phase ran last, which its response phase uses.
-    lease: Mutex<Option<(Lease, Arc<str>)>>,
+    /// The lease of the request whose request phase ran last, which its response phase uses,
+    /// and the headers that phase set for the response.
+    lease: Mutex<Option<(Lease, Arc<str>, ResponseHeaders)>>,
     logs: Capture,
     counters: Counters,
     metrics: Arc<FilterMetrics>,
@@ -333,8 +334,16 @@ impl TestRoute {
             .logs
             .during(|| runtime.block_on(lease.on_request(&ctx, &mut held)));
         self.keep_log_fields(&mut lease);
-        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some((lease, request_id));
+        let for_response = lease.take_response_headers();
         let answer = result.inspect_err(|_| self.count_failure())?;
+        // As in the gateway: the headers set for the response go on the filter's own answer,
+        // or wait for the response phase.
+        let answer = answer.map(|mut answer| {
+            for_response.clone().apply(&mut answer.headers);
+            answer
+        });
+        *self.lease.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((lease, request_id, for_response));
         Ok(match answer {
             None => Action::Continue(parts::request_from_parts(parts::RequestParts {
                 method: held.method.to_string(),
@@ -349,22 +358,20 @@ impl TestRoute {
     }
 
     /// Run the response phase: for the request whose request phase ran last (on the same
-    /// instance, as in the gateway), or for a new one when none ran. A response body reaches
-    /// the filter only when its [`Needs::response_body`] asks for it; a filter whose
-    /// [`Needs::response_phase`] is `false` is not called.
+    /// instance, as in the gateway), or for a new one when none ran. Headers that request
+    /// phase set for the response (`Context::set_response_header`) are applied first. A
+    /// response body reaches the filter only when its [`Needs::response_body`] asks for it; a
+    /// filter whose [`Needs::response_phase`] is `false` is not called.
     pub fn on_response(&self, resp: Response) -> Result<Response, FilterError> {
-        if !self.needs().response_phase {
-            // The gateway never calls it.
-            return Ok(resp);
-        }
         let held = self.lease.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let (mut lease, request_id) = match held {
+        let (mut lease, request_id, for_response) = match held {
             Some(held) => held,
             None => {
                 let n = self.counters.requests.fetch_add(1, Ordering::Relaxed) + 1;
                 let id: Arc<str> = format!("test-{n}").into();
                 let route = parts::context_into_parts(&self.context).0;
-                (self.pool.lease(&id, self.grants(&route)), id)
+                let lease = self.pool.lease(&id, self.grants(&route));
+                (lease, id, ResponseHeaders::default())
             }
         };
         let (route, params, client_addr, _) = parts::context_into_parts(&self.context);
@@ -379,8 +386,14 @@ impl TestRoute {
             status: http::StatusCode::from_u16(status)
                 .map_err(|_| invalid_input(format!("status {status}")))?,
             headers: header_map(headers)?,
-            body: body.filter(|_| self.needs().response_body).map(Bytes::from),
+            body: body.map(Bytes::from),
         };
+        for_response.apply(&mut held.headers);
+        if !self.needs().response_phase {
+            // The gateway never calls it.
+            return Ok(sdk_response(held));
+        }
+        held.body = held.body.filter(|_| self.needs().response_body);
         self.counters.response_calls.fetch_add(1, Ordering::Relaxed);
         let (_, runtime) = sandbox();
         let result = self

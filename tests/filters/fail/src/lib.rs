@@ -24,6 +24,8 @@ enum Mode {
     OutOfBounds,
     /// Set a header value with a line break (invalid output), then continue.
     InvalidHeader,
+    /// From the request phase, set such a header for the response, then continue.
+    InvalidResponseHeader,
 }
 
 #[allow(unconditional_recursion)] // the point: overflow the stack
@@ -65,31 +67,46 @@ impl Filter for Fail {
         Ok(Self(config))
     }
 
-    fn on_request(&self, mut req: Request, _ctx: &Context) -> Result<Action, Error> {
+    fn on_request(&self, mut req: Request, ctx: &Context) -> Result<Action, Error> {
         if self.0.phase == Phase::Response {
             return Ok(req.into());
         }
         if self.0.mark {
             req.set_header(MARK, "before-failing");
         }
-        if matches!(self.0.mode, Mode::InvalidHeader) {
-            req.set_header("x-broken", "line\r\nbreak");
-            return Ok(req.into());
+        match self.0.mode {
+            Mode::InvalidHeader => {
+                req.set_header("x-broken", "line\r\nbreak");
+                return Ok(req.into());
+            }
+            Mode::InvalidResponseHeader => {
+                ctx.set_response_header("x-broken", "line\r\nbreak");
+                return Ok(req.into());
+            }
+            _ => {}
         }
         let path = req.path().to_owned();
         self.fail(&path)
     }
 
-    fn on_response(&self, mut resp: Response, _ctx: &Context) -> Result<Response, Error> {
+    fn on_response(&self, mut resp: Response, ctx: &Context) -> Result<Response, Error> {
         if self.0.phase == Phase::Request {
             return Ok(resp);
         }
         if self.0.mark {
             resp.set_header(MARK, "before-failing");
         }
-        if matches!(self.0.mode, Mode::InvalidHeader) {
-            resp.set_header("x-broken", "line\r\nbreak");
-            return Ok(resp);
+        match self.0.mode {
+            Mode::InvalidHeader => {
+                resp.set_header("x-broken", "line\r\nbreak");
+                return Ok(resp);
+            }
+            Mode::InvalidResponseHeader => {
+                // Valid, but a response phase may not queue headers for the response.
+                ctx.set_response_header("x-early", "from-the-response-phase");
+                return Ok(resp);
+            }
+            _ => {}
         }
         match self.fail("the response")? {
             Action::Respond(resp) => Ok(resp),
@@ -119,7 +136,9 @@ impl Fail {
                 let byte = unsafe { std::ptr::read_volatile(past_the_end) };
                 Err(Error::msg(format!("read {byte} past the end of memory")))
             }
-            Mode::InvalidHeader => unreachable!("handled by the phases"),
+            Mode::InvalidHeader | Mode::InvalidResponseHeader => {
+                unreachable!("handled by the phases")
+            }
             Mode::Alloc => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {

@@ -21,6 +21,10 @@ struct Config {
     /// The request phase answers `200 answered` itself.
     #[serde(default)]
     answer: bool,
+    /// The request phase adds this value to the response's `x-early` (through the context);
+    /// the response phase reports the `x-early` values it finds in `x-early-seen`.
+    #[serde(default)]
+    early: Option<String>,
 }
 
 fn yes() -> bool {
@@ -45,6 +49,9 @@ impl Filter for Phases {
     }
 
     fn on_request(&self, mut req: Request, ctx: &Context) -> Result<Action, Error> {
+        if let Some(early) = &self.0.early {
+            ctx.append_response_header("x-early", early);
+        }
         if self.0.answer {
             return Ok(Response::text(200, "answered\n").into());
         }
@@ -69,6 +76,14 @@ impl Filter for Phases {
             );
         }
         resp.set_header("x-phase-response", "called");
+        if self.0.early.is_some() {
+            let seen: Vec<_> = resp
+                .headers()
+                .get_all("x-early")
+                .map(String::from_utf8_lossy)
+                .collect();
+            resp.set_header("x-early-seen", seen.join(","));
+        }
         Ok(resp)
     }
 }
