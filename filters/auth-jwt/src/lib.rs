@@ -9,10 +9,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use hmac::{Hmac, Mac};
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use sha2::{Sha256, Sha384, Sha512};
 use wasmgate_sdk::metrics::Counter;
 use wasmgate_sdk::services::{self, Call};
 use wasmgate_sdk::{
@@ -74,6 +78,8 @@ pub struct Config {
 enum Keys {
     /// One key and the algorithms it may verify.
     Static(DecodingKey, Vec<Algorithm>),
+    /// An HMAC secret, prepared, and the algorithms it may verify.
+    Secret(Box<Secret>, Vec<Algorithm>),
     Jwks(JwkSet),
     Remote {
         service: String,
@@ -131,13 +137,78 @@ fn jwk_allows(jwk: &Jwk, alg: Algorithm) -> bool {
     family_ok && declared_ok
 }
 
+/// An HMAC secret with its inner and outer pads hashed once, when the config is read: each
+/// token then costs the hash of its own bytes only.
+struct Secret {
+    hs256: Hmac<Sha256>,
+    hs384: Hmac<Sha384>,
+    hs512: Hmac<Sha512>,
+}
+
+impl Secret {
+    fn new(secret: &[u8]) -> Secret {
+        // HMAC takes a key of any length.
+        let expect = "HMAC takes keys of any length";
+        Secret {
+            hs256: Hmac::new_from_slice(secret).expect(expect),
+            hs384: Hmac::new_from_slice(secret).expect(expect),
+            hs512: Hmac::new_from_slice(secret).expect(expect),
+        }
+    }
+
+    /// Whether `signature` is `alg`'s MAC of `input`, compared in constant time.
+    fn verify(&self, alg: Algorithm, input: &[u8], signature: &[u8]) -> bool {
+        fn check<M: Mac + Clone>(mac: &M, input: &[u8], signature: &[u8]) -> bool {
+            mac.clone()
+                .chain_update(input)
+                .verify_slice(signature)
+                .is_ok()
+        }
+        match alg {
+            Algorithm::HS256 => check(&self.hs256, input, signature),
+            Algorithm::HS384 => check(&self.hs384, input, signature),
+            Algorithm::HS512 => check(&self.hs512, input, signature),
+            _ => false,
+        }
+    }
+}
+
+/// The claims of an HS token checked with a prepared secret: one pass over the token, each
+/// part decoded once (a general `jsonwebtoken::decode` decodes the header and the claims
+/// twice and hashes the key's pads again for every token).
+fn verify_secret(
+    token: &str,
+    secret: &Secret,
+    algs: &[Algorithm],
+) -> Result<Map<String, Value>, &'static str> {
+    const MALFORMED: &str = "the token is malformed or its algorithm is not supported";
+    // Split as `jsonwebtoken` does: the signature after the last dot, the claims after the
+    // one before (a header holding a dot fails to decode).
+    let (input, signature) = token.rsplit_once('.').ok_or(MALFORMED)?;
+    let (_, claims) = input.rsplit_once('.').ok_or(MALFORMED)?;
+    let alg = decode_header(token).map_err(|_| MALFORMED)?.alg;
+    if !algs.contains(&alg) {
+        return Err("the token's algorithm is not accepted");
+    }
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| "the signature is invalid")?;
+    if !secret.verify(alg, input.as_bytes(), &signature) {
+        return Err("the signature is invalid");
+    }
+    let claims = URL_SAFE_NO_PAD
+        .decode(claims)
+        .map_err(|_| "the signature is invalid")?;
+    serde_json::from_slice(&claims).map_err(|_| "the signature is invalid")
+}
+
 impl AuthJwt {
     fn allowed(&self, alg: Algorithm) -> bool {
         match &self.config.algorithms {
             Some(list) => list.contains(&alg),
             None => {
                 alg.family() != jsonwebtoken::AlgorithmFamily::Hmac
-                    || matches!(self.keys, Keys::Static(..))
+                    || matches!(self.keys, Keys::Static(..) | Keys::Secret(..))
             }
         }
     }
@@ -164,6 +235,11 @@ impl AuthJwt {
     }
 
     fn verify(&self, token: &str) -> Result<Map<String, Value>, &'static str> {
+        if let Keys::Secret(secret, algs) = &self.keys {
+            let claims = verify_secret(token, secret, algs)?;
+            self.check_claims(&claims)?;
+            return Ok(claims);
+        }
         let header = decode_header(token)
             .map_err(|_| "the token is malformed or its algorithm is not supported")?;
         let alg = header.alg;
@@ -178,6 +254,7 @@ impl AuthJwt {
                 }
                 std::borrow::Cow::Borrowed(key)
             }
+            Keys::Secret(..) => unreachable!("verified by verify_secret"),
             Keys::Jwks(_) | Keys::Remote { .. } => {
                 let set = match &self.keys {
                     Keys::Remote {
@@ -192,7 +269,7 @@ impl AuthJwt {
                         &remote
                     }
                     Keys::Jwks(set) => set,
-                    Keys::Static(..) => unreachable!("handled above"),
+                    Keys::Static(..) | Keys::Secret(..) => unreachable!("handled above"),
                 };
                 let jwk = match &header.kid {
                     Some(kid) => set.find(kid),
@@ -282,14 +359,15 @@ impl Filter for AuthJwt {
         }
         let algorithms = config.algorithms.clone();
         let keys = if let Some(secret) = &config.secret {
-            Keys::Static(
-                DecodingKey::from_secret(secret.as_bytes()),
+            Keys::Secret(
+                Box::new(Secret::new(secret.as_bytes())),
                 hmac_algs(algorithms)?,
             )
         } else if let Some(secret) = &config.secret_base64 {
-            let key = DecodingKey::from_base64_secret(secret)
+            let secret = STANDARD
+                .decode(secret)
                 .map_err(|e| Error::msg(format!("secret_base64: {e}")))?;
-            Keys::Static(key, hmac_algs(algorithms)?)
+            Keys::Secret(Box::new(Secret::new(&secret)), hmac_algs(algorithms)?)
         } else if let Some(pem) = &config.public_key_pem {
             use jsonwebtoken::AlgorithmFamily as F;
             let algs = algorithms

@@ -174,3 +174,47 @@ fn refusals_are_counted_by_reason_and_the_subject_is_logged() {
     assert_eq!(count("signature"), Some(MetricValue::Number(1.0)));
     assert_eq!(counts.len(), 3, "{counts:?}");
 }
+
+/// `secret_base64` is the secret's bytes in base64: a token signed with those bytes passes, one
+/// signed with the base64 text does not, nor one whose claims were changed after signing.
+#[test]
+fn a_base64_secret_is_decoded_once_and_checks_every_byte_of_the_token() {
+    let secret = [0u8, 1, 2, 250, 251, 252, b'k', b'e', b'y'];
+    let text = "AAEC+vv8a2V5";
+    let route = filter()
+        .route(json!({ "secret_base64": text, "algorithms": ["HS512"] }))
+        .unwrap();
+    let sign = |key: &[u8], claims| {
+        encode(
+            &Header::new(Algorithm::HS512),
+            &claims,
+            &EncodingKey::from_secret(key),
+        )
+        .unwrap()
+    };
+    let good = sign(&secret, json!({ "sub": "b64-user" }));
+    let Action::Continue(_) = route.on_request(with_token(&good)).unwrap() else {
+        panic!("a token signed with the decoded secret is refused");
+    };
+    let status = |token: &str| match route.on_request(with_token(token)).unwrap() {
+        Action::Respond(resp) => resp.status(),
+        Action::Continue(_) => 200,
+    };
+    assert_eq!(
+        status(&sign(text.as_bytes(), json!({ "sub": "b64-user" }))),
+        401
+    );
+    // The claims of another token, under the good token's signature.
+    let other = sign(&secret, json!({ "sub": "admin" }));
+    let mut parts: Vec<&str> = good.split('.').collect();
+    parts[1] = other.split('.').nth(1).unwrap();
+    assert_eq!(status(&parts.join(".")), 401);
+    // HS256 is not among the configured algorithms.
+    let hs256 = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({ "sub": "b64-user" }),
+        &EncodingKey::from_secret(&secret),
+    )
+    .unwrap();
+    assert_eq!(status(&hs256), 401);
+}
