@@ -1,6 +1,7 @@
 //! `cargo run -p wasmgate-demo`: the demo services on 127.0.0.1:3001 and :3002, and wasmgate on
 //! 127.0.0.1:8080 serving `examples/demo/gateway.toml` with the filters built from this repo.
 
+use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -9,11 +10,13 @@ use wasmgate_demo::{DemoService, start};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Log lines go to stdout with the banner, coloured only on a terminal (as `wasmgate serve`'s).
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
     let demo_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     wasmgate_demo::demo_certificate(&demo_dir.join("certs"))
