@@ -116,6 +116,10 @@ enum FilterCommand {
         #[arg(long, value_name = "DIR")]
         install: Option<PathBuf>,
     },
+    /// The sandbox a filter crate's `cargo test` runs its component in (`wasmgate-test`
+    /// starts it): JSON commands on stdin, replies on stdout.
+    #[command(hide = true)]
+    TestServer,
 }
 
 fn main() -> ExitCode {
@@ -129,6 +133,16 @@ fn main() -> ExitCode {
     match cli.log_format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
+    }
+    if let Command::Filter(FilterCommand::TestServer) = cli.command {
+        // Blocking, on the test kit's own runtime.
+        return match cli::test_server::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -169,6 +183,7 @@ fn main() -> ExitCode {
                 manifest_path,
                 install,
             }) => filter_build(manifest_path.as_deref(), install.as_deref()).await,
+            Command::Filter(FilterCommand::TestServer) => unreachable!("run before the runtime"),
             Command::Check {
                 config,
                 filters_dir,

@@ -1,5 +1,6 @@
-//! `wasmgate filter new` and `wasmgate filter build`: from nothing to a component in a filters
-//! directory.
+//! `wasmgate filter new`, `build` and `test-server`: from nothing to a tested component in a
+//! filters directory.
 
 pub mod build;
 pub mod scaffold;
+pub mod test_server;

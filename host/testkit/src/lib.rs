@@ -32,7 +32,6 @@
 //! functions, not from inside an async runtime such as `#[tokio::test]`.
 #![deny(missing_docs)]
 
-mod build;
 mod logs;
 mod services;
 
@@ -51,13 +50,13 @@ use wasmgate_sandbox::{
 use wasmgate_sdk::__testkit as parts;
 use wasmgate_sdk::{Action, Context, Request, Response};
 
-pub use build::build_component;
 pub use logs::LogRecord;
 pub use services::ServiceCall;
 pub use tracing::Level;
 pub use wasmgate_sandbox::{
     FilterError, Limits, Metric, MetricKind, Needs, TrapKind, Value as MetricValue,
 };
+pub use wasmgate_test::build_component;
 
 use logs::Capture;
 use services::Stubs;

@@ -10,7 +10,7 @@ const TARGET: &str = "wasm32-wasip2";
 
 /// Build the filter crate at `manifest_dir` with `cargo build --release --target
 /// wasm32-wasip2` and return the path of its `.wasm`. The build uses a target directory of its
-/// own, `wasmgate-testkit/` in the crate's (its workspace's, if it is a member), so it does not
+/// own, `wasmgate-test/` in the crate's (its workspace's, if it is a member), so it does not
 /// wait on the `cargo test` that runs it; it happens once per test binary and crate. The error
 /// carries cargo's diagnostics.
 pub fn build_component(manifest_dir: &Path) -> Result<PathBuf, String> {
@@ -28,7 +28,7 @@ pub fn build_component(manifest_dir: &Path) -> Result<PathBuf, String> {
 fn run_cargo(manifest_dir: &Path) -> Result<PathBuf, String> {
     let manifest = manifest_dir.join("Cargo.toml");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let target_dir = target_dir(&cargo, &manifest)?.join("wasmgate-testkit");
+    let target_dir = target_dir(&cargo, &manifest)?.join("wasmgate-test");
     let out = Command::new(cargo)
         .args(["build", "--release", "--target", TARGET])
         .args(["--message-format", "json-render-diagnostics"])
