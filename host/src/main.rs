@@ -102,9 +102,13 @@ enum FilterCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
         /// Depend on the SDK (and the test kit beside it) in this wasmgate checkout's `sdk/`
-        /// directory instead of on the published crates.
-        #[arg(long, value_name = "DIR")]
+        /// directory instead of on the copies this binary carries.
+        #[arg(long, value_name = "DIR", conflicts_with = "crates_io")]
         sdk_path: Option<PathBuf>,
+        /// Depend on wasmgate-sdk and wasmgate-test as published on crates.io instead of on
+        /// the copies this binary carries.
+        #[arg(long)]
+        crates_io: bool,
     },
     /// Build a filter crate for wasm32-wasip2 (release), check that the gateway would load the
     /// component, and with --install copy it into a filters directory as `<crate name>.wasm`.
@@ -178,7 +182,8 @@ fn main() -> ExitCode {
                 name,
                 dir,
                 sdk_path,
-            }) => filter_new(&name, dir, sdk_path.as_deref()),
+                crates_io,
+            }) => filter_new(&name, dir, sdk(sdk_path.as_deref(), crates_io)),
             Command::Filter(FilterCommand::Build {
                 manifest_path,
                 install,
@@ -251,7 +256,8 @@ fn init(dir: &Path, starter: &Starter) -> ExitCode {
     );
     if let Some(name) = &starter.filter {
         let crate_dir = dir.join(name);
-        if let Err(e) = cli::scaffold::new_filter(name, &crate_dir, starter.sdk_path.as_deref()) {
+        let sdk = sdk(starter.sdk_path.as_deref(), false);
+        if let Err(e) = cli::scaffold::new_filter(name, &crate_dir, sdk) {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
@@ -266,9 +272,18 @@ fn init(dir: &Path, starter: &Starter) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn filter_new(name: &str, dir: Option<PathBuf>, sdk_path: Option<&Path>) -> ExitCode {
+/// Where a new filter crate takes the SDK from.
+fn sdk(sdk_path: Option<&Path>, crates_io: bool) -> cli::scaffold::Sdk<'_> {
+    match (sdk_path, crates_io) {
+        (Some(path), _) => cli::scaffold::Sdk::Checkout(path),
+        (None, true) => cli::scaffold::Sdk::CratesIo,
+        (None, false) => cli::scaffold::Sdk::Embedded,
+    }
+}
+
+fn filter_new(name: &str, dir: Option<PathBuf>, sdk: cli::scaffold::Sdk<'_>) -> ExitCode {
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
-    match cli::scaffold::new_filter(name, &dir, sdk_path) {
+    match cli::scaffold::new_filter(name, &dir, sdk) {
         Ok(files) => {
             for file in files {
                 println!("wrote {}", file.display());

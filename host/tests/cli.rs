@@ -242,10 +242,11 @@ fn logs_come_as_json_lines_on_request() {
 }
 
 #[test]
-fn filter_new_writes_a_crate_on_the_published_sdk_and_never_into_a_used_directory() {
+fn filter_new_writes_a_crate_on_the_sdk_it_carries_and_never_into_a_used_directory() {
     let dir = tempdir("filter-new").join("rate-limit2");
     let _ = std::fs::remove_dir_all(&dir);
     let out = wasmgate()
+        .env("XDG_DATA_HOME", dir.parent().unwrap().join("data"))
         .args(["filter", "new", "rate-limit2", "--dir"])
         .arg(&dir)
         .output()
@@ -257,15 +258,54 @@ fn filter_new_writes_a_crate_on_the_published_sdk_and_never_into_a_used_director
     );
     let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
     let version = wasmgate_sandbox::WIT_VERSION;
+    // The copies this binary carries, written under the data directory.
+    let data = dir.parent().unwrap().join("data");
+    for krate in ["wasmgate-sdk", "wasmgate-test"] {
+        let line = manifest
+            .lines()
+            .find(|l| l.starts_with(&format!("{krate} = ")))
+            .unwrap_or_else(|| panic!("no {krate} in {manifest}"));
+        assert!(line.contains(&format!("version = \"{version}\"")), "{line}");
+        let path = line
+            .split("path = \"")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches("\" }");
+        assert!(path.starts_with(data.to_str().unwrap()), "{line}");
+        assert!(Path::new(path).join("Cargo.toml").is_file(), "{line}");
+    }
+    let config = std::fs::read_to_string(dir.join(".cargo/config.toml")).unwrap();
     assert!(
-        manifest.contains(&format!("wasmgate-sdk = \"{version}\"")),
-        "{manifest}"
-    );
-    assert!(
-        manifest.contains(&format!("wasmgate-testkit = \"{version}\"")),
-        "{manifest}"
+        config.contains(&format!("WASMGATE = {:?}", env!("CARGO_BIN_EXE_wasmgate"))),
+        "{config}"
     );
     assert!(manifest.contains("crate-type = [\"cdylib\"]"), "{manifest}");
+    assert!(
+        dir.join("Cargo.lock").is_file(),
+        "the lock the SDK was tested with"
+    );
+
+    // With --crates-io, the published crates by version, and no lock.
+    let published = dir.parent().unwrap().join("published");
+    let _ = std::fs::remove_dir_all(&published);
+    let out = wasmgate()
+        .args(["filter", "new", "published", "--crates-io", "--dir"])
+        .arg(&published)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest = std::fs::read_to_string(published.join("Cargo.toml")).unwrap();
+    for krate in ["wasmgate-sdk", "wasmgate-test"] {
+        assert!(
+            manifest.contains(&format!("{krate} = \"{version}\"")),
+            "{manifest}"
+        );
+    }
+    assert!(!published.join("Cargo.lock").exists());
     let lib = std::fs::read_to_string(dir.join("src/lib.rs")).unwrap();
     assert!(lib.contains("export_filter!(RateLimit2);"), "{lib}");
     for file in [
@@ -276,10 +316,6 @@ fn filter_new_writes_a_crate_on_the_published_sdk_and_never_into_a_used_director
     ] {
         assert!(dir.join(file).is_file(), "{file} missing");
     }
-    assert!(
-        !dir.join("Cargo.lock").exists(),
-        "no checkout lock without --sdk-path"
-    );
 
     let again = wasmgate()
         .args(["filter", "new", "rate-limit2", "--dir"])

@@ -195,11 +195,10 @@ fn init_build_serve_a_custom_filter_whose_crate_is_examples_hello() {
     assert!(blocked.starts_with("HTTP/1.1 403"), "{blocked}");
     assert!(blocked.contains("blocked by hello"), "{blocked}");
 
-    // The crate's own tests (unit tests natively, its .wasm in the real sandbox) are
-    // examples/filters/hello's, which `cargo test --workspace` runs with the workspace's build:
-    // run here, they would build wasmtime a second time (14 minutes of a cold CI run). That
-    // crate holds the same sources as the one just written, and this one's manifest resolves
-    // with its test kit dependency.
+    // The crate's own tests (unit tests natively, its .wasm in the binary's sandbox) are
+    // examples/filters/hello's, which `cargo test --workspace` runs with the workspace's build;
+    // host/tests/binary_only.rs runs a new crate's from scratch. That crate holds the same
+    // sources as the one just written, and this one's manifest resolves with its test kit.
     let example = checkout().join("examples/filters/hello");
     for file in ["src/lib.rs", "tests/sandbox.rs"] {
         let written = std::fs::read_to_string(gw.join("hello").join(file)).unwrap();
@@ -214,6 +213,6 @@ fn init_build_serve_a_custom_filter_whose_crate_is_examples_hello() {
     let metadata = run(Command::new(env!("CARGO"))
         .current_dir(gw.join("hello"))
         .args(["metadata", "--format-version", "1"]));
-    assert!(metadata.contains("\"wasmgate-testkit\""), "{metadata}");
+    assert!(metadata.contains("\"wasmgate-test\""), "{metadata}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,5 +2,6 @@
 //! filters directory.
 
 pub mod build;
+pub mod embedded;
 pub mod scaffold;
 pub mod test_server;

@@ -12,24 +12,39 @@ const LIB_RS: &str = include_str!("../starter/filter/lib.rs.tmpl");
 const SANDBOX_RS: &str = include_str!("../starter/filter/sandbox.rs.tmpl");
 const README: &str = include_str!("../starter/filter/README.md.tmpl");
 
-/// Write the crate for filter `name` into `dir` (which must not exist or be empty). With
-/// `sdk_path` (a checkout's `sdk/`), the SDK and the test kit beside it are path dependencies
-/// and the checkout's `Cargo.lock` seeds the crate's; otherwise they are taken from crates.io by
-/// version.
-pub fn new_filter(name: &str, dir: &Path, sdk_path: Option<&Path>) -> Result<Vec<PathBuf>, String> {
+/// Where a new crate takes the SDK (wasmgate-sdk) and the test kit (wasmgate-test) from.
+#[derive(Debug, Clone, Copy)]
+pub enum Sdk<'a> {
+    /// The copies this binary carries, written to a local directory (see
+    /// [`super::embedded`]); the crate builds with nothing else of ours.
+    Embedded,
+    /// A wasmgate checkout's `sdk/` (and `sdk/test/`).
+    Checkout(&'a Path),
+    /// The crates published on crates.io, by version.
+    CratesIo,
+}
+
+/// Write the crate for filter `name` into `dir` (which must not exist or be empty), depending
+/// on the SDK and the test kit from `sdk`. With the embedded crates or a checkout's, the lock
+/// file they were tested with seeds the crate's. The crate's `.cargo/config.toml` names this
+/// binary as the one its sandbox tests run in.
+pub fn new_filter(name: &str, dir: &Path, sdk: Sdk<'_>) -> Result<Vec<PathBuf>, String> {
     check_name(name)?;
     if dir.read_dir().is_ok_and(|mut d| d.next().is_some()) {
         return Err(format!("{} exists and is not empty", dir.display()));
     }
-    let (sdk, testkit) = dependencies(sdk_path)?;
+    let (sdk_dep, test_dep, lock) = dependencies(sdk)?;
+    let binary = std::env::current_exe()
+        .map_err(|e| format!("finding this binary (for the crate's sandbox tests): {e}"))?;
     let crate_file = name.replace('-', "_");
     let fill = |template: &str| {
         template
             .replace("{{name}}", name)
             .replace("{{type_name}}", &type_name(name))
             .replace("{{crate_file}}", &crate_file)
-            .replace("{{sdk}}", &sdk)
-            .replace("{{testkit}}", &testkit)
+            .replace("{{sdk}}", &sdk_dep)
+            .replace("{{test}}", &test_dep)
+            .replace("{{wasmgate}}", &toml_string(&binary))
     };
     let files = [
         ("Cargo.toml", fill(CARGO_TOML)),
@@ -40,15 +55,12 @@ pub fn new_filter(name: &str, dir: &Path, sdk_path: Option<&Path>) -> Result<Vec
         ("README.md", fill(README)),
     ];
     let mut written = Vec::new();
-    // A checkout's lock file seeds the crate's: it builds with the versions the checkout was
-    // tested with (cargo drops what the crate does not use).
-    if let Some(lock) = sdk_path
-        .map(|sdk| sdk.join("../Cargo.lock"))
-        .filter(|l| l.is_file())
-    {
+    // The lock file the SDK was tested with seeds the crate's (cargo drops what the crate does
+    // not use).
+    if let Some(lock) = lock {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let dest = dir.join("Cargo.lock");
-        std::fs::copy(&lock, &dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+        std::fs::write(&dest, lock).map_err(|e| format!("{}: {e}", dest.display()))?;
         written.push(dest);
     }
     for (file, text) in files {
@@ -90,34 +102,44 @@ fn type_name(name: &str) -> String {
         .collect()
 }
 
-/// The dependency lines for the SDK and the test kit.
-fn dependencies(sdk_path: Option<&Path>) -> Result<(String, String), String> {
-    let Some(sdk) = sdk_path else {
-        let by_version = format!("\"{SDK_VERSION}\"");
-        return Ok((by_version.clone(), by_version));
-    };
-    let sdk = sdk
-        .canonicalize()
-        .map_err(|e| format!("--sdk-path {}: {e}", sdk.display()))?;
-    if !sdk.join("Cargo.toml").is_file() || !sdk.join("wit").is_dir() {
-        return Err(format!(
-            "--sdk-path {}: not the SDK crate (no Cargo.toml and wit/ there); give a wasmgate checkout's sdk/ directory",
-            sdk.display()
-        ));
-    }
-    let testkit = sdk.join("../host/testkit");
-    let testkit = match testkit.canonicalize() {
-        Ok(path) => format!(
+/// The dependency lines for the SDK and the test kit, and the lock file to start from.
+fn dependencies(sdk: Sdk<'_>) -> Result<(String, String, Option<String>), String> {
+    let by_path = |path: &Path| {
+        format!(
             "{{ version = \"{SDK_VERSION}\", path = {} }}",
-            toml_string(&path)
-        ),
-        Err(_) => format!("\"{SDK_VERSION}\""),
+            toml_string(path)
+        )
     };
-    let sdk = format!(
-        "{{ version = \"{SDK_VERSION}\", path = {} }}",
-        toml_string(&sdk)
-    );
-    Ok((sdk, testkit))
+    match sdk {
+        Sdk::CratesIo => {
+            let by_version = format!("\"{SDK_VERSION}\"");
+            Ok((by_version.clone(), by_version, None))
+        }
+        Sdk::Embedded => {
+            let dir = super::embedded::install()?;
+            Ok((
+                by_path(&dir.join("wasmgate-sdk")),
+                by_path(&dir.join("wasmgate-test")),
+                Some(super::embedded::LOCK.to_string()),
+            ))
+        }
+        Sdk::Checkout(sdk) => {
+            let sdk = sdk
+                .canonicalize()
+                .map_err(|e| format!("--sdk-path {}: {e}", sdk.display()))?;
+            if !sdk.join("Cargo.toml").is_file()
+                || !sdk.join("wit").is_dir()
+                || !sdk.join("test/Cargo.toml").is_file()
+            {
+                return Err(format!(
+                    "--sdk-path {}: not the SDK crate (no Cargo.toml, wit/ and test/ there); give a wasmgate checkout's sdk/ directory",
+                    sdk.display()
+                ));
+            }
+            let lock = std::fs::read_to_string(sdk.join("../Cargo.lock")).ok();
+            Ok((by_path(&sdk), by_path(&sdk.join("test")), lock))
+        }
+    }
 }
 
 fn toml_string(path: &Path) -> String {

@@ -1,9 +1,9 @@
-//! The built component in the gateway's real sandbox (same limits, same instance rules), via
-//! wasmgate-testkit. The first run builds the crate for wasm32-wasip2.
+//! The built component in the gateway's real sandbox (same limits, same instance rules): the
+//! wasmgate binary's, through wasmgate-test. The first run builds the crate for wasm32-wasip2.
 
 use serde_json::json;
 use wasmgate_sdk::{Action, Request, Response};
-use wasmgate_testkit::TestFilter;
+use wasmgate_test::TestFilter;
 
 #[test]
 fn the_component_greets_requests_and_tags_responses() {

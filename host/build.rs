@@ -1,0 +1,137 @@
+//! Embeds the crates a filter author builds against (`sdk/`: wasmgate-sdk, `sdk/test/`:
+//! wasmgate-test) and the workspace's `Cargo.lock` in the binary, so `wasmgate filter new`
+//! works with nothing but the binary. Their manifests inherit from the workspace; written out
+//! here they become standalone: inherited fields and dependencies resolved, the two crates
+//! depending on each other by a path beside them.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// The embedded crates: directory in the workspace, and what of it a build needs.
+const CRATES: [(&str, &[&str]); 2] = [
+    ("sdk", &["src", "wit", "README.md"]),
+    ("sdk/test", &["src", "README.md"]),
+];
+
+fn main() {
+    let host = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let root = host.parent().unwrap().to_path_buf();
+    let workspace: toml::Table = read_toml(&root.join("Cargo.toml"));
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.toml").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.lock").display()
+    );
+
+    let mut out = String::from(
+        "/// The crates a filter crate builds against.\npub const CRATES: &[EmbeddedCrate] = &[\n",
+    );
+    for (dir, parts) in CRATES {
+        let dir = root.join(dir);
+        let manifest_path = dir.join("Cargo.toml");
+        println!("cargo:rerun-if-changed={}", manifest_path.display());
+        let manifest = standalone(&read_toml(&manifest_path), &workspace);
+        let name = manifest["package"]["name"].as_str().unwrap().to_string();
+        let mut files = Vec::new();
+        for part in parts {
+            let path = dir.join(part);
+            println!("cargo:rerun-if-changed={}", path.display());
+            collect(&path, &mut files);
+        }
+        files.sort();
+        writeln!(out, "    EmbeddedCrate {{\n        name: {name:?},\n        manifest: {:?},\n        files: &[", toml::to_string(&manifest).unwrap()).unwrap();
+        for file in files {
+            let relative = file
+                .strip_prefix(&dir)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
+            writeln!(
+                out,
+                "            ({relative:?}, include_str!({:?})),",
+                file.display().to_string()
+            )
+            .unwrap();
+        }
+        out.push_str("        ],\n    },\n");
+    }
+    out.push_str("];\n");
+    writeln!(
+        out,
+        "/// The workspace's lock file: the versions the embedded crates were tested with.\npub const LOCK: &str = include_str!({:?});",
+        root.join("Cargo.lock").display().to_string()
+    )
+    .unwrap();
+    let dest = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("embedded_crates.rs");
+    std::fs::write(dest, out).unwrap();
+}
+
+fn read_toml(path: &Path) -> toml::Table {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.parse()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every file under `path` (or `path` itself).
+fn collect(path: &Path, files: &mut Vec<PathBuf>) {
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            collect(&entry.unwrap().path(), files);
+        }
+    } else {
+        files.push(path.to_path_buf());
+    }
+}
+
+/// `member` with what it inherits from `workspace` written in, and without `[lints]` (the
+/// workspace's lints are its own business).
+fn standalone(member: &toml::Table, workspace: &toml::Table) -> toml::Table {
+    let ws = &workspace["workspace"];
+    let mut out = member.clone();
+    out.remove("lints");
+    if let Some(toml::Value::Table(package)) = out.get_mut("package") {
+        for (key, value) in package.iter_mut() {
+            if is_inherited(value) {
+                *value = ws["package"][key.as_str()].clone();
+            }
+        }
+        package.insert("publish".into(), toml::Value::Boolean(false));
+    }
+    if let Some(toml::Value::Table(deps)) = out.get_mut("dependencies") {
+        for (name, spec) in deps.iter_mut() {
+            if !is_inherited(spec) {
+                continue;
+            }
+            let mut resolved = match &ws["dependencies"][name.as_str()] {
+                toml::Value::String(version) => {
+                    let mut t = toml::Table::new();
+                    t.insert("version".into(), toml::Value::String(version.clone()));
+                    t
+                }
+                toml::Value::Table(t) => t.clone(),
+                other => panic!("workspace dependency {name}: {other:?}"),
+            };
+            if resolved.contains_key("path") {
+                // One of ours: it is written beside this one.
+                resolved.insert("path".into(), toml::Value::String(format!("../{name}")));
+                resolved.insert("version".into(), member["package"]["version"].clone());
+            }
+            if let toml::Value::Table(extra) = spec {
+                for (key, value) in extra {
+                    if key != "workspace" {
+                        resolved.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+            *spec = toml::Value::Table(resolved);
+        }
+    }
+    out
+}
+
+fn is_inherited(value: &toml::Value) -> bool {
+    value.get("workspace").and_then(toml::Value::as_bool) == Some(true)
+}
