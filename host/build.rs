@@ -1,8 +1,11 @@
-//! Embeds the crates a filter author builds against (`sdk/`: wasmgate-sdk, `sdk/test/`:
-//! wasmgate-test) and the workspace's `Cargo.lock` in the binary, so `wasmgate filter new`
-//! works with nothing but the binary. Their manifests inherit from the workspace; written out
-//! here they become standalone: inherited fields and dependencies resolved, the two crates
-//! depending on each other by a path beside them.
+//! Embeds in the binary what a user of it alone needs:
+//! - the crates a filter author builds against (`sdk/`: wasmgate-sdk, `sdk/test/`:
+//!   wasmgate-test) and the workspace's `Cargo.lock`, for `wasmgate filter new`. Their
+//!   manifests inherit from the workspace; written out here they become standalone: inherited
+//!   fields and dependencies resolved, the two crates depending on each other by a path beside
+//!   them;
+//! - the bundled filters (`filters/*`), built for wasm32-wasip2, for `wasmgate filter add`.
+//!   Without that target the binary is built without them, with a warning.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -65,9 +68,86 @@ fn main() {
         root.join("Cargo.lock").display().to_string()
     )
     .unwrap();
-    let dest = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("embedded_crates.rs");
-    std::fs::write(dest, out).unwrap();
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    out.push_str(&bundled_filters(&root, &out_dir));
+    std::fs::write(out_dir.join("embedded_crates.rs"), out).unwrap();
 }
+
+/// The target filters build for, and the workspace profile they build with.
+const GUEST_TARGET: &str = "wasm32-wasip2";
+const GUEST_PROFILE: &str = "filter";
+
+/// Build `filters/*` and return the source of `BUNDLED`: name, component and README of each.
+fn bundled_filters(root: &Path, out_dir: &Path) -> String {
+    let filters = root.join("filters");
+    println!("cargo:rerun-if-changed={}", filters.display());
+    println!("cargo:rerun-if-changed={}", root.join("wit").display());
+    let mut names: Vec<String> = std::fs::read_dir(&filters)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("Cargo.toml").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    // The guest target directory tests/artifacts builds into too (the same units, built
+    // once): beside the outer build's, whose lock the outer cargo holds.
+    let target_dir = guest_target_dir(out_dir);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.current_dir(root)
+        .args([
+            "build",
+            "--target",
+            GUEST_TARGET,
+            "--profile",
+            GUEST_PROFILE,
+        ])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    if std::env::var_os("CARGO_NET_OFFLINE").is_some() {
+        cmd.arg("--offline");
+    }
+    for name in &names {
+        cmd.args(["-p", name]);
+    }
+    let built = cmd.output();
+    let mut src =
+        String::from("/// The bundled filters, built.\npub const BUNDLED: &[Bundled] = &[\n");
+    match built {
+        Ok(out) if out.status.success() => {
+            for name in &names {
+                let wasm = target_dir
+                    .join(GUEST_TARGET)
+                    .join(GUEST_PROFILE)
+                    .join(format!("{}.wasm", name.replace('-', "_")));
+                let readme = filters.join(name).join("README.md");
+                writeln!(
+                    src,
+                    "    Bundled {{ name: {name:?}, wasm: include_bytes!({:?}), readme: include_str!({:?}) }},",
+                    wasm.display().to_string(),
+                    readme.display().to_string()
+                )
+                .unwrap();
+            }
+        }
+        Ok(out) => println!(
+            "cargo:warning=the bundled filters were not built (is the {GUEST_TARGET} target installed? rustup target add {GUEST_TARGET}); `wasmgate filter add` will have none: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .rev()
+                .find(|l| l.contains("error"))
+                .unwrap_or("")
+        ),
+        Err(e) => println!("cargo:warning=the bundled filters were not built: running cargo: {e}"),
+    }
+    src.push_str("];\n");
+    src
+}
+
+include!("../tests/guest-target/target_dir.rs");
 
 fn read_toml(path: &Path) -> toml::Table {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

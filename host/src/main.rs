@@ -120,6 +120,16 @@ enum FilterCommand {
         #[arg(long, value_name = "DIR")]
         install: Option<PathBuf>,
     },
+    /// The bundled filters (auth-jwt, rate-limit, cache, ...), which this binary carries
+    /// built: without NAME, list them; with NAME, show its README (what it does, its config);
+    /// with --install, copy it into a filters directory as `<NAME>.wasm`.
+    Add {
+        /// The bundled filter's name.
+        name: Option<String>,
+        /// A gateway's filters directory; a gateway serving it loads the filter at once.
+        #[arg(long, value_name = "DIR", requires = "name")]
+        install: Option<PathBuf>,
+    },
     /// The sandbox a filter crate's `cargo test` runs its component in (`wasmgate-test`
     /// starts it): JSON commands on stdin, replies on stdout.
     #[command(hide = true)]
@@ -188,6 +198,9 @@ fn main() -> ExitCode {
                 manifest_path,
                 install,
             }) => filter_build(manifest_path.as_deref(), install.as_deref()).await,
+            Command::Filter(FilterCommand::Add { name, install }) => {
+                filter_add(name.as_deref(), install.as_deref())
+            }
             Command::Filter(FilterCommand::TestServer) => unreachable!("run before the runtime"),
             Command::Check {
                 config,
@@ -234,8 +247,11 @@ fn init(dir: &Path, starter: &Starter) -> ExitCode {
              # `wasmgate filter build --manifest-path {name}/Cargo.toml --install filters`.\n\
              [[routes.filters]]\nname = \"{name}\"\nconfig = {{ greeting = \"hello\" }}\n"
         ),
-        None => "# The filter chain, in order. Uncomment to run filters/require-header.wasm on this route:\n\
-                 # [[routes.filters]]\n# name = \"require-header\"\n# config = { header = \"x-api-key\" }\n"
+        None => "# The filter chain, in order. To limit each client to 10 requests a second, install the\n\
+                 # bundled rate-limit filter (from this directory: `wasmgate filter add rate-limit\n\
+                 # --install filters`; `wasmgate filter add` lists the others) and uncomment:\n\
+                 # [[routes.filters]]\n# name = \"rate-limit\"\n\
+                 # config = { limits = [{ requests = 10, per = \"1s\" }] }\n"
             .to_string(),
     };
     let text = STARTER_CONFIG
@@ -327,6 +343,54 @@ async fn filter_build(manifest_path: Option<&Path>, install: Option<&Path>) -> E
         }
     }
     ExitCode::SUCCESS
+}
+
+fn filter_add(name: Option<&str>, install: Option<&Path>) -> ExitCode {
+    let bundled = cli::embedded::BUNDLED;
+    if bundled.is_empty() {
+        eprintln!(
+            "error: this wasmgate was built without its bundled filters (its build lacked the \
+             wasm32-wasip2 target); rebuild it after `rustup target add wasm32-wasip2`"
+        );
+        return ExitCode::FAILURE;
+    }
+    let Some(name) = name else {
+        for filter in bundled {
+            println!("{:<18} {}", filter.name, filter.summary());
+        }
+        println!("\nwasmgate filter add NAME shows one's config; --install DIR installs it");
+        return ExitCode::SUCCESS;
+    };
+    let Some(filter) = bundled.iter().find(|f| f.name == name) else {
+        let names: Vec<_> = bundled.iter().map(|f| f.name).collect();
+        eprintln!(
+            "error: no bundled filter named {name:?}; there are: {}",
+            names.join(", ")
+        );
+        return ExitCode::FAILURE;
+    };
+    let Some(dir) = install else {
+        print!("{}", filter.readme);
+        return ExitCode::SUCCESS;
+    };
+    match cli::build::install_bytes(filter.name, filter.wasm, dir) {
+        Ok(dest) => {
+            println!(
+                "installed {} ({} KiB)",
+                dest.display(),
+                filter.wasm.len().div_ceil(1024)
+            );
+            if let Some(example) = filter.example() {
+                println!("run it on a route, for example:\n\n{example}");
+            }
+            println!("every option: wasmgate filter add {}", filter.name);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn check(path: PathBuf, filters_dir: Option<PathBuf>) -> ExitCode {

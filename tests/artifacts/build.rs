@@ -36,8 +36,9 @@ fn main() {
     }
     crates.sort();
 
-    // A target dir of its own: the outer cargo holds the lock on the workspace's.
-    let target_dir = out_dir.join("guest-target");
+    // A target dir beside the workspace's (whose lock the outer cargo holds), shared with the
+    // gateway's build of the bundled filters.
+    let target_dir = guest_target_dir(&out_dir);
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
@@ -88,3 +89,5 @@ fn copy_if_changed(from: &Path, to: &Path) {
         std::fs::write(to, new).unwrap();
     }
 }
+
+include!("../guest-target/target_dir.rs");

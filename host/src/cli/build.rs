@@ -86,13 +86,20 @@ pub async fn build(manifest_path: Option<&Path>) -> Result<Vec<Built>, String> {
 /// Copy a checked component into `dir` as `<name>.wasm`, by rename, so that a gateway watching
 /// `dir` never reads a half-written file.
 pub fn install(component: &Built, dir: &Path) -> Result<PathBuf, String> {
+    let bytes =
+        std::fs::read(&component.path).map_err(|e| format!("{}: {e}", component.path.display()))?;
+    install_bytes(&component.name, &bytes, dir)
+}
+
+/// Write `bytes` into `dir` as `<name>.wasm`: aside, then renamed into place.
+pub fn install_bytes(name: &str, bytes: &[u8], dir: &Path) -> Result<PathBuf, String> {
     if !dir.is_dir() {
         return Err(format!("--install {}: not a directory", dir.display()));
     }
-    let dest = dir.join(format!("{}.wasm", component.name));
-    let partial = dir.join(format!(".{}.wasm.partial", component.name));
-    std::fs::copy(&component.path, &partial)
-        .and_then(|_| std::fs::rename(&partial, &dest))
+    let dest = dir.join(format!("{name}.wasm"));
+    let partial = dir.join(format!(".{name}.wasm.partial"));
+    std::fs::write(&partial, bytes)
+        .and_then(|()| std::fs::rename(&partial, &dest))
         .map_err(|e| format!("installing {}: {e}", dest.display()))?;
     Ok(dest)
 }

@@ -14,6 +14,36 @@ pub struct EmbeddedCrate {
     pub files: &'static [(&'static str, &'static str)],
 }
 
+/// A bundled filter (`filters/*`), built.
+pub struct Bundled {
+    /// Its name: the file name it installs as and the name routes give it.
+    pub name: &'static str,
+    /// The component.
+    pub wasm: &'static [u8],
+    /// Its README: what it does and its config.
+    pub readme: &'static str,
+}
+
+impl Bundled {
+    /// The first sentence of the README's first paragraph: what the filter does.
+    pub fn summary(&self) -> String {
+        let body = self.readme.split_once("\n\n").map_or("", |(_, rest)| rest);
+        let paragraph = body.split("\n\n").next().unwrap_or("");
+        let text = paragraph.split_whitespace().collect::<Vec<_>>().join(" ");
+        match text.find(". ") {
+            Some(end) => text[..=end].to_string(),
+            None => text,
+        }
+    }
+
+    /// The README's first TOML example: a route's filter entry.
+    pub fn example(&self) -> Option<&'static str> {
+        let start = self.readme.find("```toml\n")? + "```toml\n".len();
+        let len = self.readme[start..].find("```")?;
+        Some(&self.readme[start..start + len])
+    }
+}
+
 include!(concat!(env!("OUT_DIR"), "/embedded_crates.rs"));
 
 /// Where the embedded crates go: `$XDG_DATA_HOME/wasmgate/crates` or
