@@ -167,11 +167,12 @@ fn collect(path: &Path, files: &mut Vec<PathBuf>) {
 }
 
 /// `member` with what it inherits from `workspace` written in, and without `[lints]` (the
-/// workspace's lints are its own business).
+/// workspace's lints are its own business) or `[dev-dependencies]` (its tests stay here).
 fn standalone(member: &toml::Table, workspace: &toml::Table) -> toml::Table {
     let ws = &workspace["workspace"];
     let mut out = member.clone();
     out.remove("lints");
+    out.remove("dev-dependencies");
     if let Some(toml::Value::Table(package)) = out.get_mut("package") {
         for (key, value) in package.iter_mut() {
             if is_inherited(value) {

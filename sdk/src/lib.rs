@@ -273,16 +273,14 @@ pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
     Some(std::time::Duration::from_millis(ms))
 }
 
+/// The bindings of `wit/` (world `gateway-filter`), as `wit_bindgen::generate!` makes them with
+/// `pub_export_macro: true, export_macro_name: "__export_filter_glue",
+/// default_bindings_module: "wasmgate_sdk::__bindings"`; generated ahead of time (see
+/// `tests/bindings.rs`) so that filter crates do not build the generator.
 #[doc(hidden)]
-pub mod __bindings {
-    wit_bindgen::generate!({
-        path: "wit",
-        world: "gateway-filter",
-        pub_export_macro: true,
-        export_macro_name: "__export_filter_glue",
-        default_bindings_module: "wasmgate_sdk::__bindings",
-    });
-}
+#[rustfmt::skip]
+#[path = "bindings.rs"]
+pub mod __bindings;
 
 /// Conversions `wasmgate-testkit` uses to drive a built filter with the SDK's own types; not
 /// part of the API.
