@@ -151,9 +151,12 @@ impl RedisStore {
         if let Some(at) = slot.failed_at
             && at.elapsed() < self.retry_interval
         {
-            return Err(StateError::Unavailable(
-                "redis is unreachable (retrying shortly)".into(),
-            ));
+            drop(slot);
+            // Another connection may be open again already (Redis came back and it
+            // reconnected first): use it rather than fail a call Redis could answer.
+            return self.any_open().ok_or_else(|| {
+                StateError::Unavailable("redis is unreachable (retrying shortly)".into())
+            });
         }
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
@@ -180,6 +183,14 @@ impl RedisStore {
                 )))
             }
         }
+    }
+
+    /// An open connection from any slot not busy being opened.
+    fn any_open(&self) -> Option<(usize, MultiplexedConnection)> {
+        self.connections.iter().enumerate().find_map(|(i, slot)| {
+            let slot = slot.try_lock().ok()?;
+            slot.open.clone().map(|open| (i, open))
+        })
     }
 
     /// Run `call` on a pooled connection under the call timeout; a connection that broke is
