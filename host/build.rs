@@ -5,7 +5,8 @@
 //!   fields and dependencies resolved, the two crates depending on each other by a path beside
 //!   them;
 //! - the bundled filters (`filters/*`), built for wasm32-wasip2, for `wasmgate filter add`.
-//!   Without that target the binary is built without them, with a warning.
+//!   Without that target (added when rustup can) the binary is built without them, with a
+//!   warning.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -73,8 +74,7 @@ fn main() {
     std::fs::write(out_dir.join("embedded_crates.rs"), out).unwrap();
 }
 
-/// The target filters build for, and the workspace profile they build with.
-const GUEST_TARGET: &str = "wasm32-wasip2";
+/// The workspace profile the bundled filters build with.
 const GUEST_PROFILE: &str = "filter";
 
 /// Build `filters/*` and return the source of `BUNDLED`: name, component and README of each.
@@ -113,7 +113,13 @@ fn bundled_filters(root: &Path, out_dir: &Path) -> String {
     for name in &names {
         cmd.args(["-p", name]);
     }
-    let built = cmd.output();
+    let built = if add_guest_target() {
+        cmd.output()
+    } else {
+        Err(std::io::Error::other(format!(
+            "this toolchain lacks the {GUEST_TARGET} target and rustup could not add it"
+        )))
+    };
     let mut src =
         String::from("/// The bundled filters, built.\npub const BUNDLED: &[Bundled] = &[\n");
     match built {
@@ -134,20 +140,22 @@ fn bundled_filters(root: &Path, out_dir: &Path) -> String {
             }
         }
         Ok(out) => println!(
-            "cargo:warning=the bundled filters were not built (is the {GUEST_TARGET} target installed? rustup target add {GUEST_TARGET}); `wasmgate filter add` will have none: {}",
+            "cargo:warning=the bundled filters were not built; `wasmgate filter add` will have none: {}",
             String::from_utf8_lossy(&out.stderr)
                 .lines()
                 .rev()
                 .find(|l| l.contains("error"))
                 .unwrap_or("")
         ),
-        Err(e) => println!("cargo:warning=the bundled filters were not built: running cargo: {e}"),
+        Err(e) => println!(
+            "cargo:warning=the bundled filters were not built; `wasmgate filter add` will have none: {e}"
+        ),
     }
     src.push_str("];\n");
     src
 }
 
-include!("../tests/guest-target/target_dir.rs");
+include!("../tests/guest-target/guest_target.rs");
 
 fn read_toml(path: &Path) -> toml::Table {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

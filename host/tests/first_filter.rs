@@ -23,7 +23,7 @@ fn checkout() -> PathBuf {
 
 /// The commands the README gives for this path, in order.
 const README_COMMANDS: [&str; 3] = [
-    "wasmgate init my-gateway --filter hello --sdk-path sdk",
+    "wasmgate init my-gateway --filter hello",
     "wasmgate filter build --manifest-path my-gateway/hello/Cargo.toml --install my-gateway/filters",
     "wasmgate serve --config my-gateway/gateway.toml",
 ];
@@ -45,7 +45,8 @@ fn the_readme_gives_these_three_commands() {
     assert_eq!(lines, README_COMMANDS);
 }
 
-/// Runs [`README_COMMANDS`], with free ports and the checkout's absolute `sdk/` path.
+/// Runs [`README_COMMANDS`], with free ports, the SDK the binary carries written under a fresh
+/// `XDG_DATA_HOME`.
 #[test]
 fn init_build_serve_a_custom_filter_whose_crate_is_examples_hello() {
     let dir = std::env::temp_dir().join(format!("wasmgate-first-filter-{}", std::process::id()));
@@ -59,8 +60,8 @@ fn init_build_serve_a_custom_filter_whose_crate_is_examples_hello() {
     //    filter's crate.
     run(wasmgate()
         .current_dir(&dir)
-        .args(["init", "my-gateway", "--filter", "hello", "--sdk-path"])
-        .arg(checkout().join("sdk"))
+        .env("XDG_DATA_HOME", dir.join("data"))
+        .args(["init", "my-gateway", "--filter", "hello"])
         .args(["--listen", &format!("127.0.0.1:{listen}")])
         .args(["--admin", &format!("127.0.0.1:{admin}")])
         .args(["--upstream", &format!("http://127.0.0.1:{upstream}")]));

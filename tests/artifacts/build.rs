@@ -3,9 +3,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The target the guest filters build for.
-const GUEST_TARGET: &str = "wasm32-wasip2";
-
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.join("../..").canonicalize().unwrap();
@@ -90,4 +87,4 @@ fn copy_if_changed(from: &Path, to: &Path) {
     }
 }
 
-include!("../guest-target/target_dir.rs");
+include!("../guest-target/guest_target.rs");
