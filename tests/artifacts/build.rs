@@ -4,6 +4,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn main() {
+    // wasmgate-guest-target, built before this, adds the target; a toolchain changed since
+    // (say, by rust-toolchain.toml) may still lack it.
+    if !add_guest_target() {
+        println!(
+            "cargo::error=this Rust toolchain lacks the {GUEST_TARGET} target the filters build for; add it with: rustup target add {GUEST_TARGET}"
+        );
+        std::process::exit(1);
+    }
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.join("../..").canonicalize().unwrap();
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
