@@ -21,7 +21,8 @@
 //! - `metrics`: the Prometheus registry every layer counts into, and the metrics filters define.
 //!
 //! The filter sandbox (wasmtime, instance pools, limits, host imports) is its own crate,
-//! `wasmgate-sandbox`, which knows nothing of HTTP routing.
+//! `wasmgate-sandbox`, which knows nothing of HTTP routing; so is the HTTP/1.1 codec,
+//! `wasmgate-h1` (small enough to fuzz alone).
 #![deny(missing_docs)]
 
 mod access_log;

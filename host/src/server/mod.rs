@@ -2,6 +2,8 @@
 //! worker thread, a connection cap shared by all, the framing guard in front of hyper, and a
 //! graceful drain on stop.
 
+#[cfg(test)]
+mod differential;
 mod framing;
 
 use std::convert::Infallible;
