@@ -53,6 +53,8 @@ pub struct RequestHead {
     pub expect_continue: bool,
     /// An `Upgrade` header or a `CONNECT`: the connection may stop being HTTP/1.
     pub upgrade: bool,
+    /// The head's bytes as they arrived, for handing the connection on to another parser.
+    pub raw: Bytes,
 }
 
 /// Why a head was refused; the connection closes after the answer.
@@ -265,6 +267,7 @@ pub fn parse_request(
         body,
         keep_alive,
         expect_continue: facts.expect_continue,
+        raw: head,
     }))
 }
 

@@ -18,6 +18,46 @@ use super::grpc_web::TextDecoder;
 use crate::snapshot::{Route, Snapshot};
 use crate::upstream::{BoxError, ClientBodyError};
 
+/// A client request's body as a server hands it over: hyper's (HTTP/2, and connections handed
+/// to hyper), none, or another server's stream (the own HTTP/1.1 path's).
+pub enum Inbound {
+    Hyper(Incoming),
+    Empty,
+    Stream(BoxBody<Bytes, BoxError>),
+}
+
+impl http_body::Body for Inbound {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Inbound::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+            Inbound::Empty => Poll::Ready(None),
+            Inbound::Stream(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inbound::Hyper(body) => body.is_end_stream(),
+            Inbound::Empty => true,
+            Inbound::Stream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Inbound::Hyper(body) => body.size_hint(),
+            Inbound::Empty => SizeHint::with_exact(0),
+            Inbound::Stream(body) => body.size_hint(),
+        }
+    }
+}
+
 /// The client's request body as the pipeline reads it: as it came, or decoded from gRPC-Web
 /// text. A failure reading it is the client's ([`ClientBodyError`], a 400).
 pub(super) struct ClientBody {
@@ -27,12 +67,12 @@ pub(super) struct ClientBody {
 }
 
 enum Kind {
-    Plain(Incoming),
+    Plain(Inbound),
     Base64(TextDecoder),
 }
 
 impl ClientBody {
-    pub(super) fn plain(body: Incoming, counted: Option<Arc<AtomicU64>>) -> ClientBody {
+    pub(super) fn plain(body: Inbound, counted: Option<Arc<AtomicU64>>) -> ClientBody {
         ClientBody {
             kind: Kind::Plain(body),
             counted,
@@ -57,7 +97,7 @@ impl http_body::Body for ClientBody {
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
         let this = self.get_mut();
         let polled = match &mut this.kind {
-            Kind::Plain(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+            Kind::Plain(body) => Pin::new(body).poll_frame(cx),
             Kind::Base64(body) => Pin::new(body).poll_frame(cx),
         };
         if let (Some(counted), Poll::Ready(Some(Ok(frame)))) = (&this.counted, &polled)

@@ -14,7 +14,6 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::grpc::Flavour;
 use crate::upstream::{Body, BoxError};
@@ -76,13 +75,13 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 /// A gRPC-Web text request body, decoded from base64 as it streams. Clients may pad each
 /// chunk they send, so decoding goes group by group up to each padded group.
 pub(super) struct TextDecoder {
-    inner: Incoming,
+    inner: super::accept::Inbound,
     /// Base64 not yet decoded: less than one group, or groups waiting for a padded one.
     pending: BytesMut,
 }
 
 impl TextDecoder {
-    pub(super) fn new(inner: Incoming) -> TextDecoder {
+    pub(super) fn new(inner: super::accept::Inbound) -> TextDecoder {
         TextDecoder {
             inner,
             pending: BytesMut::new(),

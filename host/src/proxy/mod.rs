@@ -29,9 +29,9 @@ use http::header::HeaderValue;
 use http::request::Parts;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
 
 use self::accept::ClientBody;
+pub use self::accept::Inbound;
 use self::chain::{Answer, Chain, Proceed};
 use self::error::{ErrorKind, GatewayError};
 use self::forward::X_REQUEST_ID;
@@ -133,7 +133,7 @@ impl Exchange {
     }
 
     /// The counter of request body bytes, when the request is logged and has a body.
-    fn body_counter(&self, body: &Incoming) -> Option<Arc<AtomicU64>> {
+    fn body_counter(&self, body: &Inbound) -> Option<Arc<AtomicU64>> {
         (self.logging && !http_body::Body::is_end_stream(body))
             .then(|| self.bytes_in.get_or_init(Arc::default).clone())
     }
@@ -209,7 +209,7 @@ impl Proxy {
     /// Serve one client request. Never fails: errors become small JSON responses.
     pub async fn handle(
         &self,
-        req: Request<Incoming>,
+        req: Request<Inbound>,
         client: SocketAddr,
         tls: bool,
     ) -> Response<Body> {
@@ -345,7 +345,7 @@ fn end_request_span(
 }
 
 /// The pipeline, top to bottom.
-async fn serve(req: Request<Incoming>, ex: &Exchange) -> Result<Response<Body>, GatewayError> {
+async fn serve(req: Request<Inbound>, ex: &Exchange) -> Result<Response<Body>, GatewayError> {
     let (mut parts, body) = req.into_parts();
     accept::check_request(&parts.uri, &parts.headers, &ex.snapshot)?;
     websocket::from_extended_connect(&mut parts);
@@ -444,7 +444,7 @@ fn switch_or_stream(
 }
 
 /// `308` to the same host and path over HTTPS on `port`.
-fn redirect_to_https(req: &Request<Incoming>, port: u16) -> Result<Response<Body>, GatewayError> {
+fn redirect_to_https(req: &Request<Inbound>, port: u16) -> Result<Response<Body>, GatewayError> {
     let authority = route::request_authority(req.uri(), req.headers());
     let host = route::host_without_port(&authority);
     if host.is_empty() {

@@ -1,10 +1,11 @@
 //! Listeners and serving threads: one `SO_REUSEPORT` listener, event loop and upstream pool per
-//! worker thread, a connection cap shared by all, the framing guard in front of hyper, and a
-//! graceful drain on stop.
+//! worker thread, a connection cap shared by all, HTTP/1.1 on the gateway's own path ([`h1`])
+//! and the rest through hyper behind the framing guard, and a graceful drain on stop.
 
 #[cfg(test)]
 mod differential;
 mod framing;
+mod h1;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,7 +16,6 @@ use anyhow::Context as _;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use self::framing::{FramingGuard, Guarding};
@@ -160,7 +160,7 @@ async fn serve(
     server: config::Server,
     connections: Arc<tokio::sync::Semaphore>,
     shutdown: impl Future<Output = ()>,
-    drain: Duration,
+    drain_timeout: Duration,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -187,7 +187,16 @@ async fn serve(
         max_headers: server.max_headers,
         head_timeout: server.header_read_timeout,
     };
-    let graceful = GracefulShutdown::new();
+    let settings = h1::Settings {
+        head: wasmgate_h1::HeadLimits {
+            max_head_bytes: server.max_header_bytes,
+            max_headers: server.max_headers,
+        },
+        head_timeout: server.header_read_timeout,
+        idle_timeout: server.idle_timeout,
+    };
+    // Set when draining; every connection holds a receiver until it ends.
+    let (drain, draining) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         // Accept, then wait for a connection slot before serving: with one listener per
@@ -210,48 +219,99 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let open = OpenConnection::new(proxy.metrics().clone());
-        if let Some(tls) = &tls {
-            // The handshake runs in the connection's task, bounded like a request head.
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
-            let (builder, watcher, proxy) = (builder.clone(), graceful.watcher(), proxy.clone());
-            tokio::spawn(async move {
-                let handshake =
-                    tokio::time::timeout(guarding.head_timeout, acceptor.accept(stream));
-                match handshake.await {
-                    Ok(Ok(stream)) => {
-                        let service = proxy_service(proxy, client, true);
-                        let stream = FramingGuard::new(stream, client, guarding);
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        if let Err(e) = watcher.watch(conn.into_owned()).await {
-                            tracing::debug!(%client, "connection ended: {e}");
+        let (builder, draining, proxy) = (builder.clone(), draining.clone(), proxy.clone());
+        let conn = Conn {
+            client,
+            proxy,
+            builder,
+            guarding,
+            draining,
+        };
+        match &tls {
+            Some(tls) => {
+                // The handshake runs in the connection's task, bounded like a request head.
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
+                tokio::spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(guarding.head_timeout, acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                            conn.to_hyper(stream, true).await;
                         }
+                        Ok(Ok(stream)) => conn.serve(stream, true, settings).await,
+                        Ok(Err(e)) => tracing::debug!(%client, "TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
                     }
-                    Ok(Err(e)) => tracing::debug!(%client, "TLS handshake failed: {e}"),
-                    Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
-                }
-                drop((permit, open));
-            });
-            continue;
-        }
-        let service = proxy_service(proxy.clone(), client, false);
-        let stream = FramingGuard::new(stream, client, guarding);
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%client, "connection ended: {e}");
+                    drop((permit, open));
+                });
             }
-            drop((permit, open));
-        });
+            None => {
+                tokio::spawn(async move {
+                    conn.serve(stream, false, settings).await;
+                    drop((permit, open));
+                });
+            }
+        }
     }
     drop(listener);
     tracing::info!("stopped accepting; draining in-flight requests");
-    if tokio::time::timeout(drain, graceful.shutdown())
+    drop(draining);
+    let _ = drain.send(true);
+    if tokio::time::timeout(drain_timeout, drain.closed())
         .await
         .is_err()
     {
         tracing::warn!("drain timeout reached; closing remaining connections");
+    }
+}
+
+/// One client connection and what serving it needs.
+struct Conn {
+    client: SocketAddr,
+    proxy: Arc<Proxy>,
+    builder: auto::Builder<TokioExecutor>,
+    guarding: Guarding,
+    /// Set when the server drains.
+    draining: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Conn {
+    /// HTTP/1.1 on the gateway's own path; the rest of the connection goes to hyper when a
+    /// request needs it (see [`h1`]).
+    async fn serve<IO>(self, io: IO, tls: bool, settings: h1::Settings)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + 'static,
+    {
+        let (client, proxy, draining) = (self.client, self.proxy.clone(), self.draining.clone());
+        h1::serve(io, client, tls, proxy, settings, draining, |io| {
+            self.to_hyper(io, tls)
+        })
+        .await;
+    }
+
+    /// Serve the connection with hyper (HTTP/2, upgrades, `Expect: 100-continue`), behind the
+    /// framing guard, finishing in-flight requests when the server drains.
+    async fn to_hyper<IO>(mut self, io: IO, tls: bool)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + 'static,
+    {
+        let client = self.client;
+        let service = proxy_service(self.proxy, client, tls);
+        let stream = FramingGuard::new(io, client, self.guarding);
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        let ended = tokio::select! {
+            ended = conn.as_mut() => ended,
+            () = h1::drained(&mut self.draining) => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = ended {
+            tracing::debug!(%client, "connection ended: {e}");
+        }
     }
 }
 
@@ -289,7 +349,10 @@ fn proxy_service(
 + 'static {
     service_fn(move |req| {
         let proxy = proxy.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, client, tls).await) }
+        async move {
+            let req = req.map(crate::proxy::Inbound::Hyper);
+            Ok::<_, Infallible>(proxy.handle(req, client, tls).await)
+        }
     })
 }
 
