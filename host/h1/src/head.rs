@@ -7,7 +7,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Uri, Version};
 
 /// Header lines parsed into stack space; a head with more is parsed with a heap buffer.
-const STACK_HEADERS: usize = 128;
+pub(crate) const STACK_HEADERS: usize = 128;
 
 /// The longest request target the `http` crate represents (its `Uri` limit).
 const MAX_URI: usize = (u16::MAX - 1) as usize;
@@ -92,20 +92,20 @@ impl HeadError {
 
 /// What a head's header lines say about framing and the connection, gathered in one pass.
 #[derive(Default)]
-struct Facts {
-    lengths: u32,
-    length: Option<u64>,
-    encodings: u32,
-    chunked: bool,
+pub(crate) struct Facts {
+    pub(crate) lengths: u32,
+    pub(crate) length: Option<u64>,
+    pub(crate) encodings: u32,
+    pub(crate) chunked: bool,
     hosts: u32,
-    close: bool,
-    keep_alive: bool,
+    pub(crate) close: bool,
+    pub(crate) keep_alive: bool,
     expect_continue: bool,
     upgrade: bool,
 }
 
 impl Facts {
-    fn see(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), HeadError> {
+    pub(crate) fn see(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), HeadError> {
         use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING, UPGRADE};
         if name == HOST {
             self.hosts += 1;

@@ -16,6 +16,8 @@
 
 mod chunked;
 mod head;
+mod response;
 
 pub use chunked::{Chunk, ChunkError, ChunkedDecoder};
 pub use head::{BodyKind, HeadError, HeadLimits, RequestHead, parse_request};
+pub use response::{ResponseBodyKind, ResponseHead, parse_response};

@@ -129,7 +129,7 @@ impl HttpBody for TextDecoder {
                     // gRPC-Web requests carry no trailers.
                     Err(_) => continue,
                 },
-                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
                 None if this.pending.is_empty() => return Poll::Ready(None),
                 None => {
                     return Poll::Ready(Some(Err(format!(

@@ -236,7 +236,7 @@ async fn serve(
                         tokio::time::timeout(guarding.head_timeout, acceptor.accept(stream));
                     match handshake.await {
                         Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                            conn.to_hyper(stream, true).await;
+                            conn.hand_to_hyper(stream, true).await;
                         }
                         Ok(Ok(stream)) => conn.serve(stream, true, settings).await,
                         Ok(Err(e)) => tracing::debug!(%client, "TLS handshake failed: {e}"),
@@ -284,14 +284,14 @@ impl Conn {
     {
         let (client, proxy, draining) = (self.client, self.proxy.clone(), self.draining.clone());
         h1::serve(io, client, tls, proxy, settings, draining, |io| {
-            self.to_hyper(io, tls)
+            self.hand_to_hyper(io, tls)
         })
         .await;
     }
 
     /// Serve the connection with hyper (HTTP/2, upgrades, `Expect: 100-continue`), behind the
     /// framing guard, finishing in-flight requests when the server drains.
-    async fn to_hyper<IO>(mut self, io: IO, tls: bool)
+    async fn hand_to_hyper<IO>(mut self, io: IO, tls: bool)
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + 'static,
     {

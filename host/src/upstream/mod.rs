@@ -600,7 +600,7 @@ async fn send_to(
         match tokio::time::timeout(timeout, pool::send(key, timeouts.connect, outgoing)).await {
             Err(_) => return Err(timed_out()),
             Ok(Err(pool::Failure::Connect(e))) => return Err(classify(&e, true, &where_())),
-            Ok(Err(pool::Failure::Exchange(e))) => return Err(classify(&e, false, &where_())),
+            Ok(Err(pool::Failure::Exchange(e))) => return Err(classify(&*e, false, &where_())),
             Ok(Ok(resp)) => resp,
         }
     } else {

@@ -1,30 +1,51 @@
-//! The request path's own HTTP/1.1 connection pool, for the common upstream: plain `http://` at
-//! a known IP address, no `max_connections`, no upgrade. Everything else goes through
-//! hyper-util's client (TLS, HTTP/2, host names to resolve, connection caps, WebSocket).
+//! The request path's own HTTP/1.1 upstream client and connection pool, for the common
+//! upstream: plain `http://` at a known IP address, no `max_connections`, no upgrade.
+//! Everything else goes through hyper-util's client (TLS, HTTP/2, host names to resolve,
+//! connection caps, WebSocket).
 //!
-//! Why a pool of our own: per request, hyper-util's client hashes its `(scheme, authority)` key
-//! with SipHash, races its pool against a lazy connect future, and for HTTP/1 spawns a task that
-//! waits for the connection to be ready again before returning it. Here a connection is keyed by
-//! its socket address, taken from this thread's idle list (most recently used first), and given
-//! back by the response body once the body has been read to its end ([`Back`]); a body dropped
-//! before its end takes the connection down with it, as hyper requires.
+//! In Pingora's manner, an exchange runs in the request's own task: the request head is written
+//! from one reused buffer (with a small body, in the same write), the response head is parsed
+//! once out of the connection's read buffer ([`wasmgate_h1::parse_response`], values sliced
+//! from it), and the body is read from that buffer and the socket as the client side pulls it.
+//! No connection task, no channel between the two.
 //!
+//! A connection is keyed by its socket address, taken from this thread's idle list (most
+//! recently used first) and given back by the response body once read to its end and framed
+//! to allow reuse (RFC 9112 §9.3); a body dropped before its end takes the connection down.
 //! Idle connections are closed after `upstream_idle` by a reaper task per pool, which runs only
-//! while the pool holds idle connections. A request that finds its pooled connection closed by
-//! the upstream before the request was written is sent again on another connection (hyper gives
-//! the request back: nothing reached the upstream).
+//! while the pool holds idle connections. A pooled connection the upstream closed meanwhile is
+//! noticed before it is used; one that closes as the request is written gets an idempotent
+//! request without a body sent once more on a new connection (RFC 9110 §9.2.2).
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Method, Request, Response};
+use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
+use wasmgate_h1::{Chunk, ChunkedDecoder, HeadLimits, ResponseBodyKind, ResponseHead};
 
-use super::Body;
+use super::{Body, BoxError};
+
+/// How large an upstream's response head may be.
+const RESPONSE_HEAD: HeadLimits = HeadLimits {
+    max_head_bytes: 64 << 10,
+    max_headers: 128,
+};
+
+/// Bytes asked of the socket per read.
+const READ_SIZE: usize = 16 << 10;
+
+/// Request body bytes gathered before a write; larger pieces are written as they are.
+const GATHER: usize = 16 << 10;
 
 /// Connections are pooled by where they go and how long they may idle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,8 +54,34 @@ pub(super) struct Key {
     pub idle: Duration,
 }
 
+/// An open HTTP/1.1 connection to an upstream.
+struct Conn {
+    io: TcpStream,
+    /// Read from the socket and not yet used.
+    buf: BytesMut,
+    /// The request head (and small bodies) on their way out.
+    out: Vec<u8>,
+}
+
+impl Conn {
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.buf.reserve(READ_SIZE);
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(cx)).await
+    }
+
+    /// The upstream has closed the connection or sent something unasked while it sat idle.
+    fn is_stale(&self) -> bool {
+        let mut probe = [0u8; 1];
+        !matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
 struct Idle {
-    sender: SendRequest<Body>,
+    conn: Conn,
     since: Instant,
 }
 
@@ -59,8 +106,14 @@ fn lock(pool: &Mutex<Pool>) -> std::sync::MutexGuard<'_, Pool> {
 
 /// Why the exchange failed, before or after a connection was there.
 pub(super) enum Failure {
-    Connect(std::io::Error),
-    Exchange(hyper::Error),
+    Connect(io::Error),
+    Exchange(BoxError),
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Failure {
+        Failure::Exchange(e.into())
+    }
 }
 
 /// Send `req` (origin-form URI, `Host` set) on a pooled connection to `key.addr`, or a new one
@@ -68,86 +121,274 @@ pub(super) enum Failure {
 pub(super) async fn send(
     key: Key,
     connect_timeout: Duration,
-    mut req: Request<Body>,
+    req: Request<Body>,
 ) -> Result<Response<ResponseBody>, Failure> {
     let pool = LOCAL.with(Arc::clone);
-    loop {
-        let (mut sender, reused) = match checkout(&pool, &key) {
-            Some(sender) => (sender, true),
-            None => (connect(key.addr, connect_timeout).await?, false),
-        };
-        // A new connection takes its first request before its task has run; a reused one
-        // may still be finishing its last exchange, or have been closed since.
-        if reused && sender.ready().await.is_err() {
-            continue;
+    let (parts, mut body) = req.into_parts();
+    // Sent again on a new connection if a reused one turns out closed: nothing to replay, and
+    // the method allows it.
+    let resendable = body.is_end_stream()
+        && matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+        );
+    let (mut conn, reused) = match checkout(&pool, &key) {
+        Some(conn) => (conn, true),
+        None => (connect(key.addr, connect_timeout).await?, false),
+    };
+    let head = match exchange(&mut conn, &parts, &mut body).await {
+        Ok(head) => head,
+        Err(Sent::Unanswered(_)) if reused && resendable => {
+            conn = connect(key.addr, connect_timeout).await?;
+            exchange(&mut conn, &parts, &mut body)
+                .await
+                .map_err(Sent::failure)?
         }
-        match sender.try_send_request(req).await {
-            Ok(resp) => {
-                let back = Back { pool, key, sender };
-                return Ok(resp.map(|body| ResponseBody::pooled(body, back)));
-            }
-            Err(mut e) => match e.take_message() {
-                // Never written: the pooled connection had closed. Another one.
-                Some(unsent) if reused => req = unsent,
-                _ => return Err(Failure::Exchange(e.into_error())),
-            },
+        Err(e) => return Err(e.failure()),
+    };
+    let back = head.keep_alive.then_some(Back { pool, key });
+    let framing = match head.body {
+        ResponseBodyKind::Empty => Framing::Length(0),
+        ResponseBodyKind::Length(n) => Framing::Length(n),
+        ResponseBodyKind::Chunked => Framing::Chunked(Box::new(ChunkedDecoder::new(
+            RESPONSE_HEAD.max_head_bytes,
+            RESPONSE_HEAD.max_headers,
+        ))),
+        ResponseBodyKind::UntilClose => Framing::UntilClose,
+    };
+    let mut own = OwnBody {
+        conn: Some(conn),
+        framing,
+        back,
+    };
+    if matches!(own.framing, Framing::Length(0)) {
+        own.finish();
+    }
+    let mut resp = Response::new(ResponseBody {
+        inner: Inner::Own(own),
+    });
+    *resp.status_mut() = head.status;
+    *resp.version_mut() = head.version;
+    *resp.headers_mut() = head.headers;
+    Ok(resp)
+}
+
+/// How an exchange failed.
+enum Sent {
+    /// The connection closed before any of the response came: the request may not have
+    /// reached the upstream.
+    Unanswered(io::Error),
+    Failed(Failure),
+}
+
+impl Sent {
+    fn failure(self) -> Failure {
+        match self {
+            Sent::Unanswered(e) => e.into(),
+            Sent::Failed(f) => f,
         }
     }
 }
 
+/// Write the request on `conn` and read the final response head.
+async fn exchange(
+    conn: &mut Conn,
+    parts: &http::request::Parts,
+    body: &mut Body,
+) -> Result<ResponseHead, Sent> {
+    write_request(conn, parts, body).await?;
+    loop {
+        match wasmgate_h1::parse_response(&mut conn.buf, &RESPONSE_HEAD, &parts.method) {
+            // Interim answers (100 Continue, 103 Early Hints) are not relayed.
+            Ok(Some(head)) if head.status.is_informational() => continue,
+            Ok(Some(head)) => return Ok(head),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(Sent::Failed(Failure::Exchange(
+                    format!("invalid response head: {}", e.reason()).into(),
+                )));
+            }
+        }
+        let unanswered = conn.buf.is_empty();
+        match conn.fill().await {
+            Ok(0) if unanswered => {
+                return Err(Sent::Unanswered(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the upstream closed the connection before responding",
+                )));
+            }
+            Ok(0) => {
+                return Err(Sent::Failed(
+                    io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the upstream closed the connection mid-head",
+                    )
+                    .into(),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if unanswered => return Err(Sent::Unanswered(e)),
+            Err(e) => return Err(Sent::Failed(e.into())),
+        }
+    }
+}
+
+/// Write the request head and body: `Content-Length` when the length is known, chunked when
+/// not (RFC 9112 §6.1, §7.1).
+async fn write_request(
+    conn: &mut Conn,
+    parts: &http::request::Parts,
+    body: &mut Body,
+) -> Result<(), Sent> {
+    let out = &mut conn.out;
+    out.clear();
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .as_bytes(),
+    );
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    write_fields(out, &parts.headers);
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let chunked = match (declared, body.size_hint().exact()) {
+        (Some(_), _) => false,
+        (None, Some(0)) => {
+            if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+                out.extend_from_slice(b"content-length: 0\r\n");
+            }
+            false
+        }
+        (None, Some(n)) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+            false
+        }
+        (None, None) => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            true
+        }
+    };
+    out.extend_from_slice(b"\r\n");
+    let written = |e: io::Error| Sent::Unanswered(e);
+    let mut trailers = None;
+    while !body.is_end_stream() {
+        let frame =
+            match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await
+            {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    conn.io.write_all(&conn.out).await.map_err(written)?;
+                    conn.out.clear();
+                    std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
+                }
+            };
+        let out = &mut conn.out;
+        let frame = match frame {
+            None => break,
+            Some(Ok(frame)) => frame,
+            // The client's failure (or its body over the limit) keeps its type for the answer.
+            Some(Err(e)) => return Err(Sent::Failed(Failure::Exchange(e))),
+        };
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                trailers = frame.into_trailers().ok();
+                continue;
+            }
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if chunked {
+            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        }
+        if data.len() >= GATHER {
+            conn.io.write_all(out).await.map_err(written)?;
+            out.clear();
+            conn.io.write_all(&data).await.map_err(written)?;
+        } else {
+            out.extend_from_slice(&data);
+        }
+        if chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+        if out.len() >= GATHER {
+            conn.io.write_all(out).await.map_err(written)?;
+            out.clear();
+        }
+    }
+    if chunked {
+        conn.out.extend_from_slice(b"0\r\n");
+        if let Some(trailers) = &trailers {
+            write_fields(&mut conn.out, trailers);
+        }
+        conn.out.extend_from_slice(b"\r\n");
+    }
+    conn.io.write_all(&conn.out).await.map_err(written)
+}
+
+fn write_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
+    for (name, value) in fields {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// The most recently returned idle connection to `key` that is still open.
-fn checkout(pool: &Mutex<Pool>, key: &Key) -> Option<SendRequest<Body>> {
+fn checkout(pool: &Mutex<Pool>, key: &Key) -> Option<Conn> {
     let mut pool = lock(pool);
     let list = pool.idle.get_mut(key)?;
     while let Some(idle) = list.pop() {
-        if !idle.sender.is_closed() && idle.since.elapsed() < key.idle {
-            return Some(idle.sender);
+        if idle.since.elapsed() < key.idle && !idle.conn.is_stale() {
+            return Some(idle.conn);
         }
     }
     None
 }
 
-/// A new connection: TCP with `TCP_NODELAY`, HTTP/1.1 served by a task of its own.
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<SendRequest<Body>, Failure> {
-    let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
-        Ok(Ok(stream)) => stream,
+/// A new connection: TCP with `TCP_NODELAY`.
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Conn, Failure> {
+    let io = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(io)) => io,
         Ok(Err(e)) => return Err(Failure::Connect(e)),
         Err(_) => {
-            return Err(Failure::Connect(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
+            return Err(Failure::Connect(io::Error::new(
+                io::ErrorKind::TimedOut,
                 format!("connecting to {addr} took longer than {timeout:?}"),
             )));
         }
     };
-    stream.set_nodelay(true).map_err(Failure::Connect)?;
-    let (sender, connection) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(Failure::Exchange)?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(upstream = %addr, error = %e, "upstream connection closed");
-        }
-    });
-    Ok(sender)
+    io.set_nodelay(true).map_err(Failure::Connect)?;
+    Ok(Conn {
+        io,
+        buf: BytesMut::with_capacity(READ_SIZE),
+        out: Vec::with_capacity(1024),
+    })
 }
 
-/// A connection on its way back to the pool it came from.
-pub(super) struct Back {
+/// Where a connection goes back to.
+struct Back {
     pool: Shared,
     key: Key,
-    sender: SendRequest<Body>,
 }
 
 impl Back {
-    fn give(self) {
-        if self.sender.is_closed() {
-            return;
-        }
+    fn give(self, conn: Conn) {
         let start_reaper = {
             let mut pool = lock(&self.pool);
             pool.idle.entry(self.key).or_default().push(Idle {
-                sender: self.sender,
+                conn,
                 since: Instant::now(),
             });
             !std::mem::replace(&mut pool.reaping, true)
@@ -175,11 +416,10 @@ async fn reap(pool: Shared) {
         let next = {
             let mut pool = lock(&pool);
             let mut next: Option<Instant> = None;
-            // Dropping an idle connection's sender closes the connection.
             pool.idle.retain(|key, list| {
                 list.retain(|idle| {
                     let due = idle.since + key.idle;
-                    if due <= now || idle.sender.is_closed() {
+                    if due <= now {
                         return false;
                     }
                     next = Some(next.map_or(due, |next| next.min(due)));
@@ -199,38 +439,110 @@ async fn reap(pool: Shared) {
     }
 }
 
-/// An upstream response's body. From the pool's connections it gives the connection back once
-/// read to its end.
-pub struct ResponseBody {
-    inner: Incoming,
+/// How a response body is framed on the upstream connection.
+enum Framing {
+    /// Bytes still to come.
+    Length(u64),
+    Chunked(Box<ChunkedDecoder>),
+    UntilClose,
+}
+
+/// A response body read from a pooled connection as it is pulled.
+struct OwnBody {
+    /// `None` once the body has ended.
+    conn: Option<Conn>,
+    framing: Framing,
+    /// Where the connection goes when the body ends, if it may be reused.
     back: Option<Back>,
+}
+
+impl OwnBody {
+    /// The body ended: the connection goes back to its pool, unless the upstream sent more
+    /// than it framed.
+    fn finish(&mut self) {
+        if let (Some(conn), Some(back)) = (self.conn.take(), self.back.take())
+            && conn.buf.is_empty()
+        {
+            back.give(conn);
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match &mut self.framing {
+                Framing::Length(0) => {
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(left) if !conn.buf.is_empty() => {
+                    let n = usize::try_from(*left)
+                        .map_or(conn.buf.len(), |left| left.min(conn.buf.len()));
+                    let data = conn.buf.split_to(n).freeze();
+                    *left -= n as u64;
+                    if *left == 0 {
+                        self.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Chunked(decoder) => match decoder.decode(&mut conn.buf) {
+                    Ok(Some(Chunk::Data(data))) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Some(Chunk::End(trailers))) => {
+                        self.finish();
+                        return Poll::Ready(
+                            (!trailers.is_empty()).then(|| Ok(Frame::trailers(trailers))),
+                        );
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.conn = None;
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                },
+                Framing::UntilClose if !conn.buf.is_empty() => {
+                    let data = conn.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Length(_) | Framing::UntilClose => {}
+            }
+            match std::task::ready!(conn.poll_fill(cx)) {
+                Ok(0) if matches!(self.framing, Framing::UntilClose) => {
+                    self.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(
+                        "the upstream closed the connection mid-body".into()
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+}
+
+/// An upstream response's body: from the request path's own client (which gives the connection
+/// back once the body is read to its end) or from hyper's.
+pub struct ResponseBody {
+    inner: Inner,
+}
+
+enum Inner {
+    Hyper(Incoming),
+    Own(OwnBody),
 }
 
 impl ResponseBody {
     pub(super) fn plain(inner: Incoming) -> ResponseBody {
-        ResponseBody { inner, back: None }
-    }
-
-    fn pooled(inner: Incoming, back: Back) -> ResponseBody {
-        let mut body = ResponseBody {
-            inner,
-            back: Some(back),
-        };
-        body.given_back_if_done();
-        body
-    }
-
-    /// An empty body may never be polled: give the connection back as soon as the end is known.
-    fn given_back_if_done(&mut self) {
-        if http_body::Body::is_end_stream(&self.inner) {
-            self.give_back();
-        }
-    }
-
-    /// The connection goes back to its pool (once).
-    fn give_back(&mut self) {
-        if let Some(back) = self.back.take() {
-            back.give();
+        ResponseBody {
+            inner: Inner::Hyper(inner),
         }
     }
 }
@@ -238,36 +550,41 @@ impl ResponseBody {
 impl std::fmt::Debug for ResponseBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ResponseBody")
-            .field("pooled", &self.back.is_some())
+            .field("own", &matches!(self.inner, Inner::Own(_)))
             .finish_non_exhaustive()
     }
 }
 
 impl http_body::Body for ResponseBody {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Data = Bytes;
+    type Error = BoxError;
 
     fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            std::task::Poll::Ready(Some(Ok(_))) => this.given_back_if_done(),
-            std::task::Poll::Ready(None) => this.give_back(),
-            // An error: the connection is not reused (dropping it closes it).
-            std::task::Poll::Ready(Some(Err(_))) => this.back = None,
-            std::task::Poll::Pending => {}
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match &mut self.get_mut().inner {
+            Inner::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+            Inner::Own(body) => body.poll_frame(cx),
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::Hyper(body) => body.is_end_stream(),
+            Inner::Own(body) => body.conn.is_none(),
+        }
     }
 
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Hyper(body) => body.size_hint(),
+            Inner::Own(OwnBody { conn: None, .. }) => SizeHint::with_exact(0),
+            Inner::Own(OwnBody {
+                framing: Framing::Length(n),
+                ..
+            }) => SizeHint::with_exact(*n),
+            Inner::Own(_) => SizeHint::default(),
+        }
     }
 }
