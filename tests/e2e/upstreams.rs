@@ -7,6 +7,8 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Response;
@@ -403,4 +405,94 @@ async fn an_http10_upstreams_answer_is_reframed_as_http11_and_keeps_the_connecti
         };
         assert_eq!(received, body, "{path}");
     }
+}
+
+/// An HTTP/1.1 upstream scripted per path, for the request path's own client: an interim 100
+/// before the answer, a chunked body with trailers, a response framed two ways at once, and a
+/// keep-alive connection it closes while the gateway holds it idle. Counts its connections.
+async fn scripted_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    let answer: &[u8] = if head.contains("/interim") {
+                        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\ninterim"
+                    } else if head.contains("/chunked") {
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nx-trailer: t\r\n\r\n"
+                    } else if head.contains("/ambiguous") {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nidle"
+                    };
+                    if conn.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    if head.contains("/then-close") {
+                        // Keep-alive as far as the gateway knows; closed while idle.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// The request path's own HTTP/1.1 client follows RFC 9112's framing: interim answers are not
+/// relayed, chunked bodies (extensions, trailers) arrive whole, a response framed both by
+/// length and by chunks is refused (502), and a pooled connection the upstream closed while
+/// idle is noticed and replaced, not answered with an error.
+#[tokio::test]
+async fn the_own_upstream_client_frames_responses_as_rfc_9112_says() {
+    let (up, accepted) = scripted_upstream().await;
+    let gw = gateway(&[("raw", format!("upstreams = [\"http://{up}\"]"))]).await;
+
+    let interim = gw.get("/raw/interim").await;
+    assert_eq!(
+        (interim.status.as_u16(), &interim.body[..]),
+        (200, &b"interim"[..])
+    );
+    let chunked = gw.get("/raw/chunked").await;
+    assert_eq!(
+        (chunked.status.as_u16(), &chunked.body[..]),
+        (200, &b"hello world"[..])
+    );
+    let ambiguous = gw.get("/raw/ambiguous").await;
+    assert_eq!(ambiguous.status.as_u16(), 502, "{:?}", ambiguous.body);
+
+    let before = accepted.load(Ordering::SeqCst);
+    assert_eq!(gw.get("/raw/then-close").await.status.as_u16(), 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        let again = gw.get("/raw/plain").await;
+        assert_eq!(
+            (again.status.as_u16(), &again.body[..]),
+            (200, &b"idle"[..])
+        );
+    }
+    assert!(
+        accepted.load(Ordering::SeqCst) > before,
+        "the closed connection was replaced by a new one"
+    );
 }
