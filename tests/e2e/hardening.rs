@@ -355,3 +355,27 @@ async fn head_over_http2_gets_headers_only() {
         assert!(body.to_bytes().is_empty());
     }
 }
+
+/// A request body refused unread leaves the next request's place on the connection unknown:
+/// the answer says the connection closes, and nothing after the body is served.
+#[tokio::test]
+async fn a_refused_body_closes_the_connection_and_says_so() {
+    let up = Upstream::start("svc").await;
+    let gw = gateway(&up).await;
+    let started = Instant::now();
+    let request = format!(
+        "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2000\r\n\r\n{}GET /after HTTP/1.1\r\nhost: x\r\n\r\n",
+        "b".repeat(2000)
+    );
+    let response = raw(gw.running.addr, request.as_bytes()).await;
+    assert_eq!(status(&response), "413", "{response:.300}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{response:.300}"
+    );
+    assert_eq!(response.matches("HTTP/1.1 ").count(), 1, "{response:.500}");
+    assert!(started.elapsed() < Duration::from_secs(2), "closed at once");
+    assert_eq!(up.hits(), 0);
+}

@@ -156,7 +156,20 @@ pub(super) async fn serve<IO, F, Fut>(
                 (proxy.handle(req, client, tls).await, Err(lent))
             }
         };
-        let keep_alive = head.keep_alive && !is_draining(&draining);
+        let mut keep_alive = head.keep_alive && !is_draining(&draining);
+        let mut lent = lent;
+        if let Err(back) = &mut lent {
+            // A body given up before its end (refused, or not needed) leaves the next head's
+            // place unknown: the response says the connection closes.
+            match back.try_recv() {
+                Ok(Returned {
+                    reader,
+                    complete: true,
+                }) => lent = Ok(reader),
+                Ok(_) | Err(oneshot::error::TryRecvError::Closed) => keep_alive = false,
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+        }
         let keep_alive =
             match write_response(&mut wr, &mut out, resp, head_only, version, keep_alive).await {
                 Ok(keep_alive) => keep_alive,
