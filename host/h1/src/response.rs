@@ -55,9 +55,8 @@ pub fn parse_response(
         &mut heap
     };
     let mut resp = httparse::Response::new(&mut []);
-    let mut config = httparse::ParserConfig::default();
-    // Obsolete line folding is still sent by old servers; httparse turns it into spaces.
-    config.allow_obsolete_multiline_headers_in_responses(true);
+    // Obsolete line folding (RFC 9112 §5.2) is refused, as hyper's client does by default.
+    let config = httparse::ParserConfig::default();
     let len = match config.parse_response_with_uninit_headers(&mut resp, buf, slots) {
         Ok(httparse::Status::Complete(len)) if len <= limits.max_head_bytes => len,
         Ok(httparse::Status::Complete(_)) => return Err(HeadError::TooLarge),
@@ -228,6 +227,9 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
             "HTTP/1.1 2000 OK\r\n\r\n",
+            // Obsolete line folding, with CRLF and with a bare LF (found by cargo fuzz).
+            "HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\n\r\n",
+            "HTTP/1.0 330 33\r\nT:T3T \n 3\r\n\r\n",
             "HTTP/2 200 OK\r\n\r\n",
             "garbage\r\n\r\n",
         ] {
