@@ -90,6 +90,64 @@ impl HeadError {
     }
 }
 
+/// Header slots for httparse: on the stack up to [`STACK_HEADERS`], else on the heap.
+pub(crate) struct Slots<'b> {
+    stack: [MaybeUninit<httparse::Header<'b>>; STACK_HEADERS],
+    heap: Vec<MaybeUninit<httparse::Header<'b>>>,
+}
+
+impl<'b> Slots<'b> {
+    pub(crate) fn new() -> Slots<'b> {
+        Slots {
+            stack: [const { MaybeUninit::uninit() }; STACK_HEADERS],
+            heap: Vec::new(),
+        }
+    }
+
+    pub(crate) fn get(&mut self, n: usize) -> &mut [MaybeUninit<httparse::Header<'b>>] {
+        if n <= STACK_HEADERS {
+            return &mut self.stack[..n];
+        }
+        self.heap.resize_with(n, MaybeUninit::uninit);
+        &mut self.heap
+    }
+}
+
+/// A head's length from httparse's verdict on `buffered` bytes, with `limits` applied;
+/// `None` while incomplete.
+pub(crate) fn head_len(
+    parsed: httparse::Result<usize>,
+    buffered: usize,
+    limits: &HeadLimits,
+    malformed: &'static str,
+) -> Result<Option<usize>, HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(len)) if len <= limits.max_head_bytes => Ok(Some(len)),
+        Ok(httparse::Status::Complete(_)) => Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) if buffered <= limits.max_head_bytes => Ok(None),
+        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+            Err(HeadError::TooLarge)
+        }
+        Err(httparse::Error::Version) => Err(HeadError::Malformed("not HTTP/1.x")),
+        Err(_) => Err(HeadError::Malformed(malformed)),
+    }
+}
+
+/// A header's name and where its value lies in the head.
+pub(crate) type Field = (HeaderName, std::ops::Range<usize>);
+
+/// The header map, each value a slice of `head` (the bytes the fields were parsed from).
+pub(crate) fn header_map(head: &Bytes, fields: Vec<Field>) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, value) in fields {
+        // SAFETY: httparse admitted only HTAB, SP, VCHAR and obs-text in a field value, all of
+        // which `HeaderValue` allows; the checked constructor would scan them again.
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(value)) };
+        headers.append(name, value);
+    }
+    headers
+}
+
 /// What a head's header lines say about framing and the connection, gathered in one pass.
 #[derive(Default)]
 pub(crate) struct Facts {
@@ -105,6 +163,40 @@ pub(crate) struct Facts {
 }
 
 impl Facts {
+    /// Each header's name and where its value lies from `base` (the buffer's start), noting
+    /// what each says.
+    pub(crate) fn fields(
+        &mut self,
+        headers: &[httparse::Header<'_>],
+        base: usize,
+    ) -> Result<Vec<Field>, HeadError> {
+        let mut fields = Vec::with_capacity(headers.len());
+        for h in headers {
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| HeadError::Malformed("invalid header name"))?;
+            self.see(&name, h.value)?;
+            let start = h.value.as_ptr() as usize - base;
+            fields.push((name, start..start + h.value.len()));
+        }
+        Ok(fields)
+    }
+
+    /// RFC 9112 §6.1: a sender must not send both `Content-Length` and `Transfer-Encoding`; a
+    /// recipient may let Transfer-Encoding win, but a gateway that did would forward a message
+    /// another hop frames by its length. RFC 9110 §8.6 allows folding repeated equal lengths
+    /// into one; a gateway refuses instead.
+    pub(crate) fn unambiguous(&self) -> Result<(), HeadError> {
+        if self.lengths > 0 && self.encodings > 0 {
+            return Err(HeadError::Ambiguous(
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        if self.lengths > 1 {
+            return Err(HeadError::Ambiguous("more than one Content-Length"));
+        }
+        Ok(())
+    }
+
     pub(crate) fn see(&mut self, name: &HeaderName, value: &[u8]) -> Result<(), HeadError> {
         use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING, UPGRADE};
         if name == HOST {
@@ -160,25 +252,11 @@ pub fn parse_request(
     buf: &mut BytesMut,
     limits: &HeadLimits,
 ) -> Result<Option<RequestHead>, HeadError> {
-    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
-    let mut heap;
-    let slots: &mut [MaybeUninit<httparse::Header<'_>>] = if limits.max_headers <= STACK_HEADERS {
-        &mut stack[..limits.max_headers]
-    } else {
-        heap = Vec::with_capacity(limits.max_headers);
-        heap.resize_with(limits.max_headers, MaybeUninit::uninit);
-        &mut heap
-    };
+    let mut slots = Slots::new();
     let mut req = httparse::Request::new(&mut []);
-    let len = match req.parse_with_uninit_headers(buf, slots) {
-        Ok(httparse::Status::Complete(len)) if len <= limits.max_head_bytes => len,
-        Ok(httparse::Status::Complete(_)) => return Err(HeadError::TooLarge),
-        Ok(httparse::Status::Partial) if buf.len() <= limits.max_head_bytes => return Ok(None),
-        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
-            return Err(HeadError::TooLarge);
-        }
-        Err(httparse::Error::Version) => return Err(HeadError::Malformed("not HTTP/1.x")),
-        Err(_) => return Err(HeadError::Malformed("malformed request head")),
+    let parsed = req.parse_with_uninit_headers(buf, slots.get(limits.max_headers));
+    let Some(len) = head_len(parsed, buf.len(), limits, "malformed request head")? else {
+        return Ok(None);
     };
 
     // Everything but the header values, while `req` borrows `buf`.
@@ -196,26 +274,8 @@ pub fn parse_request(
     }
     let path = offset(path)..offset(path) + path.len();
     let mut facts = Facts::default();
-    let mut fields = Vec::with_capacity(req.headers.len());
-    for h in req.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| HeadError::Malformed("invalid header name"))?;
-        facts.see(&name, h.value)?;
-        let start = offset(h.value);
-        fields.push((name, start..start + h.value.len()));
-    }
-
-    // RFC 9112 §6.1: a sender must not send both; a server may let Transfer-Encoding win,
-    // but a gateway that did would forward a message another hop frames by its length.
-    if facts.lengths > 0 && facts.encodings > 0 {
-        return Err(HeadError::Ambiguous(
-            "both Content-Length and Transfer-Encoding",
-        ));
-    }
-    // RFC 9110 §8.6 allows folding repeated equal lengths into one; a gateway refuses instead.
-    if facts.lengths > 1 {
-        return Err(HeadError::Ambiguous("more than one Content-Length"));
-    }
+    let fields = facts.fields(req.headers, base)?;
+    facts.unambiguous()?;
     // RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, and for any with more than one.
     if facts.hosts > 1 {
         return Err(HeadError::Malformed("more than one Host"));
@@ -247,13 +307,7 @@ pub fn parse_request(
     let head: Bytes = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path))
         .map_err(|_| HeadError::Malformed("invalid request target"))?;
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    for (name, value) in fields {
-        // SAFETY: httparse admitted only HTAB, SP, VCHAR and obs-text in a field value, all of
-        // which `HeaderValue` allows; the checked constructor would scan them again.
-        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(value)) };
-        headers.append(name, value);
-    }
+    let headers = header_map(&head, fields);
     let keep_alive = match version {
         Version::HTTP_10 => facts.keep_alive && !facts.close,
         _ => !facts.close,

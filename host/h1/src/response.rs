@@ -1,12 +1,9 @@
 //! A response head from an upstream, parsed once out of the upstream connection's read buffer.
 
-use std::mem::MaybeUninit;
-
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, StatusCode, Version};
 
-use crate::head::{Facts, HeadError, HeadLimits, STACK_HEADERS};
+use crate::head::{Facts, HeadError, HeadLimits, Slots, head_len, header_map};
 
 /// How a response body is framed (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,27 +42,16 @@ pub fn parse_response(
     limits: &HeadLimits,
     method: &Method,
 ) -> Result<Option<ResponseHead>, HeadError> {
-    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
-    let mut heap;
-    let slots: &mut [MaybeUninit<httparse::Header<'_>>] = if limits.max_headers <= STACK_HEADERS {
-        &mut stack[..limits.max_headers]
-    } else {
-        heap = Vec::with_capacity(limits.max_headers);
-        heap.resize_with(limits.max_headers, MaybeUninit::uninit);
-        &mut heap
-    };
+    let mut slots = Slots::new();
     let mut resp = httparse::Response::new(&mut []);
     // Obsolete line folding (RFC 9112 §5.2) is refused, as hyper's client does by default.
-    let config = httparse::ParserConfig::default();
-    let len = match config.parse_response_with_uninit_headers(&mut resp, buf, slots) {
-        Ok(httparse::Status::Complete(len)) if len <= limits.max_head_bytes => len,
-        Ok(httparse::Status::Complete(_)) => return Err(HeadError::TooLarge),
-        Ok(httparse::Status::Partial) if buf.len() <= limits.max_head_bytes => return Ok(None),
-        Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
-            return Err(HeadError::TooLarge);
-        }
-        Err(httparse::Error::Version) => return Err(HeadError::Malformed("not HTTP/1.x")),
-        Err(_) => return Err(HeadError::Malformed("malformed response head")),
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        slots.get(limits.max_headers),
+    );
+    let Some(len) = head_len(parsed, buf.len(), limits, "malformed response head")? else {
+        return Ok(None);
     };
     let status = StatusCode::from_u16(resp.code.unwrap_or_default())
         .map_err(|_| HeadError::Malformed("invalid status code"))?;
@@ -75,24 +61,10 @@ pub fn parse_response(
     };
     let base = buf.as_ptr() as usize;
     let mut facts = Facts::default();
-    let mut fields = Vec::with_capacity(resp.headers.len());
-    for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| HeadError::Malformed("invalid header name"))?;
-        facts.see(&name, h.value)?;
-        let start = h.value.as_ptr() as usize - base;
-        fields.push((name, start..start + h.value.len()));
-    }
+    let fields = facts.fields(resp.headers, base)?;
     // §6.3 item 3 lets Transfer-Encoding win over Content-Length; a gateway refuses a response
     // another hop could frame differently, as it refuses such a request.
-    if facts.lengths > 0 && facts.encodings > 0 {
-        return Err(HeadError::Ambiguous(
-            "both Content-Length and Transfer-Encoding",
-        ));
-    }
-    if facts.lengths > 1 {
-        return Err(HeadError::Ambiguous("more than one Content-Length"));
-    }
+    facts.unambiguous()?;
     let bodiless = method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -115,13 +87,7 @@ pub fn parse_response(
     };
 
     let head: Bytes = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(fields.len());
-    for (name, value) in fields {
-        // SAFETY: httparse admitted only HTAB, SP, VCHAR and obs-text in a field value (obsolete
-        // folds replaced by spaces), all of which `HeaderValue` allows.
-        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(value)) };
-        headers.append(name, value);
-    }
+    let headers = header_map(&head, fields);
     let keep_alive = body != ResponseBodyKind::UntilClose
         && match version {
             Version::HTTP_10 => facts.keep_alive && !facts.close,

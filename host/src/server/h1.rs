@@ -25,16 +25,13 @@ use tokio::sync::{oneshot, watch};
 use wasmgate_h1::{BodyKind, Chunk, ChunkedDecoder, HeadError, HeadLimits, RequestHead};
 
 use crate::proxy::{Inbound, Proxy};
-use crate::upstream::{Body, BoxError};
+use crate::upstream::{Body, BoxError, wire};
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4): a client speaking HTTP/2 with prior knowledge.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 16 << 10;
-
-/// Response body bytes gathered before a write; larger pieces are written as they are.
-const GATHER: usize = 16 << 10;
 
 /// How the loop reads and times a connection; from [`crate::config::Server`].
 #[derive(Debug, Clone, Copy)]
@@ -287,17 +284,6 @@ fn status_line(out: &mut Vec<u8>, status: StatusCode) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// How a response body is framed on the wire (RFC 9112 §6.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OutFraming {
-    /// No body: an answer to `HEAD`, a 1xx, 204 or 304.
-    None,
-    Length(u64),
-    Chunked,
-    /// Until the connection closes: an HTTP/1.0 client and no known length.
-    Close,
-}
-
 /// Write `resp` to the client; whether the connection may carry another request.
 async fn write_response<W: AsyncWrite + Unpin>(
     wr: &mut W,
@@ -332,10 +318,7 @@ async fn write_response<W: AsyncWrite + Unpin>(
             }
         }
         dated |= name == header::DATE;
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        wire::field(out, name, value);
     }
     if !dated {
         out.extend_from_slice(b"date: ");
@@ -346,21 +329,23 @@ async fn write_response<W: AsyncWrite + Unpin>(
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
+    // RFC 9112 §6.3: no body after a 1xx, 204 or 304, or for HEAD; else its length when
+    // known, chunks for HTTP/1.1, the connection's end for HTTP/1.0.
     let framing = if bodiless {
-        OutFraming::None
+        None
     } else if let Some(n) = declared {
-        OutFraming::Length(n)
+        Some(wire::Framing::Length(n))
     } else if let Some(n) = body.size_hint().exact() {
         out.extend_from_slice(b"content-length: ");
         out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
         out.extend_from_slice(b"\r\n");
-        OutFraming::Length(n)
+        Some(wire::Framing::Length(n))
     } else if version == Version::HTTP_11 {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        OutFraming::Chunked
+        Some(wire::Framing::Chunked)
     } else {
         keep_alive = false;
-        OutFraming::Close
+        Some(wire::Framing::UntilClose)
     };
     match (version, keep_alive) {
         (Version::HTTP_11, false) => out.extend_from_slice(b"connection: close\r\n"),
@@ -368,86 +353,20 @@ async fn write_response<W: AsyncWrite + Unpin>(
         _ => {}
     }
     out.extend_from_slice(b"\r\n");
-    if framing == OutFraming::None {
+    let Some(framing) = framing else {
         wr.write_all(out).await?;
         wr.flush().await?;
         return Ok(keep_alive);
+    };
+    match wire::write_body(wr, out, &mut body, framing).await {
+        Ok(()) => Ok(keep_alive),
+        Err(wire::WriteError::Io(e)) => Err(e),
+        // The client sees the body cut short, as with hyper.
+        Err(wire::WriteError::Body(e)) => Err(io::Error::other(e)),
+        Err(wire::WriteError::Length) => Err(io::Error::other(
+            "response body does not match its content-length",
+        )),
     }
-
-    let chunked = framing == OutFraming::Chunked;
-    let (mut sent, mut trailers) = (0u64, None);
-    loop {
-        // What the body has now goes out with the head; the socket is written before waiting.
-        let frame = match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx)))
-            .await
-        {
-            Poll::Ready(frame) => frame,
-            Poll::Pending => {
-                wr.write_all(out).await?;
-                out.clear();
-                wr.flush().await?;
-                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
-            }
-        };
-        let frame = match frame {
-            None => break,
-            Some(Ok(frame)) => frame,
-            // The client sees the body cut short, as with hyper.
-            Some(Err(e)) => return Err(io::Error::other(e)),
-        };
-        let data = match frame.into_data() {
-            Ok(data) => data,
-            Err(frame) => {
-                trailers = frame.into_trailers().ok();
-                continue;
-            }
-        };
-        if data.is_empty() {
-            continue;
-        }
-        sent += data.len() as u64;
-        if matches!(framing, OutFraming::Length(n) if sent > n) {
-            return Err(io::Error::other(
-                "response body longer than its content-length",
-            ));
-        }
-        if chunked {
-            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-        }
-        if data.len() >= GATHER {
-            wr.write_all(out).await?;
-            out.clear();
-            wr.write_all(&data).await?;
-        } else {
-            out.extend_from_slice(&data);
-        }
-        if chunked {
-            out.extend_from_slice(b"\r\n");
-        }
-        if out.len() >= GATHER {
-            wr.write_all(out).await?;
-            out.clear();
-        }
-    }
-    if matches!(framing, OutFraming::Length(n) if sent < n) {
-        wr.write_all(out).await?;
-        return Err(io::Error::other(
-            "response body shorter than its content-length",
-        ));
-    }
-    if chunked {
-        out.extend_from_slice(b"0\r\n");
-        for (name, value) in trailers.iter().flatten() {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-    }
-    wr.write_all(out).await?;
-    wr.flush().await?;
-    Ok(keep_alive && framing != OutFraming::Close)
 }
 
 /// The `Date` value (RFC 9110 §6.6.1), formatted once a second per thread.

@@ -11,6 +11,7 @@ mod capped;
 mod discovery;
 mod endpoints;
 mod pool;
+pub(crate) mod wire;
 
 pub use self::discovery::Resolver;
 pub use self::endpoints::{EndpointRegistry, EndpointState};

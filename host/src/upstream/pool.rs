@@ -25,15 +25,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Method, Request, Response};
+use http::{Method, Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use wasmgate_h1::{Chunk, ChunkedDecoder, HeadLimits, ResponseBodyKind, ResponseHead};
 
-use super::{Body, BoxError};
+use super::{Body, BoxError, wire};
 
 /// How large an upstream's response head may be.
 const RESPONSE_HEAD: HeadLimits = HeadLimits {
@@ -43,9 +42,6 @@ const RESPONSE_HEAD: HeadLimits = HeadLimits {
 
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 16 << 10;
-
-/// Request body bytes gathered before a write; larger pieces are written as they are.
-const GATHER: usize = 16 << 10;
 
 /// Connections are pooled by where they go and how long they may idle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -252,7 +248,7 @@ async fn write_request(
             .as_bytes(),
     );
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    write_fields(out, &parts.headers);
+    wire::fields(out, &parts.headers);
     let declared = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
@@ -278,70 +274,18 @@ async fn write_request(
         }
     };
     out.extend_from_slice(b"\r\n");
-    let written = |e: io::Error| Sent::Unanswered(e);
-    let mut trailers = None;
-    while !body.is_end_stream() {
-        let frame =
-            match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await
-            {
-                Poll::Ready(frame) => frame,
-                Poll::Pending => {
-                    conn.io.write_all(&conn.out).await.map_err(written)?;
-                    conn.out.clear();
-                    std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
-                }
-            };
-        let out = &mut conn.out;
-        let frame = match frame {
-            None => break,
-            Some(Ok(frame)) => frame,
-            // The client's failure (or its body over the limit) keeps its type for the answer.
-            Some(Err(e)) => return Err(Sent::Failed(Failure::Exchange(e))),
-        };
-        let data = match frame.into_data() {
-            Ok(data) => data,
-            Err(frame) => {
-                trailers = frame.into_trailers().ok();
-                continue;
-            }
-        };
-        if data.is_empty() {
-            continue;
-        }
-        if chunked {
-            out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-        }
-        if data.len() >= GATHER {
-            conn.io.write_all(out).await.map_err(written)?;
-            out.clear();
-            conn.io.write_all(&data).await.map_err(written)?;
-        } else {
-            out.extend_from_slice(&data);
-        }
-        if chunked {
-            out.extend_from_slice(b"\r\n");
-        }
-        if out.len() >= GATHER {
-            conn.io.write_all(out).await.map_err(written)?;
-            out.clear();
-        }
-    }
-    if chunked {
-        conn.out.extend_from_slice(b"0\r\n");
-        if let Some(trailers) = &trailers {
-            write_fields(&mut conn.out, trailers);
-        }
-        conn.out.extend_from_slice(b"\r\n");
-    }
-    conn.io.write_all(&conn.out).await.map_err(written)
-}
-
-fn write_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
-    for (name, value) in fields {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+    let framing = match chunked {
+        true => wire::Framing::Chunked,
+        false => wire::Framing::Length(declared.or(body.size_hint().exact()).unwrap_or(0)),
+    };
+    match wire::write_body(&mut conn.io, &mut conn.out, body, framing).await {
+        Ok(()) => Ok(()),
+        Err(wire::WriteError::Io(e)) => Err(Sent::Unanswered(e)),
+        // The client's failure (or its body over the limit) keeps its type for the answer.
+        Err(wire::WriteError::Body(e)) => Err(Sent::Failed(Failure::Exchange(e))),
+        Err(wire::WriteError::Length) => Err(Sent::Failed(Failure::Exchange(
+            "the request body does not match its content-length".into(),
+        ))),
     }
 }
 
