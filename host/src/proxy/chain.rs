@@ -18,17 +18,16 @@ use super::accept::ReqBody;
 use super::error::{ErrorKind, GatewayError};
 use super::service_calls::ServiceCalls;
 use super::wit::CheckedRequest;
-use super::{Exchange, PhaseSpan};
+use super::{Ctx, PhaseSpan};
 use crate::config::FailurePolicy;
 use crate::metrics::FilterFailureLabels;
 use crate::route::Params;
-use crate::snapshot::{Binding, ChainEntry, Outcome, Route, Ticket};
+use crate::snapshot::{Binding, ChainEntry, Outcome, Route, Snapshot, Ticket};
 use crate::upstream::{Body, BoxError, ResponseBody, strip_hop_by_hop};
 
 /// One request's run through its route's chain.
 pub(super) struct Chain<'a> {
     route: &'a Route,
-    ex: &'a Exchange,
     ctx: Arc<RouteInfo>,
     /// Filters with something to do to the response, in chain order.
     entered: Vec<Entered<'a>>,
@@ -85,15 +84,14 @@ impl Phase {
 }
 
 impl<'a> Chain<'a> {
-    pub(super) fn new(route: &'a Route, ex: &'a Exchange, params: Params) -> Chain<'a> {
+    pub(super) fn new(route: &'a Route, cx: &Ctx<'_>, params: Params) -> Chain<'a> {
         Chain {
             route,
-            ex,
             ctx: Arc::new(RouteInfo {
                 route: route.label.0.clone(),
                 params,
-                client: ClientAddr::Socket(ex.client),
-                request_id: ex.request_id.clone(),
+                client: ClientAddr::Socket(cx.client),
+                request_id: cx.request_id.clone(),
             }),
             entered: Vec::with_capacity(route.chain.len()),
         }
@@ -107,6 +105,7 @@ impl<'a> Chain<'a> {
     /// Run the request phases in chain order.
     pub(super) async fn request_phases(
         &mut self,
+        cx: &mut Ctx<'_>,
         mut req: CheckedRequest,
         authority: String,
         mut body: ReqBody,
@@ -115,7 +114,7 @@ impl<'a> Chain<'a> {
         strip_hop_by_hop(&mut req.headers);
         let mut held = HttpRequest {
             method: req.method,
-            scheme: if self.ex.tls { "https" } else { "http" },
+            scheme: if cx.tls { "https" } else { "http" },
             authority,
             path_and_query: req.path_and_query,
             headers: req.headers,
@@ -150,10 +149,10 @@ impl<'a> Chain<'a> {
                 }
             };
             let needs = binding.needs();
-            let span = self.ex.trace.as_ref().map(|_| PhaseSpan::default());
+            let span = cx.trace.as_ref().map(|_| PhaseSpan::default());
             let mut lease = binding
                 .instances
-                .lease(&self.ex.request_id, self.grants(binding, span.clone()));
+                .lease(&cx.request_id, self.grants(cx, binding, span.clone()));
             if !needs.request_phase {
                 // Its config does nothing here; its response phase may.
                 if needs.response_phase {
@@ -179,7 +178,7 @@ impl<'a> Chain<'a> {
             let before =
                 matches!(binding.on_failure, FailurePolicy::FailOpen).then(|| held.clone());
             let started = Instant::now();
-            self.start_span(binding, Phase::Request, span.as_ref());
+            self.start_span(cx, binding, Phase::Request, span.as_ref());
             let outcome = lease.on_request(&self.ctx, &mut held).await;
             if let (Err(_), Some(before)) = (&outcome, before) {
                 held = before;
@@ -188,10 +187,11 @@ impl<'a> Chain<'a> {
                 body = ReqBody::Buffered(sent);
             }
             end_span(span.as_ref(), &outcome);
-            self.ex.add_log_fields(lease.take_log_fields());
-            self.observe(binding, Phase::Request, started);
+            cx.add_log_fields(lease.take_log_fields());
+            self.observe(cx, binding, Phase::Request, started);
             // Fail-open: as if the filter were absent, the request goes on unchanged.
-            let Some((action, ticket)) = self.settle(binding, Phase::Request, ticket, outcome)?
+            let Some((action, ticket)) =
+                self.settle(cx, binding, Phase::Request, ticket, outcome)?
             else {
                 continue;
             };
@@ -235,6 +235,7 @@ impl<'a> Chain<'a> {
     /// through; build the client's response.
     pub(super) async fn response_phases(
         mut self,
+        cx: &mut Ctx<'_>,
         answer: Answer,
     ) -> Result<Response<Body>, GatewayError> {
         // What the response phases see, and the body that goes back if none replaces it.
@@ -243,7 +244,7 @@ impl<'a> Chain<'a> {
                 let bytes = resp.body.take().unwrap_or_default();
                 (resp, RespBody::Buffered(bytes))
             }
-            Answer::Upstream(resp) => upstream_response(self.route, self.ex, resp).await?,
+            Answer::Upstream(resp) => upstream_response(self.route, cx.snapshot, resp).await?,
         };
         while let Some(Entered {
             binding,
@@ -268,7 +269,7 @@ impl<'a> Chain<'a> {
             let before =
                 matches!(binding.on_failure, FailurePolicy::FailOpen).then(|| held.clone());
             let started = Instant::now();
-            self.start_span(binding, Phase::Response, span.as_ref());
+            self.start_span(cx, binding, Phase::Response, span.as_ref());
             let outcome = lease.on_response(&self.ctx, &mut held).await;
             if let (Err(_), Some(before)) = (&outcome, before) {
                 held = before;
@@ -277,10 +278,12 @@ impl<'a> Chain<'a> {
                 body = RespBody::Buffered(sent);
             }
             end_span(span.as_ref(), &outcome);
-            self.ex.add_log_fields(lease.take_log_fields());
-            self.observe(binding, Phase::Response, started);
+            cx.add_log_fields(lease.take_log_fields());
+            self.observe(cx, binding, Phase::Response, started);
             // Fail-open (`None`): the response goes on as the filter found it.
-            if let Some(((), ticket)) = self.settle(binding, Phase::Response, ticket, outcome)? {
+            if let Some(((), ticket)) =
+                self.settle(cx, binding, Phase::Response, ticket, outcome)?
+            {
                 ticket.report(Outcome::Passed);
             }
         }
@@ -294,6 +297,7 @@ impl<'a> Chain<'a> {
     /// caller reports once the request is done with the binding.
     fn settle<'b, T>(
         &self,
+        cx: &Ctx<'_>,
         binding: &'b Binding,
         phase: Phase,
         ticket: Ticket<'b>,
@@ -309,8 +313,7 @@ impl<'a> Chain<'a> {
             _ => Outcome::Passed,
         };
         let filter = binding.filter();
-        self.ex
-            .metrics
+        cx.metrics
             .filter_failures
             .get_or_create(&FilterFailureLabels {
                 filter: binding.label.clone(),
@@ -329,7 +332,7 @@ impl<'a> Chain<'a> {
         tracing::warn!(
             filter = %filter.name,
             version = %filter.short_hash(),
-            request_id = %self.ex.request_id,
+            request_id = %cx.request_id,
             phase = phase.as_str(),
             policy = ?binding.on_failure,
             "filter failed: {err}"
@@ -344,22 +347,18 @@ impl<'a> Chain<'a> {
     }
 
     /// Count a phase call's time.
-    fn observe(&self, binding: &Binding, phase: Phase, started: Instant) {
+    fn observe(&self, cx: &mut Ctx<'_>, binding: &Binding, phase: Phase, started: Instant) {
         let took = started.elapsed();
-        if self.ex.logging() {
-            self.ex.filters_us.fetch_add(
-                took.as_micros() as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
+        if cx.logging {
+            cx.filters_time += took;
         }
-        self.ex
-            .metrics
+        cx.metrics
             .filter_call(&binding.label, matches!(phase, Phase::Response), took);
     }
 
     /// Start the span of `binding`'s `phase` call, where its service calls find it.
-    fn start_span(&self, binding: &Binding, phase: Phase, slot: Option<&PhaseSpan>) {
-        if let (Some(trace), Some(slot)) = (&self.ex.trace, slot) {
+    fn start_span(&self, cx: &Ctx<'_>, binding: &Binding, phase: Phase, slot: Option<&PhaseSpan>) {
+        if let (Some(trace), Some(slot)) = (&cx.trace, slot) {
             let span = trace.child(
                 format!("filter {} {}", binding.label.0, phase.as_str()),
                 opentelemetry::trace::SpanKind::Internal,
@@ -373,14 +372,14 @@ impl<'a> Chain<'a> {
     }
 
     /// What `binding`'s instance may reach on this request.
-    fn grants(&self, binding: &Binding, span: Option<PhaseSpan>) -> Grants {
+    fn grants(&self, cx: &Ctx<'_>, binding: &Binding, span: Option<PhaseSpan>) -> Grants {
         let outbound = (!binding.services.is_empty()).then(|| {
-            let snapshot = &self.ex.snapshot;
+            let snapshot = cx.snapshot;
             let body_limit = snapshot.request_body_limit(self.route);
             Arc::new(ServiceCalls {
                 services: snapshot.services.clone(),
                 granted: binding.services.clone(),
-                timeouts: super::forward::route_timeouts(self.route, self.ex),
+                timeouts: super::forward::route_timeouts(self.route, snapshot),
                 max_body: usize::try_from(body_limit).unwrap_or(usize::MAX),
                 span,
             }) as Arc<dyn Outbound>
@@ -391,7 +390,7 @@ impl<'a> Chain<'a> {
             limits: binding.limits,
             metrics: binding.metrics.clone(),
             route: self.route.label.0.clone(),
-            logged: self.ex.logging(),
+            logged: cx.logging,
             state: binding.state.clone(),
         }
     }
@@ -413,12 +412,12 @@ fn end_span<T>(slot: Option<&PhaseSpan>, outcome: &Result<T, FilterError>) {
 /// filter reads it.
 async fn upstream_response(
     route: &Route,
-    ex: &Exchange,
+    snapshot: &Snapshot,
     resp: Response<ResponseBody>,
 ) -> Result<(HttpResponse, RespBody), GatewayError> {
     let (mut parts, incoming) = resp.into_parts();
     let body = if route.needs_response_body {
-        let limit = route.body_limit(&ex.snapshot.body_limits);
+        let limit = route.body_limit(&snapshot.body_limits);
         let bytes = Limited::new(incoming, usize::try_from(limit).unwrap_or(usize::MAX))
             .collect()
             .await

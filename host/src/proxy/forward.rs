@@ -9,14 +9,14 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 
-use super::Exchange;
+use super::Ctx;
 use super::accept::ReqBody;
 use super::error::{ErrorKind, GatewayError};
 use super::wit::CheckedRequest;
 use crate::config::RetryOn;
 use crate::config::Timeouts;
 use crate::metrics::{ServiceLabels, UpstreamErrorLabels};
-use crate::snapshot::Route;
+use crate::snapshot::{Route, Snapshot};
 use crate::upstream::{self, Body, BoxError, Outgoing, Pick, ResponseBody};
 
 pub(super) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -29,7 +29,7 @@ pub(super) async fn to_upstream(
     route: &Route,
     req: CheckedRequest,
     body: ReqBody,
-    ex: &Exchange,
+    cx: &mut Ctx<'_>,
     upgrade: Option<HeaderValue>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let service_name = route.config.service.as_deref().ok_or_else(|| {
@@ -41,13 +41,14 @@ pub(super) async fn to_upstream(
             ),
         )
     })?;
-    let service = ex.snapshot.services.get(service_name).ok_or_else(|| {
+    let snapshot = cx.snapshot;
+    let service = snapshot.services.get(service_name).ok_or_else(|| {
         GatewayError::new(
             ErrorKind::Internal,
             format!("service {service_name:?} missing from snapshot"),
         )
     })?;
-    let mut timeouts = route_timeouts(route, ex);
+    let mut timeouts = route_timeouts(route, snapshot);
     if let Some(deadline) =
         super::grpc::flavour(&req.headers).and(super::grpc::timeout(&req.headers))
     {
@@ -55,13 +56,13 @@ pub(super) async fn to_upstream(
     }
     let mut headers = req.headers;
     let original_host = headers.remove(header::HOST);
-    append_forwarded(&mut headers, ex.client, original_host, ex.tls);
-    if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
+    append_forwarded(&mut headers, cx.client, original_host, cx.tls);
+    if let Ok(id) = HeaderValue::from_str(&cx.request_id) {
         headers.insert(X_REQUEST_ID, id);
     }
     let path = req.path_and_query.split('?').next().unwrap_or("");
     let mut pick = Pick {
-        key: service.hash_key(&headers, ex.client, path),
+        key: service.hash_key(&headers, cx.client, path),
         tried: Default::default(),
         endpoint: None,
     };
@@ -88,7 +89,7 @@ pub(super) async fn to_upstream(
             body,
             upgrade,
         };
-        return Ok(timed_send(service, outgoing, timeouts, &mut pick, ex).await?);
+        return Ok(timed_send(service, outgoing, timeouts, &mut pick, cx).await?);
     };
 
     let _requesting = service.requesting();
@@ -112,7 +113,7 @@ pub(super) async fn to_upstream(
             body,
             upgrade: None,
         };
-        let result = timed_send(service, outgoing, try_timeouts, &mut pick, ex).await;
+        let result = timed_send(service, outgoing, try_timeouts, &mut pick, cx).await;
         drop(retrying.take());
         let failed = match &result {
             Ok(resp) => retry.on.contains(&RetryOn::Status(resp.status().as_u16())),
@@ -124,15 +125,15 @@ pub(super) async fn to_upstream(
         // The retry holds its place in the budget through its backoff and its try.
         retrying = service.try_retry(retry.budget_percent);
         if retrying.is_none() {
-            tracing::debug!(request_id = %ex.request_id, service = %service.name, "retry budget spent: not retrying");
+            tracing::debug!(request_id = %cx.request_id, service = %service.name, "retry budget spent: not retrying");
             return Ok(result?);
         }
         let why = match &result {
             Ok(resp) => format!("status {}", resp.status()),
             Err(e) => e.to_string(),
         };
-        tracing::debug!(request_id = %ex.request_id, service = %service.name, attempt, %why, "retrying");
-        ex.metrics
+        tracing::debug!(request_id = %cx.request_id, service = %service.name, attempt, %why, "retrying");
+        cx.metrics
             .upstream_retries
             .get_or_create(&ServiceLabels {
                 service: service.label.clone(),
@@ -151,10 +152,10 @@ async fn timed_send(
     mut outgoing: Outgoing,
     timeouts: Timeouts,
     pick: &mut Pick,
-    ex: &Exchange,
+    cx: &mut Ctx<'_>,
 ) -> Result<Response<ResponseBody>, upstream::UpstreamError> {
     use opentelemetry::KeyValue;
-    let span = ex.trace.as_ref().map(|trace| {
+    let span = cx.trace.as_ref().map(|trace| {
         let span = trace.child(
             format!("{} {}", outgoing.method, service.name),
             opentelemetry::trace::SpanKind::Client,
@@ -189,16 +190,13 @@ async fn timed_send(
         span.end(error, attributes);
     }
     let took = started.elapsed();
-    if ex.logging() {
-        ex.upstream_us.fetch_add(
-            took.as_micros() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+    if cx.logging {
+        cx.upstream_time += took;
         if let Some(endpoint) = pick.endpoint.take() {
-            *ex.endpoint.lock().unwrap_or_else(|e| e.into_inner()) = Some(endpoint);
+            cx.endpoint = Some(endpoint);
         }
     }
-    let metrics = &ex.metrics;
+    let metrics = cx.metrics;
     match &result {
         Ok(_) => metrics.upstream_try(&service.label, took),
         Err(e) => {
@@ -238,8 +236,8 @@ fn buffered(headers: &mut HeaderMap, bytes: Bytes) -> Body {
 }
 
 /// The upstream timeouts for `route`: its own request timeout, else the gateway's.
-pub(super) fn route_timeouts(route: &Route, ex: &Exchange) -> Timeouts {
-    let timeouts = ex.snapshot.timeouts;
+pub(super) fn route_timeouts(route: &Route, snapshot: &Snapshot) -> Timeouts {
+    let timeouts = snapshot.timeouts;
     Timeouts {
         request: route.config.timeout.unwrap_or(timeouts.request),
         ..timeouts

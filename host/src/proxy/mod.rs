@@ -54,30 +54,32 @@ pub struct Proxy {
     id_counter: AtomicU64,
 }
 
-/// What one request carries through the pipeline.
-struct Exchange {
+/// One request's state: owned by [`Proxy::handle`] and lent by `&mut` to each step of the
+/// pipeline (route, request phases, forward, response phases), which record what they did in
+/// it for the metrics and the access log.
+struct Ctx<'s> {
     request_id: Arc<str>,
     client: SocketAddr,
     /// The client came over TLS.
     tls: bool,
     /// The snapshot the request started with, kept for its whole life.
-    snapshot: Arc<Snapshot>,
-    /// The route that matched, once one did (for metrics and the access log).
-    route: std::sync::OnceLock<RouteSeen>,
-    metrics: Arc<Metrics>,
-    /// Time in upstream tries and in filter calls, microseconds (for the access log).
-    upstream_us: AtomicU64,
-    filters_us: AtomicU64,
-    /// The endpoint of the last upstream try.
-    endpoint: std::sync::Mutex<Option<Arc<str>>>,
+    snapshot: &'s Snapshot,
+    metrics: &'s Arc<Metrics>,
     /// The access log is on: timings, the endpoint, body bytes and filters' fields are kept.
     logging: bool,
-    /// Request body bytes read, when logged and the request has a body.
-    bytes_in: std::sync::OnceLock<Arc<AtomicU64>>,
-    /// Fields filters added to the access log record.
-    log_fields: std::sync::Mutex<LogFields>,
     /// The request's span, when tracing is on.
     trace: Option<Trace>,
+    /// The route that matched, once one did.
+    route: Option<RouteSeen>,
+    /// Time in upstream tries and in filter calls (kept when logged).
+    upstream_time: Duration,
+    filters_time: Duration,
+    /// The endpoint of the last upstream try (kept when logged).
+    endpoint: Option<Arc<str>>,
+    /// Request body bytes read, when logged and the request has a body; shared with the body.
+    bytes_in: Option<Arc<AtomicU64>>,
+    /// Fields filters added to the access log record.
+    log_fields: LogFields,
 }
 
 /// A span of the request's trace and the tracer to make its children with.
@@ -116,26 +118,18 @@ impl Trace {
 /// phase call), when tracing is on.
 type PhaseSpan = Arc<std::sync::Mutex<Option<Trace>>>;
 
-impl Exchange {
-    /// The access log is on for this request: its timings and endpoint are kept.
-    fn logging(&self) -> bool {
-        self.logging
-    }
-
+impl Ctx<'_> {
     /// Keep the access log fields a filter added.
-    fn add_log_fields(&self, fields: LogFields) {
+    fn add_log_fields(&mut self, fields: LogFields) {
         if !fields.is_empty() {
-            self.log_fields
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(fields);
+            self.log_fields.extend(fields);
         }
     }
 
     /// The counter of request body bytes, when the request is logged and has a body.
-    fn body_counter(&self, body: &Inbound) -> Option<Arc<AtomicU64>> {
+    fn body_counter(&mut self, body: &Inbound) -> Option<Arc<AtomicU64>> {
         (self.logging && !http_body::Body::is_end_stream(body))
-            .then(|| self.bytes_in.get_or_init(Arc::default).clone())
+            .then(|| self.bytes_in.get_or_insert_with(Arc::default).clone())
     }
 }
 
@@ -226,31 +220,32 @@ impl Proxy {
             cx: tracing.request(&method, req.uri().path(), req.headers()),
             tracing: tracing.clone(),
         });
-        let ex = Exchange {
+        let snapshot = self.snapshots.load_full();
+        let mut cx = Ctx {
             request_id,
             client,
             tls,
-            snapshot: self.snapshots.load_full(),
-            route: std::sync::OnceLock::new(),
-            metrics: self.metrics.clone(),
-            upstream_us: AtomicU64::new(0),
-            filters_us: AtomicU64::new(0),
-            endpoint: std::sync::Mutex::new(None),
+            snapshot: &snapshot,
+            metrics: &self.metrics,
             logging: entry.is_some(),
-            bytes_in: std::sync::OnceLock::new(),
-            log_fields: std::sync::Mutex::default(),
             trace,
+            route: None,
+            upstream_time: Duration::ZERO,
+            filters_time: Duration::ZERO,
+            endpoint: None,
+            bytes_in: None,
+            log_fields: LogFields::default(),
         };
-        let outcome = match ex.snapshot.https_redirect {
+        let outcome = match snapshot.https_redirect {
             Some(port) if !tls => redirect_to_https(&req, port),
-            _ => serve(req, &ex).await,
+            _ => serve(req, &mut cx).await,
         };
         let mut resp = match (outcome, grpc) {
             (Ok(resp), None) => resp,
             (Ok(resp), Some(flavour)) => grpc::translate(resp, flavour),
-            (Err(err), grpc) => error_response(err, &ex, grpc),
+            (Err(err), grpc) => error_response(err, &cx, grpc),
         };
-        if let Ok(id) = HeaderValue::from_str(&ex.request_id) {
+        if let Ok(id) = HeaderValue::from_str(&cx.request_id) {
             resp.headers_mut().insert(X_REQUEST_ID, id);
         }
         if head {
@@ -265,8 +260,8 @@ impl Proxy {
             }
             resp = resp.map(|_| full(Bytes::new()));
         }
-        let seen = ex.route.get();
-        if let Some(trace) = &ex.trace {
+        let seen = cx.route.as_ref();
+        if let Some(trace) = &cx.trace {
             end_request_span(trace, &method, seen.map(|r| &*r.label.0), resp.status());
         }
         self.metrics.request(
@@ -278,19 +273,17 @@ impl Proxy {
         if let (Some(log), Some(mut entry)) = (&self.access_log, entry.take())
             && seen.is_none_or(|r| r.logged)
         {
-            let endpoint = ex.endpoint.lock().unwrap_or_else(|e| e.into_inner()).take();
             entry.respond(&Outcome {
                 route: seen.map(|r| &*r.label.0),
                 status: resp.status().as_u16(),
-                bytes_in: ex.bytes_in.get().map_or(0, |b| b.load(Ordering::Relaxed)),
-                upstream: Duration::from_micros(ex.upstream_us.load(Ordering::Relaxed)),
-                filters: Duration::from_micros(ex.filters_us.load(Ordering::Relaxed)),
-                endpoint: endpoint.as_deref(),
-                fields: &ex
-                    .log_fields
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take(),
+                bytes_in: cx
+                    .bytes_in
+                    .as_ref()
+                    .map_or(0, |b| b.load(Ordering::Relaxed)),
+                upstream: cx.upstream_time,
+                filters: cx.filters_time,
+                endpoint: cx.endpoint.as_deref(),
+                fields: &cx.log_fields.take(),
             });
             let log = log.pending();
             resp = resp.map(|inner| {
@@ -345,13 +338,14 @@ fn end_request_span(
 }
 
 /// The pipeline, top to bottom.
-async fn serve(req: Request<Inbound>, ex: &Exchange) -> Result<Response<Body>, GatewayError> {
+async fn serve(req: Request<Inbound>, cx: &mut Ctx<'_>) -> Result<Response<Body>, GatewayError> {
     let (mut parts, body) = req.into_parts();
-    accept::check_request(&parts.uri, &parts.headers, &ex.snapshot)?;
+    let snapshot = cx.snapshot;
+    accept::check_request(&parts.uri, &parts.headers, snapshot)?;
     websocket::from_extended_connect(&mut parts);
     let authority = route::request_authority(&parts.uri, &parts.headers);
-    let (route, params) = find_route(&ex.snapshot, &parts, &authority)?;
-    let _ = ex.route.set(RouteSeen {
+    let (route, params) = find_route(snapshot, &parts, &authority)?;
+    cx.route = Some(RouteSeen {
         label: route.label.clone(),
         logged: route.config.access_log,
     });
@@ -361,7 +355,7 @@ async fn serve(req: Request<Inbound>, ex: &Exchange) -> Result<Response<Body>, G
         .then(|| grpc::flavour(&parts.headers))
         .flatten()
         .filter(|f| *f != grpc::Flavour::Grpc);
-    let counted = ex.body_counter(&body);
+    let counted = cx.body_counter(&body);
     let body = match web {
         Some(flavour) => {
             grpc_web::translate_request(&mut parts);
@@ -376,12 +370,12 @@ async fn serve(req: Request<Inbound>, ex: &Exchange) -> Result<Response<Body>, G
     };
     let coding = (route.config.compress && parts.method != http::Method::HEAD)
         .then(|| compress::negotiate(&parts.headers));
-    let mut resp = respond(route, params, parts, body, authority, ex).await?;
+    let mut resp = respond(route, params, parts, body, authority, cx).await?;
     if let Some(flavour) = web {
         resp = grpc_web::translate_response(resp, flavour);
     }
     if let Some(coding) = coding {
-        resp = compress::apply(resp, coding, &ex.snapshot.compression);
+        resp = compress::apply(resp, coding, &snapshot.compression);
     }
     Ok(resp)
 }
@@ -395,32 +389,32 @@ async fn respond(
     mut parts: Parts,
     body: ClientBody,
     authority: String,
-    ex: &Exchange,
+    cx: &mut Ctx<'_>,
 ) -> Result<Response<Body>, GatewayError> {
     let handshake = websocket::take_handshake(&mut parts);
     let upgrade = handshake.as_ref().map(|h| h.protocol.clone());
     let path_and_query = route::upstream_path(&route.config, &parts.uri, &params);
-    let body = accept::request_body(body, &parts.headers, route, &ex.snapshot).await?;
+    let body = accept::request_body(body, &parts.headers, route, cx.snapshot).await?;
     let request = CheckedRequest {
         method: parts.method,
         path_and_query,
         headers: parts.headers,
     };
     if route.chain.is_empty() {
-        let resp = forward::to_upstream(route, request, body, ex, upgrade).await?;
-        return Ok(switch_or_stream(resp, handshake, ex));
+        let resp = forward::to_upstream(route, request, body, cx, upgrade).await?;
+        return Ok(switch_or_stream(resp, handshake, cx));
     }
 
-    let mut chain = Chain::new(route, ex, params);
-    let (request, body) = match chain.request_phases(request, authority, body).await? {
+    let mut chain = Chain::new(route, cx, params);
+    let (request, body) = match chain.request_phases(cx, request, authority, body).await? {
         Proceed::Upstream(request, body) => (request, body),
-        Proceed::Respond(resp) => return chain.response_phases(Answer::Filter(resp)).await,
+        Proceed::Respond(resp) => return chain.response_phases(cx, Answer::Filter(resp)).await,
     };
-    let resp = forward::to_upstream(route, request, body, ex, upgrade).await?;
+    let resp = forward::to_upstream(route, request, body, cx, upgrade).await?;
     if !chain.has_response_phases() || switched(&resp, &handshake) {
-        return Ok(switch_or_stream(resp, handshake, ex));
+        return Ok(switch_or_stream(resp, handshake, cx));
     }
-    chain.response_phases(Answer::Upstream(resp)).await
+    chain.response_phases(cx, Answer::Upstream(resp)).await
 }
 
 /// The upstream switched protocols for a client that asked to.
@@ -432,12 +426,12 @@ fn switched(resp: &Response<ResponseBody>, handshake: &Option<websocket::Handsha
 fn switch_or_stream(
     resp: Response<ResponseBody>,
     handshake: Option<websocket::Handshake>,
-    ex: &Exchange,
+    cx: &Ctx<'_>,
 ) -> Response<Body> {
     match handshake {
         Some(handshake) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
-            let idle = ex.snapshot.websocket_idle;
-            websocket::relay(resp, handshake, idle, ex.request_id.clone())
+            let idle = cx.snapshot.websocket_idle;
+            websocket::relay(resp, handshake, idle, cx.request_id.clone())
         }
         _ => forward::stream_back(resp),
     }
@@ -492,15 +486,15 @@ fn find_route<'s>(
 
 /// The client's answer for a failed request (a gRPC status for a gRPC call); the log gets the
 /// detail.
-fn error_response(err: GatewayError, ex: &Exchange, grpc: Option<grpc::Flavour>) -> Response<Body> {
+fn error_response(err: GatewayError, cx: &Ctx<'_>, grpc: Option<grpc::Flavour>) -> Response<Body> {
     if err.kind.status().is_server_error() {
-        tracing::warn!(request_id = %ex.request_id, kind = ?err.kind, detail = %err.detail, "request failed");
+        tracing::warn!(request_id = %cx.request_id, kind = ?err.kind, detail = %err.detail, "request failed");
     } else {
-        tracing::debug!(request_id = %ex.request_id, kind = ?err.kind, detail = %err.detail, "request refused");
+        tracing::debug!(request_id = %cx.request_id, kind = ?err.kind, detail = %err.detail, "request refused");
     }
     match grpc {
         Some(flavour) => grpc::error(&err, flavour),
-        None => err.into_response(&ex.request_id).map(full),
+        None => err.into_response(&cx.request_id).map(full),
     }
 }
 
