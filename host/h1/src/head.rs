@@ -136,9 +136,11 @@ pub(crate) fn head_len(
 /// A header's name and where its value lies in the head.
 pub(crate) type Field = (HeaderName, std::ops::Range<usize>);
 
-/// The header map, each value a slice of `head` (the bytes the fields were parsed from).
-pub(crate) fn header_map(head: &Bytes, fields: Vec<Field>) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(fields.len());
+/// The header map, each value a slice of `head` (the bytes the fields were parsed from), with
+/// room for `headroom` more (what a proxy adds on the way: forwarding headers, an id) before
+/// the map has to grow.
+pub(crate) fn header_map(head: &Bytes, fields: Vec<Field>, headroom: usize) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(fields.len() + headroom);
     for (name, value) in fields {
         // SAFETY: httparse admitted only HTAB, SP, VCHAR and obs-text in a field value, all of
         // which `HeaderValue` allows; the checked constructor would scan them again.
@@ -307,7 +309,8 @@ pub fn parse_request(
     let head: Bytes = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path))
         .map_err(|_| HeadError::Malformed("invalid request target"))?;
-    let headers = header_map(&head, fields);
+    // A gateway adds `x-forwarded-for`, `-proto`, `-host`, `x-request-id`, trace context.
+    let headers = header_map(&head, fields, 6);
     let keep_alive = match version {
         Version::HTTP_10 => facts.keep_alive && !facts.close,
         _ => !facts.close,

@@ -87,7 +87,8 @@ pub fn parse_response(
     };
 
     let head: Bytes = buf.split_to(len).freeze();
-    let headers = header_map(&head, fields);
+    // A gateway adds `x-request-id`, and a filter a header or two.
+    let headers = header_map(&head, fields, 4);
     let keep_alive = body != ResponseBodyKind::UntilClose
         && match version {
             Version::HTTP_10 => facts.keep_alive && !facts.close,

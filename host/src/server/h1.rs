@@ -150,7 +150,7 @@ pub(super) async fn serve<IO, F, Fut>(
                     }
                     .boxed(),
                 );
-                (proxy.handle(req, client, tls).await, Err(lent))
+                (Box::pin(proxy.handle(req, client, tls)).await, Err(lent))
             }
         };
         let mut keep_alive = head.keep_alive && !is_draining(&draining);
@@ -260,8 +260,9 @@ async fn answer_watching<IO: AsyncRead>(
     tls: bool,
     reader: &mut Reader<IO>,
 ) -> Option<Response<Body>> {
-    let answer = proxy.handle(req, client, tls);
-    tokio::pin!(answer);
+    // Boxed: the request's future is several KiB, and moving it into this one's state would
+    // copy all of it on every request.
+    let mut answer = Box::pin(proxy.handle(req, client, tls));
     // Pipelined requests are kept for later, up to a bound.
     let mut watching = reader.buf.len() < READ_SIZE;
     loop {
