@@ -1,7 +1,11 @@
 //! The request pipeline, one step per function: accept-side checks, route lookup, rewrite, body
 //! policy, the filter chain, the upstream hand-off, the response phases, error mapping.
 //!
+//! Per-request state is one owned context ([`Ctx`]) lent by `&mut` to each step.
+//!
 //! - [`accept`]: framing and size checks, the request body policy.
+//! - [`adapters`]: what the request's protocol asks (gRPC-Web, WebSocket, compression), chosen
+//!   once when its route is known.
 //! - [`chain`]: the chain runner (both phases, breaker, failure policy).
 //! - [`forward`]: the upstream hand-off of a proxied request.
 //! - [`service_calls`]: filters' calls to services, over the same upstream client.
@@ -9,6 +13,7 @@
 //! - [`error`]: the request-path error and its client-facing body.
 
 mod accept;
+mod adapters;
 mod chain;
 mod compress;
 mod error;
@@ -32,6 +37,7 @@ use http_body_util::{BodyExt, Empty, Full};
 
 use self::accept::ClientBody;
 pub use self::accept::Inbound;
+use self::adapters::Adapters;
 use self::chain::{Answer, Chain, Proceed};
 use self::error::{ErrorKind, GatewayError};
 use self::forward::X_REQUEST_ID;
@@ -41,7 +47,7 @@ use crate::metrics::{Metrics, Name};
 use crate::otel::Tracing;
 use crate::route::{self, MatchInput, Params};
 use crate::snapshot::{Current, Route, Snapshot};
-use crate::upstream::{Body, ResponseBody};
+use crate::upstream::Body;
 use wasmgate_sandbox::LogFields;
 
 /// Serves client requests against the current snapshot.
@@ -349,35 +355,11 @@ async fn serve(req: Request<Inbound>, cx: &mut Ctx<'_>) -> Result<Response<Body>
         label: route.label.clone(),
         logged: route.config.access_log,
     });
-    let web = route
-        .config
-        .grpc_web
-        .then(|| grpc::flavour(&parts.headers))
-        .flatten()
-        .filter(|f| *f != grpc::Flavour::Grpc);
+    let mut adapters = Adapters::choose(route, &mut parts);
     let counted = cx.body_counter(&body);
-    let body = match web {
-        Some(flavour) => {
-            grpc_web::translate_request(&mut parts);
-            match flavour {
-                grpc::Flavour::WebText => {
-                    ClientBody::base64(grpc_web::TextDecoder::new(body), counted)
-                }
-                _ => ClientBody::plain(body, counted),
-            }
-        }
-        None => ClientBody::plain(body, counted),
-    };
-    let coding = (route.config.compress && parts.method != http::Method::HEAD)
-        .then(|| compress::negotiate(&parts.headers));
-    let mut resp = respond(route, params, parts, body, authority, cx).await?;
-    if let Some(flavour) = web {
-        resp = grpc_web::translate_response(resp, flavour);
-    }
-    if let Some(coding) = coding {
-        resp = compress::apply(resp, coding, &snapshot.compression);
-    }
-    Ok(resp)
+    let body = adapters.request_body(body, counted);
+    let resp = respond(route, params, parts, body, authority, &mut adapters, cx).await?;
+    Ok(adapters.response(resp, cx))
 }
 
 /// The route's answer: through its filters and its upstream. A WebSocket handshake the
@@ -386,13 +368,13 @@ async fn serve(req: Request<Inbound>, cx: &mut Ctx<'_>) -> Result<Response<Body>
 async fn respond(
     route: &Route,
     params: Params,
-    mut parts: Parts,
+    parts: Parts,
     body: ClientBody,
     authority: String,
+    adapters: &mut Adapters,
     cx: &mut Ctx<'_>,
 ) -> Result<Response<Body>, GatewayError> {
-    let handshake = websocket::take_handshake(&mut parts);
-    let upgrade = handshake.as_ref().map(|h| h.protocol.clone());
+    let upgrade = adapters.upgrade();
     let path_and_query = route::upstream_path(&route.config, &parts.uri, &params);
     let body = accept::request_body(body, &parts.headers, route, cx.snapshot).await?;
     let request = CheckedRequest {
@@ -402,7 +384,7 @@ async fn respond(
     };
     if route.chain.is_empty() {
         let resp = forward::to_upstream(route, request, body, cx, upgrade).await?;
-        return Ok(switch_or_stream(resp, handshake, cx));
+        return Ok(adapters.pass_back(resp, cx));
     }
 
     let mut chain = Chain::new(route, cx, params);
@@ -411,30 +393,10 @@ async fn respond(
         Proceed::Respond(resp) => return chain.response_phases(cx, Answer::Filter(resp)).await,
     };
     let resp = forward::to_upstream(route, request, body, cx, upgrade).await?;
-    if !chain.has_response_phases() || switched(&resp, &handshake) {
-        return Ok(switch_or_stream(resp, handshake, cx));
+    if !chain.has_response_phases() || adapters.switched(&resp) {
+        return Ok(adapters.pass_back(resp, cx));
     }
     chain.response_phases(cx, Answer::Upstream(resp)).await
-}
-
-/// The upstream switched protocols for a client that asked to.
-fn switched(resp: &Response<ResponseBody>, handshake: &Option<websocket::Handshake>) -> bool {
-    handshake.is_some() && resp.status() == http::StatusCode::SWITCHING_PROTOCOLS
-}
-
-/// Relay a switched connection, or stream the response back as it came.
-fn switch_or_stream(
-    resp: Response<ResponseBody>,
-    handshake: Option<websocket::Handshake>,
-    cx: &Ctx<'_>,
-) -> Response<Body> {
-    match handshake {
-        Some(handshake) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
-            let idle = cx.snapshot.websocket_idle;
-            websocket::relay(resp, handshake, idle, cx.request_id.clone())
-        }
-        _ => forward::stream_back(resp),
-    }
 }
 
 /// `308` to the same host and path over HTTPS on `port`.
