@@ -153,20 +153,20 @@ pub(super) async fn serve<IO, F, Fut>(
                 (Box::pin(proxy.handle(req, client, tls)).await, Err(lent))
             }
         };
-        let mut keep_alive = head.keep_alive && !is_draining(&draining);
-        let mut lent = lent;
-        if let Err(back) = &mut lent {
-            // A body given up before its end (refused, or not needed) leaves the next head's
-            // place unknown: the response says the connection closes.
-            match back.try_recv() {
+        // `Err(None)`: the body was given up before its end (refused, or not needed), which
+        // leaves the next head's place unknown: the response says the connection closes.
+        let lent = match lent {
+            Ok(reader) => Ok(reader),
+            Err(mut back) => match back.try_recv() {
                 Ok(Returned {
                     reader,
                     complete: true,
-                }) => lent = Ok(reader),
-                Ok(_) | Err(oneshot::error::TryRecvError::Closed) => keep_alive = false,
-                Err(oneshot::error::TryRecvError::Empty) => {}
-            }
-        }
+                }) => Ok(reader),
+                Ok(_) | Err(oneshot::error::TryRecvError::Closed) => Err(None),
+                Err(oneshot::error::TryRecvError::Empty) => Err(Some(back)),
+            },
+        };
+        let keep_alive = head.keep_alive && !is_draining(&draining) && !matches!(lent, Err(None));
         let keep_alive =
             match write_response(&mut wr, &mut out, resp, head_only, version, keep_alive).await {
                 Ok(keep_alive) => keep_alive,
@@ -177,9 +177,10 @@ pub(super) async fn serve<IO, F, Fut>(
             };
         reader = match lent {
             Ok(reader) => reader,
+            Err(None) => return close(wr).await,
             // The body comes back once read to its end, or given up (then the next head's
             // place is unknown and the connection closes).
-            Err(lent) => match tokio::time::timeout(settings.idle_timeout, lent).await {
+            Err(Some(lent)) => match tokio::time::timeout(settings.idle_timeout, lent).await {
                 Ok(Ok(Returned {
                     reader,
                     complete: true,
