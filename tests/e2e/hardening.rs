@@ -166,6 +166,14 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let mut buf = vec![0u8; 4096];
     let n = s.read(&mut buf).await.unwrap();
     assert_eq!(status(&String::from_utf8_lossy(&buf[..n])), "200");
+    // A request within the idle timeout keeps the connection, and the idle time counts again
+    // from its response, not from the connection's start.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let n = s.read(&mut buf).await.unwrap();
+    assert_eq!(status(&String::from_utf8_lossy(&buf[..n])), "200");
     let idle = Instant::now();
     let closed = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
     assert!(

@@ -202,8 +202,7 @@ pub(super) async fn request_body(
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
+        .and_then(crate::upstream::wire::content_length)
 }
 
 /// Read a body up to `limit` bytes; 413 beyond, refusing early when `content-length` says so.

@@ -71,7 +71,7 @@ pub(super) async fn to_upstream(
     let replay = match (&body, retry) {
         (ReqBody::Buffered(bytes), Some(retry)) => Some((retry, Some(bytes.clone()))),
         (ReqBody::Stream(stream), Some(retry))
-            if stream.is_end_stream() && idempotent(&req.method) =>
+            if stream.is_end_stream() && upstream::wire::idempotent(&req.method) =>
         {
             Some((retry, None))
         }
@@ -212,20 +212,6 @@ async fn timed_send(
         }
     }
     result
-}
-
-/// Methods whose requests may be sent twice (RFC 9110 §9.2.2).
-fn idempotent(method: &http::Method) -> bool {
-    use http::Method;
-    [
-        Method::GET,
-        Method::HEAD,
-        Method::OPTIONS,
-        Method::TRACE,
-        Method::PUT,
-        Method::DELETE,
-    ]
-    .contains(method)
 }
 
 /// A buffered body, with the headers that frame it.

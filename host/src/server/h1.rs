@@ -80,7 +80,7 @@ pub(super) async fn serve<IO, F, Fut>(
     tls: bool,
     proxy: Arc<Proxy>,
     settings: Settings,
-    mut draining: watch::Receiver<bool>,
+    draining: watch::Receiver<bool>,
     handoff: F,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static,
@@ -94,8 +94,17 @@ pub(super) async fn serve<IO, F, Fut>(
     };
     let mut out = Vec::with_capacity(1024);
     let mut first = true;
+    // One idle timer and one drain watch for the connection's life, not one per request: the
+    // timer stays in tokio's wheel and is moved on only when it fires early (see `next_head`).
+    let mut waits = Waits {
+        idle: Box::pin(tokio::time::sleep(settings.idle_timeout)),
+        drained: {
+            let mut draining = draining.clone();
+            Box::pin(async move { drained(&mut draining).await })
+        },
+    };
     loop {
-        let head = match next_head(&mut reader, &settings, first, &mut draining).await {
+        let head = match next_head(&mut reader, &settings, first, &draining, &mut waits).await {
             Next::Head(head) => head,
             Next::Closed => return close(wr).await,
             Next::Refused(e) => {
@@ -208,28 +217,48 @@ async fn close<W: AsyncWrite>(mut wr: WriteHalf<W>) {
     let _ = wr.shutdown().await;
 }
 
+/// What a connection waits on between requests, kept for its life.
+struct Waits {
+    /// Fires at or before the current idle deadline.
+    idle: Pin<Box<tokio::time::Sleep>>,
+    /// Resolves once the server drains.
+    drained: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
 /// Wait for the next request head: idle up to `idle_timeout` for its first byte, then up to
 /// `head_timeout` for the rest (slow clients are cut off).
 async fn next_head<IO: AsyncRead>(
     reader: &mut Reader<IO>,
     settings: &Settings,
     first: bool,
-    draining: &mut watch::Receiver<bool>,
+    draining: &watch::Receiver<bool>,
+    waits: &mut Waits,
 ) -> Next {
     if reader.buf.is_empty() {
         if is_draining(draining) {
             return Next::Closed;
         }
-        tokio::select! {
-            read = reader.fill() => match read {
-                Ok(0) | Err(_) => return Next::Closed,
-                Ok(_) => {}
-            },
-            () = tokio::time::sleep(settings.idle_timeout) => return Next::Closed,
-            () = drained(draining) => return Next::Closed,
+        // The timer was set for an earlier idle spell, so it fires at or before this one's end;
+        // when early, it is moved to this spell's end and waited on again.
+        let idle_until = tokio::time::Instant::now() + settings.idle_timeout;
+        loop {
+            tokio::select! {
+                read = reader.fill() => match read {
+                    Ok(0) | Err(_) => return Next::Closed,
+                    Ok(_) => break,
+                },
+                () = waits.idle.as_mut() => {
+                    if tokio::time::Instant::now() >= idle_until {
+                        return Next::Closed;
+                    }
+                    waits.idle.as_mut().reset(idle_until);
+                }
+                () = waits.drained.as_mut() => return Next::Closed,
+            }
         }
     }
-    let deadline = tokio::time::Instant::now() + settings.head_timeout;
+    // Set at the first incomplete parse: most heads arrive whole in one read.
+    let mut deadline = None;
     loop {
         let preface = first && {
             let n = reader.buf.len().min(H2_PREFACE.len());
@@ -246,6 +275,8 @@ async fn next_head<IO: AsyncRead>(
                 Err(e) => return Next::Refused(e),
             }
         }
+        let deadline =
+            *deadline.get_or_insert_with(|| tokio::time::Instant::now() + settings.head_timeout);
         match tokio::time::timeout_at(deadline, reader.fill()).await {
             Ok(Ok(0) | Err(_)) | Err(_) => return Next::Closed,
             Ok(Ok(_)) => {}
@@ -314,7 +345,7 @@ async fn write_response<W: AsyncWrite + Unpin>(
             continue;
         }
         if name == header::CONTENT_LENGTH {
-            declared = value.to_str().ok().and_then(|v| v.parse::<u64>().ok());
+            declared = wire::content_length(value);
             if declared.is_none() {
                 continue;
             }

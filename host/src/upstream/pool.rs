@@ -123,11 +123,7 @@ pub(super) async fn send(
     let (parts, mut body) = req.into_parts();
     // Sent again on a new connection if a reused one turns out closed: nothing to replay, and
     // the method allows it.
-    let resendable = body.is_end_stream()
-        && matches!(
-            parts.method,
-            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
-        );
+    let resendable = body.is_end_stream() && wire::idempotent(&parts.method);
     let (mut conn, reused) = match checkout(&pool, &key) {
         Some(conn) => (conn, true),
         None => (connect(key.addr, connect_timeout).await?, false),
@@ -252,8 +248,7 @@ async fn write_request(
     let declared = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+        .and_then(wire::content_length);
     let chunked = match (declared, body.size_hint().exact()) {
         (Some(_), _) => false,
         (None, Some(0)) => {

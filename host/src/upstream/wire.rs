@@ -12,6 +12,21 @@ use http::header::{HeaderName, HeaderValue};
 use http_body::Body;
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 
+/// A `Content-Length` value as a number; `None` when it is not one (RFC 9110 §8.6).
+pub(crate) fn content_length(value: &HeaderValue) -> Option<u64> {
+    value.to_str().ok()?.parse().ok()
+}
+
+/// Methods whose requests may be sent twice (RFC 9110 §9.2.2): a retry, or a resend after a
+/// reused connection turned out closed.
+pub(crate) fn idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
 /// Body bytes gathered before a write; larger pieces are written as they are.
 const GATHER: usize = 16 << 10;
 
