@@ -38,6 +38,7 @@ mod snapshot;
 mod state;
 mod text;
 mod tls;
+mod transcode;
 mod upstream;
 
 pub use config::{Config, ConfigError, Diagnostic};

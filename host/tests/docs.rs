@@ -77,3 +77,28 @@ fn the_traffic_management_example_is_a_valid_config() {
     assert!(users.health_check.is_some() && users.outlier.is_some());
     assert!(config.routes[0].retry.is_some());
 }
+
+#[test]
+fn the_transcoding_example_is_a_valid_config() {
+    let page = std::fs::read_to_string(checkout().join("docs/config.md")).unwrap();
+    let example = page
+        .split("```toml\n")
+        .filter_map(|rest| rest.split("```").next())
+        .find(|block| block.contains("\ntranscode = {"))
+        .expect("the transcoding example in docs/config.md");
+    // The descriptor set it names, beside it, from the transcoding tests' proto.
+    let dir = std::env::temp_dir().join(format!("wasmgate-docs-transcode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let set = protox::Compiler::new([checkout().join("tests/protos")])
+        .unwrap()
+        .include_imports(true)
+        .open_files(["bookstore.proto"])
+        .unwrap()
+        .encode_file_descriptor_set();
+    std::fs::write(dir.join("books.pb"), set).unwrap();
+    std::fs::write(dir.join("gateway.toml"), example).unwrap();
+    let config = wasmgate::Config::load(&dir.join("gateway.toml"))
+        .unwrap_or_else(|e| panic!("the transcoding example is refused: {e}"));
+    assert!(config.routes[0].transcode.is_some());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -17,6 +17,7 @@ mod rate_limit;
 mod routing;
 mod tls;
 mod tracing;
+mod transcode;
 mod transform;
 mod upstreams;
 mod websocket;

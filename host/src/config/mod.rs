@@ -419,6 +419,8 @@ pub struct RouteConfig {
     pub compress: bool,
     /// Translate gRPC-Web calls (binary and text) to gRPC for the upstream.
     pub grpc_web: bool,
+    /// JSON/HTTP clients call the gRPC upstream through these services' descriptors.
+    pub transcode: Option<std::sync::Arc<crate::transcode::Transcoder>>,
     /// Retries of failed upstream tries.
     pub retry: Option<Retry>,
     /// Requests to this route are written to the access log (when it is on).

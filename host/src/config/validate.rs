@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -12,6 +13,7 @@ use super::traffic::{
 };
 use super::transport::{Protocol, TlsFiles, Transport};
 use super::*;
+use crate::transcode::{StreamFormat, Transcoder};
 
 /// Parse and validate config text; on failure, every problem found, in file order.
 pub(super) fn parse(text: &str) -> Result<Config, Vec<Diagnostic>> {
@@ -368,10 +370,19 @@ struct RawRoute {
     #[serde(default)]
     compress: bool,
     grpc_web: Option<Spanned<bool>>,
+    transcode: Option<Spanned<RawTranscode>>,
     retry: Option<Spanned<RawRetry>>,
     access_log: Option<bool>,
     #[serde(default)]
     filters: Vec<Spanned<RawFilterRef>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTranscode {
+    descriptors: Spanned<String>,
+    services: Spanned<Vec<String>>,
+    stream: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1197,6 +1208,10 @@ fn validate_route(
             ),
         );
     }
+    let transcode = route
+        .transcode
+        .as_ref()
+        .and_then(|t| validate_transcode(&label, route, t, services, src));
     if route.timeout.is_some_and(|t| t.is_zero()) {
         src.at(
             &route.name,
@@ -1264,10 +1279,78 @@ fn validate_route(
         max_body_bytes: route.max_body_bytes.as_ref().map(|m| *m.get_ref()),
         compress: route.compress,
         grpc_web: route.grpc_web.as_ref().is_some_and(|g| *g.get_ref()),
+        transcode,
         retry: route.retry.as_ref().map(|r| validate_retry(&label, r, src)),
         access_log: route.access_log.unwrap_or(true),
         filters,
         place: src.place(spanned.span().start),
+    }
+}
+
+/// A route's `transcode`: its descriptors read and its services' rules checked now, so that a
+/// bad file or rule rejects the config (and a reload keeps the previous one).
+fn validate_transcode(
+    label: &str,
+    route: &RawRoute,
+    raw: &Spanned<RawTranscode>,
+    services: &HashMap<&str, Protocol>,
+    src: &mut Source<'_>,
+) -> Option<Arc<Transcoder>> {
+    let t = raw.get_ref();
+    match &route.service {
+        None => {
+            src.at(
+                raw,
+                format!("{label}: transcode needs the route's service (a gRPC upstream)"),
+            );
+            return None;
+        }
+        Some(svc) if services.get(svc.get_ref().as_str()) == Some(&Protocol::Http1) => {
+            src.at(
+                raw,
+                format!(
+                    "{label}: transcode needs a gRPC upstream: give service {:?} protocol = \"h2\" or \"h2c\"",
+                    svc.get_ref()
+                ),
+            );
+            return None;
+        }
+        Some(_) => {}
+    }
+    let stream = match t.stream.as_ref().map(|s| s.get_ref().as_str()) {
+        None | Some("array") => StreamFormat::Array,
+        Some("ndjson") => StreamFormat::Ndjson,
+        Some(other) => {
+            let at = t.stream.as_ref().expect("matched Some");
+            src.at(
+                at,
+                format!("{label}: transcode.stream {other:?}: expected \"array\" or \"ndjson\""),
+            );
+            return None;
+        }
+    };
+    let path = src.resolve(t.descriptors.get_ref());
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            src.at(
+                &t.descriptors,
+                format!("{label}: transcode.descriptors {}: {e}", path.display()),
+            );
+            return None;
+        }
+    };
+    match Transcoder::from_descriptors(&bytes, t.services.get_ref(), stream) {
+        Ok(transcoder) => Some(Arc::new(transcoder)),
+        Err(e) => {
+            let at = if e.starts_with("no service") || e.starts_with("no services") {
+                t.services.span().start
+            } else {
+                t.descriptors.span().start
+            };
+            src.error(at, format!("{label}: transcode ({}): {e}", path.display()));
+            None
+        }
     }
 }
 

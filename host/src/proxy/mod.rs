@@ -21,6 +21,7 @@ mod forward;
 mod grpc;
 mod grpc_web;
 mod service_calls;
+mod transcode;
 mod websocket;
 mod wit;
 
@@ -375,6 +376,12 @@ async fn respond(
     cx: &mut Ctx<'_>,
 ) -> Result<Response<Body>, GatewayError> {
     let upgrade = adapters.upgrade();
+    // A JSON client on a transcoding route; gRPC clients on it pass through as they are.
+    let transcoder = route
+        .config
+        .transcode
+        .as_deref()
+        .filter(|_| grpc::flavour(&parts.headers).is_none());
     let path_and_query = route::upstream_path(&route.config, &parts.uri, &params);
     let body = accept::request_body(body, &parts.headers, route, cx.snapshot).await?;
     let request = CheckedRequest {
@@ -383,6 +390,10 @@ async fn respond(
         headers: parts.headers,
     };
     if route.chain.is_empty() {
+        if let Some(transcoder) = transcoder {
+            let answer = transcode::call(transcoder, route, request, body, cx).await?;
+            return Ok(transcode::into_response(answer));
+        }
         let resp = forward::to_upstream(route, request, body, cx, upgrade).await?;
         return Ok(adapters.pass_back(resp, cx));
     }
@@ -392,6 +403,10 @@ async fn respond(
         Proceed::Upstream(request, body) => (request, body),
         Proceed::Respond(resp) => return chain.response_phases(cx, Answer::Filter(resp)).await,
     };
+    if let Some(transcoder) = transcoder {
+        let answer = transcode::call(transcoder, route, request, body, cx).await?;
+        return chain.response_phases(cx, Answer::Filter(answer)).await;
+    }
     let resp = forward::to_upstream(route, request, body, cx, upgrade).await?;
     if !chain.has_response_phases() || adapters.switched(&resp) {
         return Ok(adapters.pass_back(resp, cx));
