@@ -1,4 +1,5 @@
-//! The demo's upstream services: a users service and an orders service, as tiny hyper servers.
+//! The demo's upstream services: a users service and an orders service, as tiny hyper servers,
+//! and a gRPC catalog service (tonic) that JSON clients reach through the gateway's transcoding.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -128,5 +129,119 @@ pub fn demo_certificate(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::write(&files[0], ca.pem())?;
     std::fs::write(&files[1], cert.pem())?;
     std::fs::write(&files[2], key.serialize_pem())?;
+    Ok(())
+}
+
+/// A catalog product, as `proto/catalog.proto` has it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Product {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(string, tag = "2")]
+    pub name: String,
+    #[prost(int64, tag = "3")]
+    pub price_cents: i64,
+}
+
+/// `GetProductRequest` (`id`) and `SearchProductsRequest` (`name`): one string field each.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OneString {
+    #[prost(string, tag = "1")]
+    pub value: String,
+}
+
+fn products() -> Vec<Product> {
+    [
+        ("1", "Analytical Engine", 1_000_000),
+        ("2", "Difference Engine", 250_000),
+        ("3", "Loom card", 99),
+    ]
+    .into_iter()
+    .map(|(id, name, price_cents)| Product {
+        id: id.into(),
+        name: name.into(),
+        price_cents,
+    })
+    .collect()
+}
+
+struct GetProduct;
+
+impl tonic::server::UnaryService<OneString> for GetProduct {
+    type Response = Product;
+    type Future = std::future::Ready<Result<tonic::Response<Product>, tonic::Status>>;
+
+    fn call(&mut self, req: tonic::Request<OneString>) -> Self::Future {
+        let id = req.into_inner().value;
+        std::future::ready(
+            products()
+                .into_iter()
+                .find(|p| p.id == id)
+                .map(tonic::Response::new)
+                .ok_or_else(|| tonic::Status::not_found(format!("no product {id}"))),
+        )
+    }
+}
+
+struct SearchProducts;
+
+impl tonic::server::ServerStreamingService<OneString> for SearchProducts {
+    type Response = Product;
+    type ResponseStream =
+        futures_util::stream::Iter<std::vec::IntoIter<Result<Product, tonic::Status>>>;
+    type Future = std::future::Ready<Result<tonic::Response<Self::ResponseStream>, tonic::Status>>;
+
+    fn call(&mut self, req: tonic::Request<OneString>) -> Self::Future {
+        let name = req.into_inner().value.to_lowercase();
+        let found: Vec<_> = products()
+            .into_iter()
+            .filter(|p| p.name.to_lowercase().contains(&name))
+            .map(Ok)
+            .collect();
+        std::future::ready(Ok(tonic::Response::new(futures_util::stream::iter(found))))
+    }
+}
+
+async fn catalog(req: Request<Incoming>) -> Response<tonic::body::Body> {
+    let codec =
+        || tonic::server::Grpc::new(tonic_prost::ProstCodec::<Product, OneString>::default());
+    match req.uri().path() {
+        "/demo.v1.Catalog/GetProduct" => codec().unary(GetProduct, req).await,
+        "/demo.v1.Catalog/SearchProducts" => codec().server_streaming(SearchProducts, req).await,
+        other => tonic::Status::unimplemented(other.to_owned()).into_http(),
+    }
+}
+
+/// Bind `addr` and serve the gRPC catalog (HTTP/2 in cleartext) in the background; returns the
+/// bound address.
+pub async fn start_catalog(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(
+                    TokioIo::new(stream),
+                    service_fn(|req| async { Ok::<_, Infallible>(catalog(req).await) }),
+                ),
+            );
+        }
+    });
+    Ok(bound)
+}
+
+/// Compile `proto/catalog.proto` (with the `google.api.http` protos in `tests/protos`) into the
+/// descriptor set the gateway's `products` route reads, as `protoc --include_imports
+/// --descriptor_set_out` would write it, at `out`.
+pub fn catalog_descriptors(out: &std::path::Path) -> anyhow::Result<()> {
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let set = protox::Compiler::new([demo.join("proto"), demo.join("../../tests/protos")])?
+        .include_imports(true)
+        .open_files(["catalog.proto"])?
+        .encode_file_descriptor_set();
+    std::fs::write(out, set)?;
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! `cargo run -p wasmgate-demo`: the demo services on 127.0.0.1:3001 and :3002, and wasmgate on
+//! `cargo run -p wasmgate-demo`: the demo services on 127.0.0.1:3001, :3002 and :3003 (gRPC), and wasmgate on
 //! 127.0.0.1:8080 serving `examples/demo/gateway.toml` with the filters built from this repo.
 
 use std::io::IsTerminal;
@@ -21,6 +21,8 @@ async fn main() -> anyhow::Result<()> {
     let demo_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     wasmgate_demo::demo_certificate(&demo_dir.join("certs"))
         .context("making the demo's HTTPS certificate")?;
+    wasmgate_demo::catalog_descriptors(&demo_dir.join("proto/catalog.pb"))
+        .context("compiling the demo's catalog descriptors")?;
     let config_path = demo_dir.join("gateway.toml");
     let mut config = Config::load(&config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
     config.filters_dir = wasmgate_artifacts::FILTERS_DIR.into();
@@ -31,6 +33,9 @@ async fn main() -> anyhow::Result<()> {
     start(DemoService::Orders, "127.0.0.1:3002".parse()?)
         .await
         .context("starting the demo orders service on 127.0.0.1:3002")?;
+    wasmgate_demo::start_catalog("127.0.0.1:3003".parse()?)
+        .await
+        .context("starting the demo gRPC catalog service on 127.0.0.1:3003")?;
 
     let running = RunningGateway::start(config, None).await?;
     println!(
@@ -57,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "  curl -s -X POST -d '{{\"userId\":\"3\",\"name\":\"Grace Hopper\"}}' localhost:8080/api/users"
     );
+    println!("  curl -s localhost:8080/api/products/1   (a gRPC service, called with JSON)");
     println!("Ctrl-C to stop.");
     let _ = tokio::signal::ctrl_c().await;
     running.stop().await;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use wasmgate_demo::{DemoService, demo_certificate, start};
+use wasmgate_demo::{DemoService, catalog_descriptors, demo_certificate, start, start_catalog};
 use wasmgate_tests::{FILTERS_DIR, TestGateway, temp_dir};
 
 /// Where the README tells curl to find the demo's CA.
@@ -111,6 +111,9 @@ async fn readme_curl_lines_answer_as_shown() {
     let orders = start(DemoService::Orders, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
+    let catalog = start_catalog("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let descriptors = temp_dir("demo-catalog").join("catalog.pb");
+    catalog_descriptors(&descriptors).unwrap();
     let config =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.toml"))
             .unwrap()
@@ -121,6 +124,11 @@ async fn readme_curl_lines_answer_as_shown() {
             )
             .replace("127.0.0.1:3001", &users.to_string())
             .replace("127.0.0.1:3002", &orders.to_string())
+            .replace("127.0.0.1:3003", &catalog.to_string())
+            .replace(
+                "\"proto/catalog.pb\"",
+                &format!("{:?}", descriptors.display().to_string()),
+            )
             .replace("listen = \"127.0.0.1:8443\"", "listen = \"127.0.0.1:0\"");
     // The certificate the demo makes at startup, made here in a directory of the test's own.
     let certs = temp_dir("demo-certs");
