@@ -119,11 +119,14 @@ def wrk(url, connections=CONNECTIONS, body_file=None, headers=(), duration=DURAT
     return {"rps": rps, "p50": p50, "p99": p99, "failed": failed, "requests": requests}
 
 
-def h2load(url, headers=()):
-    """HTTP/2 load with h2load: `CONNECTIONS` connections, 10 streams in flight on each."""
+def h2load(url, headers=(), data=None):
+    """HTTP/2 load with h2load: `CONNECTIONS` connections, 10 streams in flight on each; with
+    `data`, each request POSTs that file."""
     cmd = ["h2load", "-t1", f"-c{CONNECTIONS}", "-m10", f"-D{DURATION}"]
     for h in headers:
         cmd += ["-H", h]
+    if data is not None:
+        cmd += ["-d", str(data)]
     out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
     req = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, "
@@ -221,7 +224,7 @@ def main():
 
 def run(work, procs):
     (up_port, nginx_port, gw_port, nginx_tls, nginx_h2c, gw_tls, redis_port, gwr_port,
-     gwr_tls) = free_ports(9)
+     gwr_tls, grpc_port) = free_ports(10)
     upstream = f"127.0.0.1:{up_port}"
     make_certificate(work)
 
@@ -229,7 +232,8 @@ def run(work, procs):
     filters.mkdir()
     for name in ["headers", "auth-jwt", "transform", "rate-limit", "cache"]:
         shutil.copy(FILTERS / f"{name.replace('-', '_')}.wasm", filters / f"{name}.wasm")
-    fill = {"@UPSTREAM@": upstream, "@FILTERS@": str(filters), "@DIR@": str(work)}
+    fill = {"@UPSTREAM@": upstream, "@FILTERS@": str(filters), "@DIR@": str(work),
+            "@GRPC_UPSTREAM@": f"127.0.0.1:{grpc_port}"}
 
     def template(name, listen, tls_listen, h2c_listen=""):
         text = (BENCH / name).read_text().replace("@LISTEN@", listen)
@@ -255,10 +259,17 @@ def run(work, procs):
     )
     procs.append(nginx)
     wait_for(nginx_port, "nginx", nginx)
-    gw = start_wasmgate(
-        template("gateway.toml", f"127.0.0.1:{gw_port}", f"127.0.0.1:{gw_tls}"), gw_port,
-        "wasmgate", procs,
-    )
+    # The gRPC upstream of the transcoding rows; it writes the descriptor set the gateway reads.
+    grpc = subprocess.Popen([str(RELEASE / "bench-grpc"), f"127.0.0.1:{grpc_port}",
+                             str(work / "bookstore.pb")], stderr=subprocess.DEVNULL)
+    procs.append(grpc)
+    wait_for(grpc_port, "bench-grpc", grpc)
+    gw_config = template("gateway.toml", f"127.0.0.1:{gw_port}", f"127.0.0.1:{gw_tls}")
+    transcode = (BENCH / "transcode.toml").read_text()
+    for key, value in fill.items():
+        transcode = transcode.replace(key, value)
+    gw_config.write_text(gw_config.read_text() + "\n" + transcode)
+    gw = start_wasmgate(gw_config, gw_port, "wasmgate", procs)
     # A second gateway, its filters' state in Redis (rate-limit scenario only).
     redis = subprocess.Popen(
         ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
@@ -346,6 +357,16 @@ def run(work, procs):
         print(f"protocols: {name}", file=sys.stderr)
         protocol_results.append((name, tool(ng_url, headers=auth), tool(wg_url, headers=auth)))
 
+    # JSON to gRPC: GetBook(shelf "1", id "1") as JSON through `transcode`, and the same call as
+    # gRPC through the gateway (one length-prefixed message: fields 1 and 2, "1" each).
+    frame = work / "getbook.grpc"
+    frame.write_bytes(bytes([0, 0, 0, 0, 6, 0x0A, 1, 0x31, 0x12, 1, 0x31]))
+    print("transcoding: gRPC through the gateway", file=sys.stderr)
+    as_grpc = h2load(f"{wg}/shop.v1.Books/GetBook",
+                     headers=["content-type: application/grpc", "te: trailers"], data=frame)
+    print("transcoding: JSON through transcode", file=sys.stderr)
+    as_json = h2load(f"{wg}/v1/shelves/1/books/1")
+
     gw_rss = rss_kib([gw.pid])
     nginx_rss = rss_kib(nginx_pids(nginx.pid))
 
@@ -432,6 +453,22 @@ def run(work, procs):
         )
     lines += [
         "",
+        "## JSON to gRPC (transcoding)",
+        "",
+        "The same unary call (`shop.v1.Books/GetBook` of tests/protos/bookstore.proto, answered by "
+        "`bench-grpc`, a tonic server) made through the gateway in cleartext HTTP/2 (`h2load -t1 "
+        f"-c{CONNECTIONS} -m10 -D{DURATION}`): as gRPC on a plain route, and as JSON "
+        "(`GET /v1/shelves/1/books/1`) on a `transcode` route. The ratio is JSON over gRPC.",
+        "",
+        "| call | req/s | vs gRPC | mean latency ms | failed |",
+        "|---|---:|---:|---:|---:|",
+        f"| gRPC through the gateway | {as_grpc['rps']:,.0f} |  | {as_grpc['mean']:.2f} | "
+        f"{as_grpc['failed']} |",
+        f"| JSON through `transcode` | {as_json['rps']:,.0f} | "
+        f"{ratio(as_json['rps'], as_grpc['rps'])} | {as_json['mean']:.2f} | {as_json['failed']} |",
+    ]
+    lines += [
+        "",
         "## Resident memory",
         "",
         "| process | RSS after the scenarios above | RSS after scaling runs | peak RSS |",
@@ -490,6 +527,7 @@ def run(work, procs):
     failed = sum(r["failed"] + r["fixed"]["failed"] for r in results.values())
     failed += sum(r["failed"] for _, row in scaling_conns + scaling_body for r in row.values())
     failed += sum(n["failed"] + w["failed"] for _, n, w in protocol_results)
+    failed += as_grpc["failed"] + as_json["failed"]
     failed += obs_failed + iso_failed
     lines += ["", f"Failed requests over the whole run: {failed}.", ""]
     text = "\n".join(lines)
