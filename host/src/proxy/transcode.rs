@@ -32,10 +32,11 @@ pub(super) async fn call(
             gather(stream, limit)
                 .await
                 .map_err(|e| {
-                    GatewayError::new(
-                        ErrorKind::BodyTooLarge,
-                        format!("reading the JSON request (limit {limit} bytes): {e}"),
-                    )
+                    let kind = match e {
+                        Gather::Over => ErrorKind::BodyTooLarge,
+                        Gather::Body(_) => ErrorKind::BadRequest,
+                    };
+                    GatewayError::new(kind, format!("reading the JSON request: {e}"))
                 })?
                 .0
         }
@@ -144,8 +145,26 @@ pub(super) async fn call(
     })
 }
 
+/// Why a body could not be gathered.
+#[derive(Debug)]
+enum Gather {
+    /// Over the route's body limit.
+    Over,
+    /// The body failed (the client or upstream went away, bad framing).
+    Body(String),
+}
+
+impl std::fmt::Display for Gather {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Gather::Over => f.write_str("over the route's body limit"),
+            Gather::Body(e) => f.write_str(e),
+        }
+    }
+}
+
 /// A body's bytes, up to `limit`, and its trailers.
-async fn gather<B>(mut body: B, limit: usize) -> Result<(Bytes, Option<HeaderMap>), String>
+async fn gather<B>(mut body: B, limit: usize) -> Result<(Bytes, Option<HeaderMap>), Gather>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
@@ -153,11 +172,11 @@ where
     let mut data = BytesMut::new();
     let mut trailers = None;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| e.to_string())?;
+        let frame = frame.map_err(|e| Gather::Body(e.to_string()))?;
         match frame.into_data() {
             Ok(chunk) => {
                 if data.len() + chunk.len() > limit {
-                    return Err(format!("over {limit} bytes"));
+                    return Err(Gather::Over);
                 }
                 data.extend_from_slice(&chunk);
             }
