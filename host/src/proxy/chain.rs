@@ -441,6 +441,13 @@ async fn upstream_response(
     Ok((held, body))
 }
 
+/// An answer held whole (a transcoded call's), as the client gets it when no response phase
+/// runs.
+pub(super) fn held_response(mut resp: HttpResponse) -> Result<Response<Body>, GatewayError> {
+    let bytes = resp.body.take().unwrap_or_default();
+    client_response(resp, RespBody::Buffered(bytes))
+}
+
 /// The client's response from what the response phases left.
 fn client_response(resp: HttpResponse, body: RespBody) -> Result<Response<Body>, GatewayError> {
     let mut headers = resp.headers;

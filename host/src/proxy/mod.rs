@@ -392,7 +392,7 @@ async fn respond(
     if route.chain.is_empty() {
         if let Some(transcoder) = transcoder {
             let answer = transcode::call(transcoder, route, request, body, cx).await?;
-            return Ok(transcode::into_response(answer));
+            return chain::held_response(answer);
         }
         let resp = forward::to_upstream(route, request, body, cx, upgrade).await?;
         return Ok(adapters.pass_back(resp, cx));

@@ -215,14 +215,3 @@ fn json_error(status: StatusCode, code: u32, message: &str) -> HttpResponse {
         body: Some(transcode::error_body(code, message)),
     }
 }
-
-/// The answer as the client gets it when the route has no filters.
-pub(super) fn into_response(resp: HttpResponse) -> http::Response<super::Body> {
-    let bytes = resp.body.unwrap_or_default();
-    let mut headers = resp.headers;
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-    let mut out = http::Response::new(super::full(bytes));
-    *out.status_mut() = resp.status;
-    *out.headers_mut() = headers;
-    out
-}
