@@ -124,6 +124,7 @@ impl RunningGateway {
             filters_dir,
             config_path,
         )?);
+        background.push(tokio::spawn(poll_registries(control.clone())));
         tracing::info!(listen = %workers.addr, https = ?workers.tls_addr, admin = ?admin_addr, metrics = ?metrics_addr, workers = workers.count, "wasmgate serving");
         Ok(RunningGateway {
             addr: workers.addr,
@@ -229,5 +230,14 @@ async fn reload_certificates(
                 }
             }
         }
+    }
+}
+
+/// Check filters from registries every `[registry] poll_interval` (read again each time, as a
+/// reload may change it): a moved tag is taken into service like a dropped file.
+async fn poll_registries(control: Arc<Control>) {
+    loop {
+        tokio::time::sleep(control.poll_interval().await).await;
+        control.poll_sources().await;
     }
 }

@@ -9,6 +9,7 @@
 //! - `control`: the filter registry, reloads, the file watcher, the admin endpoint.
 //! - `proxy`: the request pipeline (accept-side checks, the filter chain, the upstream
 //!   hand-off, error mapping) and filters' service calls.
+//! - `oci`: filters pulled from OCI registries (verified, stored by digest) and pushed to them.
 //! - `access_log`: one record per request, written off the request path.
 //! - `tls`: certificates and keys from PEM files, SNI, the TLS settings HTTPS starts from.
 //! - `snapshot`: routes with their filter bindings resolved, and each binding's breaker.
@@ -30,6 +31,7 @@ mod config;
 mod control;
 mod gateway;
 mod metrics;
+mod oci;
 mod otel;
 mod proxy;
 mod route;
@@ -41,7 +43,8 @@ mod tls;
 mod transcode;
 mod upstream;
 
-pub use config::{Config, ConfigError, Diagnostic};
+pub use config::{Config, ConfigError, Diagnostic, FilterSource, RegistryConfig};
 pub use control::{CheckReport, check};
 pub use gateway::RunningGateway;
+pub use oci::{Pushed, push as push_filter};
 pub use server::set_worker_park_hook;

@@ -120,6 +120,27 @@ enum FilterCommand {
         #[arg(long, value_name = "DIR")]
         install: Option<PathBuf>,
     },
+    /// Build a filter crate (as `build` does, or take a built component with --file) and push
+    /// it to an OCI registry under a tag; prints the digest that pins it
+    /// (`source = "oci://REGISTRY/REPOSITORY@sha256:..."` in a route's filter).
+    Push {
+        /// Where: `oci://REGISTRY/REPOSITORY:TAG`.
+        target: String,
+        /// The crate's Cargo.toml (default: the crate in the current directory).
+        #[arg(long, conflicts_with = "file")]
+        manifest_path: Option<PathBuf>,
+        /// Push this built component instead of building a crate (it is checked first).
+        #[arg(long, value_name = "WASM")]
+        file: Option<PathBuf>,
+        /// Speak plain HTTP to the registry (a registry on localhost for tests), not HTTPS.
+        #[arg(long)]
+        plain_http: bool,
+        /// A Docker-style config.json with the registry's credentials (default:
+        /// $DOCKER_CONFIG/config.json or ~/.docker/config.json; WASMGATE_REGISTRY_USERNAME and
+        /// WASMGATE_REGISTRY_PASSWORD win).
+        #[arg(long, value_name = "FILE")]
+        auth_file: Option<PathBuf>,
+    },
     /// The bundled filters (auth-jwt, rate-limit, cache, ...), which this binary carries
     /// built: without NAME, list them; with NAME, show its README (what it does, its config);
     /// with --install, copy it into a filters directory as `<NAME>.wasm`.
@@ -198,6 +219,22 @@ fn main() -> ExitCode {
                 manifest_path,
                 install,
             }) => filter_build(manifest_path.as_deref(), install.as_deref()).await,
+            Command::Filter(FilterCommand::Push {
+                target,
+                manifest_path,
+                file,
+                plain_http,
+                auth_file,
+            }) => {
+                filter_push(
+                    &target,
+                    manifest_path.as_deref(),
+                    file.as_deref(),
+                    plain_http,
+                    auth_file,
+                )
+                .await
+            }
             Command::Filter(FilterCommand::Add { name, install }) => {
                 filter_add(name.as_deref(), install.as_deref())
             }
@@ -343,6 +380,73 @@ async fn filter_build(manifest_path: Option<&Path>, install: Option<&Path>) -> E
         }
     }
     ExitCode::SUCCESS
+}
+
+async fn filter_push(
+    target: &str,
+    manifest_path: Option<&Path>,
+    file: Option<&Path>,
+    plain_http: bool,
+    auth_file: Option<PathBuf>,
+) -> ExitCode {
+    let target = match wasmgate::FilterSource::parse(target) {
+        Ok(target) => target,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let bytes = match file {
+        Some(file) => cli::build::check_file(file).await,
+        None => cli::build::build(manifest_path)
+            .await
+            .and_then(|built| match built.as_slice() {
+                [one] => {
+                    std::fs::read(&one.path).map_err(|e| format!("{}: {e}", one.path.display()))
+                }
+                many => Err(format!(
+                    "the crate built {} components; push one with --file",
+                    many.len()
+                )),
+            }),
+    };
+    let bytes = match bytes {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let settings = wasmgate::RegistryConfig {
+        plain_http: if plain_http {
+            vec![target.registry.clone()]
+        } else {
+            Vec::new()
+        },
+        auth_file,
+        ..wasmgate::RegistryConfig::default()
+    };
+    let size = bytes.len();
+    match wasmgate::push_filter(&settings, &target, bytes).await {
+        Ok(pushed) => {
+            println!(
+                "pushed {} ({} KiB, component {}), implements {}",
+                target.text,
+                size.div_ceil(1024),
+                pushed.component,
+                cli::build::contract()
+            );
+            println!(
+                "pin it in a route's filter: source = \"oci://{}/{}@{}\"",
+                target.registry, target.repository, pushed.manifest
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn filter_add(name: Option<&str>, install: Option<&Path>) -> ExitCode {

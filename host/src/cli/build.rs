@@ -83,6 +83,21 @@ pub async fn build(manifest_path: Option<&Path>) -> Result<Vec<Built>, String> {
     Ok(built)
 }
 
+/// Read a built component and check that the gateway would load it.
+pub async fn check_file(path: &Path) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let sandbox = Sandbox::new().map_err(|e| format!("{e:#}"))?;
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("filter");
+    sandbox
+        .load(name, bytes.clone(), None)
+        .await
+        .map_err(|e| format!("{}: the gateway would refuse it: {e:#}", path.display()))?;
+    Ok(bytes)
+}
+
 /// Copy a checked component into `dir` as `<name>.wasm`, by rename, so that a gateway watching
 /// `dir` never reads a half-written file.
 pub fn install(component: &Built, dir: &Path) -> Result<PathBuf, String> {

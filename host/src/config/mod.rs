@@ -8,6 +8,7 @@
 //! A leaf: it imports nothing else of the gateway.
 
 mod path;
+mod source;
 mod traffic;
 mod transport;
 mod validate;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use path::{PathMatch, Pattern, Segment, Template, TemplatePart};
+pub use source::{FilterSource, RegistryConfig};
 pub use traffic::{
     AccessLogConfig, AllUnhealthy, Balance, DNS_LOOKUPS, Dns, HashOn, HealthCheck, MetricsConfig,
     OutlierDetection, Retry, RetryOn, ServiceLimits, StateConfig, TracingConfig,
@@ -79,6 +81,11 @@ pub struct Config {
     pub filters_dir: PathBuf,
     /// Where compiled filters are cached, keyed by content hash; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
+    /// Filters that come from an OCI registry rather than `filters_dir`, by name (a route's
+    /// `source`; every route naming the filter uses it).
+    pub sources: std::collections::BTreeMap<String, FilterSource>,
+    /// How registries are reached (`[registry]`).
+    pub registry: RegistryConfig,
     /// The admin endpoint (`[admin]`).
     pub admin: Admin,
     /// Client-side protections (`[server]`).
@@ -541,6 +548,11 @@ impl Config {
             && cache.is_relative()
         {
             config.cache_dir = Some(base.join(cache));
+        }
+        if let Some(file) = &mut config.registry.auth_file
+            && file.is_relative()
+        {
+            *file = base.join(&*file);
         }
         if config.access_log.path != "-" && Path::new(&config.access_log.path).is_relative() {
             config.access_log.path = base.join(&config.access_log.path).display().to_string();

@@ -145,6 +145,7 @@ mod unknown_key {
             ["tracing"] => fields::<TracingConfig>(),
             ["metrics"] => fields::<MetricsConfig>(),
             ["state"] => fields::<StateConfig>(),
+            ["registry"] => fields::<RegistryConfig>(),
             ["tls", "certificates", _] => fields::<RawCertificate>(),
             ["services", _] => fields::<RawService>(),
             ["services", _, "health_check"] => fields::<HealthCheck>(),
@@ -299,6 +300,7 @@ struct RawConfig {
     tracing: Option<Spanned<TracingConfig>>,
     metrics: Option<Spanned<MetricsConfig>>,
     state: Option<Spanned<StateConfig>>,
+    registry: Option<Spanned<RegistryConfig>>,
     #[serde(default)]
     services: BTreeMap<String, Spanned<RawService>>,
     #[serde(default)]
@@ -388,6 +390,7 @@ struct RawTranscode {
 #[derive(Deserialize)]
 struct RawFilterRef {
     name: Spanned<String>,
+    source: Option<Spanned<String>>,
     #[serde(default)]
     services: Vec<Spanned<String>>,
     limits: Option<Spanned<RawFilterLimits>>,
@@ -522,9 +525,28 @@ fn validate(raw: RawConfig, src: &mut Source<'_>) -> Config {
         .iter()
         .map(|route| validate_route(route, &service_names, &mut route_names, filter_limits, src))
         .collect();
+    let sources = filter_sources(&raw.routes, src);
+    let registry = match &raw.registry {
+        None => RegistryConfig::default(),
+        Some(r) => {
+            let registry = r.get_ref();
+            if registry.poll_interval.is_zero()
+                || registry.timeout.is_zero()
+                || registry.max_component_bytes == 0
+            {
+                src.at(
+                    r,
+                    "registry: poll_interval, timeout and max_component_bytes must be greater than zero",
+                );
+            }
+            registry.clone()
+        }
+    };
 
     Config {
         listen,
+        sources,
+        registry,
         filters_dir: raw.filters_dir.map_or_else(
             || PathBuf::from("filters"),
             |d| PathBuf::from(d.into_inner()),
@@ -1285,6 +1307,41 @@ fn validate_route(
         filters,
         place: src.place(spanned.span().start),
     }
+}
+
+/// Every route filter's `source`, by filter name. A name has one source: a route may repeat
+/// it, or leave it out and use the one given elsewhere, but not give another.
+fn filter_sources(
+    routes: &[Spanned<RawRoute>],
+    src: &mut Source<'_>,
+) -> BTreeMap<String, FilterSource> {
+    let mut sources: BTreeMap<String, (FilterSource, Place)> = BTreeMap::new();
+    for filter in routes.iter().flat_map(|r| &r.get_ref().filters) {
+        let filter = filter.get_ref();
+        let Some(text) = &filter.source else { continue };
+        let name = filter.name.get_ref();
+        let place = src.place(text.span().start);
+        match FilterSource::parse(text.get_ref()) {
+            Err(why) => src.at(text, format!("filter {name:?}: {why}")),
+            Ok(source) => match sources.get(name) {
+                Some((first, at)) if first.text != source.text => src.at(
+                    text,
+                    format!(
+                        "filter {name:?}: source {:?} differs from {:?} given at line {}; a filter name has one source (give the other a name of its own)",
+                        source.text, first.text, at.line
+                    ),
+                ),
+                Some(_) => {}
+                None => {
+                    sources.insert(name.clone(), (source, place));
+                }
+            },
+        }
+    }
+    sources
+        .into_iter()
+        .map(|(name, (source, _))| (name, source))
+        .collect()
 }
 
 /// A route's `transcode`: its descriptors read and its services' rules checked now, so that a

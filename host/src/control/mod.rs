@@ -63,7 +63,7 @@ impl Control {
         endpoints.sync(&snapshot.services, &config.dns);
         log_problems(&problems);
         warn_unnamed_files(&config, None);
-        prune_cache(&sandbox, &config, &registry);
+        prune_cache(&sandbox, &config, &mut registry);
         Ok(Control {
             draining: AtomicBool::new(false),
             metrics,
@@ -158,7 +158,7 @@ impl Control {
         let referenced = referenced_filters(&new);
         let state = &mut *state;
         for name in &referenced {
-            if dir_changed || !state.registry.has(name) {
+            if dir_changed || state.registry.source_changed(&new, name) {
                 state.registry.refresh(&self.sandbox, &new, name).await;
             }
         }
@@ -191,8 +191,55 @@ impl Control {
                 .collect(),
             None => referenced.into_iter().collect(),
         };
+        // A file event or an admin reload names files; filters from registries are polled.
+        let wanted: Vec<String> = wanted
+            .into_iter()
+            .filter(|n| names.is_none() || !state.config.sources.contains_key(n))
+            .collect();
         let mut changed = Vec::new();
         for name in wanted {
+            if state
+                .registry
+                .refresh(&self.sandbox, &state.config, &name)
+                .await
+            {
+                changed.push(name);
+            }
+        }
+        if !changed.is_empty() {
+            self.publish(&state.config, &mut state.registry, &mut state.endpoints)
+                .await;
+        }
+        changed
+    }
+
+    /// How often filters from registries are checked (`[registry] poll_interval`).
+    pub async fn poll_interval(&self) -> std::time::Duration {
+        self.state.lock().await.config.registry.poll_interval
+    }
+
+    /// Check every filter with an `oci://` source that may have changed: those following a
+    /// tag, and pinned ones not loaded yet (the registry was down). Routes switch to any new
+    /// version that loads; a registry that does not answer leaves the serving versions alone.
+    /// Returns the names whose serving version changed.
+    pub async fn poll_sources(&self) -> Vec<String> {
+        let mut state = self.state.lock().await;
+        let state = &mut *state;
+        let due: Vec<String> = referenced_filters(&state.config)
+            .into_iter()
+            .filter(|name| {
+                state.config.sources.get(name).is_some_and(|source| {
+                    !source.is_pinned()
+                        || state
+                            .registry
+                            .slots
+                            .get(name)
+                            .is_none_or(|s| s.current.is_none())
+                })
+            })
+            .collect();
+        let mut changed = Vec::new();
+        for name in due {
             if state
                 .registry
                 .refresh(&self.sandbox, &state.config, &name)
@@ -258,9 +305,12 @@ fn check_new_certificates(old: &Config, new: &Config) -> Result<(), Vec<String>>
 }
 
 /// Keep the compile cache bounded: the serving versions and a few recent ones.
-fn prune_cache(sandbox: &Sandbox, config: &Config, registry: &Registry) {
+fn prune_cache(sandbox: &Sandbox, config: &Config, registry: &mut Registry) {
     if let Some(dir) = &config.cache_dir {
         sandbox.prune_cache(dir, &registry.serving_hashes());
+        if !config.sources.is_empty() {
+            registry.puller(config).prune(&registry.serving_manifests());
+        }
     }
 }
 

@@ -8,7 +8,8 @@ use std::time::SystemTime;
 
 use wasmgate_sandbox::{FilterCache, FilterMetrics, LoadedFilter, Sandbox, StateStore};
 
-use crate::config::{Config, StateConfig};
+use crate::config::{Config, FilterSource, StateConfig};
+use crate::oci::Puller;
 use crate::snapshot::Filters;
 
 /// Why the newest file for a filter was not taken into service.
@@ -29,6 +30,12 @@ pub struct Slot {
     pub rejected: Option<Rejection>,
     /// The file is gone; `current` keeps serving.
     pub file_removed: bool,
+    /// The `oci://` source the filter was last refreshed from (`None`: the filters directory).
+    pub source: Option<String>,
+    /// For a filter from a registry, the manifest digest of `current`.
+    pub manifest: Option<String>,
+    /// The last pull failed while `current` kept serving (said once, not at every poll).
+    pub pull_failing: bool,
 }
 
 /// Filters by name.
@@ -43,6 +50,8 @@ pub struct Registry {
     filter_metrics: BTreeMap<String, Arc<FilterMetrics>>,
     /// The state store, kept across reloads while `[state]` stays the same.
     state: Option<(StateConfig, Arc<dyn StateStore>)>,
+    /// Pulls filters with an `oci://` source; made again when `[registry]` changes.
+    puller: Option<Arc<Puller>>,
 }
 
 impl Registry {
@@ -76,17 +85,136 @@ impl Registry {
             .collect()
     }
 
-    /// Whether filter `name` is known (loaded or rejected).
-    pub fn has(&self, name: &str) -> bool {
-        self.slots.contains_key(name)
+    /// Re-read filter `name` (`<filters_dir>/<name>.wasm`, or its `oci://` source) and take it
+    /// into service if it is new and loads. Returns whether the serving version changed.
+    pub async fn refresh(&mut self, sandbox: &Sandbox, config: &Config, name: &str) -> bool {
+        match config.sources.get(name) {
+            Some(source) => self.refresh_oci(sandbox, config, name, source).await,
+            None => self.refresh_file(sandbox, config, name).await,
+        }
+    }
+
+    /// Whether filter `name`'s source in `config` differs from the one it was loaded from.
+    pub fn source_changed(&self, config: &Config, name: &str) -> bool {
+        let wanted = config.sources.get(name).map(|s| s.text.as_str());
+        self.slots
+            .get(name)
+            .is_none_or(|slot| slot.source.as_deref() != wanted)
+    }
+
+    /// Manifest digests of the versions from registries serving now.
+    pub fn serving_manifests(&self) -> Vec<String> {
+        self.slots
+            .values()
+            .filter(|slot| slot.current.is_some())
+            .filter_map(|slot| slot.manifest.clone())
+            .collect()
+    }
+
+    /// The puller for `config`'s `[registry]` and cache directory.
+    pub fn puller(&mut self, config: &Config) -> Arc<Puller> {
+        let cache_dir = config.cache_dir.as_deref();
+        match &self.puller {
+            Some(p) if p.is_for(&config.registry, cache_dir) => p.clone(),
+            _ => {
+                let p = Arc::new(Puller::new(&config.registry, cache_dir));
+                self.puller = Some(p.clone());
+                p
+            }
+        }
+    }
+
+    /// Pull filter `name` from its registry unless the digest serving is still the one its
+    /// source names; a failed pull leaves the serving version in place.
+    async fn refresh_oci(
+        &mut self,
+        sandbox: &Sandbox,
+        config: &Config,
+        name: &str,
+        source: &FilterSource,
+    ) -> bool {
+        let puller = self.puller(config);
+        let slot = self.slots.entry(name.to_string()).or_default();
+        let same_source = slot.source.as_deref() == Some(source.text.as_str());
+        let serving = if same_source && slot.current.is_some() {
+            slot.manifest.clone()
+        } else {
+            None
+        };
+        slot.source = Some(source.text.clone());
+        slot.file_removed = false;
+        match puller.pull(source, serving.as_deref()).await {
+            Ok(None) => {
+                if slot.pull_failing {
+                    tracing::info!(filter = name, source = %source.text, "registry answers again; the serving version is current");
+                }
+                slot.pull_failing = false;
+                false
+            }
+            Ok(Some(pulled)) => {
+                slot.pull_failing = false;
+                let hash = wasmgate_sandbox::content_hash(&pulled.bytes);
+                let from = format!(
+                    "oci://{}/{}@{}",
+                    source.registry, source.repository, pulled.manifest
+                );
+                tracing::debug!(filter = name, from = %from, stored = pulled.from_store, "pulled");
+                let changed = self
+                    .install(sandbox, config, name, pulled.bytes, &from)
+                    .await;
+                let slot = self.slots.entry(name.to_string()).or_default();
+                if slot.current.as_ref().is_some_and(|c| c.hash == hash) {
+                    slot.manifest = Some(pulled.manifest);
+                }
+                changed
+            }
+            Err(reason) => {
+                match &slot.current {
+                    Some(current) if same_source => {
+                        if !slot.pull_failing {
+                            tracing::warn!(
+                                filter = name,
+                                "cannot pull: {reason}; version {} keeps serving (retried every {})",
+                                current.short_hash(),
+                                humantime::format_duration(config.registry.poll_interval)
+                            );
+                        }
+                        slot.pull_failing = true;
+                    }
+                    _ => {
+                        let keeps = match &slot.current {
+                            Some(c) => format!("version {} keeps serving", c.short_hash()),
+                            None => "no version is serving; its routes answer 503".to_string(),
+                        };
+                        tracing::error!(
+                            filter = name,
+                            "filter not loaded ({keeps}): {reason} (retried every {})",
+                            humantime::format_duration(config.registry.poll_interval)
+                        );
+                        if let Some(m) = &self.metrics {
+                            m.filter_load(name, false);
+                        }
+                        slot.rejected = Some(Rejection {
+                            hash: None,
+                            reason,
+                            at: SystemTime::now(),
+                        });
+                    }
+                }
+                false
+            }
+        }
     }
 
     /// Re-read `<filters_dir>/<name>.wasm` and take it into service if it is new and loads.
-    /// Returns whether the serving version changed.
-    pub async fn refresh(&mut self, sandbox: &Sandbox, config: &Config, name: &str) -> bool {
+    async fn refresh_file(&mut self, sandbox: &Sandbox, config: &Config, name: &str) -> bool {
         let path = super::filter_path(&config.filters_dir, name);
-        let cache_dir = config.cache_dir.as_deref();
         let slot = self.slots.entry(name.to_string()).or_default();
+        if slot.source.take().is_some() {
+            // Was from a registry: the file is a new version whatever its bytes.
+            slot.manifest = None;
+            slot.pull_failing = false;
+        }
         let bytes = match tokio::fs::read(&path).await {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && slot.current.is_some() => {
@@ -115,6 +243,22 @@ impl Registry {
             }
         };
         slot.file_removed = false;
+        self.install(sandbox, config, name, bytes, &path.display().to_string())
+            .await
+    }
+
+    /// Take `bytes` into service as filter `name` if they are new and load (`from` says where
+    /// they came from, for logs and rejections). Returns whether the serving version changed.
+    async fn install(
+        &mut self,
+        sandbox: &Sandbox,
+        config: &Config,
+        name: &str,
+        bytes: Vec<u8>,
+        from: &str,
+    ) -> bool {
+        let cache_dir = config.cache_dir.as_deref();
+        let slot = self.slots.entry(name.to_string()).or_default();
         let hash = wasmgate_sandbox::content_hash(&bytes);
         if slot.current.as_ref().is_some_and(|c| c.hash == hash) {
             slot.rejected = None;
@@ -131,7 +275,7 @@ impl Registry {
             Ok(filter) => {
                 tracing::info!(
                     filter = name,
-                    file = %path.display(),
+                    from = from,
                     version = %filter.short_hash(),
                     previous = %slot.current.as_ref().map_or("none", |c| c.short_hash()),
                     source = filter.source.as_str(),
@@ -146,12 +290,12 @@ impl Registry {
                 true
             }
             Err(e) => {
-                let reason = one_line(&format!("{}: {e:#}", path.display()));
+                let reason = one_line(&format!("{from}: {e:#}"));
                 let keeps = match &slot.current {
                     Some(c) => format!("version {} keeps serving", c.short_hash()),
                     None => "no version is serving".to_string(),
                 };
-                tracing::error!(filter = name, file = %path.display(), version = %short(&hash), "filter rejected ({keeps}): {reason}");
+                tracing::error!(filter = name, from = from, version = %short(&hash), "filter rejected ({keeps}): {reason}");
                 if let Some(m) = &self.metrics {
                     m.filter_load(name, false);
                 }
