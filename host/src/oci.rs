@@ -84,7 +84,7 @@ impl Puller {
             if serving == Some(digest.as_str()) {
                 return Ok(None);
             }
-            if let Some(pulled) = self.from_store(digest) {
+            if let Some(pulled) = self.stored(digest) {
                 return Ok(Some(pulled));
             }
         }
@@ -121,7 +121,7 @@ impl Puller {
                 if serving == Some(digest.as_str()) {
                     return Ok(None);
                 }
-                if let Some(pulled) = self.from_store(&digest) {
+                if let Some(pulled) = self.stored(&digest) {
                     return Ok(Some(pulled));
                 }
                 digest
@@ -159,7 +159,14 @@ impl Puller {
                     .map_err(|e| fail("cannot pull the component", &chain(&e)))?;
                 let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
                 while let Some(chunk) = stream.next().await {
-                    let chunk = chunk.map_err(|e| fail("cannot pull the component", &e))?;
+                    let chunk = chunk.map_err(|e| {
+                        // oci-client checks the registry's Docker-Content-Digest as it streams.
+                        if e.to_string().to_lowercase().contains("digest") {
+                            fail("component refused: digest mismatch", &e)
+                        } else {
+                            fail("cannot pull the component", &e)
+                        }
+                    })?;
                     if bytes.len() + chunk.len() > usize::try_from(size).unwrap_or(usize::MAX) {
                         return Err(fail(
                             "component refused",
@@ -182,7 +189,7 @@ impl Puller {
     }
 
     /// Manifest `digest` and its component from the store, both verified again.
-    fn from_store(&self, digest: &str) -> Option<Pulled> {
+    fn stored(&self, digest: &str) -> Option<Pulled> {
         let manifest = self.read_store(digest)?;
         let layer = wasm_layer(&manifest).ok()?;
         let bytes = self.read_store(&layer.digest)?;

@@ -143,11 +143,11 @@ filters = [
     let report = wasmgate::check(&path, None).await.expect("readable");
     let p = path.display();
     let expected = [
-        "2:1: unknown field `listen_on`, expected one of `listen`, `filters_dir`, `cache_dir`, `admin`, `server`, `filter_limits`, `timeouts`, `limits`, `compression`, `tls`, `dns`, `access_log`, `tracing`, `metrics`, `state`, `services`, `routes`".to_string(),
+        "2:1: unknown field `listen_on`, expected one of `listen`, `filters_dir`, `cache_dir`, `admin`, `server`, `filter_limits`, `timeouts`, `limits`, `compression`, `tls`, `dns`, `access_log`, `tracing`, `metrics`, `state`, `registry`, `services`, `routes`".to_string(),
         "10:11: route \"orders\": unknown service \"order-service\"".to_string(),
         "11:1: unknown field `timeot`, expected one of `name`, `prefix`, `exact`, `pattern`, `methods`, `host`, `strip_prefix`, `rewrite`, `service`, `timeout`, `max_body_bytes`, `compress`, `grpc_web`, `transcode`, `retry`, `access_log`, `filters`".to_string(),
         "13:5: route \"orders\": filter \"headers\": config rejected: unknown field `requets`, expected `request` or `response`".to_string(),
-        "13:52: unknown field `on_fail`, expected one of `name`, `services`, `limits`, `on_failure`, `config`".to_string(),
+        "13:52: unknown field `on_fail`, expected one of `name`, `source`, `services`, `limits`, `on_failure`, `config`".to_string(),
         format!("14:5: route \"orders\": filter \"not-there\": {FILTERS_DIR}/not-there.wasm: cannot read: No such file or directory (os error 2)"),
     ];
     let expected: Vec<String> = expected.iter().map(|e| format!("{p}:{e}")).collect();

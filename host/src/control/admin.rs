@@ -7,7 +7,9 @@
 //! - `GET /routes`: each route, its match, service and filter chain with each filter's state.
 //! - `GET /filters`: each filter: version (content hash), loaded-at time, where its code came
 //!   from (compiled or the cache), state (`serving`, `rejected`, `unavailable`), the last
-//!   rejection and the routes using it.
+//!   rejection and the routes using it; `origin` (`filters_dir` or the `oci://` source),
+//!   `digest` (the manifest digest serving, for a filter from a registry) and `pull_failing`
+//!   (the registry did not answer the last poll; the version shown keeps serving).
 //! - `GET /services`: each service, its balancing policy and limits, and each endpoint with its
 //!   weight, health, ejection, requests in flight and failures.
 //! - `GET /metrics`: metrics in OpenMetrics text, or Prometheus text 0.0.4 for a scraper whose
@@ -359,6 +361,9 @@ async fn filters(control: &Control) -> Value {
                     (None, _) => "unavailable",
                 },
                 "file_removed": slot.file_removed,
+                "origin": slot.source.as_deref().unwrap_or("filters_dir"),
+                "digest": slot.manifest,
+                "pull_failing": slot.pull_failing,
                 "rejected": rejected,
                 "routes": used_by,
             });
