@@ -102,3 +102,22 @@ fn the_transcoding_example_is_a_valid_config() {
     assert!(config.routes[0].transcode.is_some());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_registry_example_is_a_valid_config() {
+    let page = std::fs::read_to_string(checkout().join("docs/config.md")).unwrap();
+    let example = page
+        .split("```toml\n")
+        .filter_map(|rest| rest.split("```").next())
+        .find(|block| block.starts_with("[registry]"))
+        .expect("the registry example in docs/config.md");
+    let config = wasmgate::Config::parse(example)
+        .unwrap_or_else(|errors| panic!("the registry example is refused: {errors:?}"));
+    assert_eq!(config.registry.poll_interval, std::time::Duration::from_secs(30));
+    let sources: Vec<(&str, bool)> = config
+        .sources
+        .iter()
+        .map(|(name, s)| (name.as_str(), s.is_pinned()))
+        .collect();
+    assert_eq!(sources, [("auth-jwt", false), ("rate-limit", true)]);
+}
