@@ -113,7 +113,10 @@ fn the_registry_example_is_a_valid_config() {
         .expect("the registry example in docs/config.md");
     let config = wasmgate::Config::parse(example)
         .unwrap_or_else(|errors| panic!("the registry example is refused: {errors:?}"));
-    assert_eq!(config.registry.poll_interval, std::time::Duration::from_secs(30));
+    assert_eq!(
+        config.registry.poll_interval,
+        std::time::Duration::from_secs(30)
+    );
     let sources: Vec<(&str, bool)> = config
         .sources
         .iter()

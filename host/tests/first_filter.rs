@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Instant;
 
 mod support;
-use support::{free_port, get, run, serve, upstream};
+use support::{Registry, free_port, get, run, serve, upstream};
 
 fn wasmgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_wasmgate"))
@@ -116,5 +116,30 @@ fn init_build_serve_a_custom_filter_whose_crate_is_examples_hello() {
         .current_dir(gw.join("hello"))
         .args(["metadata", "--format-version", "1"]));
     assert!(metadata.contains("\"wasmgate-test\""), "{metadata}");
+
+    // 4. For many gateways: the same crate built and published to an OCI registry in one
+    //    command; what it pushed is the component just installed.
+    let registry = Registry::start(&dir.join("registry"));
+    let mut push = wasmgate();
+    push.current_dir(&dir).args([
+        "filter",
+        "push",
+        "--manifest-path",
+        "my-gateway/hello/Cargo.toml",
+    ]);
+    let manifest = registry.push(push, "filters/hello:1.0");
+    let installed = std::fs::read(gw.join("filters/hello.wasm")).unwrap();
+    let component = {
+        use sha2::Digest as _;
+        let hash = sha2::Sha256::digest(&installed);
+        format!(
+            "sha256:{}",
+            hash.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        )
+    };
+    let pushed = std::fs::read(registry.blob_file(&component))
+        .expect("the registry holds the installed component's bytes");
+    assert_eq!(pushed, installed);
+    assert!(registry.blob_file(&manifest).is_file());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,8 +2,6 @@
 //! CNCF distribution registry, started here on a free port), components pushed with
 //! `wasmgate filter push`, and the `wasmgate` binary serving them as a user runs it.
 
-// Shared with the other binary tests; this one starts its gateways itself, to read their logs.
-#[allow(dead_code)]
 mod support;
 
 use std::io::{BufRead, BufReader};
@@ -13,145 +11,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{free_port, upstream};
+use support::{Registry, free_port, upstream};
 
-/// A `docker-registry` process storing under `dir/storage`, on `port`; killed when dropped.
-struct Registry {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-    /// `htpasswd` users, when the registry wants credentials.
-    auth: Option<(String, String)>,
-}
-
-impl Registry {
-    fn start(dir: &Path) -> Registry {
-        Registry::start_with(dir, free_port(), None)
-    }
-
-    fn start_with(dir: &Path, port: u16, auth: Option<(&str, &str)>) -> Registry {
-        std::fs::create_dir_all(dir).unwrap();
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: wasmgate-tests\n",
-            dir.join("storage").display()
-        );
-        if let Some((user, password)) = auth {
-            let hash = bcrypt::hash(password, 5).unwrap();
-            std::fs::write(dir.join("htpasswd"), format!("{user}:{hash}\n")).unwrap();
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: wasmgate-tests\n    path: {}\n",
-                dir.join("htpasswd").display()
-            ));
-        }
-        std::fs::write(dir.join("config.yml"), config).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(dir.join("config.yml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry is installed (.ci/run installs Debian's docker-registry)");
-        let registry = Registry {
-            child: Some(child),
-            port,
-            dir: dir.to_path_buf(),
-            auth: auth.map(|(u, p)| (u.to_string(), p.to_string())),
-        };
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "docker-registry did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        registry
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// `oci://127.0.0.1:PORT/<path>`
-    fn oci(&self, path: &str) -> String {
-        format!("oci://{}/{path}", self.host())
-    }
-
-    /// `wasmgate filter push --file <built test filter>` to `oci://.../<path>`; the manifest
-    /// digest it pins, from what it printed.
-    fn push(&self, built: &str, path: &str) -> String {
-        let mut cmd = wasmgate();
-        cmd.args(["filter", "push", "--plain-http", "--file"])
-            .arg(wasmgate_artifacts::filter(built))
-            .arg(self.oci(path));
-        if let Some((user, password)) = &self.auth {
-            cmd.env("WASMGATE_REGISTRY_USERNAME", user)
-                .env("WASMGATE_REGISTRY_PASSWORD", password);
-        }
-        let out = support::run(&mut cmd);
-        let pinned = out
-            .lines()
-            .find_map(|l| l.strip_prefix("pin it in a route's filter: source = "))
-            .unwrap_or_else(|| panic!("push printed no pin:\n{out}"));
-        let digest = pinned
-            .trim_matches('"')
-            .rsplit_once('@')
-            .map(|(_, d)| d.to_string())
-            .unwrap();
-        assert!(digest.starts_with("sha256:") && digest.len() == 71, "{out}");
-        digest
-    }
-
-    /// Point tag `to` of `team/tag` at the manifest tag `from` points at, uploading nothing
-    /// (as `crane tag` does).
-    fn retag(&self, from: &str, to: &str) {
-        use std::io::{Read, Write};
-        const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
-        let exchange = |request: &[u8]| {
-            let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-            s.write_all(request).unwrap();
-            let mut answer = Vec::new();
-            s.read_to_end(&mut answer).unwrap();
-            answer
-        };
-        let answer = exchange(
-            format!("GET /v2/team/tag/manifests/{from} HTTP/1.1\r\nhost: r\r\naccept: {OCI}\r\nconnection: close\r\n\r\n")
-                .as_bytes(),
-        );
-        let split = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-        let manifest = &answer[split + 4..];
-        let mut put = format!(
-            "PUT /v2/team/tag/manifests/{to} HTTP/1.1\r\nhost: r\r\ncontent-type: {OCI}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-            manifest.len()
-        )
-        .into_bytes();
-        put.extend_from_slice(manifest);
-        let answer = String::from_utf8_lossy(&exchange(&put)).to_string();
-        assert_eq!(status(&answer), 201, "{answer}");
-    }
-
-    /// The file the registry keeps blob `digest` in.
-    fn blob_file(&self, digest: &str) -> PathBuf {
-        let hex = digest.trim_start_matches("sha256:");
-        self.dir
-            .join("storage/docker/registry/v2/blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .join("data")
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// `wasmgate filter push --file <built test filter>` to `oci://.../<path>`: the manifest
+/// digest it pins.
+fn push(registry: &Registry, built: &str, path: &str) -> String {
+    let mut cmd = wasmgate();
+    cmd.args(["filter", "push", "--file"])
+        .arg(wasmgate_artifacts::filter(built));
+    registry.push(cmd, path)
 }
 
 fn wasmgate() -> Command {
@@ -325,7 +193,7 @@ const SWAP: Duration = Duration::from_secs(10);
 fn a_pushed_filter_serves_by_tag_and_by_digest() {
     let dir = temp("serve");
     let registry = Registry::start(&dir.join("registry"));
-    let v1 = registry.push("tag-v1", "team/tag:live");
+    let v1 = push(&registry, "tag-v1", "team/tag:live");
 
     let gw = Gateway::start(&dir, &registry.host(), &registry.oci("team/tag:live"), "");
     assert_eq!(gw.version(), (200, "v1".to_string()));
@@ -352,7 +220,7 @@ fn a_pushed_filter_serves_by_tag_and_by_digest() {
 fn a_moving_tag_swaps_under_load_and_a_pinned_digest_stays() {
     let dir = temp("moves");
     let registry = Registry::start(&dir.join("registry"));
-    let v1 = registry.push("tag-v1", "team/tag:live");
+    let v1 = push(&registry, "tag-v1", "team/tag:live");
     let gw = Gateway::start(&dir, &registry.host(), &registry.oci("team/tag:live"), "");
     assert_eq!(gw.version(), (200, "v1".to_string()));
 
@@ -384,7 +252,7 @@ fn a_moving_tag_swaps_under_load_and_a_pinned_digest_stays() {
             ("tag-v1", "v1")
         };
         let pushed = Instant::now();
-        registry.push(built, "team/tag:live");
+        push(&registry, built, "team/tag:live");
         eventually(SWAP, &format!("move {i} to {expected}"), || {
             gw.version().1 == expected
         });
@@ -410,9 +278,37 @@ fn a_moving_tag_swaps_under_load_and_a_pinned_digest_stays() {
     // Pinned to v1: pushing v2 over the tag changes nothing.
     let pinned = format!("{}@{v1}", registry.oci("team/tag"));
     let gw = Gateway::start(&dir, &registry.host(), &pinned, "");
-    registry.push("tag-v2", "team/tag:live");
+    push(&registry, "tag-v2", "team/tag:live");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(gw.version(), (200, "v1".to_string()));
+}
+
+/// Two replicas, each with its own cache, follow one tag: one push reaches both.
+#[test]
+fn replicas_following_a_tag_all_take_the_pushed_version() {
+    let dir = temp("replicas");
+    let registry = Registry::start(&dir.join("registry"));
+    push(&registry, "tag-v1", "team/tag:live");
+    let source = registry.oci("team/tag:live");
+    let replicas: Vec<Gateway> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            Gateway::start(
+                &temp(&format!("replica-{name}")),
+                &registry.host(),
+                &source,
+                "",
+            )
+        })
+        .collect();
+    for gw in &replicas {
+        assert_eq!(gw.version(), (200, "v1".to_string()));
+    }
+    let v2 = push(&registry, "tag-v2", "team/tag:live");
+    for gw in &replicas {
+        eventually(SWAP, "every replica to serve v2", || gw.version().1 == "v2");
+        assert_eq!(gw.filter()["digest"], v2);
+    }
 }
 
 /// A registry that serves bytes other than the digest says (storage tampered with, or
@@ -422,8 +318,8 @@ fn a_moving_tag_swaps_under_load_and_a_pinned_digest_stays() {
 fn a_digest_mismatch_is_refused() {
     let dir = temp("mismatch");
     let registry = Registry::start(&dir.join("registry"));
-    let v1 = registry.push("tag-v1", "team/tag:good");
-    let v2_manifest = registry.push("tag-v2", "team/tag:bad");
+    let v1 = push(&registry, "tag-v1", "team/tag:good");
+    let v2_manifest = push(&registry, "tag-v2", "team/tag:bad");
     let gw = Gateway::start(&dir, &registry.host(), &registry.oci("team/tag:good"), "");
     assert_eq!(gw.version(), (200, "v1".to_string()));
     drop(gw);
@@ -476,7 +372,7 @@ fn a_killed_registry_leaves_the_loaded_version_serving() {
     let registry_dir = dir.join("registry");
     let mut registry = Registry::start(&registry_dir);
     let port = registry.port;
-    let v1 = registry.push("tag-v1", "team/tag:live");
+    let v1 = push(&registry, "tag-v1", "team/tag:live");
     let gw = Gateway::start(&dir, &registry.host(), &registry.oci("team/tag:live"), "");
     assert_eq!(gw.version(), (200, "v1".to_string()));
 
@@ -497,7 +393,7 @@ fn a_killed_registry_leaves_the_loaded_version_serving() {
     );
 
     let registry = Registry::start_with(&registry_dir, port, None);
-    registry.push("tag-v2", "team/tag:live");
+    push(&registry, "tag-v2", "team/tag:live");
     eventually(
         SWAP,
         "the moved tag to serve once the registry is back",
@@ -551,7 +447,7 @@ fn credentials_come_from_a_docker_config_or_the_environment_and_are_never_logged
     let dir = temp("auth");
     let password = "s3cret-pw-7f1c";
     let registry = Registry::start_with(&dir.join("registry"), free_port(), Some(("ci", password)));
-    registry.push("tag-v1", "team/tag:live");
+    push(&registry, "tag-v1", "team/tag:live");
     let source = registry.oci("team/tag:live");
 
     // No credentials: refused, with the registry's reason.
