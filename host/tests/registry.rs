@@ -311,6 +311,48 @@ fn replicas_following_a_tag_all_take_the_pushed_version() {
     }
 }
 
+/// A registry that accepts connections and never answers holds up no config reload: polls
+/// ask registries without holding what reloads need.
+#[test]
+fn a_silent_registry_does_not_hold_up_config_reloads() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = silent.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    let dir = temp("silent");
+    // Startup waits for the first pull's timeout, 5 s (the route then answers 503).
+    let gw = Gateway::start(&dir, &host, &format!("oci://{host}/team/tag:live"), "");
+    assert_eq!(gw.version().0, 503);
+    let config = std::fs::read_to_string(dir.join("gateway.toml")).unwrap();
+    let added = format!(
+        "{}\n[[routes]]\nname = \"other\"\nprefix = \"/other\"\nservice = \"up\"\n",
+        config.replace("prefix = \"/\"", "prefix = \"/probe\"")
+    );
+    // Polls run every 100 ms and each waits 5 s for the silent registry.
+    std::thread::sleep(Duration::from_millis(300));
+    let edited = Instant::now();
+    std::fs::write(dir.join(".gateway.toml.tmp"), added).unwrap();
+    std::fs::rename(dir.join(".gateway.toml.tmp"), dir.join("gateway.toml")).unwrap();
+    eventually(
+        Duration::from_secs(3),
+        "the reload while a poll waits",
+        || status(&support::get(gw.port, "/other")) == 200,
+    );
+    eprintln!(
+        "config reload with a poll waiting on a silent registry: {:?}",
+        edited.elapsed()
+    );
+    assert_eq!(
+        gw.version().0,
+        503,
+        "the filtered route still has no filter"
+    );
+}
+
 /// A registry that serves bytes other than the digest says (storage tampered with, or
 /// something in between) is refused before anything compiles, and the route answers 503; a
 /// tag moved onto such a component leaves the serving version in place.

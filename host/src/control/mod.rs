@@ -223,26 +223,53 @@ impl Control {
     /// version that loads; a registry that does not answer leaves the serving versions alone.
     /// Returns the names whose serving version changed.
     pub async fn poll_sources(&self) -> Vec<String> {
+        // The registries are asked without the lock, all at once: a slow or silent registry
+        // holds up neither config reloads nor the other filters' pulls.
+        let plans: Vec<_> = {
+            let mut state = self.state.lock().await;
+            let state = &mut *state;
+            let due: Vec<String> = referenced_filters(&state.config)
+                .into_iter()
+                .filter(|name| {
+                    state.config.sources.get(name).is_some_and(|source| {
+                        !source.is_pinned()
+                            || state
+                                .registry
+                                .slots
+                                .get(name)
+                                .is_none_or(|s| s.current.is_none())
+                    })
+                })
+                .collect();
+            due.into_iter()
+                .map(|name| {
+                    let source = state.config.sources[&name].clone();
+                    let (puller, serving) = state.registry.pull_plan(&state.config, &name, &source);
+                    (name, source, puller, serving)
+                })
+                .collect()
+        };
+        if plans.is_empty() {
+            return Vec::new();
+        }
+        let pulls = plans
+            .iter()
+            .map(|(_, source, puller, serving)| puller.pull(source, serving.as_deref()));
+        let pulled = futures_util::future::join_all(pulls).await;
+
         let mut state = self.state.lock().await;
         let state = &mut *state;
-        let due: Vec<String> = referenced_filters(&state.config)
-            .into_iter()
-            .filter(|name| {
-                state.config.sources.get(name).is_some_and(|source| {
-                    !source.is_pinned()
-                        || state
-                            .registry
-                            .slots
-                            .get(name)
-                            .is_none_or(|s| s.current.is_none())
-                })
-            })
-            .collect();
         let mut changed = Vec::new();
-        for name in due {
+        for ((name, source, _, _), pulled) in plans.into_iter().zip(pulled) {
+            // A reload while the registries were asked may have changed or dropped the source.
+            if state.config.sources.get(&name) != Some(&source)
+                || !referenced_filters(&state.config).contains(&name)
+            {
+                continue;
+            }
             if state
                 .registry
-                .refresh(&self.sandbox, &state.config, &name)
+                .take_pull(&self.sandbox, &state.config, &name, &source, pulled)
                 .await
             {
                 changed.push(name);

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use wasmgate_sandbox::{FilterCache, FilterMetrics, LoadedFilter, Sandbox, StateStore};
 
 use crate::config::{Config, FilterSource, StateConfig};
-use crate::oci::Puller;
+use crate::oci::{Pulled, Puller};
 use crate::snapshot::Filters;
 
 /// Why the newest file for a filter was not taken into service.
@@ -133,17 +133,45 @@ impl Registry {
         name: &str,
         source: &FilterSource,
     ) -> bool {
-        let puller = self.puller(config);
+        let (puller, serving) = self.pull_plan(config, name, source);
+        let pulled = puller.pull(source, serving.as_deref()).await;
+        self.take_pull(sandbox, config, name, source, pulled).await
+    }
+
+    /// What pulling filter `name` from `source` takes: the puller, and the manifest digest
+    /// serving now when it came from this same source (the pull is skipped if it is current).
+    pub fn pull_plan(
+        &mut self,
+        config: &Config,
+        name: &str,
+        source: &FilterSource,
+    ) -> (Arc<Puller>, Option<String>) {
+        let serving = self
+            .slots
+            .get(name)
+            .filter(|s| s.source.as_deref() == Some(source.text.as_str()) && s.current.is_some())
+            .and_then(|s| s.manifest.clone());
+        (self.puller(config), serving)
+    }
+
+    /// Take the outcome of a pull of filter `name` from `source` made with [`pull_plan`]'s
+    /// inputs: a new component is loaded and serves if it loads; a failed pull leaves the
+    /// serving version in place. Returns whether the serving version changed.
+    ///
+    /// [`pull_plan`]: Registry::pull_plan
+    pub async fn take_pull(
+        &mut self,
+        sandbox: &Sandbox,
+        config: &Config,
+        name: &str,
+        source: &FilterSource,
+        pulled: Result<Option<Pulled>, String>,
+    ) -> bool {
         let slot = self.slots.entry(name.to_string()).or_default();
         let same_source = slot.source.as_deref() == Some(source.text.as_str());
-        let serving = if same_source && slot.current.is_some() {
-            slot.manifest.clone()
-        } else {
-            None
-        };
         slot.source = Some(source.text.clone());
         slot.file_removed = false;
-        match puller.pull(source, serving.as_deref()).await {
+        match pulled {
             Ok(None) => {
                 if slot.pull_failing {
                     tracing::info!(filter = name, source = %source.text, "registry answers again; the serving version is current");
