@@ -38,6 +38,26 @@ pub struct Slot {
     pub pull_failing: bool,
 }
 
+impl Slot {
+    /// Record why the newest version of filter `name` was not taken, and count it.
+    fn reject(
+        &mut self,
+        metrics: Option<&crate::metrics::Metrics>,
+        name: &str,
+        hash: Option<String>,
+        reason: String,
+    ) {
+        if let Some(m) = metrics {
+            m.filter_load(name, false);
+        }
+        self.rejected = Some(Rejection {
+            hash,
+            reason,
+            at: SystemTime::now(),
+        });
+    }
+}
+
 /// Filters by name.
 #[derive(Default)]
 pub struct Registry {
@@ -219,14 +239,7 @@ impl Registry {
                             "filter not loaded ({keeps}): {reason} (retried every {})",
                             humantime::format_duration(config.registry.poll_interval)
                         );
-                        if let Some(m) = &self.metrics {
-                            m.filter_load(name, false);
-                        }
-                        slot.rejected = Some(Rejection {
-                            hash: None,
-                            reason,
-                            at: SystemTime::now(),
-                        });
+                        slot.reject(self.metrics.as_deref(), name, None, reason);
                     }
                 }
                 false
@@ -259,14 +272,7 @@ impl Registry {
             Err(e) => {
                 let reason = format!("{}: cannot read: {e}", path.display());
                 tracing::error!(filter = name, file = %path.display(), "filter rejected: {reason}");
-                if let Some(m) = &self.metrics {
-                    m.filter_load(name, false);
-                }
-                slot.rejected = Some(Rejection {
-                    hash: None,
-                    reason,
-                    at: SystemTime::now(),
-                });
+                slot.reject(self.metrics.as_deref(), name, None, reason);
                 return false;
             }
         };
@@ -324,14 +330,7 @@ impl Registry {
                     None => "no version is serving".to_string(),
                 };
                 tracing::error!(filter = name, from = from, version = %short(&hash), "filter rejected ({keeps}): {reason}");
-                if let Some(m) = &self.metrics {
-                    m.filter_load(name, false);
-                }
-                slot.rejected = Some(Rejection {
-                    hash: Some(hash),
-                    reason,
-                    at: SystemTime::now(),
-                });
+                slot.reject(self.metrics.as_deref(), name, Some(hash), reason);
                 false
             }
         }
