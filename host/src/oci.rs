@@ -247,30 +247,21 @@ impl Puller {
         Some(self.store.as_ref()?.join("sha256").join(hex))
     }
 
-    /// Keep the store bounded: blobs of `keep` (manifest digests serving now, and their
-    /// components) and the [`STORE_KEEP`] most recently used others.
-    pub fn prune(&self, keep: &[String]) {
+    /// Keep the store bounded: the blobs of `serving` (the hex digests of the manifests serving
+    /// now and of their components) and the [`STORE_KEEP`] most recently used others.
+    pub fn prune(&self, serving: &[&str]) {
         let Some(dir) = self.store.as_ref().map(|s| s.join("sha256")) else {
             return;
         };
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return;
         };
-        let mut keep_hex: Vec<String> = Vec::new();
-        for digest in keep {
-            keep_hex.push(digest.trim_start_matches("sha256:").to_string());
-            if let Some(manifest) = self.read_store(digest)
-                && let Ok(layer) = wasm_layer(&manifest)
-            {
-                keep_hex.push(layer.digest.trim_start_matches("sha256:").to_string());
-            }
-        }
         let mut others: Vec<(std::time::SystemTime, PathBuf)> = entries
             .flatten()
             .filter(|e| {
                 e.file_name()
                     .to_str()
-                    .is_some_and(|n| !keep_hex.iter().any(|k| k == n))
+                    .is_some_and(|n| !serving.contains(&n))
             })
             .map(|e| {
                 let used = e.metadata().and_then(|m| m.modified());

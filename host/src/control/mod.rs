@@ -259,12 +259,11 @@ impl Control {
 
         let mut state = self.state.lock().await;
         let state = &mut *state;
+        let referenced = referenced_filters(&state.config);
         let mut changed = Vec::new();
         for ((name, source, _, _), pulled) in plans.into_iter().zip(pulled) {
             // A reload while the registries were asked may have changed or dropped the source.
-            if state.config.sources.get(&name) != Some(&source)
-                || !referenced_filters(&state.config).contains(&name)
-            {
+            if state.config.sources.get(&name) != Some(&source) || !referenced.contains(&name) {
                 continue;
             }
             if state
@@ -336,7 +335,8 @@ fn prune_cache(sandbox: &Sandbox, config: &Config, registry: &mut Registry) {
     if let Some(dir) = &config.cache_dir {
         sandbox.prune_cache(dir, &registry.serving_hashes());
         if !config.sources.is_empty() {
-            registry.puller(config).prune(&registry.serving_manifests());
+            let puller = registry.puller(config);
+            puller.prune(&registry.serving_blobs());
         }
     }
 }

@@ -122,12 +122,18 @@ impl Registry {
             .is_none_or(|slot| slot.source.as_deref() != wanted)
     }
 
-    /// Manifest digests of the versions from registries serving now.
-    pub fn serving_manifests(&self) -> Vec<String> {
+    /// The hex digests of what the versions from registries serving now were pulled as: each
+    /// one's manifest, and its component (whose digest is the content hash that serves).
+    pub fn serving_blobs(&self) -> Vec<&str> {
         self.slots
             .values()
-            .filter(|slot| slot.current.is_some())
-            .filter_map(|slot| slot.manifest.clone())
+            .filter_map(|slot| Some((slot.current.as_ref()?, slot.manifest.as_deref()?)))
+            .flat_map(|(current, manifest)| {
+                [
+                    manifest.trim_start_matches("sha256:"),
+                    current.hash.as_str(),
+                ]
+            })
             .collect()
     }
 
